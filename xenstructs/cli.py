@@ -1,0 +1,69 @@
+"""``xenscope SUBCOMMAND [DUMP] [options]``: the command-line front end.
+
+Exit status: 0 success; 2 usage error or unreadable input (one line on stderr, never a traceback);
+1 is reserved for checks that found problems (later subcommands).
+"""
+
+import json
+import sys
+
+from .commands import COMMANDS, HelpShown, UsageError
+from .errors import XenscopeError
+
+
+def _usage():
+    lines = ["usage: xenscope SUBCOMMAND [DUMP] [options]   (xenscope SUBCOMMAND --help for details)", "",
+             "subcommands:"]
+    for c in COMMANDS.values():
+        lines.append(f"  {c.name:<10} {c.summary}")
+    return "\n".join(lines)
+
+
+def run(argv, out=sys.stdout):
+    """Run one CLI invocation; return the exit status."""
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage(), file=out)
+        return 0 if argv else 2
+    name = argv[0]
+    cmd = COMMANDS.get(name)
+    if cmd is None:
+        print(f"xenscope: unknown subcommand {name!r}\n{_usage()}", file=sys.stderr)
+        return 2
+    target = None
+    try:
+        args = cmd.parser(f"xenscope {cmd.name}", dump=True).parse_args(argv[1:])
+        if cmd.needs_target:
+            from .targets import open_dump
+            target = open_dump(args.dump)
+        result = cmd.run(target, args)
+        if args.json:
+            json.dump(result, out, indent=1, sort_keys=True)
+            out.write("\n")
+        else:
+            print(cmd.render(result, args), file=out)
+        return 0
+    except HelpShown:
+        return 0
+    except UsageError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except XenscopeError as e:
+        print(f"xenscope {name}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xenscope: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if target is not None:
+            target.close()
+
+
+def main():
+    try:
+        sys.exit(run(sys.argv[1:]))
+    except BrokenPipeError:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

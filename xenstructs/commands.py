@@ -1,0 +1,430 @@
+"""Every subcommand, declared once: its argparse parser, the analysis it runs, how it renders.
+
+The CLI (``xenscope NAME DUMP ...``), gdb (``xen NAME ...``) and later crash read these
+declarations; they differ only in where the target comes from and where the text goes.
+A command's ``run(target, args)`` returns a plain result (dict); ``render(result, args)`` turns
+it into text; ``--json`` prints the result itself (numbers as integers, keys named by address
+space: ``va``, ``pa``, ``pfn``...). The JSON schemas are documented in README.md.
+"""
+
+import argparse
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from tabulate import tabulate
+
+from . import decode as D
+from .context import resolve
+from .errors import XenscopeError
+from .paging import STOP_REASONS, coalesce, enumerate_mappings, walk
+
+MAX_READ_PHYS = 1 << 20
+
+
+@dataclass
+class Command:
+    name: str
+    summary: str
+    build: Callable            # build(parser) adds the command's arguments
+    run: Callable              # run(target, args) -> dict
+    render: Callable           # render(result, args) -> str
+    needs_target: bool = True
+
+    def parser(self, prog, dump=False):
+        """The argparse parser; ``dump=True`` adds the CLI's DUMP argument first."""
+        p = XenArgumentParser(prog=prog, description=self.summary,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        if dump and self.needs_target:
+            p.add_argument("dump", help="dump file: ELF vmcore or kdump-compressed (plain or flattened)")
+        self.build(p)
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+        return p
+
+
+class XenArgumentParser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so gdb keeps running on a usage error."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+    def exit(self, status=0, message=None):
+        if message:
+            raise UsageError(message.strip())
+        raise HelpShown()
+
+
+class UsageError(XenscopeError):
+    """Wrong arguments: the CLI exits 2, gdb raises a gdb error."""
+
+
+class HelpShown(Exception):
+    """``--help`` was printed; nothing more to do."""
+
+
+COMMANDS = {}
+
+
+def command(name, summary, needs_target=True):
+    """Declare a subcommand: decorate its ``build`` function; give ``run`` and ``render`` after."""
+    def wrap(build):
+        cmd = Command(name, summary, build, None, None, needs_target)
+        COMMANDS[name] = cmd
+        return cmd
+    return wrap
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument types. A front end may set ``evaluate`` to parse expressions it knows ($rip, symbols).
+# ---------------------------------------------------------------------------------------------
+
+evaluate: Optional[Callable] = None
+
+
+def address(text):
+    """An address or entry value: hex with or without ``0x`` (as crash takes them), or, in gdb,
+    any expression gdb can evaluate (``$cr2``, ``&init_mm``)."""
+    t = text.strip().replace("_", "").replace("`", "")
+    try:
+        return int(t, 16) if not t.lower().startswith("0x") else int(t, 0)
+    except ValueError:
+        if evaluate is not None:
+            return evaluate(text)
+        raise argparse.ArgumentTypeError(f"not a hex number: {text!r}")
+
+
+def number(text):
+    """A count: decimal, or hex with ``0x``."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+
+
+def va_range(text):
+    """``A-B`` (hex, end exclusive) or ``A+SIZE``."""
+    try:
+        if "+" in text:
+            a, n = text.split("+", 1)
+            start = address(a)
+            return start, start + address(n)
+        a, b = text.split("-", 1)
+        return address(a), address(b)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"not a range A-B or A+SIZE: {text!r}")
+
+
+def _paging_args(p):
+    g = p.add_argument_group("address space (default: from the target's registers)")
+    g.add_argument("--cr3", type=address, help="page-table root (CR3 value, hex)")
+    g.add_argument("--mode", choices=D.MODES, help="paging mode (default: from CR0/CR4/EFER)")
+    g.add_argument("--cpu", type=number, default=0, help="take registers from this CPU (default 0)")
+    g.add_argument("--efer", type=address, help="EFER value (NXE decides whether bit 63 is XD)")
+    g.add_argument("--cr4", type=address, help="CR4 value (PSE, PAE, LA57)")
+    g.add_argument("--maxphyaddr", type=number, default=52,
+                   help="physical-address width for reserved-bit checks (default 52)")
+
+
+def _context(target, args):
+    return resolve(target, cr3=args.cr3, mode=args.mode, cpu=args.cpu, efer=args.efer,
+                   cr4=args.cr4, maxphyaddr=args.maxphyaddr)
+
+
+def _flags(d):
+    return " ".join(d["flags"]) if d else ""
+
+
+def _rights(w, u, nx):
+    return ("u" if u else "s") + "r" + ("w" if w else "-") + ("-" if nx else "x")
+
+
+# ---------------------------------------------------------------------------------------------
+# info
+# ---------------------------------------------------------------------------------------------
+
+@command("info", "What the target is: kind, file, CPUs, paging mode and where CR3/CR4/EFER came from.")
+def info(p):
+    _paging_args(p)
+
+
+def _info_run(target, args):
+    res = {"kind": target.kind, "file": target.path, "machine": target.facts.get("machine"),
+           "cpus": len(target.cpus()), "memory": [[s, e] for s, e in target.phys_ranges()]}
+    vi = target.facts.get("vmcoreinfo")
+    if vi is not None:
+        res["osrelease"] = vi.get("OSRELEASE")
+    try:
+        ctx = _context(target, args)
+        res.update(mode=ctx.paging.mode, cr3=ctx.cr3, root_pa=ctx.paging.root, nxe=ctx.paging.nxe,
+                   cr0=ctx.regs.get("cr0"), cr4=ctx.regs.get("cr4"), efer=ctx.regs.get("efer"),
+                   sources=ctx.sources)
+    except XenscopeError as e:
+        res["paging_error"] = str(e)
+    return res
+
+
+def _info_render(r, args):
+    rows = [("kind", r["kind"]), ("file", r["file"] or "-"), ("machine", r["machine"] or "?"),
+            ("cpus", r["cpus"])]
+    if r.get("osrelease"):
+        rows.append(("kernel", r["osrelease"]))
+    mem = r["memory"]
+    if mem:
+        total = sum(e - s for s, e in mem)
+        rows.append(("memory", f"{len(mem)} range(s), {total // 1024} KiB, "
+                               f"{mem[0][0]:#x}-{mem[-1][1]:#x}"))
+    if "paging_error" in r:
+        rows.append(("paging", r["paging_error"]))
+    else:
+        src = r["sources"]
+        rows.append(("paging", f"{r['mode']}  ({src.get('mode')})"))
+        rows.append(("cr3", f"{r['cr3']:#x}  ({src.get('cr3')}); root table pa {r['root_pa']:#x}"))
+        for reg, dec in (("cr0", D.decode_cr0), ("cr4", D.decode_cr4), ("efer", D.decode_efer)):
+            if r.get(reg) is not None:
+                rows.append((reg, f"{r[reg]:#x} [{' '.join(dec(r[reg])['flags'])}]  ({src.get(reg, 'registers')})"))
+    return tabulate(rows, tablefmt="plain")
+
+
+info.run, info.render = _info_run, _info_render
+
+
+# ---------------------------------------------------------------------------------------------
+# walk / vtop
+# ---------------------------------------------------------------------------------------------
+
+@command("walk", "Walk the page tables for one virtual address and show every level.")
+def walk_cmd(p):
+    p.add_argument("va", type=address, help="virtual address (hex)")
+    _paging_args(p)
+
+
+def walk_result(w):
+    """The JSON form of a :class:`~xenstructs.paging.Walk`."""
+    levels = []
+    for lv in w.levels:
+        d = lv.decoded
+        levels.append({"level": lv.name, "table_pa": lv.table, "index": lv.index,
+                       "entry_pa": lv.entry_addr, "entry": lv.entry,
+                       "flags": d["flags"] if d else None,
+                       "next_pa": d["addr"] if d and d["present"] else None,
+                       "leaf": bool(d and d["leaf"]), "recursive": lv.recursive})
+    return {"va": w.va, "mode": w.mode, "root_pa": w.root, "levels": levels, "pa": w.pa,
+            "page_size": w.page_size, "writable": w.writable, "user": w.user, "nx": w.nx,
+            "stop": w.stop, "stop_level": w.stop_level}
+
+
+def _walk_run(target, args):
+    ctx = _context(target, args)
+    res = walk_result(walk(target, ctx.paging, args.va))
+    res["cr3"] = ctx.cr3
+    res["sources"] = ctx.sources
+    return res
+
+
+def _size_name(n):
+    return {1 << 12: "4K", 1 << 21: "2M", 1 << 22: "4M", 1 << 30: "1G"}.get(n, hex(n or 0))
+
+
+def _walk_render(r, args):
+    head = f"va {r['va']:#x}  {r['mode']}  cr3 {r['cr3']:#x} ({r['sources'].get('cr3')})"
+    rows = []
+    for lv in r["levels"]:
+        if lv["entry"] is None:
+            rows.append((lv["level"], f"{lv['table_pa']:#x}", lv["index"], "(not in dump)", "", ""))
+            continue
+        nxt = "" if lv["next_pa"] is None else f"{lv['next_pa']:#x}" + (" page" if lv["leaf"] else "")
+        note = " (recursive)" if lv["recursive"] else ""
+        rows.append((lv["level"], f"{lv['table_pa']:#x}", lv["index"], f"{lv['entry']:#018x}",
+                     " ".join(lv["flags"]) + note, nxt))
+    out = [head, tabulate(rows, headers=("entry", "table pa", "idx", "value", "flags", "points to"),
+                          tablefmt="simple", disable_numparse=True)]
+    if r["pa"] is not None:
+        out.append(f"=> pa {r['pa']:#x}  ({_size_name(r['page_size'])} page, "
+                   f"{'writable' if r['writable'] else 'read-only'}, "
+                   f"{'user' if r['user'] else 'supervisor'}, "
+                   f"{'no-execute' if r['nx'] else 'executable'})")
+    else:
+        out.append(f"=> not mapped: {STOP_REASONS[r['stop']]}"
+                   + (f" at {r['stop_level']}" if r["stop_level"] else ""))
+    return "\n".join(out)
+
+
+walk_cmd.run, walk_cmd.render = _walk_run, _walk_render
+
+
+@command("vtop", "Translate a virtual address to a physical address (the walk's result only).")
+def vtop(p):
+    p.add_argument("va", type=address, help="virtual address (hex)")
+    _paging_args(p)
+
+
+def _vtop_run(target, args):
+    ctx = _context(target, args)
+    w = walk(target, ctx.paging, args.va)
+    return {"va": w.va, "pa": w.pa, "page_size": w.page_size, "stop": w.stop, "stop_level": w.stop_level}
+
+
+def _vtop_render(r, args):
+    if r["pa"] is None:
+        return (f"va {r['va']:#x}: not mapped ({STOP_REASONS[r['stop']]}"
+                + (f" at {r['stop_level']})" if r["stop_level"] else ")"))
+    return f"va {r['va']:#x} -> pa {r['pa']:#x} ({_size_name(r['page_size'])} page)"
+
+
+vtop.run, vtop.render = _vtop_run, _vtop_render
+
+
+# ---------------------------------------------------------------------------------------------
+# maps
+# ---------------------------------------------------------------------------------------------
+
+@command("maps", "List an address space: ranges of equal rights (info mem style) or every page (--pages, info tlb style).")
+def maps(p):
+    p.add_argument("--range", type=va_range, dest="va_range", metavar="A-B",
+                   help="only pages starting in [A, B) (hex; or A+SIZE)")
+    p.add_argument("--pages", action="store_true", help="one line per page, like QEMU's info tlb")
+    p.add_argument("--ignore-pa", action="store_true",
+                   help="merge virtually contiguous pages of equal rights even when their physical "
+                        "pages are not contiguous (how QEMU's info mem merges)")
+    p.add_argument("--limit", type=number, default=0, help="print at most N lines (0: all)")
+    _paging_args(p)
+
+
+def _maps_run(target, args):
+    ctx = _context(target, args)
+    start, end = args.va_range if args.va_range else (0, None)
+    m = enumerate_mappings(target, ctx.paging, start, end)
+    res = {"mode": ctx.paging.mode, "cr3": ctx.cr3, "root_pa": ctx.paging.root,
+           "tables": m.tables, "page_count": len(m),
+           "problems": [{"va_start": a, "va_end": b, "level": lvl, "reason": why, "entry": ent}
+                        for a, b, lvl, why, ent in m.problems]}
+    if args.pages:
+        res["pages"] = [{"va": va, "pa": pa, "size": sz, "entry": en, "writable": w, "user": u, "nx": x}
+                        for va, pa, sz, en, w, u, x in zip(m.va.tolist(), m.pa.tolist(), m.size.tolist(),
+                                                           m.entry.tolist(), m.rw.tolist(), m.us.tolist(),
+                                                           m.nx.tolist())]
+    else:
+        res["ranges"] = [{"va_start": r.va_start, "va_end": r.va_end, "size": r.va_end - r.va_start,
+                          "pa_start": r.pa_start, "pages": r.pages, "writable": r.writable,
+                          "user": r.user, "nx": r.nx}
+                         for r in coalesce(m, ignore_pa=args.ignore_pa)]
+    return res
+
+
+def _maps_render(r, args):
+    lim = args.limit or None
+    out = []
+    if "pages" in r:
+        rows = [(f"{p['va']:#018x}", f"{p['pa']:#014x}", _size_name(p["size"]),
+                 _rights(p["writable"], p["user"], p["nx"]), f"{p['entry']:#018x}")
+                for p in r["pages"][:lim]]
+        out.append(tabulate(rows, headers=("va", "pa", "size", "rights", "entry"), tablefmt="simple",
+                            disable_numparse=True))
+        shown, total = len(rows), len(r["pages"])
+    else:
+        rows = [(f"{g['va_start']:#018x}-{g['va_end']:#018x}", f"{g['size']:#x}",
+                 "-" if g["pa_start"] is None else f"{g['pa_start']:#x}", g["pages"],
+                 _rights(g["writable"], g["user"], g["nx"]))
+                for g in r["ranges"][:lim]]
+        out.append(tabulate(rows, headers=("va range", "size", "pa start", "pages", "rights"),
+                            tablefmt="simple", disable_numparse=True))
+        shown, total = len(rows), len(r["ranges"])
+    if shown < total:
+        out.append(f"... {total - shown} more (use --limit 0)")
+    out.append(f"{r['page_count']} pages, {r['tables']} tables read, {r['mode']}, cr3 {r['cr3']:#x}; "
+               "rights: u/s user/supervisor, w writable, x executable")
+    for pr in r["problems"]:
+        ent = "" if pr["entry"] is None else f" (entry {pr['entry']:#x})"
+        out.append(f"problem: {pr['va_start']:#x}-{pr['va_end']:#x} {pr['level']}: "
+                   f"{STOP_REASONS[pr['reason']]}{ent}")
+    return "\n".join(out)
+
+
+maps.run, maps.render = _maps_run, _maps_render
+
+
+# ---------------------------------------------------------------------------------------------
+# pte / decode (no target)
+# ---------------------------------------------------------------------------------------------
+
+@command("pte", "Decode a page-table entry value (no target needed).", needs_target=False)
+def pte(p):
+    p.add_argument("value", type=address, help="entry value (hex)")
+    p.add_argument("--mode", choices=D.MODES, default="4level", help="paging mode (default 4level)")
+    p.add_argument("--level", default="PTE", help="PML5E PML4E PDPTE PDE PTE (default PTE)")
+    p.add_argument("--no-nxe", action="store_true", help="EFER.NXE=0: bit 63 is reserved")
+    p.add_argument("--maxphyaddr", type=number, default=52, help="physical-address width (default 52)")
+
+
+def _pte_run(target, args):
+    d = D.decode_entry(args.value, args.mode, args.level, nxe=not args.no_nxe, maxphyaddr=args.maxphyaddr)
+    d["pa"] = d.pop("addr")
+    return d
+
+
+def _pte_render(d, args):
+    what = "page" if d["leaf"] else "next table"
+    s = [f"{d['level']} {d['value']:#x} ({d['mode']}): " + ("present" if d["present"] else "NOT present"),
+         f"  flags: {' '.join(d['flags']) or '-'}",
+         f"  {what}: pa {d['pa']:#x} (frame {d['pfn']:#x})" + (" large page" if d["large"] else "")]
+    if d["pkey"]:
+        s.append(f"  protection key: {d['pkey']}")
+    if d["software"]:
+        s.append(f"  software bits: {' '.join(d['software'])}")
+    if d["reserved"]:
+        s.append(f"  RESERVED bits set: {d['reserved']:#x} (a walk through it faults with RSVD=1)")
+    return "\n".join(s)
+
+
+pte.run, pte.render = _pte_run, _pte_render
+
+
+_REGS = {"cr0": D.decode_cr0, "cr4": D.decode_cr4, "efer": D.decode_efer}
+
+
+@command("decode", "Decode CR0, CR4, EFER or a page-fault error code (no target needed).", needs_target=False)
+def decode_cmd(p):
+    p.add_argument("what", choices=("cr0", "cr4", "efer", "pf"), help="what the value is")
+    p.add_argument("value", type=address, help="value (hex)")
+
+
+def _decode_run(target, args):
+    d = D.decode_pf(args.value) if args.what == "pf" else _REGS[args.what](args.value)
+    d["register"] = args.what
+    return d
+
+
+def _decode_render(d, args):
+    s = f"{d['register']} {d['value']:#x}: {' '.join(d['flags']) or '(no bits set)'}"
+    if d.get("text"):
+        s += f"\n  {d['text']}"
+    if d.get("unknown"):
+        s += f"\n  unknown bits: {d['unknown']:#x}"
+    return s
+
+
+decode_cmd.run, decode_cmd.render = _decode_run, _decode_render
+
+
+# ---------------------------------------------------------------------------------------------
+# read-phys
+# ---------------------------------------------------------------------------------------------
+
+@command("read-phys", "Hexdump physical memory (machine memory on a Xen host dump).")
+def read_phys(p):
+    p.add_argument("pa", type=address, help="physical address (hex)")
+    p.add_argument("length", type=number, nargs="?", default=64, help="bytes (default 64, at most 1 MiB)")
+
+
+def _read_phys_run(target, args):
+    if args.length <= 0 or args.length > MAX_READ_PHYS:
+        raise XenscopeError(f"length {args.length} out of range (1..{MAX_READ_PHYS})")
+    data = target.read_phys(args.pa, args.length)
+    return {"pa": args.pa, "length": len(data), "hex": data.hex()}
+
+
+def _read_phys_render(r, args):
+    from pwnlib.util.fiddling import hexdump    # lazy: pwntools is heavy
+    return hexdump(bytes.fromhex(r["hex"]), begin=r["pa"], skip=False)
+
+
+read_phys.run, read_phys.render = _read_phys_run, _read_phys_render

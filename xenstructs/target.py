@@ -1,0 +1,179 @@
+"""The one interface every analysis reads through.
+
+A :class:`Target` answers raw questions only: bytes of physical (or machine) memory, registers of
+each CPU, symbols, and *facts* (hints such as VMCOREINFO, the ELF machine, where a register came
+from). It knows nothing about Xen or Linux. Hosts implement four small methods:
+
+``_read_phys(addr, size)``
+    bytes at a physical address; raise :class:`~xenstructs.errors.NotInDump` for a hole.
+``phys_ranges()``
+    the ``[start, end)`` physical ranges the target holds (may be empty when unknown, e.g. live).
+``cpus()``
+    a list of :class:`CpuState`, one per CPU, with whatever registers the host knows.
+``symbol(name)``
+    a symbol's address or ``None``.
+
+Everything else (bounded reads, whole-table caching for slow hosts, integer helpers) is shared here.
+Virtual reads go through :mod:`xenstructs.paging`, never through a host, except hosts that can only
+read virtual memory (gdbsx), which override :meth:`Target.read_virt`.
+"""
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+import struct
+
+from .errors import NotInDump, XenscopeError
+
+PAGE_SIZE = 4096
+MAX_READ = 64 << 20          # one read never exceeds 64 MiB: absurd sizes are refused, not attempted
+TABLE_CACHE_PAGES = 4096     # 16 MiB of cached 4 KiB tables at most (slow hosts only)
+
+
+@dataclass
+class CpuState:
+    """Registers of one CPU as the target knows them.
+
+    ``regs`` maps lower-case register names (``cr0``, ``cr3``, ``cr4``, ``efer``, ``rip``, ``rsp``,
+    ``rflags``, ``cs`` ...) to integers; ``source`` maps the same names to a short text saying where
+    each value came from (``"QEMU CPU note"``, ``"--cr3 option"``, ``"inferred from e_machine"``).
+    """
+    index: int
+    regs: dict = field(default_factory=dict)
+    source: dict = field(default_factory=dict)
+
+    def get(self, name):
+        return self.regs.get(name)
+
+
+class Target:
+    """Base class of every host: see the module docstring for what a host implements."""
+
+    kind = "target"          # human-readable kind, e.g. "ELF vmcore (QEMU dump-guest-memory)"
+    path = None              # file the target reads, when there is one
+    slow = False             # True for remote hosts: whole 4 KiB tables are cached there
+    live = False             # True when the target runs and can change (cache dropped on stop)
+
+    def __init__(self):
+        self.facts = {}      # format-specific hints, e.g. {"vmcoreinfo": {...}, "machine": "x86_64"}
+        self._tables = OrderedDict()
+        self.stats = {"reads": 0, "bytes": 0, "table_hits": 0}
+
+    # -- to be implemented by hosts -------------------------------------------------------------
+    def _read_phys(self, addr, size):
+        raise NotInDump(addr)
+
+    def phys_ranges(self):
+        return []
+
+    def cpus(self):
+        return []
+
+    def symbol(self, name):
+        return None
+
+    def close(self):
+        pass
+
+    # -- shared ----------------------------------------------------------------------------------
+    def read_phys(self, addr, size):
+        """Return ``size`` bytes of physical memory at ``addr``.
+
+        :raises NotInDump: when any byte is not held by the target.
+        :raises XenscopeError: for a negative or absurd size.
+        """
+        if size < 0 or size > MAX_READ:
+            raise XenscopeError(f"refusing to read {size} bytes (limit {MAX_READ})")
+        if addr < 0 or addr + size > 1 << 64:
+            raise NotInDump(addr)
+        self.stats["reads"] += 1
+        self.stats["bytes"] += size
+        return self._read_phys(addr, size)
+
+    def read_u64(self, addr):
+        return struct.unpack("<Q", self.read_phys(addr, 8))[0]
+
+    def read_u32(self, addr):
+        return struct.unpack("<I", self.read_phys(addr, 4))[0]
+
+    def read_table(self, table_addr):
+        """Return the whole 4 KiB page at ``table_addr`` (page-aligned down); cached on slow hosts."""
+        base = table_addr & ~(PAGE_SIZE - 1)
+        if not self.slow:
+            return self.read_phys(base, PAGE_SIZE)
+        data = self._tables.get(base)
+        if data is not None:
+            self._tables.move_to_end(base)
+            self.stats["table_hits"] += 1
+            return data
+        data = self.read_phys(base, PAGE_SIZE)
+        self._tables[base] = data
+        if len(self._tables) > TABLE_CACHE_PAGES:
+            self._tables.popitem(last=False)
+        return data
+
+    def read_entry(self, entry_addr, size):
+        """Read one page-table entry (4 or 8 bytes). Uses a cached whole table when there is one,
+        otherwise reads just the entry: isolated lookups over a slow stub stay cheap."""
+        base = entry_addr & ~(PAGE_SIZE - 1)
+        data = self._tables.get(base)
+        if data is not None:
+            off = entry_addr - base
+            raw = data[off:off + size]
+        else:
+            raw = self.read_phys(entry_addr, size)
+        return int.from_bytes(raw, "little")
+
+    def invalidate(self):
+        """Forget cached memory (a live target resumed)."""
+        self._tables.clear()
+
+    def cpu(self, index=0):
+        cpus = self.cpus()
+        if not cpus:
+            return CpuState(index)
+        if index < 0 or index >= len(cpus):
+            raise XenscopeError(f"no CPU {index}: the target has {len(cpus)} CPU(s)")
+        return cpus[index]
+
+    def in_memory(self, addr):
+        """True if ``addr`` lies in a known physical range (always True when ranges are unknown)."""
+        ranges = self.phys_ranges()
+        if not ranges:
+            return True
+        return any(s <= addr < e for s, e in ranges)
+
+    def read_virt(self, va, size, root, mode):
+        """Read virtual memory by walking the page tables at ``root`` (see :mod:`paging`)."""
+        from .paging import read_virt
+        return read_virt(self, va, size, root, mode)
+
+
+class MemoryTarget(Target):
+    """A target made from a dict ``{page-aligned address: bytes}`` (tests, benchmarks, builders)."""
+
+    kind = "memory"
+
+    def __init__(self, pages=None, cpus=None):
+        super().__init__()
+        self.pages = dict(pages or {})
+        self._cpus = list(cpus or [])
+
+    def _read_phys(self, addr, size):
+        out = bytearray()
+        while size:
+            base = addr & ~(PAGE_SIZE - 1)
+            off = addr - base
+            n = min(size, PAGE_SIZE - off)
+            page = self.pages.get(base)
+            if page is None:
+                raise NotInDump(addr)
+            out += page[off:off + n]
+            addr += n
+            size -= n
+        return bytes(out)
+
+    def phys_ranges(self):
+        return [(a, a + PAGE_SIZE) for a in sorted(self.pages)]
+
+    def cpus(self):
+        return self._cpus
