@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# xenscope set-up, demo and tests.
+#   ./setup.sh          install what is missing, then run the demo on a bundled core (gdb, then CLI)
+#   ./setup.sh test     install what is missing, then run the whole test suite
+#   ./setup.sh install  install only
+# Idempotent: a second run installs nothing and takes a second or two.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$here"
+action=${1:-demo}
+venv=${XENSCOPE_VENV:-$here/.venv}
+# gdb embeds Debian's /usr/bin/python3: the venv must be made from it, not from the python3 on PATH.
+syspy=/usr/bin/python3
+debs=(gdb python3 python3-venv python3-pip python3-libkdumpfile makedumpfile)
+
+say() { printf '== %s\n' "$*"; }
+
+install_debs() {
+    local missing=()
+    for p in "${debs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    say "installing Debian packages: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    $sudo apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+install_venv() {
+    local stamp="$venv/.xenscope-stamp" want
+    want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+    if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+        return 0
+    fi
+    if [ ! -x "$venv/bin/python" ]; then
+        say "creating $venv from $syspy (the Python gdb embeds), with Debian's site-packages for libkdumpfile"
+        "$syspy" -m venv --system-site-packages "$venv"
+    fi
+    say "installing xenscope and its Python dependencies into $venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
+    echo "$want" > "$stamp"
+}
+
+demo() {
+    local core=cores/x86_64-4level.core
+    say "gdb: $core with the extension loaded"
+    gdb -nx -batch \
+        -ex "source $here/gdbext/xenscope.py" \
+        -ex "core-file $core" \
+        -ex "xen info" \
+        -ex "xen walk ffff888000001000" \
+        -ex "xen maps --limit 12" \
+        -ex "xen pte 0x800000007fffe067"
+    say "CLI: the same through xenscope"
+    "$venv/bin/xenscope" info "$core"
+    "$venv/bin/xenscope" walk "$core" ffff888000001000
+    "$venv/bin/xenscope" maps "$core" --limit 12
+    "$venv/bin/xenscope" pte 0x800000007fffe067
+}
+
+install_debs
+install_venv
+case "$action" in
+    demo) demo ;;
+    install) ;;
+    test)
+        shift || true
+        set +e
+        "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@" tests
+        rc=$?
+        exit $rc ;;
+    *) echo "usage: $0 [demo|test|install]" >&2; exit 2 ;;
+esac
