@@ -47,6 +47,16 @@ def _kernel_root(target, machine):
     return None, None
 
 
+def _assume_efer(regs, src, mode):
+    """EFER is in no dump note we read: derive what the mode implies and assume NXE=1."""
+    if mode in ("4level", "5level"):
+        regs["efer"] = D.EFER_LME | D.EFER_LMA | D.EFER_NXE
+        src["efer"] = "assumed: long mode (LME, LMA) from the dump's machine; NXE=1 assumed (give --efer)"
+    else:
+        regs["efer"] = D.EFER_NXE
+        src["efer"] = "assumed: NXE=1 (Linux sets it when the CPU has NX; give --efer)"
+
+
 def resolve(target, cr3=None, mode=None, cpu=0, efer=None, cr4=None, maxphyaddr=None):
     """Resolve the address space to walk on ``target``.
 
@@ -66,12 +76,7 @@ def resolve(target, cr3=None, mode=None, cpu=0, efer=None, cr4=None, maxphyaddr=
     if efer is not None:
         regs["efer"], src["efer"] = efer, "--efer option"
     if "efer" not in regs and regs.get("cr4") is not None and regs["cr4"] & D.CR4_PAE:
-        if machine == "x86_64":
-            regs["efer"] = D.EFER_LME | D.EFER_LMA | D.EFER_NXE
-            src["efer"] = "assumed: x86_64 dump means long mode (LME, LMA); NXE=1 assumed (give --efer)"
-        else:
-            regs["efer"] = D.EFER_NXE
-            src["efer"] = "assumed: NXE=1 (Linux sets it when the CPU has NX; give --efer)"
+        _assume_efer(regs, src, "4level" if machine == "x86_64" else "pae")
 
     if mode is not None:
         if mode not in D.MODES:
@@ -90,6 +95,9 @@ def resolve(target, cr3=None, mode=None, cpu=0, efer=None, cr4=None, maxphyaddr=
         sources["mode"] = "VMCOREINFO CONFIG_X86_PAE"
     else:
         raise NoRegister("paging mode unknown (no CR4 in the target): give --mode")
+
+    if "efer" not in regs and mode != "2level":
+        _assume_efer(regs, src, mode)
 
     if cr3 is not None:
         sources["cr3"] = "--cr3 option"

@@ -242,14 +242,13 @@ def enumerate_mappings(target, paging, va_start=0, va_end=None):
     low_mask = (1 << bits) - 1
 
     def rsv_mask(level, large):
-        # reserved-bit mask as a plain int for the numpy test (2-level handled per entry below)
-        probe = (1 << 64) - 1 if esize == 8 else (1 << 32) - 1
-        probe_entry = probe | 1
-        if large:
-            probe_entry |= 0x80
-        else:
-            probe_entry &= ~0x80
-        return D.reserved_bits(probe_entry, mode, level, paging.nxe, paging.maxphyaddr, paging.cr4)
+        """Reserved-bit mask of a present entry at ``level`` (large page or table pointer)."""
+        probe = ((1 << 64) - 1 if esize == 8 else (1 << 32) - 1) | 1
+        probe = probe | 0x80 if large else probe & ~0x80
+        mask = D.reserved_bits(probe, mode, level, paging.nxe, paging.maxphyaddr, paging.cr4)
+        if not large and level in ("PML5", "PML4"):
+            mask |= 0x80        # PS is reserved there: an entry with it set is never a table pointer
+        return mask
 
     def read_table(table_pa, level_i):
         n = 1 << widths[level_i]
