@@ -99,7 +99,7 @@ def test_coalesce():
     pg = Paging("4level", 0x1000, nxe=True, maxphyaddr=40)
     m = enumerate_mappings(t, pg, 0, 0x2000)
     # 0x0 -> 0x6000 (w,s,nx) and 0x1000 -> 0x7000 (w,s,nx): contiguous va and pa, same rights
-    rs = coalesce(m)
+    rs = list(coalesce(m))
     assert len(rs) == 1 and rs[0].va_start == 0 and rs[0].va_end == 0x2000 and rs[0].pa_start == 0x6000
 
 

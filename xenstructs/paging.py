@@ -218,144 +218,147 @@ class Mappings:
         return len(self.va)
 
 
-def _va_of(mode, va):
-    return canonical(va, mode) if _GEOMETRY[mode][3] > 32 else va
+TABLE_CHUNK = 4096               # tables decoded together (16 MiB of entries at most)
+
+
+def _reserved_mask(paging, level, large):
+    """Reserved-bit mask of a present entry at ``level`` (a large page or a table pointer)."""
+    esize = _GEOMETRY[paging.mode][0]
+    probe = ((1 << 64) - 1 if esize == 8 else (1 << 32) - 1) | 1
+    probe = probe | 0x80 if large else probe & ~0x80
+    mask = D.reserved_bits(probe, paging.mode, level, paging.nxe, paging.maxphyaddr, paging.cr4)
+    if not large and level in ("PML5", "PML4"):
+        mask |= 0x80            # PS is reserved there: such an entry is never a table pointer
+    return mask
+
+
+def _bit(arr, n):
+    return ((arr >> np.uint64(n)) & np.uint64(1)).astype(bool)
 
 
 def enumerate_mappings(target, paging, va_start=0, va_end=None):
-    """List every mapped page whose start is in ``[va_start, va_end)`` (canonical addresses).
+    """List every mapped page whose span meets ``[va_start, va_end)`` (canonical addresses).
 
-    Reads whole tables (one read per table) and decodes each with numpy; Python loops only over
-    present non-leaf entries. Tables are bounded by :data:`MAX_TABLES`; a table found among its own
-    ancestors is reported as a loop and not entered again.
+    Level by level, the tables of a level are read whole (one read each) and decoded together as
+    one numpy array, in chunks of :data:`TABLE_CHUNK` tables: no Python loop per entry. Tables
+    are bounded by :data:`MAX_TABLES`; a table found among its own ancestors (a recursive entry)
+    is reported as a ``loop`` problem and not entered again.
     """
     mode = paging.mode
     esize, shifts, widths, bits = _GEOMETRY[mode]
-    if va_end is None:
-        va_end = 1 << 64 if bits > 32 else 1 << 32
     names = D.LEVELS[mode]
+    if va_end is None or va_end > 1 << 64:
+        va_end = 1 << 64
     dtype = np.dtype("<u4") if esize == 4 else np.dtype("<u8")
     fmask = D.frame_mask(mode, paging.maxphyaddr)
-    chunks = []
+    sign = np.uint64(1 << (bits - 1)) if bits > 32 else None
+    ext = np.uint64(((1 << 64) - 1) & ~((1 << bits) - 1)) if bits > 32 else None
+    out = []
     problems = []
-    state = {"tables": 0}
-    low_mask = (1 << bits) - 1
+    ntables = 0
 
-    def rsv_mask(level, large):
-        """Reserved-bit mask of a present entry at ``level`` (large page or table pointer)."""
-        probe = ((1 << 64) - 1 if esize == 8 else (1 << 32) - 1) | 1
-        probe = probe | 0x80 if large else probe & ~0x80
-        mask = D.reserved_bits(probe, mode, level, paging.nxe, paging.maxphyaddr, paging.cr4)
-        if not large and level in ("PML5", "PML4"):
-            mask |= 0x80        # PS is reserved there: an entry with it set is never a table pointer
-        return mask
-
-    def read_table(table_pa, level_i):
-        n = 1 << widths[level_i]
-        raw = target.read_phys(table_pa, n * esize) if n * esize < 4096 else target.read_table(table_pa)
-        return np.frombuffer(raw, dtype=dtype).astype(np.uint64)
-
-    def visit(table_pa, level_i, va_base, rw, us, nx, ancestors):
-        name = names[level_i]
-        shift = shifts[level_i]
+    # items of the current level: table pa, raw va base, inherited rights, ancestor tables
+    items = (np.array([paging.root], np.uint64), np.zeros(1, np.uint64), np.ones(1, bool),
+             np.ones(1, bool), np.zeros(1, bool), np.zeros((1, 0), np.uint64))
+    for li, name in enumerate(names):
+        shift, n = shifts[li], 1 << widths[li]
         span = 1 << shift
-        nentries = 1 << widths[level_i]
-        lo_va = canonical(va_base, mode) if bits > 32 else va_base
-        hi_va = _va_of(mode, va_base + nentries * span - 1)
-        if hi_va < va_start or lo_va >= va_end:
-            return
-        if table_pa in ancestors:
-            # named after the entry that points back up (the recursive entry), one level above
-            problems.append((lo_va, hi_va + 1, D.ENTRY_NAMES[names[level_i - 1]], "loop", None))
-            return
-        state["tables"] += 1
-        if state["tables"] > MAX_TABLES:
-            raise XenscopeError(f"more than {MAX_TABLES} page tables: the tables are absurd or loop")
-        try:
-            arr = read_table(table_pa, level_i)
-        except NotInDump:
-            problems.append((lo_va, hi_va + 1, D.ENTRY_NAMES[name], "not-in-dump", None))
-            return
-        idx = np.arange(nentries, dtype=np.uint64)
-        present = (arr & np.uint64(1)).astype(bool)
-        # restrict to the requested VA window
-        vas = np.uint64(va_base) + (idx << np.uint64(shift))
-        if bits > 32:
-            sign = np.uint64(1 << (bits - 1))
-            ext = np.uint64(((1 << 64) - 1) & ~low_mask)
-            vas = np.where(vas & sign, vas | ext, vas)
-        ends = vas + np.uint64(span - 1)
-        present &= ends >= np.uint64(va_start)
-        if va_end < 1 << 64:
-            present &= vas < np.uint64(va_end)
-        if not present.any():
-            return
-        if mode == "pae" and name == "PDPT":
-            e_rw = np.full(nentries, rw)
-            e_us = np.full(nentries, us)
-            e_nx = np.full(nentries, nx)
-        else:
-            e_rw = rw & ((arr >> np.uint64(1)) & np.uint64(1)).astype(bool)
-            e_us = us & ((arr >> np.uint64(2)) & np.uint64(1)).astype(bool)
-            e_nx = nx | ((((arr >> np.uint64(63)) & np.uint64(1)).astype(bool)) & paging.nxe
-                         if esize == 8 else np.zeros(nentries, bool))
-        is_ps = ((arr >> np.uint64(7)) & np.uint64(1)).astype(bool)
-        if name == "PT":
-            large = np.zeros(nentries, bool)
-            leaf = present
-        elif name == "PD" and not (mode == "2level" and not paging.cr4 & D.CR4_PSE):
-            large = present & is_ps
-            leaf = large
-        elif name == "PDPT" and mode in ("4level", "5level"):
-            large = present & is_ps
-            leaf = large
-        else:
-            large = np.zeros(nentries, bool)
-            leaf = np.zeros(nentries, bool)
-        # reserved bits: vectorised for the regular masks; 2-level PSE handled by the same mask
-        rsv_leaf = np.uint64(rsv_mask(name, True)) if leaf.any() and name != "PT" else None
-        rsv_tab = np.uint64(rsv_mask(name, False))
-        bad = np.zeros(nentries, bool)
-        bad |= present & ~large & ((arr & rsv_tab) != 0)
-        if rsv_leaf is not None:
-            bad |= large & ((arr & rsv_leaf) != 0)
-        if bad.any():
-            for i in np.nonzero(bad)[0]:
-                problems.append((int(vas[i]), int(vas[i]) + span, D.ENTRY_NAMES[name], "reserved", int(arr[i])))
-        good_leaf = leaf & ~bad
-        if good_leaf.any():
-            sel = np.nonzero(good_leaf)[0]
-            ent = arr[sel]
-            if mode == "2level" and name == "PD":
-                pa = (ent & np.uint64(0xFFC00000)) | (((ent >> np.uint64(13)) & np.uint64(0xFF)) << np.uint64(32))
+        ename = D.ENTRY_NAMES[name]
+        leaf_level = name == "PT"
+        can_be_large = (name == "PD" and not (mode == "2level" and not paging.cr4 & D.CR4_PSE)) or \
+                       (name == "PDPT" and mode in ("4level", "5level"))
+        rsv_tab = np.uint64(_reserved_mask(paging, name, False))
+        rsv_big = np.uint64(_reserved_mask(paging, name, True)) if can_be_large or leaf_level else None
+        nxt = []
+        tabs_all, base_all, rw_all, us_all, nx_all, anc_all = items
+        for c0 in range(0, len(tabs_all), TABLE_CHUNK):
+            sl = slice(c0, c0 + TABLE_CHUNK)
+            tabs, base, rw, us, nx, anc = (tabs_all[sl], base_all[sl], rw_all[sl], us_all[sl],
+                                           nx_all[sl], anc_all[sl])
+            raws, keep = [], []
+            for k, tpa in enumerate(tabs.tolist()):
+                lo = int(base[k])
+                if tpa in anc[k].tolist():
+                    prev = D.ENTRY_NAMES[names[li - 1]]
+                    problems.append((_va_of(mode, lo), _va_of(mode, lo + n * span - 1) + 1, prev, "loop", None))
+                    continue
+                ntables += 1
+                if ntables > MAX_TABLES:
+                    raise XenscopeError(f"more than {MAX_TABLES} page tables: the tables are absurd or loop")
+                try:
+                    raws.append(target.read_phys(tpa, n * esize) if n * esize < 4096 else target.read_table(tpa))
+                except NotInDump:
+                    problems.append((_va_of(mode, lo), _va_of(mode, lo + n * span - 1) + 1, ename, "not-in-dump", None))
+                    continue
+                keep.append(k)
+            if not keep:
+                continue
+            keep = np.array(keep)
+            tabs, base, rw, us, nx, anc = tabs[keep], base[keep], rw[keep], us[keep], nx[keep], anc[keep]
+            arr = np.frombuffer(b"".join(raws), dtype=dtype).astype(np.uint64).reshape(len(keep), n)
+            vas = base[:, None] + (np.arange(n, dtype=np.uint64) << np.uint64(shift))[None, :]
+            cva = np.where(vas & sign, vas | ext, vas) if bits > 32 else vas
+            present = _bit(arr, 0) & (cva + np.uint64(span - 1) >= np.uint64(va_start))
+            if va_end < 1 << 64:
+                present &= cva < np.uint64(va_end)
+            if not present.any():
+                continue
+            if mode == "pae" and name == "PDPT":            # PAE PDPTEs carry no rights
+                e_rw = np.repeat(rw[:, None], n, 1)
+                e_us = np.repeat(us[:, None], n, 1)
+                e_nx = np.repeat(nx[:, None], n, 1)
             else:
-                pa = ent & np.uint64(fmask & ~(span - 1))
-            chunks.append((vas[sel], pa, np.full(len(sel), span, np.uint64), ent,
-                           e_rw[sel], e_us[sel], e_nx[sel]))
-        if level_i + 1 < len(names):
-            down = present & ~leaf & ~bad
-            if down.any():
-                anc = ancestors | {table_pa}
-                for i in np.nonzero(down)[0]:
-                    nxt = int(arr[i]) & fmask
-                    visit(nxt, level_i + 1, (va_base + (int(i) << shift)) & low_mask if bits > 32 else va_base + (int(i) << shift),
-                          bool(e_rw[i]), bool(e_us[i]), bool(e_nx[i]), anc)
+                e_rw = rw[:, None] & _bit(arr, 1)
+                e_us = us[:, None] & _bit(arr, 2)
+                e_nx = nx[:, None] | (_bit(arr, 63) & paging.nxe) if esize == 8 else np.repeat(nx[:, None], n, 1)
+            if leaf_level:
+                large = present
+            elif can_be_large:
+                large = present & _bit(arr, 7)
+            else:
+                large = np.zeros_like(present)
+            bad = present & ~large & ((arr & rsv_tab) != 0)
+            if rsv_big is not None:
+                bad |= large & ((arr & rsv_big) != 0)
+            if bad.any():
+                for r, c in zip(*np.nonzero(bad)):
+                    problems.append((int(cva[r, c]), int(cva[r, c]) + span, ename, "reserved", int(arr[r, c])))
+            leaf = large & ~bad
+            if leaf.any():
+                ent = arr[leaf]
+                if mode == "2level" and name == "PD":
+                    pa = (ent & np.uint64(0xFFC00000)) | (((ent >> np.uint64(13)) & np.uint64(0xFF)) << np.uint64(32))
+                else:
+                    pa = ent & np.uint64(fmask & ~(span - 1))
+                out.append((cva[leaf], pa, np.full(len(ent), span, np.uint64), ent,
+                            e_rw[leaf], e_us[leaf], e_nx[leaf]))
+            down = present & ~large & ~bad
+            if down.any() and li + 1 < len(names):
+                r, c = np.nonzero(down)
+                nxt.append((arr[r, c] & np.uint64(fmask), vas[r, c], e_rw[r, c], e_us[r, c], e_nx[r, c],
+                            np.concatenate([anc[r], tabs[r][:, None]], axis=1)))
+        if not nxt:
+            break
+        items = tuple(np.concatenate([x[k] for x in nxt]) for k in range(6))
 
-    visit(paging.root, 0, 0, True, True, False, frozenset())
-    if chunks:
-        cols = [np.concatenate([c[k] for c in chunks]) for k in range(7)]
+    if out:
+        cols = [np.concatenate([c[k] for c in out]) for k in range(7)]
+        order = np.argsort(cols[0], kind="stable")       # runs are already sorted per level
+        cols = [c[order] for c in cols]
     else:
         cols = [np.zeros(0, np.uint64)] * 4 + [np.zeros(0, bool)] * 3
-    order = np.argsort(cols[0], kind="stable")
-    cols = [c[order] for c in cols]
     problems.sort(key=lambda p: p[0])
-    return Mappings(mode, *cols, problems=problems, tables=state["tables"])
+    return Mappings(mode, *cols, problems=problems, tables=ntables)
+
+
+def _va_of(mode, va):
+    return canonical(va, mode) if _GEOMETRY[mode][3] > 32 else va
 
 
 @dataclass
 class Range:
     va_start: int
-    va_end: int          # exclusive
+    va_end: int               # exclusive
     pa_start: Optional[int]   # None when the range is not physically contiguous (ignore_pa=True)
     pages: int
     writable: bool
@@ -363,34 +366,44 @@ class Range:
     nx: bool
 
 
+@dataclass
+class Ranges:
+    """Coalesced ranges as parallel numpy arrays; iterating yields :class:`Range` objects."""
+    va_start: np.ndarray
+    va_end: np.ndarray        # exclusive; 0 means 2**64 (a range reaching the top of memory)
+    pa_start: np.ndarray
+    pa_contiguous: np.ndarray
+    pages: np.ndarray
+    rw: np.ndarray
+    us: np.ndarray
+    nx: np.ndarray
+
+    def __len__(self):
+        return len(self.va_start)
+
+    def __iter__(self):
+        cols = (self.va_start.tolist(), self.va_end.tolist(), self.pa_start.tolist(),
+                self.pa_contiguous.tolist(), self.pages.tolist(), self.rw.tolist(), self.us.tolist(),
+                self.nx.tolist())
+        for vs, ve, pa, contig, pages, w, u, x in zip(*cols):
+            yield Range(vs, ve or 1 << 64, pa if contig else None, pages, w, u, x)
+
+
 def coalesce(m, ignore_pa=False):
-    """Merge virtually contiguous pages of equal rights (and contiguous ``pa`` unless
-    ``ignore_pa``, which is how QEMU's ``info mem`` merges) into :class:`Range` objects."""
+    """Merge virtually contiguous pages of equal rights, and contiguous ``pa`` unless
+    ``ignore_pa`` (which is how QEMU's ``info mem`` merges), into :class:`Ranges`."""
     n = len(m)
-    if n == 0:
-        return []
     brk = np.ones(n, bool)
+    pa_step = np.zeros(n, bool)
     if n > 1:
-        contiguous = m.va[1:] == m.va[:-1] + m.size[:-1]
-        same = (m.rw[1:] == m.rw[:-1]) & (m.us[1:] == m.us[:-1]) & (m.nx[1:] == m.nx[:-1])
+        pa_step[1:] = m.pa[1:] != m.pa[:-1] + m.size[:-1]
+        same = (m.va[1:] == m.va[:-1] + m.size[:-1]) & (m.rw[1:] == m.rw[:-1]) & \
+               (m.us[1:] == m.us[:-1]) & (m.nx[1:] == m.nx[:-1])
         if not ignore_pa:
-            contiguous &= m.pa[1:] == m.pa[:-1] + m.size[:-1]
-        brk[1:] = ~(contiguous & same)
+            same &= ~pa_step[1:]
+        brk[1:] = ~same
     starts = np.nonzero(brk)[0]
-    ends = np.append(starts[1:], n)
-    last = ends - 1
-    va_end = m.va[last] + m.size[last]
-    pa_contig = None
-    if ignore_pa and n > 1:
-        step = np.zeros(n, bool)
-        step[1:] = m.pa[1:] != m.pa[:-1] + m.size[:-1]
-        cum = np.cumsum(step)
-        pa_contig = cum[last] == cum[starts]
-    out = []
-    for k, (s, e) in enumerate(zip(starts.tolist(), va_end.tolist())):
-        pa = int(m.pa[s])
-        if pa_contig is not None and not pa_contig[k]:
-            pa = None
-        out.append(Range(int(m.va[s]), int(e) & ((1 << 64) - 1) or (1 << 64), pa,
-                         int(ends[k] - s), bool(m.rw[s]), bool(m.us[s]), bool(m.nx[s])))
-    return out
+    last = np.append(starts[1:], n) - 1
+    cum = np.cumsum(pa_step)
+    return Ranges(m.va[starts], m.va[last] + m.size[last], m.pa[starts],
+                  cum[last] == cum[starts], last - starts + 1, m.rw[starts], m.us[starts], m.nx[starts])
