@@ -123,3 +123,44 @@ def vmcoreinfo_text(extra=""):
             "NUMBER(phys_base)=-1073741824\nSIZE(page)=64\nOFFSET(page.flags)=0\n"
             "LENGTH(zone.free_area)=11\nKERNELOFFSET=0\nNUMBER(pgtable_l5_enabled)=0\n"
             "CRASHTIME=1700000000\n" + extra)
+
+
+def makedumpfile_input(cpus=({"rip": 0xffffffff81000123, "rsp": 0x1234, "cs": 0x10,
+                              "cr3": 0x2000, "cr0": 0x80050033, "cr4": 0x6f0},), qemu=True,
+                       anon_pfns=(0x20, 0x22, 0x23, 0x101, 0x104)):
+    """An x86_64 ELF vmcore that makedumpfile 1.7 accepts (``-d 1``): returns ``(image, pages)``.
+
+    makedumpfile needs, besides PAGESIZE/OSRELEASE: ``init_uts_ns`` readable through the page
+    tables at ``init_top_pgt`` (release must match OSRELEASE) and a FLATMEM ``mem_map``
+    (SYMBOL(mem_map), SIZE(page), OFFSET(page.flags/_refcount/mapping)). Memory: pa 0..512 KiB
+    and 1 MiB..1.5 MiB; every third page is zero (``-d 1`` stores them as one shared zero page,
+    still readable). ``struct page`` of each pfn in ``anon_pfns`` has an anonymous ``mapping``
+    (bit 0), so ``-d 8`` excludes those pages (mem_map lives at pa 0x10000).
+    """
+    pages = bytearray()
+    for i in range(256):
+        pages += (bytes([i % 251 + 1]) * 4096) if i % 3 else b"\0" * 4096
+    uts = b"".join(s.encode().ljust(65, b"\0")
+                   for s in ("Linux", "synth", "6.1.0-test", "#1", "x86_64", "(none)"))
+    pages[0x1000:0x2000] = (struct.pack("<I", 1) + uts).ljust(4096, b"\0")
+    pages[0x1800:0x1808] = struct.pack("<Q", 0xffffffff80010000)      # mem_map -> pa 0x10000
+    pages[0x10000:0x16000] = bytes(0x6000)                             # 384 struct page (64 B)
+    for pfn in anon_pfns:
+        struct.pack_into("<Q", pages, 0x10000 + pfn * 64 + 24, 0xffff888000abc001)
+
+    def table(d):
+        return b"".join(struct.pack("<Q", d.get(i, 0)) for i in range(512))
+    pages[0x2000:0x3000] = table({511: 0x3003})        # PML4[511] -> PDPT
+    pages[0x3000:0x4000] = table({510: 0x4003})        # PDPT[510] -> PD (0xffffffff80000000)
+    pages[0x4000:0x5000] = table({0: 0x83})            # PD[0]: 2 MiB page at pa 0
+    vmci = ("OSRELEASE=6.1.0-test\nPAGESIZE=4096\nSYMBOL(init_uts_ns)=ffffffff80001000\n"
+            "SYMBOL(init_top_pgt)=ffffffff80002000\nNUMBER(phys_base)=0\nKERNELOFFSET=0\n"
+            "SYMBOL(mem_map)=ffffffff80001800\nSIZE(page)=64\nOFFSET(page.flags)=0\n"
+            "OFFSET(page._refcount)=52\nOFFSET(page.mapping)=24\n")
+    notes = b"".join(note("CORE", NT_PRSTATUS, prstatus64(c)) for c in cpus)
+    if qemu:
+        notes += b"".join(note("QEMU", 0, qemu_cpu_state(c)) for c in cpus)
+    notes += note("VMCOREINFO", 0, vmci.encode())
+    segs = [(0, bytes(pages[:0x80000])), (0x100000, bytes(pages[0x80000:]))]
+    return elf_core(segs, notes, align_data=4096), {0: bytes(pages[:0x80000]),
+                                                    0x100000: bytes(pages[0x80000:])}

@@ -1,0 +1,1 @@
+"""Binary layouts (construct definitions) and text formats read by the dump hosts."""

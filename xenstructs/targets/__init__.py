@@ -1,0 +1,39 @@
+"""Dump-file hosts of :class:`~xenstructs.target.Target`, chosen by :func:`open_dump`."""
+
+from ..errors import BadDump
+
+SNIFF_BYTES = 16
+
+
+def sniff(path):
+    """Return the first bytes of ``path``; a missing or unreadable file is one :class:`BadDump`."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(SNIFF_BYTES)
+    except IsADirectoryError:
+        raise BadDump(f"{path}: is a directory, not a dump file") from None
+    except OSError as e:
+        raise BadDump(f"{path}: cannot open: {e.strerror or e}") from None
+
+
+def open_dump(path):
+    """Open a dump file and return its :class:`~xenstructs.target.Target`.
+
+    ELF cores (``\\x7fELF``) → :class:`~.elfcore.ElfCoreTarget`; kdump-compressed
+    (``KDUMP   ``/``DISKDUMP``) and makedumpfile's flattened form (``makedumpfile``) →
+    :class:`~.kdump.KdumpTarget`. An xl dump-core file raises
+    :class:`~xenstructs.errors.Unsupported`; anything else raises :class:`BadDump`.
+    """
+    head = sniff(path)
+    if not head:
+        raise BadDump(f"{path}: empty file")
+    if head.startswith(b"\x7fELF"):
+        from .elfcore import ElfCoreTarget
+        return ElfCoreTarget(path)
+    if head.startswith((b"KDUMP   ", b"DISKDUMP", b"makedumpfile")):
+        from .kdump import KdumpTarget
+        return KdumpTarget(path)
+    if len(head) < 4:
+        raise BadDump(f"{path}: too short to be a dump ({len(head)} bytes: {head!r})")
+    raise BadDump(f"{path}: not a known dump format (starts with {head[:8]!r}; expected ELF, "
+                  "KDUMP, DISKDUMP or makedumpfile)")
