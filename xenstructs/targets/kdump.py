@@ -140,6 +140,16 @@ def header_layout(fd):
     return status, block_size, (1 + sub_hdr_size + bitmap_blocks) * block_size
 
 
+def header_machine(fd):
+    """``x86_64`` or ``i386`` from the header's ``utsname.machine``, or ``None``."""
+    head = _pread(fd, 0, 512)
+    if len(head) < 464 or head[:8] not in (b"KDUMP   ", b"DISKDUMP"):
+        return None
+    m = head[12 + 4 * 65:12 + 5 * 65].split(b"\0", 1)[0]
+    return {b"x86_64": "x86_64", b"i386": "i386", b"i486": "i386", b"i586": "i386",
+            b"i686": "i386"}.get(m)
+
+
 def read_header_notes(fd):
     """Raw VMCOREINFO and ELF notes of a kdump-compressed file: ``(elfclass, vmcoreinfo, notes)``.
 
@@ -223,6 +233,9 @@ class KdumpTarget(Target):
         self.max_pfn = self._attr("max_pfn", 0)
         arch = self._attr("arch.name")
         machine = {"x86_64": "x86_64", "ia32": "i386", "i386": "i386"}.get(arch, arch)
+        if machine not in ("x86_64", "i386"):
+            # QEMU's kdump files leave libkdumpfile without an arch: the header's utsname says it
+            machine = header_machine(fd) or machine
         xen_type = self._attr("xen.type", 0)
 
         elfclass, vmci_raw, notes_raw = read_header_notes(fd)
