@@ -82,6 +82,10 @@ def _gdb_time(args, runs=5):
 
 
 def bench_gdb_load():
+    check = subprocess.run(["gdb", "-nx", "-batch", "-ex", f"source {TOP}/gdbext/xenscope.py", "-ex", "help xen"],
+                           capture_output=True, text=True, timeout=60)
+    if "xen walk" not in check.stdout:
+        raise SystemExit(f"the extension did not load: {check.stderr.strip()[:300]} (run ./setup.sh)")
     base = _gdb_time([])
     loaded = _gdb_time(["-ex", f"source {TOP}/gdbext/xenscope.py"])
     cost = loaded - base

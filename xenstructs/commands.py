@@ -11,14 +11,18 @@ import argparse
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from tabulate import tabulate
-
 from . import decode as D
 from .context import resolve
 from .errors import XenscopeError
 from .paging import STOP_REASONS, coalesce, enumerate_mappings, walk
 
 MAX_READ_PHYS = 1 << 20
+
+
+def tabulate(*args, **kw):
+    """tabulate.tabulate, imported on first use (loading the commands in gdb stays cheap)."""
+    from tabulate import tabulate as _tabulate
+    return _tabulate(*args, **kw)
 
 
 @dataclass

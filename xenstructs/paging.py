@@ -9,10 +9,10 @@ Where a walk stops it says why (:data:`STOP_REASONS`). A hole in the dump (``not
 reported as ``not-present``.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass, field
 from typing import List, Optional
-
-import numpy as np
 
 from . import decode as D
 from .errors import NotInDump, XenscopeError
@@ -233,6 +233,7 @@ def _reserved_mask(paging, level, large):
 
 
 def _bit(arr, n):
+    import numpy as np
     return ((arr >> np.uint64(n)) & np.uint64(1)).astype(bool)
 
 
@@ -244,6 +245,7 @@ def enumerate_mappings(target, paging, va_start=0, va_end=None):
     are bounded by :data:`MAX_TABLES`; a table found among its own ancestors (a recursive entry)
     is reported as a ``loop`` problem and not entered again.
     """
+    import numpy as np          # imported here so that loading the commands (gdb start-up) stays cheap
     mode = paging.mode
     esize, shifts, widths, bits = _GEOMETRY[mode]
     names = D.LEVELS[mode]
@@ -392,6 +394,7 @@ class Ranges:
 def coalesce(m, ignore_pa=False):
     """Merge virtually contiguous pages of equal rights, and contiguous ``pa`` unless
     ``ignore_pa`` (which is how QEMU's ``info mem`` merges), into :class:`Ranges`."""
+    import numpy as np
     n = len(m)
     brk = np.ones(n, bool)
     pa_step = np.zeros(n, bool)
