@@ -124,6 +124,20 @@ def _pread(fd, off, size):
         return b""
 
 
+def _header_class(head):
+    """32 or 64: which ``disk_dump_header`` layout the file uses, or ``None``.
+
+    Not the machine: QEMU 7.2 writes the 64-bit layout (and ELF64 notes) for i386 guests too
+    (seen in dumps of Debian's 686-pae kernel), so the layout whose ``block_size`` is a sane power
+    of two and whose ``sub_hdr_size`` is positive wins, 64-bit first.
+    """
+    for cls in (64, 32):
+        block_size, sub_hdr_size = struct.unpack_from("<ii", head, _HDR_LAYOUT[cls] + 4)
+        if 512 <= block_size <= 1 << 20 and not block_size & (block_size - 1) and sub_hdr_size >= 1:
+            return cls
+    return None
+
+
 def header_layout(fd):
     """``(status, block_size, minimum file size)`` from a kdump-compressed header, or ``None``.
 
@@ -132,9 +146,10 @@ def header_layout(fd):
     head = _pread(fd, 0, 512)
     if len(head) < 464 or head[:8] not in (b"KDUMP   ", b"DISKDUMP"):
         return None
-    machine = head[12 + 4 * 65:12 + 5 * 65].split(b"\0", 1)[0]
-    status_off = _HDR_LAYOUT[64 if machine == b"x86_64" else 32]
-    status, block_size, sub_hdr_size, bitmap_blocks = struct.unpack_from("<Iiii", head, status_off)
+    cls = _header_class(head)
+    if cls is None:
+        return None
+    status, block_size, sub_hdr_size, bitmap_blocks = struct.unpack_from("<Iiii", head, _HDR_LAYOUT[cls])
     if block_size <= 0 or sub_hdr_size < 0 or bitmap_blocks < 0:
         return None
     return status, block_size, (1 + sub_hdr_size + bitmap_blocks) * block_size
@@ -160,8 +175,9 @@ def read_header_notes(fd):
     if len(head) < 464 or head[:8] not in (b"KDUMP   ", b"DISKDUMP"):
         return None, None, None
     version = struct.unpack_from("<i", head, 8)[0]
-    machine = head[12 + 4 * 65:12 + 5 * 65].split(b"\0", 1)[0]
-    elfclass = 64 if machine == b"x86_64" else 32
+    elfclass = _header_class(head)
+    if elfclass is None:
+        return None, None, None
     status_off = _HDR_LAYOUT[elfclass]
     block_size, sub_hdr_size = struct.unpack_from("<ii", head, status_off + 4)
     if version < 3 or block_size < 512 or block_size > 1 << 20 or block_size & (block_size - 1) \
@@ -246,7 +262,7 @@ class KdumpTarget(Target):
             except BadDump:
                 notes = []
         cpus, facts = analyse_notes(notes, machine if machine in ("x86_64", "i386") else
-                                    "x86_64", 64 if machine == "x86_64" else 32) \
+                                    "x86_64", elfclass or (64 if machine == "x86_64" else 32)) \
             if notes else ([], {"notes": [], "qemu_notes": False, "xen_notes": False,
                                 "vmcoreinfo": None, "xen_crash_info": None})
         if not cpus:
