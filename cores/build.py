@@ -137,10 +137,12 @@ def core_pae():
     pt.map(0x40400000, c, 4 * K, rw=True, us=True, nx=False)
     pt.tweak(0x40400000, "PDE", clear=US)
     pt.map(0x40600000, 0x30000000, 2 * M, rw=True, us=True, nx=True)
-    # PDPTE[2] with RW (bit 1) set: reserved in a PAE PDPTE; the page below it is unusable
-    pt.map(0x80000000, dpage(), 4 * K, rw=True, us=True)
+    # PDPTE[2] with RW (bit 1) and A (bit 5) set: reserved for MOV CR3 (#GP), not for the walk,
+    # which QEMU's TCG does through it (and it sets A itself in every PDPTE it uses)
+    w = dpage()
+    pt.map(0x80000000, w, 4 * K, rw=True, us=True)
     t, i = pt.entry_ref(0x80000000, "PDPTE")
-    pt.set_entry(t, i, pt.get_entry(t, i) | RW, problem="reserved")
+    pt.set_entry(t, i, pt.get_entry(t, i) | RW | A)
     # vmalloc: supervisor NX page; a PDE whose page table is not in the dump
     v = dpage()
     pt.map(0xF7000000, v, 4 * K, rw=True, us=False, nx=True, global_=True)
@@ -161,7 +163,7 @@ def core_pae():
     e(0xF7000000, "supervisor NX 4 KiB page", pa=v)
     e(0x0804A000, "PTE not present (XD and frame bits set)", stop="not-present", level="PTE")
     e(0x20000000, "PDE not present", stop="not-present", level="PDE")
-    e(0x80000000, "PDPTE with RW set: reserved", stop="reserved", level="PDPTE")
+    e(0x80000000, "PDPTE with RW and A set: still walked (checked only at CR3 load)", pa=w)
     e(0xF8000000, "page table not in the dump", stop="not-in-dump", level="PTE")
     regs = _regs(pt.root, CR4_PAE | CR4_PSE | CR4_PGE, EFER_NXE, rip=0xC0101234, rsp=0xC01FFF00,
                  cr2=0xF8000000, cs=0x60)

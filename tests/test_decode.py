@@ -34,7 +34,8 @@ def test_large_pages_and_pat():
 
 def test_pae_pdpte_reserved_bits():
     assert D.decode_entry(0x1001, "pae", "PDPTE")["reserved"] == 0
-    assert D.decode_entry(0x1003, "pae", "PDPTE")["reserved"] == 0x2        # RW reserved in PDPTE
+    d = D.decode_entry(0x1023, "pae", "PDPTE")               # RW, A: reserved at MOV CR3 only
+    assert d["reserved"] == 0 and d["reserved_at_cr3_load"] == 0x22
     assert D.decode_entry(0x1000 | 1 | 1 << 63, "pae", "PDPTE")["reserved"] == 1 << 63
 
 

@@ -138,7 +138,9 @@ def _flags(d):
 
 
 def _rights(w, u, nx):
-    return ("u" if u else "s") + "r" + ("w" if w else "-") + ("-" if nx else "x")
+    """``urwx`` style: user/supervisor, read, write, execute (``*`` when NX was not compared)."""
+    x = "*" if nx is None else ("-" if nx else "x")
+    return ("u" if u else "s") + "r" + ("w" if w else "-") + x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +212,8 @@ def walk_result(w):
                        "entry_pa": lv.entry_addr, "entry": lv.entry,
                        "flags": d["flags"] if d else None,
                        "next_pa": d["addr"] if d and d["present"] else None,
-                       "leaf": bool(d and d["leaf"]), "recursive": lv.recursive})
+                       "leaf": bool(d and d["leaf"]), "recursive": lv.recursive,
+                       "warning": lv.warning})
     return {"va": w.va, "mode": w.mode, "root_pa": w.root, "levels": levels, "pa": w.pa,
             "page_size": w.page_size, "writable": w.writable, "user": w.user, "nx": w.nx,
             "stop": w.stop, "stop_level": w.stop_level}
@@ -241,6 +244,7 @@ def _walk_render(r, args):
                      " ".join(lv["flags"]) + note, nxt))
     out = [head, tabulate(rows, headers=("entry", "table pa", "idx", "value", "flags", "points to"),
                           tablefmt="simple", disable_numparse=True)]
+    out += [f"note: {lv['level']}: {lv['warning']}" for lv in r["levels"] if lv["warning"]]
     if r["pa"] is not None:
         out.append(f"=> pa {r['pa']:#x}  ({_size_name(r['page_size'])} page, "
                    f"{'writable' if r['writable'] else 'read-only'}, "
@@ -289,6 +293,8 @@ def maps(p):
     p.add_argument("--ignore-pa", action="store_true",
                    help="merge virtually contiguous pages of equal rights even when their physical "
                         "pages are not contiguous (how QEMU's info mem merges)")
+    p.add_argument("--ignore-nx", action="store_true",
+                   help="merge pages whose only difference is NX (with --ignore-pa: exactly QEMU's info mem)")
     p.add_argument("--limit", type=number, default=0, help="print at most N lines (0: all)")
     _paging_args(p)
 
@@ -309,8 +315,8 @@ def _maps_run(target, args):
     else:
         res["ranges"] = [{"va_start": r.va_start, "va_end": r.va_end, "size": r.va_end - r.va_start,
                           "pa_start": r.pa_start, "pages": r.pages, "writable": r.writable,
-                          "user": r.user, "nx": r.nx}
-                         for r in coalesce(m, ignore_pa=args.ignore_pa)]
+                          "user": r.user, "nx": None if args.ignore_nx else r.nx}
+                         for r in coalesce(m, ignore_pa=args.ignore_pa, ignore_nx=args.ignore_nx)]
     return res
 
 
@@ -376,6 +382,9 @@ def _pte_render(d, args):
         s.append(f"  software bits: {' '.join(d['software'])}")
     if d["reserved"]:
         s.append(f"  RESERVED bits set: {d['reserved']:#x} (a walk through it faults with RSVD=1)")
+    if d["reserved_at_cr3_load"]:
+        s.append(f"  bits {d['reserved_at_cr3_load']:#x} are reserved in a PAE PDPTE: MOV CR3 raises #GP "
+                 "(walks ignore them; QEMU's TCG sets A itself)")
     return "\n".join(s)
 
 

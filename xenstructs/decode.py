@@ -112,7 +112,8 @@ def reserved_bits(value, mode, level, nxe=True, maxphyaddr=52, cr4=CR4_PSE):
     if mode == "pae":
         rsv |= ((1 << 63) - 1) & ~((1 << maxphyaddr) - 1)      # PAE: bits maxphyaddr..62 all reserved
         if level == "PDPT":
-            return value & (rsv | 0x1E6 | 1 << 63)
+            # bits 1, 2, 5-8 are checked only when CR3 is loaded: see cr3_load_reserved_bits()
+            return value & (rsv | 1 << 63)
     if not nxe:
         rsv |= 1 << 63
     if level in ("PML5", "PML4"):
@@ -123,6 +124,21 @@ def reserved_bits(value, mode, level, nxe=True, maxphyaddr=52, cr4=CR4_PSE):
     return value & rsv
 
 
+PAE_PDPTE_LOAD_RESERVED = 0x1E6     # bits 1, 2, 5, 6, 7, 8
+
+
+def cr3_load_reserved_bits(value, mode, level):
+    """Reserved bits of a PAE PDPTE that the CPU checks when CR3 is loaded, not during a walk.
+
+    SDM vol. 3A §4.4.1: the four PDPTEs are loaded into registers by MOV CR3 and a reserved bit
+    there raises #GP. A dump only shows the table in memory, so a walk goes on through them
+    (QEMU's TCG walker ignores them too, and sets A, bit 5, itself in every PDPTE it uses).
+    """
+    if mode == "pae" and level_name(level) == "PDPT" and value & 1:
+        return value & PAE_PDPTE_LOAD_RESERVED
+    return 0
+
+
 def decode_entry(value, mode="4level", level="PTE", nxe=True, maxphyaddr=52, cr4=CR4_PSE):
     """Decode one page-table entry.
 
@@ -131,7 +147,8 @@ def decode_entry(value, mode="4level", level="PTE", nxe=True, maxphyaddr=52, cr4
     :param level: ``PML5E``/``PML4E``/``PDPTE``/``PDE``/``PTE`` (or the table names)
     :return: dict with ``value``, ``present``, ``flags`` (names of set bits), ``large``, ``addr``
              (physical address it points at), ``pfn``, ``pkey`` (64-bit leaf), ``software`` (names of
-             set software bits) and ``reserved`` (mask of reserved bits set).
+             set software bits), ``reserved`` (mask of reserved bits set: a walk faults on them) and
+             ``reserved_at_cr3_load`` (PAE PDPTE bits that make MOV CR3 raise #GP).
     """
     if mode not in MODES:
         raise XenscopeError(f"unknown paging mode {mode!r}: use one of {', '.join(MODES)}")
@@ -179,6 +196,7 @@ def decode_entry(value, mode="4level", level="PTE", nxe=True, maxphyaddr=52, cr4
         "pkey": pkey,
         "software": software,
         "reserved": reserved_bits(value, mode, level, nxe, maxphyaddr, cr4),
+        "reserved_at_cr3_load": cr3_load_reserved_bits(value, mode, level),
     }
 
 

@@ -6,7 +6,7 @@ Independent of ``xenstructs`` (it is the truth that package is tested against). 
 * effective rights: writable = RW at every level, user = US at every level, nx = XD at any level
   (only with 8-byte entries and EFER.NXE=1); PAE PDPTEs carry no rights bits.
 * reserved bits of a present entry (MAXPHYADDR = 52 unless told): 2-level 4 MiB PDE bit 21 (and PSE-36
-  bits above MAXPHYADDR); PAE: bits MAXPHYADDR..62 everywhere, PDPTE bits 1, 2, 5-8 and 63; 64-bit: bits
+  bits above MAXPHYADDR); PAE: bits MAXPHYADDR..62 everywhere, PDPTE bit 63 (bits 1, 2, 5-8 only at CR3 load); 64-bit: bits
   MAXPHYADDR..51, PS in a PML4E/PML5E; large pages: frame bits 13..(size bits - 1); bit 63 without NXE.
 * a 64-bit address is canonical when bits 63..(va_bits - 1) are equal.
 """
@@ -241,7 +241,10 @@ class PageTables:
         if self.mode == "pae":
             rsv = ((1 << 63) - 1) & ~((1 << self.maxphyaddr) - 1)
             if name == "PDPTE":
-                rsv |= RW | US | A | D | PS | G | XD
+                # During a walk only bit 63 and the bits above MAXPHYADDR count: bits 1, 2 and 5-8
+                # are checked when CR3 is loaded (SDM 4.4.1, #GP), and QEMU's TCG walker ignores
+                # them (it even sets A, bit 5, itself: target/i386/tcg/sysemu/excp_helper.c).
+                rsv |= XD
         else:
             rsv = ((1 << 52) - 1) & ~((1 << self.maxphyaddr) - 1)
             if name in ("PML4E", "PML5E"):
