@@ -10,6 +10,7 @@ the parsers (:mod:`xenstructs.commands`) are imported then; that module imports 
 (numpy, tabulate and pwntools are imported on a command's first use).
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -301,7 +302,10 @@ def _invoke(C, cmd, argv):
     if getattr(args, "cpu", None) is _UNSET:
         sel = getattr(target, "selected_cpu", None)
         args.cpu = sel() if sel is not None else dests["cpu"]
-    result = cmd.run(target, args)
+    # one batch per command: a QEMU stub enters physical mode once, not around every read
+    batch = getattr(target, "batch", None)
+    with batch() if batch is not None else contextlib.nullcontext():
+        result = cmd.run(target, args)
     if isinstance(result, dict) and isinstance(result.get("sources"), dict):
         for k in from_param:
             if result["sources"].get(k) == f"--{k} option":

@@ -4,12 +4,15 @@
   physical address, so the file itself is reopened with :func:`xenstructs.targets.open_dump`;
 - ``set xen dump FILE``: that file, whatever gdb has open (kdump-compressed files gdb cannot read);
 - a remote stub: registers from gdb's frames; physical memory through QEMU's ``Qqemu.PhyMemMode``
-  when the stub is QEMU's, otherwise :class:`~xenstructs.errors.Unsupported`.
+  when the stub is QEMU's, otherwise :class:`~xenstructs.errors.Unsupported`. Inside
+  :meth:`GdbTarget.batch` (one xen command) the mode is switched on once and back to 0 at the end;
+  a read outside a batch switches it on and off around itself.
 
 Targets are built once and reused: file targets until the file changes, the live target per
 connection (its register and table caches are dropped on every stop/continue, see :func:`invalidate`).
 """
 
+import contextlib
 import os
 import re
 
@@ -148,6 +151,8 @@ class GdbTarget(Target):
 
     def __init__(self, ctype, details):
         super().__init__()
+        self._phys = False            # xenscope switched the stub to physical mode (Qqemu.PhyMemMode:1)
+        self._depth = 0               # nesting of batch()
         self.ctype = ctype
         self.details = details
         self.path = None
@@ -179,6 +184,37 @@ class GdbTarget(Target):
             return None
         return ans if ans in ("0", "1") else None
 
+    def _physical_mode(self):
+        """Switch the stub to physical reads (one packet), unless it already is."""
+        if self._phys:
+            return
+        if self._packet("Qqemu.PhyMemMode:1") != "OK":
+            raise Unsupported("QEMU refused physical-memory mode (Qqemu.PhyMemMode:1)")
+        self._phys = True
+
+    def _virtual_mode(self):
+        """Give gdb its normal (virtual) memory view back, if xenscope switched it."""
+        if not self._phys:
+            return
+        self._phys = False
+        try:
+            self._packet("Qqemu.PhyMemMode:0")
+        except gdb.error:             # connection gone: nothing left to restore
+            pass
+
+    @contextlib.contextmanager
+    def batch(self):
+        """One command's reads: physical mode is entered once, at the first read, and left on
+        exit (also on error), instead of two extra round trips around every read. Register and
+        frame work (:meth:`cpus`) switches back first, so gdb never unwinds in physical mode."""
+        self._depth += 1
+        try:
+            yield self
+        finally:
+            self._depth -= 1
+            if not self._depth:
+                self._virtual_mode()
+
     def _read_phys(self, addr, size):
         if not self.qemu:
             what = "not QEMU's gdbstub" if self.ctype in ("remote", "extended-remote") else self.ctype
@@ -186,23 +222,21 @@ class GdbTarget(Target):
                               "give a dump with `set xen dump FILE`")
         inf = gdb.selected_inferior()
         try:
-            if self._packet("Qqemu.PhyMemMode:1") != "OK":
-                raise Unsupported("QEMU refused physical-memory mode (Qqemu.PhyMemMode:1)")
+            self._physical_mode()
             try:
                 return bytes(inf.read_memory(addr, size))
             except gdb.MemoryError:
                 raise NotInDump(addr, what="QEMU could not read it")
         finally:
-            try:
-                self._packet("Qqemu.PhyMemMode:0")
-            except gdb.error:
-                pass
+            if not self._depth:
+                self._virtual_mode()
 
     # -- registers ----------------------------------------------------------------------------
     def cpus(self):
         """One CpuState per thread (QEMU: per vCPU, in thread order); cached until the next stop."""
         if self._cpus is not None:
             return self._cpus
+        self._virtual_mode()          # frames may read stack/code memory: never in physical mode
         inf = gdb.selected_inferior()
         threads = sorted(inf.threads(), key=lambda t: t.num) if self.qemu else []
         cur = gdb.selected_thread()
@@ -246,6 +280,7 @@ class GdbTarget(Target):
         return nums.index(cur.num) if cur.num in nums else 0
 
     def symbol(self, name):
+        self._virtual_mode()
         try:
             v = gdb.parse_and_eval(f"&'{name}'")
             return int(v.cast(gdb.lookup_type("unsigned long long")))

@@ -13,12 +13,16 @@ from). It knows nothing about Xen or Linux. Hosts implement four small methods:
 ``symbol(name)``
     a symbol's address or ``None``.
 
+A host may also override :meth:`Target.batch`, which a front end enters around one whole command
+(the gdb layer does): a remote host sets up its reading mode once there instead of per read.
+
 Everything else (bounded reads, whole-table caching for slow hosts, integer helpers) is shared here.
 Virtual reads go through :mod:`xenstructs.paging`, never through a host, except hosts that can only
 read virtual memory (gdbsx), which override :meth:`Target.read_virt`.
 """
 
 from collections import OrderedDict
+import contextlib
 from dataclasses import dataclass, field
 import struct
 
@@ -73,6 +77,12 @@ class Target:
 
     def close(self):
         pass
+
+    @contextlib.contextmanager
+    def batch(self):
+        """Context of one command's reads: hosts with a per-read set-up cost (a mode to switch on
+        a remote stub) do it once here and undo it on exit, even on error. Nests; default: nothing."""
+        yield self
 
     # -- shared ----------------------------------------------------------------------------------
     def read_phys(self, addr, size):
