@@ -11,20 +11,30 @@ action=${1:-demo}
 venv=${XENSCOPE_VENV:-$here/.venv}
 # gdb embeds Debian's /usr/bin/python3: the venv must be made from it, not from the python3 on PATH.
 syspy=/usr/bin/python3
-debs=(gdb python3 python3-venv python3-pip python3-libkdumpfile makedumpfile)
+# the real-system test tier boots Debian's own kernels under QEMU (x86_64, and i386 PAE: its
+# kernel and busybox are downloaded with apt-get download, so the i386 architecture is enabled)
+debs=(gdb python3 python3-venv python3-pip python3-libkdumpfile makedumpfile qemu-system-x86 busybox-static)
 
 say() { printf '== %s\n' "$*"; }
 
 install_debs() {
-    local missing=()
+    local missing=() update=0 sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
     for p in "${debs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
+    if ! dpkg --print-foreign-architectures | grep -qx i386; then
+        say "enabling the i386 architecture (for the i386 PAE kernel of the test tier)"
+        $sudo dpkg --add-architecture i386
+        update=1
+    fi
+    [ ${#missing[@]} -gt 0 ] && update=1
+    if [ "$update" = 1 ]; then
+        # a mirror in mid-sync can fail one index: go on with what was fetched
+        $sudo apt-get update -q >/dev/null 2>&1 || say "apt-get update reported errors; continuing"
+    fi
     [ ${#missing[@]} -eq 0 ] && return 0
     say "installing Debian packages: ${missing[*]}"
-    local sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo=sudo
-    $sudo apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 }
 

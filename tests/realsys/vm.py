@@ -25,11 +25,12 @@ def deb(package):
     """Path of the cached .deb of a Debian package (apt-get download on first use)."""
     d = os.path.join(CACHE, "debs")
     os.makedirs(d, exist_ok=True)
-    name = package.split(":")[0]
-    hits = glob.glob(os.path.join(d, f"{name}_*.deb"))
+    name, _, arch = package.partition(":")
+    pattern = os.path.join(d, f"{name}_*_{arch or 'amd64'}.deb")
+    hits = glob.glob(pattern) or glob.glob(os.path.join(d, f"{name}_*_all.deb"))
     if not hits:
         sh("apt-get", "download", "-q", package, cwd=d)
-        hits = glob.glob(os.path.join(d, f"{name}_*.deb"))
+        hits = glob.glob(pattern) or glob.glob(os.path.join(d, f"{name}_*_all.deb"))
     return sorted(hits)[-1]
 
 
@@ -46,14 +47,14 @@ def extract(package):
     return out
 
 
-def kernel_package(flavour="amd64"):
-    """The versioned image package the metapackage linux-image-<flavour> depends on."""
-    out = sh("apt-cache", "depends", f"linux-image-{flavour}").stdout
+def kernel_package(meta="linux-image-amd64"):
+    """The versioned image package a kernel metapackage (``linux-image-amd64``) depends on."""
+    out = sh("apt-cache", "depends", meta).stdout
     for line in out.splitlines():
         line = line.strip()
         if line.startswith("Depends: linux-image-"):
             return line.split()[1]
-    raise RuntimeError(f"no kernel package behind linux-image-{flavour}")
+    raise RuntimeError(f"no kernel package behind {meta}")
 
 
 def newc(files):

@@ -1,0 +1,102 @@
+"""Boot Debian's own kernels under QEMU (TCG) with a busybox initramfs, ready for truth and dumps.
+
+    vm = boot_linux("x86_64", la57=True)     # returns a running, booted VM (see vm.VM)
+    vm.qmp("stop"); vm.hmp("info tlb"); vm.qmp("dump-guest-memory", ...)
+
+The initramfs loads ``qemu_fw_cfg`` (so the guest hands its VMCOREINFO to QEMU's ``-device
+vmcoreinfo``, which then lands in the dumps), starts a few processes, and prints a marker.
+"""
+import glob
+import os
+
+from . import vm as V
+
+READY = "XENSCOPE-READY"
+ARCHES = {
+    # arch: (QEMU binary, kernel metapackage, busybox package)
+    "x86_64": ("qemu-system-x86_64", "linux-image-amd64", None),
+    "i386": ("qemu-system-i386", "linux-image-686-pae:i386", "busybox-static:i386"),
+}
+
+
+def kernel_files(arch):
+    """(vmlinuz path, modules dir, System.map path, release) of Debian's kernel for ``arch``."""
+    meta = ARCHES[arch][1]
+    pkg = V.kernel_package(meta)
+    root = V.extract(pkg)
+    vmlinuz = sorted(glob.glob(os.path.join(root, "boot", "vmlinuz-*")))[0]
+    release = os.path.basename(vmlinuz)[len("vmlinuz-"):]
+    return vmlinuz, os.path.join(root, "lib", "modules", release), \
+        os.path.join(root, "boot", f"System.map-{release}"), release
+
+
+def busybox(arch):
+    pkg = ARCHES[arch][2]
+    if pkg is None:
+        return "/bin/busybox"
+    return os.path.join(V.extract(pkg), "bin", "busybox")
+
+
+def initramfs(arch, modules=(), extra_init=""):
+    """An initramfs for ``arch`` that insmods ``modules`` (paths relative to the modules dir)."""
+    _, moddir, _, _ = kernel_files(arch)
+    files = {"lib": (0o40755, None)}
+    lines = []
+    for i, rel in enumerate(("kernel/drivers/firmware/qemu_fw_cfg.ko",) + tuple(modules)):
+        name = f"lib/m{i}-{os.path.basename(rel)}"
+        files[name] = (0o100644, open(os.path.join(moddir, rel), "rb").read())
+        lines.append(f"insmod /{name}")
+    init = "\n".join([
+        "#!/bin/busybox sh",
+        "/bin/busybox --install -s /bin",
+        "mount -t proc proc /proc",
+        "mount -t sysfs sys /sys",
+        *lines,
+        "sleep 100000 &",
+        "sleep 100001 &",
+        "cat /proc/self/maps > /dev/null",
+        extra_init,
+        f"echo {READY}",
+        "exec sh",
+    ]) + "\n"
+    bb = open(busybox(arch), "rb").read()
+    base = V.busybox_initramfs(init, extra=files)
+    return base if arch == "x86_64" else V.newc(_with_busybox(init, files, bb))
+
+
+def _with_busybox(init, files, bb):
+    out = {"bin": (0o40755, None), "proc": (0o40755, None), "sys": (0o40755, None),
+           "dev": (0o40755, None), "tmp": (0o40755, None),
+           "bin/busybox": (0o100755, bb), "init": (0o100755, init.encode())}
+    out.update(files)
+    return out
+
+
+def boot_linux(arch="x86_64", la57=False, kaslr=False, pti=False, mem=256, modules=(),
+               gdb_port=None, extra_append="", cpu=None, timeout=240):
+    """Boot Debian's kernel for ``arch``; return the VM once the initramfs printed its marker."""
+    qemu = ARCHES[arch][0]
+    vmlinuz, _, _, _ = kernel_files(arch)
+    v = None
+    workdir = V.tempfile.mkdtemp(prefix="xenscope-vm-")
+    rd = os.path.join(workdir, "initrd.gz")
+    with open(rd, "wb") as f:
+        f.write(initramfs(arch, modules))
+    append = ["console=ttyS0", "panic=-1", "quiet", "loglevel=3"]
+    append.append("kaslr" if kaslr else "nokaslr")
+    append.append("pti=on" if pti else "pti=off")
+    if extra_append:
+        append.append(extra_append)
+    if cpu is None:
+        cpu = "qemu64,+la57" if la57 else ("qemu64" if arch == "x86_64" else "qemu32,+pae,+nx")
+    args = ["-accel", "tcg", "-m", str(mem), "-cpu", cpu, "-kernel", vmlinuz, "-initrd", rd,
+            "-append", " ".join(append), "-device", "vmcoreinfo"]
+    if gdb_port is not None:
+        args += ["-gdb", f"tcp:127.0.0.1:{gdb_port}"]
+    v = V.VM(qemu, args, workdir=workdir)
+    try:
+        v.boot_seconds = v.wait_for(READY, timeout=timeout)
+    except BaseException:
+        v.close()
+        raise
+    return v
