@@ -9,6 +9,8 @@
     the sample size is printed). Targets: <= 1 s and >= 10x.
 (b) gdb load time of the extension: ``gdb -nx -batch -ex 'source gdbext/xenscope.py'`` minus plain
     ``gdb -nx -batch``, median of 5. Target: <= 0.3 s.
+(c) on a real Debian kernel under QEMU (bench/real.py): translations per second against drgn on the
+    same addresses, and ``maps`` against QEMU's own ``info tlb``. Skipped with --quick or --no-real.
 """
 
 import argparse
@@ -98,10 +100,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ptes", type=int, default=1 << 20, help="mapped 4 KiB pages (default 1 M)")
     ap.add_argument("--sample", type=int, default=20000, help="pages walked by the naive baseline")
-    ap.add_argument("--quick", action="store_true", help="64 K PTEs (smoke test)")
+    ap.add_argument("--quick", action="store_true", help="64 K PTEs, no real system (smoke test)")
+    ap.add_argument("--no-real", action="store_true", help="skip (c), the QEMU-booted real kernel")
     a = ap.parse_args()
     ok = bench_maps(1 << 16 if a.quick else a.ptes, a.sample)
     ok &= bench_gdb_load()
+    if not (a.quick or a.no_real):
+        print("(c) real kernel (bench/real.py):", flush=True)
+        r = subprocess.run([sys.executable, os.path.join(HERE, "real.py")], timeout=900)
+        ok &= r.returncode == 0
     return 0 if ok else 1
 
 

@@ -110,3 +110,19 @@ def test_cli_walk_and_maps_json(name):
     assert [(p["va"], p["pa"], p["size"]) for p in pages] == [(p["va"], p["pa"], p["size"]) for p in man["pages"]]
     r = cli("maps", path)
     assert r.returncode == 0 and "pages" in r.stdout and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_cli_vtop_many(name, tmp_path):
+    man = load(name)
+    path = os.path.join(CORES, man["core"])
+    lst = tmp_path / "vas.txt"
+    lst.write_text("# manifest walks\n" + "".join(f"{w['va']:#x}\n" for w in man["walks"]))
+    r = cli("vtop", path, "--from", str(lst), "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)["translations"]
+    assert [(t["va"], t["pa"], t["page_size"], t["stop"]) for t in got] == \
+        [(w["va"], w["pa"], w["page_size"], w["stop"]) for w in man["walks"]]
+    lst.write_text("1000\nnot-an-address\n")
+    r = cli("vtop", path, "--from", str(lst))
+    assert r.returncode == 2 and ":2:" in r.stderr and "Traceback" not in r.stderr
