@@ -1,0 +1,121 @@
+"""Every subcommand, declared once: its argparse parser, the analysis it runs, how it renders.
+
+The CLI (``xenscope NAME DUMP ...``), gdb (``xen NAME ...``) and later crash read these
+declarations; they differ only in where the target comes from and where the text goes.
+A command's ``run(target, args)`` returns a plain result (dict); ``render(result, args)`` turns
+it into text; ``--json`` prints the result itself (numbers as integers, keys named by address
+space: ``va``, ``pa``, ``pfn``...). The JSON schemas are documented in README.md.
+
+This package holds the framework (registry, argument types); one module per subject declares
+its commands (:mod:`.paging`: info, walk, vtop, maps, pte, decode, read-phys). Importing the
+package imports them all, in the order ``help xen`` lists them.
+"""
+
+import argparse
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from ..errors import XenscopeError
+
+def tabulate(*args, **kw):
+    """tabulate.tabulate, imported on first use (loading the commands in gdb stays cheap)."""
+    from tabulate import tabulate as _tabulate
+    return _tabulate(*args, **kw)
+
+
+@dataclass
+class Command:
+    name: str
+    summary: str
+    build: Callable            # build(parser) adds the command's arguments
+    run: Callable              # run(target, args) -> dict
+    render: Callable           # render(result, args) -> str
+    needs_target: bool = True
+
+    def parser(self, prog, dump=False):
+        """The argparse parser; ``dump=True`` adds the CLI's DUMP argument first."""
+        p = XenArgumentParser(prog=prog, description=self.summary,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        if dump and self.needs_target:
+            p.add_argument("dump", help="dump file: ELF vmcore or kdump-compressed (plain or flattened)")
+        self.build(p)
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+        return p
+
+
+class XenArgumentParser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so gdb keeps running on a usage error."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+    def exit(self, status=0, message=None):
+        if message:
+            raise UsageError(message.strip())
+        raise HelpShown()
+
+
+class UsageError(XenscopeError):
+    """Wrong arguments: the CLI exits 2, gdb raises a gdb error."""
+
+
+class HelpShown(Exception):
+    """``--help`` was printed; nothing more to do."""
+
+
+COMMANDS = {}
+
+
+def command(name, summary, needs_target=True):
+    """Declare a subcommand: decorate its ``build`` function; give ``run`` and ``render`` after."""
+    def wrap(build):
+        cmd = Command(name, summary, build, None, None, needs_target)
+        COMMANDS[name] = cmd
+        return cmd
+    return wrap
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument types. A front end may set ``evaluate`` to parse expressions it knows ($rip, symbols).
+# ---------------------------------------------------------------------------------------------
+
+evaluate: Optional[Callable] = None
+
+
+def address(text):
+    """An address or entry value: hex with or without ``0x`` (as crash takes them), or, in gdb,
+    any expression gdb can evaluate (``$cr2``, ``&init_mm``)."""
+    t = text.strip().replace("_", "").replace("`", "")
+    try:
+        return int(t, 16) if not t.lower().startswith("0x") else int(t, 0)
+    except ValueError:
+        if evaluate is not None:
+            return evaluate(text)
+        raise argparse.ArgumentTypeError(f"not a hex number: {text!r}")
+
+
+def number(text):
+    """A count: decimal, or hex with ``0x``."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+
+
+def va_range(text):
+    """``A-B`` (hex, end exclusive) or ``A+SIZE``."""
+    try:
+        if "+" in text:
+            a, n = text.split("+", 1)
+            start = address(a)
+            return start, start + address(n)
+        a, b = text.split("-", 1)
+        return address(a), address(b)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"not a range A-B or A+SIZE: {text!r}")
+
+
+
+
+# Subject modules register their commands on import (kept last: they use the names above).
+from . import paging  # noqa: E402,F401
