@@ -328,19 +328,56 @@ pte.run, pte.render = _pte_run, _pte_render
 _REGS = {"cr0": D.decode_cr0, "cr4": D.decode_cr4, "efer": D.decode_efer}
 
 
-@command("decode", "Decode CR0, CR4, EFER or a page-fault error code (no target needed).", needs_target=False)
+@command("decode", "Decode CR0, CR4, EFER, a page-fault error code, or Xen's page_info type/count "
+                   "words (no target needed).", needs_target=False)
 def decode_cmd(p):
-    p.add_argument("what", choices=("cr0", "cr4", "efer", "pf"), help="what the value is")
+    p.add_argument("what", choices=("cr0", "cr4", "efer", "pf", "type", "count"),
+                   help="what the value is (type/count: a page_info type_info/count_info)")
     p.add_argument("value", type=address, help="value (hex)")
+    p.add_argument("--xen", metavar="VERSION",
+                   help="Xen release for type/count (e.g. 4.6.0, 4.17.3); default: every layout")
+
+
+# one representative release per page_info layout family, for decoding without --xen
+_XEN_FAMILIES = (("4.4-4.9", "4.9.0"), ("4.10-4.16 before XSA-402", "4.16.0"),
+                 ("4.17+ and XSA-402 backports", "4.17.0"), ("4.18+", "4.18.0"))
+
+
+def _decode_xen(args):
+    from ..xen import layouts as L
+    fn = L.decode_type if args.what == "type" else L.decode_count
+    if args.xen:
+        lay = L.layout_for_version(args.xen)
+        d = fn(args.value, lay)
+        return {"register": args.what, "value": args.value,
+                "decodings": [{"xen": args.xen, "layout": lay.name, **d}]}
+    out, seen = [], set()
+    for label, version in _XEN_FAMILIES:
+        lay = L.layout_for_version(version)
+        part = lay.type.name if args.what == "type" else lay.count.name
+        if part in seen:
+            continue
+        seen.add(part)
+        out.append({"xen": label, "layout": lay.name, **fn(args.value, lay)})
+    return {"register": args.what, "value": args.value, "decodings": out}
 
 
 def _decode_run(target, args):
+    if args.what in ("type", "count"):
+        return _decode_xen(args)
     d = D.decode_pf(args.value) if args.what == "pf" else _REGS[args.what](args.value)
     d["register"] = args.what
     return d
 
 
 def _decode_render(d, args):
+    if "decodings" in d:
+        lines = [f"{d['register']}_info {d['value']:#018x}:"]
+        for x in d["decodings"]:
+            lines.append(f"  Xen {x['xen']} ({x['layout']}): {x['text']}")
+        if len(d["decodings"]) > 1:
+            lines.append("  (give --xen VERSION to pick one: the bits moved between releases)")
+        return "\n".join(lines)
     s = f"{d['register']} {d['value']:#x}: {' '.join(d['flags']) or '(no bits set)'}"
     if d.get("text"):
         s += f"\n  {d['text']}"

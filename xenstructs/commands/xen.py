@@ -1,0 +1,270 @@
+"""Xen host commands: page, frames, domains, m2p (a hypervisor dump, or a QEMU dump of a Xen host)."""
+
+from ..errors import XenscopeError
+from . import address, command, number, tabulate, va_range
+
+MAX_LIST = 1 << 20
+
+
+def _xen_args(p):
+    g = p.add_argument_group("Xen (default: from the dump)")
+    g.add_argument("--xen", metavar="VERSION", help="Xen release, e.g. 4.17.3 (decides the page_info layout)")
+    g.add_argument("--xen-syms", metavar="PATH", help="xen-syms (ELF) or its .map: symbols VMCOREINFO_XEN lacks")
+    g.add_argument("--cpu", type=number, default=0, help="CPU whose CR3 reaches Xen's page tables (default 0)")
+
+
+def host_of(target, args):
+    from ..xen.host import open_host
+    return open_host(target, version=args.xen, syms=args.xen_syms, cpu=args.cpu)
+
+
+def _layout_line(h):
+    d = h.describe()
+    return f"Xen {d['version'] or '?'}; page_info layout {d['layout']} ({d['layout_why']})"
+
+
+# ---------------------------------------------------------------------------------------------
+# page
+# ---------------------------------------------------------------------------------------------
+
+@command("page", "Decode the struct page_info of machine frames: type, counts, state, owner, M2P.")
+def page(p):
+    p.add_argument("mfn", type=address, help="machine frame number (hex)")
+    p.add_argument("--count", type=number, default=1, help="this many frames from MFN (default 1)")
+    _xen_args(p)
+
+
+def _page_run(target, args):
+    if args.count < 1 or args.count > 4096:
+        raise XenscopeError(f"--count {args.count} out of range (1..4096)")
+    h = host_of(target, args)
+    pages = []
+    for mfn in range(args.mfn, args.mfn + args.count):
+        try:
+            pages.append(h.page(mfn))
+        except XenscopeError as e:
+            pages.append({"mfn": mfn, "error": str(e)})
+    return {"xen": h.describe(), "pages": pages}
+
+
+def _page_render(r, args):
+    x = r["xen"]
+    out = [f"Xen {x['version'] or '?'}; layout {x['layout']} ({x['layout_why']})"]
+    for pg in r["pages"]:
+        if "error" in pg:
+            out.append(f"mfn {pg['mfn']:#x}: {pg['error']}")
+            continue
+        owner = pg["owner_name"] or "-"
+        m2p = "-" if pg["m2p"] is None else f"{pg['m2p']:#x}"
+        out.append(f"mfn {pg['mfn']:#x} (pdx {pg['pdx']:#x}, page_info at {pg['page_info_va']:#x}) "
+                   f"owner {owner}, M2P pfn {m2p}")
+        out.append(f"  count_info {pg['count_info']:#018x}: {pg['count']['text']}")
+        out.append(f"  type_info  {pg['type_info']:#018x}: {pg['type']['text']}")
+    return "\n".join(out)
+
+
+page.run, page.render = _page_run, _page_render
+
+
+# ---------------------------------------------------------------------------------------------
+# frames
+# ---------------------------------------------------------------------------------------------
+
+@command("frames", "Query the frame table (by type, owner, state, pinned) or count it (--summary).")
+def frames(p):
+    from ..xen.frames import STATES, TYPES
+    p.add_argument("--type", choices=TYPES, help="page type (frames in use)")
+    p.add_argument("--owner", help="owning domain: id (0, 0x7ff2) or name (d0, dom_xen, dom_io, dom_cow)")
+    p.add_argument("--pinned", action="store_true", help="only pinned page tables")
+    p.add_argument("--state", choices=STATES, help="allocation state")
+    p.add_argument("--summary", action="store_true", help="census: pages per owner x type, per state")
+    p.add_argument("--range", type=va_range, dest="mfn_range", metavar="A-B", help="only mfns in [A, B)")
+    p.add_argument("--limit", type=number, default=100, help="list at most N frames (default 100; 0: all)")
+    _xen_args(p)
+
+
+def _frames_run(target, args):
+    import numpy as np
+    from ..xen import frames as F
+    h = host_of(target, args)
+    start, end = args.mfn_range if args.mfn_range else (0, None)
+    arr = h.frame_arrays(start, None if end is None else max(0, end - start))
+    cols = F.classify(h, arr)
+    res = {"xen": h.describe(), "max_page": h.max_page}
+    if args.summary:
+        res["census"] = F.census(h, cols)
+        return res
+    mask = F.select(h, cols, type=args.type, owner=args.owner, pinned=args.pinned, state=args.state)
+    idx = np.nonzero(mask)[0]
+    res["matches"] = int(len(idx))
+    lim = args.limit or MAX_LIST
+    names = F.owner_names(h, np.unique(cols["domain"][idx[:lim]]))
+    rows = []
+    for i in idx[:lim].tolist():
+        free = cols["state"][i] == F.STATES.index("free")
+        t = int(cols["type"][i])
+        rows.append({"mfn": int(cols["mfn"][i]), "count_info": int(cols["count_info"][i]),
+                     "type_info": int(cols["type_info"][i]),
+                     "type": "unknown" if t < 0 else F.TYPES[t], "state": F.STATES[cols["state"][i]],
+                     "type_count": int(cols["type_count"][i]), "count": int(cols["count"][i]),
+                     "pinned": bool(cols["pinned"][i]), "validated": bool(cols["validated"][i]),
+                     "owner": None if free else names[int(cols["domain"][i])]})
+    res["frames"] = rows
+    return res
+
+
+def _frames_render(r, args):
+    x = r["xen"]
+    head = f"Xen {x['version'] or '?'}; layout {x['layout']} ({x['layout_why']}); max_page {r['max_page']:#x}"
+    if "census" in r:
+        c = r["census"]
+        types = sorted({t for row in c["by_owner"].values() for t in row})
+        rows = [[owner] + [row.get(t, 0) for t in types] + [sum(row.values())]
+                for owner, row in sorted(c["by_owner"].items())]
+        out = [head, tabulate(rows, headers=["owner"] + types + ["total"], tablefmt="simple"),
+               "states: " + ", ".join(f"{k} {v}" for k, v in c["states"].items())
+               + f"; frames {c['frames']}, frame-table pages missing from the dump: {c['missing']}"]
+        if c["free_with_references_count"]:
+            out.append(f"INCONSISTENT: {c['free_with_references_count']} free frame(s) still hold references, "
+                       f"e.g. mfn {', '.join(hex(m) for m in c['free_with_references'][:8])}")
+        else:
+            out.append("no free frame holds a reference")
+        return "\n".join(out)
+    rows = [(f"{f['mfn']:#x}", f["owner"] or "-", f["state"], f["type"], f["type_count"],
+             "P" if f["pinned"] else "", "V" if f["validated"] else "", f["count"],
+             f"{f['count_info']:#018x}", f"{f['type_info']:#018x}") for f in r["frames"]]
+    out = [head, tabulate(rows, headers=("mfn", "owner", "state", "type", "tcount", "pin", "val", "count",
+                                         "count_info", "type_info"), tablefmt="simple", disable_numparse=True)]
+    if r["matches"] > len(rows):
+        out.append(f"... {r['matches'] - len(rows)} more (use --limit 0)")
+    out.append(f"{r['matches']} frame(s) match")
+    return "\n".join(out)
+
+
+frames.run, frames.render = _frames_run, _frames_render
+
+
+# ---------------------------------------------------------------------------------------------
+# domains
+# ---------------------------------------------------------------------------------------------
+
+@command("domains", "List domains (domain_list, dom_xen/dom_io/dom_cow) with the frames each owns.")
+def domains(p):
+    _xen_args(p)
+
+
+def _domains_run(target, args):
+    import numpy as np
+    from ..xen import frames as F
+    h = host_of(target, args)
+    doms = h.domains()
+    counts = {}
+    try:
+        cols = F.classify(h, h.frame_arrays())
+        inuse = cols["present"] & (cols["state"] != F.STATES.index("free"))
+        raws, n = np.unique(cols["domain"][inuse], return_counts=True)
+        counts = dict(zip(raws.tolist(), n.tolist()))
+    except XenscopeError as e:
+        counts_error = str(e)
+    else:
+        counts_error = None
+    listed = {d.pickled for d in doms}
+    out = [{"id": d.id, "name": d.name, "struct_va": d.struct_va, "source": d.source,
+            "frames": counts.get(d.pickled, 0)} for d in doms]
+    for raw, n in sorted(counts.items()):
+        if raw and raw not in listed:
+            d = h.owner(raw)
+            out.append({"id": d.id, "name": d.name, "struct_va": d.struct_va, "source": "frame owners",
+                        "frames": n})
+    return {"xen": h.describe(), "domains": out, "frames_error": counts_error}
+
+
+def _domains_render(r, args):
+    rows = [(d["id"], d["name"], f"{d['struct_va']:#x}", d["frames"], d["source"]) for d in r["domains"]]
+    out = [tabulate(rows, headers=("id", "name", "struct domain", "frames owned", "found via"),
+                    tablefmt="simple", disable_numparse=True)]
+    if r["frames_error"]:
+        out.append(f"frame counts unavailable: {r['frames_error']}")
+    return "\n".join(out)
+
+
+domains.run, domains.render = _domains_run, _domains_render
+
+
+# ---------------------------------------------------------------------------------------------
+# m2p
+# ---------------------------------------------------------------------------------------------
+
+@command("m2p", "Xen's machine-to-phys table: the guest pfn of an mfn, or of a range (--range A-B).")
+def m2p(p):
+    p.add_argument("mfn", type=address, nargs="?", help="machine frame number (hex)")
+    p.add_argument("--range", type=va_range, dest="mfn_range", metavar="A-B", help="mfns in [A, B)")
+    _xen_args(p)
+
+
+def _m2p_run(target, args):
+    h = host_of(target, args)
+    if args.mfn_range:
+        a, b = args.mfn_range
+    elif args.mfn is not None:
+        a, b = args.mfn, args.mfn + 1
+    else:
+        raise XenscopeError("give an MFN or --range A-B")
+    if b - a > MAX_LIST or b <= a:
+        raise XenscopeError(f"range of {b - a} frames out of bounds (1..{MAX_LIST})")
+    vals = h.m2p_array(a, b).tolist()
+    rows = [{"mfn": m, "pfn": None if v >> 63 else v} for m, v in zip(range(a, b), vals)]
+    return {"entries": rows}
+
+
+def _m2p_render(r, args):
+    return "\n".join(f"mfn {e['mfn']:#x} -> " + ("invalid/unmapped" if e["pfn"] is None else f"pfn {e['pfn']:#x}")
+                     for e in r["entries"])
+
+
+m2p.run, m2p.render = _m2p_run, _m2p_render
+
+
+# ---------------------------------------------------------------------------------------------
+# pt-audit
+# ---------------------------------------------------------------------------------------------
+
+@command("pt-audit", "Audit a PV domain's page tables offline against the rules Xen enforces.")
+def pt_audit(p):
+    p.add_argument("--domain", type=number, help="domain id (default: every domain with pinned tables)")
+    p.add_argument("--limit", type=number, default=50, help="findings printed per domain (default 50; 0: all)")
+    _xen_args(p)
+
+
+def _pt_audit_run(target, args):
+    from ..xen.ptaudit import audit
+    h = host_of(target, args)
+    out = []
+    for a in audit(h, args.domain):
+        kinds = {}
+        for f in a.findings:
+            kinds[f.kind] = kinds.get(f.kind, 0) + 1
+        out.append({"domain": a.domain, "tables": a.tables, "roots": a.roots, "by_kind": kinds,
+                    "findings": [f.as_dict() for f in a.findings]})
+    return {"xen": h.describe(), "domains": out}
+
+
+def _pt_audit_render(r, args):
+    out = []
+    lim = args.limit or None
+    for d in r["domains"]:
+        roots = ", ".join(f"{x['level']} {x['mfn']:#x}" for x in d["roots"][:6]) or "none"
+        out.append(f"d{d['domain']}: {d['tables']} table(s) audited from {len(d['roots'])} pinned root(s) ({roots}); "
+                   + (", ".join(f"{k} {v}" for k, v in sorted(d["by_kind"].items())) or "no findings"))
+        for f in d["findings"][:lim]:
+            path = " > ".join(f"{lv}[{slot}]" for lv, slot in f["path"])
+            where = f" L4 {f['l4_mfn']:#x} {path}" if f["l4_mfn"] else (f" {path}" if path else "")
+            out.append(f"  {f['kind']}:{where}: {f['details']}")
+            if f["xen_would_say"]:
+                out.append(f"    Xen would say: {f['xen_would_say']}")
+        if lim and len(d["findings"]) > lim:
+            out.append(f"  ... {len(d['findings']) - lim} more (use --limit 0)")
+    return "\n".join(out)
+
+
+pt_audit.run, pt_audit.render = _pt_audit_run, _pt_audit_render

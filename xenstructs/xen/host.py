@@ -1,0 +1,445 @@
+"""A Xen host: the hypervisor's own view over a target that holds machine memory.
+
+A :class:`XenHost` wraps a target (a Xen kdump vmcore, or a whole-machine QEMU dump of a Xen host)
+and answers Xen questions: which ``struct page_info`` layout, where the frame table, the M2P and
+the direct map are, which domain owns a frame, what the M2P says. Everything is read through
+Xen's own page tables (any CPU's CR3: PV guests' L4s carry Xen's slots 256-271 too) or the
+direct map, with PDX compression undone when Xen's masks are known.
+
+Addresses are named by space: ``va`` Xen virtual, ``maddr`` machine address, ``mfn`` machine frame,
+``pdx`` frame-table index, ``pfn`` a guest's pseudo-physical frame (an M2P value).
+Facts: ../shared/reference/xen-facts.md §1.4-1.5 (owners, PDX), §2.1 (layout), §5.1 (notes).
+"""
+
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..context import resolve
+from ..errors import NotInDump, XenscopeError
+from ..paging import walk
+from . import layouts as L
+
+# Xen x86_64 virtual layout (asm-x86/config.h); XEN_VIRT_START moved in 4.14 (reference §2.1)
+DIRECTMAP_VIRT_START = 0xFFFF830000000000
+DIRECTMAP_VIRT_START_BIGMEM = 0xFFFF848000000000
+FRAMETABLE_VIRT_START = 0xFFFF82E000000000
+FRAMETABLE_VIRT_START_BIGMEM = 0xFFFF830000000000
+RDWR_MPT_VIRT_START = 0xFFFF828000000000
+RO_MPT_VIRT_START = 0xFFFF800000000000
+XEN_VIRT_START_OLD = 0xFFFF82D080000000      # 4.4 - 4.13
+XEN_VIRT_START_NEW = 0xFFFF82D040000000      # 4.14 +
+INVALID_M2P_ENTRY = (1 << 64) - 1
+SHARED_M2P_ENTRY = (1 << 64) - 2
+MAX_DOMAINS = 1 << 15                        # domain_list walk bound (domids are 15-bit)
+
+
+@dataclass
+class Pdx:
+    """PDX compression (reference §1.5): identity when ``hole_shift`` is 0."""
+    bottom_mask: int = (1 << 64) - 1
+    top_mask: int = 0
+    hole_shift: int = 0
+    ma_va_bottom_mask: int = (1 << 64) - 1
+    ma_top_mask: int = 0
+    source: str = "identity (no PDX compression)"
+
+    def pfn_to_pdx(self, pfn):
+        if not self.hole_shift:
+            return pfn
+        return (pfn & self.bottom_mask) | ((pfn & self.top_mask) >> self.hole_shift)
+
+    def pdx_to_pfn(self, pdx):
+        if not self.hole_shift:
+            return pdx
+        return (pdx & self.bottom_mask) | ((pdx << self.hole_shift) & self.top_mask)
+
+    def maddr_to_directmapoff(self, ma):
+        if not self.hole_shift:
+            return ma
+        return ((ma & self.ma_top_mask) >> self.hole_shift) | (ma & self.ma_va_bottom_mask)
+
+    def directmapoff_to_maddr(self, off):
+        if not self.hole_shift:
+            return off
+        return (off & self.ma_va_bottom_mask) | ((off << self.hole_shift) & self.ma_top_mask)
+
+
+def _parse_map(path):
+    """Symbols from a System.map-style file (``ADDRESS TYPE name``), e.g. Xen's ``xen-syms.map``."""
+    syms = {}
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3:
+                    try:
+                        syms.setdefault(parts[2], int(parts[0], 16))
+                    except ValueError:
+                        continue
+    except OSError as e:
+        raise XenscopeError(f"cannot read symbols from {path}: {e.strerror}")
+    return syms
+
+
+def _elf_symbols(path):
+    """Symbols from xen-syms' ELF symbol table (pyelftools, imported lazily)."""
+    try:
+        from elftools.elf.elffile import ELFFile
+        from elftools.common.exceptions import ELFError
+    except ImportError:
+        raise XenscopeError("pyelftools is missing: run ./setup.sh")
+    syms = {}
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            tab = elf.get_section_by_name(".symtab")
+            if tab is None:
+                raise XenscopeError(f"{path}: no symbol table")
+            for s in tab.iter_symbols():
+                if s.name and s["st_value"]:
+                    syms.setdefault(s.name, s["st_value"])
+    except (OSError, ELFError) as e:
+        raise XenscopeError(f"{path}: not a readable ELF file ({e})")
+    return syms
+
+
+def load_symbols(path):
+    """Symbols of a xen-syms ELF file or of a ``.map`` text file, by content."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise XenscopeError(f"cannot open {path}: {e.strerror}")
+    return _elf_symbols(path) if magic == b"\x7fELF" else _parse_map(path)
+
+
+@dataclass
+class Domain:
+    id: int
+    name: str
+    struct_va: int
+    pickled: int                     # the value page owners hold (pdx of the struct's page)
+    source: str = "domain_list"
+    extra: dict = field(default_factory=dict)
+
+
+class XenHost:
+    """Xen's view of a target holding a Xen host's machine memory.
+
+    :param target: a :class:`~xenstructs.target.Target` whose physical memory is machine memory
+    :param version: ``--xen`` option (used when the dump does not say)
+    :param syms: path of xen-syms (ELF) or its ``.map``, for symbols VMCOREINFO_XEN lacks
+    """
+
+    def __init__(self, target, version=None, syms=None, cpu=0):
+        self.t = target
+        vi = target.facts.get("vmcoreinfo")
+        # only Xen's own VMCOREINFO (a dom0 kernel's describes Linux, not Xen)
+        self.vi = vi if vi is not None and vi.symbol("frame_table") is not None else None
+        self.symbols = {}
+        self.sources = {}
+        if syms:
+            self.symbols.update(load_symbols(syms))
+            self.sources["symbols"] = syms
+        if self.vi is not None:
+            for name, va in self.vi.symbols().items():
+                self.symbols.setdefault(name, va)
+            self.sources.setdefault("symbols", "VMCOREINFO_XEN")
+        ci = target.facts.get("xen_crash_info") or {}
+        self.crash_info = ci
+        self.xen_phys_start = ci.get("xen_phys_start")
+        self.paging = self._xen_paging(cpu)
+        self.version = self._version(version)
+        bigmem = None
+        if self.vi is not None and self.vi.size("page_info"):
+            bigmem = self.vi.size("page_info") == 48
+        exp = None
+        self.selection = L.select_layout(version=self.version, vmcoreinfo=self.vi,
+                                         crash_info=self._crash_info_for_layout(), bad_type_exp=exp,
+                                         bigmem=bigmem)
+        self.layout = self.selection.layout
+        self.directmap = DIRECTMAP_VIRT_START_BIGMEM if self.layout.bigmem else DIRECTMAP_VIRT_START
+        self.frametable = self.symbols.get("frame_table") or (
+            FRAMETABLE_VIRT_START_BIGMEM if self.layout.bigmem else FRAMETABLE_VIRT_START)
+        self.pdx = self._pdx()
+        self._max_page = None
+        self._domains = None
+        self._owner_cache = {}
+
+    # -- what Xen this is ----------------------------------------------------------------------
+    def _crash_info_for_layout(self):
+        ci = self.crash_info
+        if not ci.get("xen_major_version"):
+            return None
+        return {"major": ci["xen_major_version"], "minor": ci.get("xen_minor_version"),
+                "extra": self._crash_extra()}
+
+    def _crash_extra(self):
+        """Xen's extra version string (``.7``, ``.5-pre``): the note holds its machine address."""
+        pa = self.crash_info.get("xen_extra_version")
+        if not pa:
+            return None
+        try:
+            raw = self.t.read_phys(pa, 64)
+        except (NotInDump, XenscopeError):
+            return None
+        return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+    def _version(self, option):
+        ci = self._crash_info_for_layout()
+        if ci and ci.get("major") is not None:
+            self.sources["version"] = "the dump's Xen crash-info note"
+            return f"{ci['major']}.{ci['minor']}{ci.get('extra') or ''}"
+        if option:
+            self.sources["version"] = "--xen option"
+            return option
+        found = self._banner_version()
+        if found:
+            self.sources["version"] = "the banner in Xen's console ring"
+            return found
+        return None
+
+    def _banner_version(self):
+        """``Xen version X.Y.Z`` from the console ring buffer (symbol ``conring``) when known."""
+        va = self.symbols.get("conring")
+        if va is None:
+            return None
+        try:
+            ptr = self.read_u64(va)
+            buf = self.read_va(ptr, 16384) if ptr >> 47 else self.read_va(va, 16384)
+        except XenscopeError:
+            return None
+        m = re.search(rb"Xen version (\d+\.\d+[.\w+~-]*)", buf)
+        return m.group(1).decode() if m else None
+
+    def _xen_paging(self, cpu):
+        """Xen's page tables: any CPU's CR3 (Xen's idle table or a PV guest's L4, which carries
+        Xen's slots), else ``pgd_l4``/``idle_pg_table`` through the Xen image mapping."""
+        try:
+            ctx = resolve(self.t, cpu=cpu, mode=None)
+            if ctx.paging.mode in ("4level", "5level"):
+                self.sources["cr3"] = ctx.sources.get("cr3", "registers")
+                return ctx.paging
+        except XenscopeError:
+            pass
+        from ..paging import Paging
+        va = self.symbols.get("pgd_l4") or self.symbols.get("idle_pg_table")
+        if va is not None and self.xen_phys_start is not None:
+            start = XEN_VIRT_START_NEW if va < XEN_VIRT_START_OLD else XEN_VIRT_START_OLD
+            self.sources["cr3"] = "idle_pg_table symbol through the Xen image mapping"
+            return Paging("4level", va - start + self.xen_phys_start)
+        raise XenscopeError("cannot find Xen's page tables: the dump has no CPU CR3 and no "
+                            "idle_pg_table/xen_phys_start (give --cr3)")
+
+    # -- reading Xen virtual memory --------------------------------------------------------------
+    def va_to_maddr(self, va):
+        """Machine address of a Xen virtual address (direct map arithmetic, else a page walk)."""
+        if self.directmap <= va < self.directmap + (5 << 40):
+            return self.pdx.directmapoff_to_maddr(va - self.directmap)
+        w = walk(self.t, self.paging, va)
+        if w.pa is None:
+            raise XenscopeError(f"Xen va {va:#x} does not translate: {w.describe_stop()}")
+        return w.pa
+
+    def read_va(self, va, size):
+        out = bytearray()
+        while size > 0:
+            n = min(size, 0x1000 - (va & 0xFFF))
+            out += self.t.read_phys(self.va_to_maddr(va), n)
+            va += n
+            size -= n
+        return bytes(out)
+
+    def read_u64(self, va):
+        return struct.unpack("<Q", self.read_va(va, 8))[0]
+
+    def read_u32(self, va):
+        return struct.unpack("<I", self.read_va(va, 4))[0]
+
+    def symbol(self, name):
+        va = self.symbols.get(name)
+        if va is None:
+            raise XenscopeError(f"symbol {name} unknown: give xen-syms or its .map (--xen-syms)")
+        return va
+
+    def _pdx(self):
+        names = ("pfn_pdx_bottom_mask", "pfn_top_mask", "pfn_pdx_hole_shift", "ma_va_bottom_mask",
+                 "ma_top_mask")
+        if all(n in self.symbols for n in names):
+            try:
+                vals = [self.read_u64(self.symbols[n]) for n in names]
+                vals[2] &= 0xFFFFFFFF
+                return Pdx(*vals, source="Xen's pfn_pdx_* masks read from memory")
+            except XenscopeError:
+                pass
+        return Pdx()
+
+    # -- frames -----------------------------------------------------------------------------------
+    @property
+    def max_page(self):
+        if self._max_page is None:
+            self._max_page = self.read_u64(self.symbol("max_page"))
+        return self._max_page
+
+    def page_info_va(self, mfn):
+        return self.frametable + self.pdx.pfn_to_pdx(mfn) * self.layout.page_info_size
+
+    def page_raw(self, mfn):
+        if mfn < 0 or mfn >= self.max_page:
+            raise XenscopeError(f"mfn {mfn:#x} is beyond max_page {self.max_page:#x}")
+        return self.read_va(self.page_info_va(mfn), self.layout.page_info_size)
+
+    def page(self, mfn):
+        """Everything about one machine frame: page_info decoded, owner, M2P."""
+        info = L.parse_page_info(self.page_raw(mfn), self.layout)
+        raw = info["domain"]
+        owner = self.owner(raw) if info["count"]["state"] != "free" else None
+        res = {"mfn": mfn, "pdx": self.pdx.pfn_to_pdx(mfn), "page_info_va": self.page_info_va(mfn),
+               "count_info": info["count_info"], "type_info": info["type_info"],
+               "count": info["count"], "type": info["type"], "domain_raw": raw,
+               "owner": owner.id if owner else None,
+               "owner_name": owner.name if owner else ("anonymous" if raw == 0 else None),
+               "m2p": self.m2p(mfn)}
+        return res
+
+    def frame_arrays(self, start=0, count=None):
+        """``count_info``, ``type_info`` and raw owner of the valid frames in
+        ``[start, start+count)`` as numpy arrays, plus ``mfn``, ``pdx`` and ``present`` (False where
+        the frame table page is not in the dump). The frame table is read a page at a time through
+        Xen's page tables and decoded with numpy: no Python loop per frame."""
+        import numpy as np
+        size = self.layout.page_info_size
+        end = self.max_page if count is None else min(self.max_page, start + count)
+        mfn = np.arange(start, max(start, end), dtype=np.uint64)
+        p = self.pdx
+        if p.hole_shift:
+            valid = (mfn & np.uint64(~(p.bottom_mask | p.top_mask) & ((1 << 64) - 1))) == 0
+            mfn = mfn[valid]
+            pdx = (mfn & np.uint64(p.bottom_mask)) | ((mfn & np.uint64(p.top_mask)) >> np.uint64(p.hole_shift))
+        else:
+            pdx = mfn.copy()
+        n = len(mfn)
+        if n == 0:
+            z = np.zeros(0, np.uint64)
+            return {"mfn": z, "pdx": z, "count_info": z, "type_info": z, "domain": z,
+                    "present": np.zeros(0, bool)}
+        off = pdx * np.uint64(size)
+        first, last = int(off[0]) >> 12, (int(off[-1]) + size - 1) >> 12
+        if last - first + 1 > (1 << 20):
+            raise XenscopeError("frame table range too large (more than 4 GiB): give --count")
+        buf = np.zeros((last - first + 1) * 4096, np.uint8)
+        have = np.zeros(last - first + 1, bool)
+        for pg in np.unique(off >> np.uint64(12)).tolist():
+            try:
+                data = self.read_va(self.frametable + (pg << 12), 4096)
+            except XenscopeError:
+                continue
+            k = pg - first
+            buf[k * 4096:(k + 1) * 4096] = np.frombuffer(data, np.uint8)
+            have[k] = True
+        rel = (off - np.uint64(first << 12)).astype(np.int64)
+        rec = buf[rel[:, None] + np.arange(size)]
+        present = have[rel >> 12] & have[(rel + size - 1) >> 12]
+        o = self.layout.offsets
+
+        def word(at, width):
+            return rec[:, at:at + width].copy().view("<u8" if width == 8 else "<u4").ravel().astype(np.uint64)
+        return {"mfn": mfn, "pdx": pdx, "count_info": word(o["count_info"], 8),
+                "type_info": word(o["type_info"], 8),
+                "domain": word(o["domain"], self.layout.domain_width), "present": present}
+
+    # -- M2P ---------------------------------------------------------------------------------------
+    def m2p(self, mfn):
+        """Xen's M2P entry for ``mfn`` (the owning guest's pfn), or None when invalid/unmapped."""
+        try:
+            v = self.read_u64(RDWR_MPT_VIRT_START + 8 * mfn)
+        except XenscopeError:
+            return None
+        return None if v >> 63 else v
+
+    def m2p_array(self, start, end):
+        """M2P entries of mfns ``[start, end)`` as a numpy uint64 array (``INVALID_M2P_ENTRY`` where
+        the M2P is unmapped or missing), read a page (512 entries) at a time."""
+        import numpy as np
+        out = np.full(max(0, end - start), INVALID_M2P_ENTRY, np.uint64)
+        va0 = RDWR_MPT_VIRT_START + 8 * start
+        for pva in range(va0 & ~0xFFF, RDWR_MPT_VIRT_START + 8 * end, 0x1000):
+            try:
+                page = np.frombuffer(self.read_va(pva, 4096), "<u8")
+            except XenscopeError:
+                continue
+            first = (pva - RDWR_MPT_VIRT_START) // 8
+            lo, hi = max(first, start), min(first + 512, end)
+            out[lo - start:hi - start] = page[lo - first:hi - first]
+        return out
+
+    # -- domains -----------------------------------------------------------------------------------
+    def pickle(self, struct_va):
+        """The owner value a page of this domain carries: pdx of the struct's direct-map page."""
+        return (struct_va - self.directmap) >> 12
+
+    def domains(self):
+        """Domains from ``domain_list`` (bounded walk) plus dom_xen, dom_io, dom_cow."""
+        if self._domains is not None:
+            return self._domains
+        out = []
+        seen = set()
+        next_off = self.vi.offset("domain", "next_in_list") if self.vi is not None else None
+        id_off = (self.vi.offset("domain", "domain_id") if self.vi is not None else None) or 0
+        if "domain_list" in self.symbols and next_off is not None:
+            va = self.read_u64(self.symbols["domain_list"])
+            while va and va not in seen:
+                if len(seen) >= MAX_DOMAINS:
+                    raise XenscopeError(f"domain_list has more than {MAX_DOMAINS} entries: corrupt list")
+                seen.add(va)
+                did = struct.unpack("<H", self.read_va(va + id_off, 2))[0]
+                out.append(Domain(did, L.domid_name(did), va, self.pickle(va)))
+                va = self.read_u64(va + next_off)
+        for sym in ("dom_xen", "dom_io", "dom_cow"):
+            if sym in self.symbols:
+                try:
+                    va = self.read_u64(self.symbols[sym])
+                except XenscopeError:
+                    continue
+                if va and va not in seen:
+                    did = struct.unpack("<H", self.read_va(va + id_off, 2))[0]
+                    out.append(Domain(did, L.domid_name(did), va, self.pickle(va), source=sym))
+                    seen.add(va)
+        self._domains = out
+        for d in out:
+            self._owner_cache[d.pickled] = d
+        return out
+
+    def owner(self, raw):
+        """The :class:`Domain` a page's raw owner value names (None for anonymous pages)."""
+        if not raw:
+            return None
+        if not self._owner_cache:
+            try:
+                self.domains()
+            except XenscopeError:
+                pass
+        d = self._owner_cache.get(raw)
+        if d is None:
+            va = self.directmap + (raw << 12)
+            try:
+                did = struct.unpack("<H", self.read_va(va, 2))[0]
+            except XenscopeError:
+                return Domain(-1, f"unreadable owner {raw:#x}", va, raw, source="page owner")
+            d = Domain(did, L.domid_name(did), va, raw, source="page owner")
+            self._owner_cache[raw] = d
+        return d
+
+    def describe(self):
+        """What this host is and where each fact came from (for ``xen info``-style output)."""
+        return {"version": self.version, "layout": self.layout.name, "layout_why": self.selection.why,
+                "directmap_va": self.directmap, "frametable_va": self.frametable,
+                "xen_phys_start": self.xen_phys_start, "pdx": self.pdx.source,
+                "sources": dict(self.sources)}
+
+
+def open_host(target, version=None, syms=None, cpu=0):
+    """A :class:`XenHost` over ``target`` (see the class docstring)."""
+    return XenHost(target, version=version, syms=syms, cpu=cpu)
