@@ -135,8 +135,8 @@ def test_gdb_expressions_as_addresses():
 
 def test_completion():
     r = run_gdb("complete xen wa", "complete xen walk --mo", "complete xen walk --mode p", "complete xen decode c")
-    assert r.stdout.split("\n")[:5] == ["xen walk", "xen walk --mode", "xen walk --mode pae",
-                                         "xen decode cr0", "xen decode cr4"], r.output
+    assert r.stdout.split("\n")[:6] == ["xen walk", "xen walk --mode", "xen walk --mode pae",
+                                         "xen decode count", "xen decode cr0", "xen decode cr4"], r.output
 
 
 def test_internal_error_is_one_line_unless_debug():

@@ -4,8 +4,6 @@ Works on the arrays of :meth:`XenHost.frame_arrays` with numpy: a host with mill
 classified without a Python loop per frame. Names follow :mod:`xenstructs.xen.layouts`.
 """
 
-from .layouts import domid_name
-
 TYPES = ("none", "l1", "l2", "l3", "l4", "seg_desc", "writable", "shared")
 STATES = ("inuse", "offlining", "offlined", "free")
 
@@ -71,6 +69,7 @@ def select(host, cols, type=None, owner=None, pinned=False, state=None):
         free = cols["state"] == STATES.index("free")
         raws = np.unique(cols["domain"][mask & ~free])
         names = owner_names(host, raws)
+        from .layouts import domid_name
         ok = [r for r, nm in names.items() if nm == want or nm == f"d{want}" or nm == domid_name(_int(want))]
         mask &= np.isin(cols["domain"], np.array(ok, np.uint64)) & ~free
     return mask
