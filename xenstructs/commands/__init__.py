@@ -120,3 +120,4 @@ def va_range(text):
 # Subject modules register their commands on import (kept last: they use the names above).
 from . import paging  # noqa: E402,F401
 from . import xen  # noqa: E402,F401
+from . import xenlog  # noqa: E402,F401
