@@ -70,7 +70,8 @@ def select(host, cols, type=None, owner=None, pinned=False, state=None):
         raws = np.unique(cols["domain"][mask & ~free])
         names = owner_names(host, raws)
         from .layouts import domid_name
-        ok = [r for r, nm in names.items() if nm == want or nm == f"d{want}" or nm == domid_name(_int(want))]
+        alias = domid_name(_int(want)) if 0 <= _int(want) <= 0xFFFF else None
+        ok = [r for r, nm in names.items() if nm in (want, f"d{want}", alias)]
         mask &= np.isin(cols["domain"], np.array(ok, np.uint64)) & ~free
     return mask
 
@@ -84,7 +85,7 @@ def _int(text):
 
 def census(host, cols):
     """Pages per owner x type for frames in use, frames per state, and inconsistencies:
-    free frames that still hold references (count or type count non-zero)."""
+    free frames that still hold references (a non-zero count in count_info)."""
     import numpy as np
     present = cols["present"]
     free = (cols["state"] == STATES.index("free")) & present
@@ -101,9 +102,15 @@ def census(host, cols):
         merged = table.setdefault(name, {})
         for k, c in row.items():
             merged[k] = merged.get(k, 0) + c
+    alloc = {}
+    for ri, raw in enumerate(raws.tolist()):
+        n = int(cols["allocated"][inuse][inverse == ri].sum())
+        alloc[names[raw]] = alloc.get(names[raw], 0) + n
     states = {STATES[k]: int(c) for k, c in enumerate(np.bincount(cols["state"][present], minlength=4)) if c}
-    bad_free = free & ((cols["count"] != 0) | (cols["type_count"] != 0))
-    return {"by_owner": table, "states": states, "frames": int(present.sum()),
+    # a free frame's type_info is u.free (first_dirty, scrub state), not a type count: only the
+    # reference count of count_info says whether something still holds the page
+    bad_free = free & (cols["count"] != 0)
+    return {"by_owner": table, "allocated_by_owner": alloc, "states": states, "frames": int(present.sum()),
             "missing": int((~present).sum()),
             "free_with_references": [int(m) for m in cols["mfn"][bad_free][:100].tolist()],
             "free_with_references_count": int(bad_free.sum())}

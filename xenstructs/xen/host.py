@@ -151,6 +151,9 @@ class XenHost:
         self.crash_info = ci
         self.xen_phys_start = ci.get("xen_phys_start")
         self.paging = self._xen_paging(cpu)
+        self.directmap = DIRECTMAP_VIRT_START      # the BIGMEM layout moves it: set again below
+        self.pdx = Pdx()
+        self.pdx = self._pdx()                     # masks are read through the Xen image mapping
         self.version = self._version(version)
         bigmem = None
         if self.vi is not None and self.vi.size("page_info"):
@@ -163,7 +166,6 @@ class XenHost:
         self.directmap = DIRECTMAP_VIRT_START_BIGMEM if self.layout.bigmem else DIRECTMAP_VIRT_START
         self.frametable = self.symbols.get("frame_table") or (
             FRAMETABLE_VIRT_START_BIGMEM if self.layout.bigmem else FRAMETABLE_VIRT_START)
-        self.pdx = self._pdx()
         self._max_page = None
         self._domains = None
         self._owner_cache = {}
@@ -407,10 +409,31 @@ class XenHost:
                     did = struct.unpack("<H", self.read_va(va + id_off, 2))[0]
                     out.append(Domain(did, L.domid_name(did), va, self.pickle(va), source=sym))
                     seen.add(va)
-        self._domains = out
         for d in out:
             self._owner_cache[d.pickled] = d
+        if next_off is None or "domain_list" not in self.symbols:
+            out += self._owner_domains(seen)
+        self._domains = out
         return out
+
+    def _owner_domains(self, seen):
+        """Domains found as owners of frames in use (when domain_list cannot be walked)."""
+        import numpy as np
+        from .frames import STATES, classify
+        try:
+            cols = classify(self, self.frame_arrays())
+        except XenscopeError:
+            return []
+        inuse = cols["present"] & (cols["state"] != STATES.index("free"))
+        out = []
+        for raw in np.unique(cols["domain"][inuse]).tolist():
+            if not raw or self.directmap + (raw << 12) in seen:
+                continue
+            d = self.owner(raw)
+            if d is not None and d.id >= 0:
+                d.source = "frame owners"
+                out.append(d)
+        return sorted(out, key=lambda d: d.id)
 
     def owner(self, raw):
         """The :class:`Domain` a page's raw owner value names (None for anonymous pages)."""

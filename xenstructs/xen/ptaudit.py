@@ -12,8 +12,10 @@ slot chain) and what Xen would have logged (reference §3.2):
 - ``table-mapped-rw``: an L1 entry maps a page-table frame read-write (Xen refuses the writable
   type reference: ``Bad type (saw <lN taf> != exp <writable>)``);
 - ``foreign-reference``: an entry names a frame owned by another domain (grant mappings look the
-  same offline: a lead, not a verdict);
-- ``type-count``: a table's type count differs from the references found (+1 when pinned).
+  same offline: a lead, not a verdict). Frames of dom_io (I/O memory a domain with iomem
+  permission may map) and read-only mappings of dom_xen frames are not reported;
+- ``type-count``: a table's type count differs from the references found (+1 when pinned; an L4
+  may hold up to two more, one per CR3 of a vCPU running on it: kernel and user tables).
 
 Xen's own slots 256-271 of each L4 are not audited (Xen fills them).
 """
@@ -24,6 +26,7 @@ from ..errors import NotInDump, XenscopeError
 from . import layouts as L
 
 XEN_L4_SLOTS = range(256, 272)
+CR3_REFS = 2            # type references an L4 may hold beyond the ones found: vCPU CR3s (kernel, user)
 MAX_TABLES = 1 << 18
 LEVEL_TYPE = {4: "l4", 3: "l3", 2: "l2", 1: "l1"}
 
@@ -50,6 +53,7 @@ class Audit:
     tables: int = 0
     roots: list = field(default_factory=list)
     findings: list = field(default_factory=list)
+    cr3_refs: int = 0               # L4 type references explained as vCPU CR3s
 
 
 def _frame_info(cols, index, mfn):
@@ -113,8 +117,11 @@ def audit_domain(host, cols, domid):
             here = path + [[f"L{level}", slot]]
             info = _frame_info(cols, index, target)
             owner_ok = info is not None and int(info["domain"]) == me and STATES[info["state"]] != "free"
-            if info is not None and not owner_ok and STATES[info["state"]] != "free":
-                other = host.owner(int(info["domain"]))
+            other = host.owner(int(info["domain"])) if info is not None else None
+            io_page = other is not None and other.id == L.DOMID_IO      # MMIO/ROM: iomem permission
+            xen_ro = other is not None and other.id == L.DOMID_XEN and not e & 2
+            if info is not None and not owner_ok and STATES[info["state"]] != "free" \
+                    and not io_page and not xen_ro:
                 add("foreign-reference", l4, here, target,
                     f"L{level}[{slot}] = {e:#x} names mfn {target:#x} owned by "
                     f"{other.name if other else 'anonymous'}, not d{domid}",
@@ -168,6 +175,9 @@ def audit_domain(host, cols, domid):
             continue
         want = refs.get(mfn, 0) + (1 if info["pinned"] else 0)
         have = int(info["type_count"])
+        if lvl == 4 and 0 < have - want <= CR3_REFS:
+            audit.cr3_refs += have - want      # a vCPU's CR3 (kernel and user tables) holds one each
+            continue
         if want != have:
             add("type-count", 0, [], mfn,
                 f"L{lvl} table mfn {mfn:#x}: type count {have}, references found {want} ({have - want:+d})")
