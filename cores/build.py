@@ -19,6 +19,7 @@ sys.path.insert(0, HERE)
 
 from builder.elfcore import VADDR_BASE, write_elf_core  # noqa: E402
 from builder.pagetables import PageTables, PhysMem, coalesce, A, D, RW, US, P, PS, XD  # noqa: E402
+from builder import xenhost  # noqa: E402
 
 K, M, G = 1 << 10, 1 << 20, 1 << 30
 CR0 = 0x80050033                      # PG|AM|WP|NE|ET|MP|PE
@@ -314,6 +315,7 @@ def core_5level():
 
 
 CORES = (core_2level, core_pae, core_4level, core_5level, core_kdump)
+XEN_CORES = ("4.6", "4.17")           # builder/xenhost.py: xen-<ver>-host.{core,json,map[,log]}
 
 
 def build_one(fn, out):
@@ -346,6 +348,8 @@ def build_all(out):
     files = []
     for fn in CORES:
         files += build_one(fn, out)
+    for key in XEN_CORES:
+        files += xenhost.write(key, out)
     return files
 
 

@@ -12,7 +12,8 @@ from gdbutil import GDB, TOP, gdb_argv, gdb_env, median_seconds, run_cli, run_gd
 assert GDB is not None, "gdb is not installed: ./setup.sh installs it"
 
 CORES = os.path.join(TOP, "cores")
-MANIFESTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CORES, "*.json")))
+MANIFESTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CORES, "*.json"))
+                   if not os.path.basename(p).startswith("xen-"))
 NAMES = ("info", "walk", "vtop", "maps", "pte", "decode", "read-phys")
 
 

@@ -11,6 +11,8 @@ Formats (verified, see cores/README.md):
   (QEMU ``target/i386/arch_dump.c``).
 * VMCOREINFO (note "VMCOREINFO", type 0): text, as Linux writes it.
 * Xen crash registers (note "Xen", type 0x1000002): u64 cr0, cr2, cr3, cr4.
+* Other notes (Xen CRASH_INFO, VMCOREINFO_XEN) are built by the caller and passed as
+  ``per_cpu_notes`` / ``extra_notes``.
 """
 
 import construct as C
@@ -180,7 +182,8 @@ def merge_segments(segments):
 
 
 def write_elf_core(path, *, machine, segments, cpus, vmcoreinfo=None, qemu_notes=True,
-                   xen_crash_regs=False, vaddr_base=None):
+                   xen_crash_regs=False, vaddr_base=None, per_cpu_notes=None, extra_notes=(),
+                   vaddr_of=None):
     """Write an ELF core.
 
     :param machine: ``"x86_64"`` (ELFCLASS64, EM_X86_64) or ``"i386"`` (ELFCLASS32, EM_386)
@@ -191,6 +194,11 @@ def write_elf_core(path, *, machine, segments, cpus, vmcoreinfo=None, qemu_notes
     :param qemu_notes: add a "QEMU" QEMUCPUState note per CPU (after all NT_PRSTATUS notes)
     :param xen_crash_regs: add a "Xen" 0x1000002 note (cr0, cr2, cr3, cr4) per CPU
     :param vaddr_base: when set, ``p_vaddr = vaddr_base + paddr`` (0 if that does not fit the class)
+    :param per_cpu_notes: optional ``f(index, cpu) -> [(name, type, desc bytes)]``: notes written right
+        after that CPU's NT_PRSTATUS (Xen kdump order: CORE, "Xen" CRASH_REGS, CRASH_INFO on CPU 0)
+    :param extra_notes: ``[(name, type, desc bytes)]`` appended after all other notes
+        (e.g. "VMCOREINFO_XEN")
+    :param vaddr_of: optional ``f(paddr) -> vaddr`` for each PT_LOAD (overrides ``vaddr_base``)
     :return: dict with ``memory`` ([start, end) physical ranges written) and ``size``
     """
     if machine == "x86_64":
@@ -199,7 +207,11 @@ def write_elf_core(path, *, machine, segments, cpus, vmcoreinfo=None, qemu_notes
         ehdr, phdr, em, wmask = Elf32_Ehdr, Elf32_Phdr, EM_386, (1 << 32) - 1
     else:
         raise ValueError(f"unknown machine {machine!r}")
-    notes = [note("CORE", NT_PRSTATUS, _prstatus(machine, c, i + 1)) for i, c in enumerate(cpus)]
+    notes = []
+    for i, c in enumerate(cpus):
+        notes.append(note("CORE", NT_PRSTATUS, _prstatus(machine, c, i + 1)))
+        if per_cpu_notes is not None:
+            notes += [note(n, t, d) for n, t, d in per_cpu_notes(i, c)]
     if qemu_notes:
         notes += [note("QEMU", 0, _qemu_state(c)) for c in cpus]
     if xen_crash_regs:
@@ -208,6 +220,7 @@ def write_elf_core(path, *, machine, segments, cpus, vmcoreinfo=None, qemu_notes
                   for c in cpus]
     if vmcoreinfo is not None:
         notes.append(note("VMCOREINFO", 0, vmcoreinfo.encode()))
+    notes += [note(n, t, d) for n, t, d in extra_notes]
     notes = b"".join(notes)
     loads = merge_segments(segments)
     for pa, data in loads:
@@ -224,7 +237,9 @@ def write_elf_core(path, *, machine, segments, cpus, vmcoreinfo=None, qemu_notes
     for pa, data in loads:
         off += -off % PAGE
         va = 0
-        if vaddr_base is not None and vaddr_base + pa + len(data) - 1 <= wmask:
+        if vaddr_of is not None:
+            va = vaddr_of(pa) or 0
+        elif vaddr_base is not None and vaddr_base + pa + len(data) - 1 <= wmask:
             va = vaddr_base + pa
         phdrs.append(dict(p_type=PT_LOAD, p_flags=PF_RWX, p_offset=off, p_vaddr=va, p_paddr=pa,
                           p_filesz=len(data), p_memsz=len(data), p_align=0))

@@ -164,11 +164,26 @@ class XenHost:
                                          bigmem=bigmem)
         self.layout = self.selection.layout
         self.directmap = DIRECTMAP_VIRT_START_BIGMEM if self.layout.bigmem else DIRECTMAP_VIRT_START
-        self.frametable = self.symbols.get("frame_table") or (
-            FRAMETABLE_VIRT_START_BIGMEM if self.layout.bigmem else FRAMETABLE_VIRT_START)
+        self.frametable = self._frametable()
         self._max_page = None
         self._domains = None
         self._owner_cache = {}
+
+    def _frametable(self):
+        """FRAMETABLE_VIRT_START: x86's ``frame_table`` is a macro; VMCOREINFO_XEN's SYMBOL(frame_table)
+        is the address of the pointer variable ``_frame_table`` that holds it (xen/common/kexec.c)."""
+        default = FRAMETABLE_VIRT_START_BIGMEM if self.layout.bigmem else FRAMETABLE_VIRT_START
+        for name in ("_frame_table", "frame_table"):
+            if name in self.symbols:
+                try:
+                    va = self.read_u64(self.symbols[name])
+                except XenscopeError:
+                    continue
+                if va >> 47 == 0x1FFFF:
+                    self.sources["frame_table"] = f"pointer at symbol {name}"
+                    return va
+        self.sources["frame_table"] = "FRAMETABLE_VIRT_START of the layout"
+        return default
 
     # -- what Xen this is ----------------------------------------------------------------------
     def _crash_info_for_layout(self):
