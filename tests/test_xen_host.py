@@ -105,3 +105,52 @@ def test_cli_page_and_frames(xen):
     assert r.returncode == 0, r.stderr
     l4s = {f["mfn"] for f in json.loads(r.stdout)["frames"]}
     assert {d["l4_mfn"] for d in man["domains"] if d.get("l4_mfn")} <= l4s
+
+
+def _xen_syms_with_dwarf(tmp_path, man, bigmem=False):
+    """A tiny ELF with DWARF declaring struct page_info / struct domain at the builder's offsets
+    (what a xen-syms built with debug info would carry), compiled by gcc."""
+    o = man["domain_offsets"]
+    pdx = "unsigned long" if bigmem else "unsigned int"
+    src = f"""
+    struct page_list_entry {{ {pdx} next, prev; }};
+    struct page_info {{
+        union {{ struct page_list_entry list; unsigned long up; }};
+        unsigned long count_info;
+        union {{ struct {{ unsigned long type_info; }} inuse; unsigned long val; }} u;
+        union {{ struct {{ {pdx} _domain; }} inuse; unsigned int order; }} v;
+        union {{ unsigned int tlbflush_timestamp; {pdx} pad; }};
+    }};
+    struct domain {{
+        unsigned short domain_id;
+        char pad0[{o['next_in_list'] - 2}];
+        struct domain *next_in_list;
+        char pad1[{o['tot_pages'] - o['next_in_list'] - 8}];
+        unsigned int tot_pages;
+        char pad2[{o['max_pages'] - o['tot_pages'] - 4}];
+        unsigned int max_pages;
+    }};
+    struct page_info xs_page; struct domain xs_domain;
+    """
+    c = tmp_path / "xs.c"
+    c.write_text(src)
+    out = tmp_path / ("xs-bigmem.o" if bigmem else "xs.o")
+    subprocess.run(["gcc", "-g", "-c", "-o", str(out), str(c)], check=True)
+    return str(out)
+
+
+def test_dwarf_offsets_are_checked_and_used(xen, tmp_path):
+    man, h, core, _ = xen
+    syms = _xen_syms_with_dwarf(tmp_path, man)
+    t = open_dump(core)
+    try:
+        hd = open_host(t, syms=syms)
+        assert "checked against layout" in hd.sources["dwarf"]
+        got = {d.id: d.extra for d in hd.domains()}
+        for d in man["domains"]:
+            if d["id"] < 0x7FF0:                  # guests (dom_cow is no domain_list member)
+                assert got[d["id"]] == {"tot_pages": d["tot_pages"], "max_pages": d["max_pages"]}, d
+        with pytest.raises(Exception, match="disagrees with layout"):
+            open_host(t, syms=_xen_syms_with_dwarf(tmp_path, man, bigmem=True))
+    finally:
+        t.close()

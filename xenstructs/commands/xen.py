@@ -170,19 +170,25 @@ def _domains_run(target, args):
         counts_error = None
     listed = {d.pickled for d in doms}
     out = [{"id": d.id, "name": d.name, "struct_va": d.struct_va, "source": d.source,
-            "frames": counts.get(d.pickled, 0)} for d in doms]
+            "frames": counts.get(d.pickled, 0), "tot_pages": d.extra.get("tot_pages"),
+            "max_pages": d.extra.get("max_pages")} for d in doms]
     for raw, n in sorted(counts.items()):
         if raw and raw not in listed:
             d = h.owner(raw)
             out.append({"id": d.id, "name": d.name, "struct_va": d.struct_va, "source": "frame owners",
-                        "frames": n})
+                        "frames": n, "tot_pages": None, "max_pages": None})
     return {"xen": h.describe(), "domains": out, "frames_error": counts_error}
 
 
 def _domains_render(r, args):
-    rows = [(d["id"], d["name"], f"{d['struct_va']:#x}", d["frames"], d["source"]) for d in r["domains"]]
-    out = [tabulate(rows, headers=("id", "name", "struct domain", "frames owned", "found via"),
-                    tablefmt="simple", disable_numparse=True)]
+    def n(v):
+        return "?" if v is None else v
+    rows = [(d["id"], d["name"], f"{d['struct_va']:#x}", d["frames"], n(d["tot_pages"]), n(d["max_pages"]),
+             d["source"]) for d in r["domains"]]
+    out = [tabulate(rows, headers=("id", "name", "struct domain", "frames owned", "tot_pages", "max_pages",
+                                   "found via"), tablefmt="simple", disable_numparse=True)]
+    if any(d["max_pages"] is None for d in r["domains"]):
+        out.append("tot_pages/max_pages: '?' where struct domain offsets are unknown (give xen-syms with DWARF)")
     if r["frames_error"]:
         out.append(f"frame counts unavailable: {r['frames_error']}")
     return "\n".join(out)

@@ -163,11 +163,42 @@ class XenHost:
                                          crash_info=self._crash_info_for_layout(), bad_type_exp=exp,
                                          bigmem=bigmem)
         self.layout = self.selection.layout
+        self.dwarf = self._dwarf(syms)
         self.directmap = DIRECTMAP_VIRT_START_BIGMEM if self.layout.bigmem else DIRECTMAP_VIRT_START
         self.frametable = self._frametable()
         self._max_page = None
         self._domains = None
         self._owner_cache = {}
+
+    def _dwarf(self, syms):
+        """Offsets from xen-syms' DWARF when it has any; they must agree with the layout registry."""
+        if not syms:
+            return None
+        try:
+            with open(syms, "rb") as f:
+                if f.read(4) != b"\x7fELF":
+                    return None
+        except OSError:
+            return None
+        from .dwarf import check_layout, offsets_from_xen_syms
+        try:
+            off = offsets_from_xen_syms(syms)
+        except XenscopeError as e:
+            self.sources["dwarf"] = f"none ({e})"
+            return None
+        bad = check_layout(self.layout, off)
+        if bad:
+            raise XenscopeError(f"{syms} disagrees with layout {self.layout.name}: {bad[0]}")
+        self.sources["dwarf"] = f"{syms} (struct offsets checked against layout {self.layout.name})"
+        return off
+
+    def _domain_offset(self, member):
+        """Offset of a ``struct domain`` member: VMCOREINFO_XEN, then DWARF."""
+        if self.vi is not None and self.vi.offset("domain", member) is not None:
+            return self.vi.offset("domain", member)
+        if self.dwarf is not None:
+            return (self.dwarf.get("domain") or {}).get(member)
+        return None
 
     def _frametable(self):
         """FRAMETABLE_VIRT_START: x86's ``frame_table`` is a macro; VMCOREINFO_XEN's SYMBOL(frame_table)
@@ -403,8 +434,8 @@ class XenHost:
             return self._domains
         out = []
         seen = set()
-        next_off = self.vi.offset("domain", "next_in_list") if self.vi is not None else None
-        id_off = (self.vi.offset("domain", "domain_id") if self.vi is not None else None) or 0
+        next_off = self._domain_offset("next_in_list")
+        id_off = self._domain_offset("domain_id") or 0
         if "domain_list" in self.symbols and next_off is not None:
             va = self.read_u64(self.symbols["domain_list"])
             while va and va not in seen:
@@ -428,6 +459,14 @@ class XenHost:
             self._owner_cache[d.pickled] = d
         if next_off is None or "domain_list" not in self.symbols:
             out += self._owner_domains(seen)
+        for d in out:                       # page counts when the offsets are known (DWARF)
+            for member in ("tot_pages", "max_pages"):
+                off = self._domain_offset(member)
+                if off is not None:
+                    try:
+                        d.extra[member] = self.read_u32(d.struct_va + off)
+                    except XenscopeError:
+                        pass
         self._domains = out
         return out
 
