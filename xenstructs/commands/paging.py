@@ -97,8 +97,16 @@ def walk_cmd(p):
     _paging_args(p)
 
 
-def walk_result(w):
-    """The JSON form of a :class:`~xenstructs.paging.Walk`."""
+def walk_result(w, target=None):
+    """The JSON form of a :class:`~xenstructs.paging.Walk`.
+
+    On a PV guest's dump (the target has ``m2p``: page tables hold machine frames) every level also
+    says which guest pfn holds its table (``table_pfn``), and the result the pfn of the page.
+    """
+    m2p = getattr(target, "m2p", None)
+
+    def pfn(addr):
+        return m2p(addr >> 12) if m2p is not None and addr is not None else None
     levels = []
     for lv in w.levels:
         d = lv.decoded
@@ -107,15 +115,16 @@ def walk_result(w):
                        "flags": d["flags"] if d else None,
                        "next_pa": d["addr"] if d and d["present"] else None,
                        "leaf": bool(d and d["leaf"]), "recursive": lv.recursive,
-                       "warning": lv.warning})
+                       "warning": lv.warning, "table_pfn": pfn(lv.table)})
     return {"va": w.va, "mode": w.mode, "root_pa": w.root, "levels": levels, "pa": w.pa,
             "page_size": w.page_size, "writable": w.writable, "user": w.user, "nx": w.nx,
-            "stop": w.stop, "stop_level": w.stop_level}
+            "stop": w.stop, "stop_level": w.stop_level, "pfn": pfn(w.pa),
+            "space": "machine" if m2p is not None else "physical"}
 
 
 def _walk_run(target, args):
     ctx = _context(target, args)
-    res = walk_result(walk(target, ctx.paging, args.va))
+    res = walk_result(walk(target, ctx.paging, args.va), target)
     res["cr3"] = ctx.cr3
     res["sources"] = ctx.sources
     return res
@@ -130,17 +139,24 @@ def _walk_render(r, args):
     rows = []
     for lv in r["levels"]:
         if lv["entry"] is None:
-            rows.append((lv["level"], f"{lv['table_pa']:#x}", lv["index"], "(not in dump)", "", ""))
+            rows.append((lv["level"], f"{lv['table_pa']:#x}", lv["index"], "(not in dump)", "", "", "-")[
+                :7 if r.get("space") == "machine" else 6])
             continue
         nxt = "" if lv["next_pa"] is None else f"{lv['next_pa']:#x}" + (" page" if lv["leaf"] else "")
         note = " (recursive)" if lv["recursive"] else ""
         rows.append((lv["level"], f"{lv['table_pa']:#x}", lv["index"], f"{lv['entry']:#018x}",
                      " ".join(lv["flags"]) + note, nxt))
-    out = [head, tabulate(rows, headers=("entry", "table pa", "idx", "value", "flags", "points to"),
-                          tablefmt="simple", disable_numparse=True)]
+        if r.get("space") == "machine":
+            rows[-1] = rows[-1] + ("-" if lv["table_pfn"] is None else f"{lv['table_pfn']:#x}",)
+    heads = ("entry", "table pa", "idx", "value", "flags", "points to")
+    if r.get("space") == "machine":          # PV guest: tables and pages are machine frames
+        heads = ("entry", "table maddr", "idx", "value", "flags", "points to (maddr)", "table pfn")
+    out = [head, tabulate(rows, headers=heads, tablefmt="simple", disable_numparse=True)]
     out += [f"note: {lv['level']}: {lv['warning']}" for lv in r["levels"] if lv["warning"]]
     if r["pa"] is not None:
-        out.append(f"=> pa {r['pa']:#x}  ({_size_name(r['page_size'])} page, "
+        where = (f"maddr {r['pa']:#x} (pfn {r['pfn']:#x})" if r.get("space") == "machine" and r["pfn"] is not None
+                 else f"{'maddr' if r.get('space') == 'machine' else 'pa'} {r['pa']:#x}")
+        out.append(f"=> {where}  ({_size_name(r['page_size'])} page, "
                    f"{'writable' if r['writable'] else 'read-only'}, "
                    f"{'user' if r['user'] else 'supervisor'}, "
                    f"{'no-execute' if r['nx'] else 'executable'})")
