@@ -70,10 +70,12 @@ class Target:
         return []
 
     def cpus(self):
-        return []
+        return getattr(self, "_cpus", None) or []
 
     def symbol(self, name):
-        return None
+        """A symbol's address; the base answers from VMCOREINFO when the target has one."""
+        vi = self.facts.get("vmcoreinfo")
+        return vi.symbol(name) if vi is not None else None
 
     def close(self):
         pass

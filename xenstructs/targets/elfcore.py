@@ -331,13 +331,6 @@ class ElfCoreTarget(Target):
                 out.append((start, end))
         return out
 
-    def cpus(self):
-        return self._cpus
-
-    def symbol(self, name):
-        vi = self.facts.get("vmcoreinfo")
-        return vi.symbol(name) if vi is not None else None
-
     def close(self):
         mm, f = getattr(self, "_mm", None), getattr(self, "_file", None)
         self._mm = self._file = None

@@ -356,13 +356,6 @@ class KdumpTarget(Target):
             pfn = end
         return out
 
-    def cpus(self):
-        return self._cpus
-
-    def symbol(self, name):
-        vi = self.facts.get("vmcoreinfo")
-        return vi.symbol(name) if vi is not None else None
-
     def close(self):
         self._kd = None
         if self._tmp is not None:
