@@ -123,8 +123,9 @@ def test_no_load_segments(tmp_path):
             match="no PT_LOAD")
 
 
-def test_xl_dump_core_is_unsupported(tmp_path):
-    """ELFCLASS64, e_phnum 0, section headers right after the ELF header, a .note.Xen section."""
+def test_xl_dump_core_without_prstatus_is_refused(tmp_path):
+    """ELFCLASS64, e_phnum 0, a .note.Xen section but no other xc_core section: the xc_core
+    reader takes it and refuses it in one line."""
     shstr = b"\0.shstrtab\0.note.Xen\0"
     note = B.note("Xen", 0x2000001, struct.pack("<4Q", 0xF00FEBED, 1, 1, 4096))
     shoff = 64
@@ -134,7 +135,7 @@ def test_xl_dump_core_is_unsupported(tmp_path):
     sh = struct.pack("<IIQQQQIIQQ", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     sh += struct.pack("<IIQQQQIIQQ", 1, 3, 0, 0, data_off, len(shstr), 0, 0, 1, 0)
     sh += struct.pack("<IIQQQQIIQQ", 11, 7, 0, 0, data_off + len(shstr), len(note), 0, 0, 4, 0)
-    refused(write(tmp_path, eh + sh + shstr + note), Unsupported, match="xl dump-core")
+    refused(write(tmp_path, eh + sh + shstr + note), BadDump, match="xl dump-core")
 
 
 def test_note_past_end(tmp_path):

@@ -57,7 +57,8 @@ class Paging:
 def root_from_cr3(cr3, mode):
     """The top table's physical address from a CR3 value (drops PCID and flag bits)."""
     if mode == "pae":
-        return cr3 & 0xFFFFFFE0
+        # 32 bits on hardware; a 32-bit PV guest's (decoded) CR3 can name an L3 above 4 GiB
+        return cr3 & 0x000FFFFFFFFFFFE0
     if mode == "2level":
         return cr3 & 0xFFFFF000
     return cr3 & 0x000FFFFFFFFFF000

@@ -6,6 +6,9 @@
     host.dom0_shell("cat /sys/hypervisor/version/major")
     host.dump(path)                         # QMP stop + dump-guest-memory (ELF, paging=False)
     host.close()
+    boot_xen_host(extra_files=..., extra_modules=..., extra_init=..., qemu_args=[...])
+                                            # more in dom0's initramfs, more QEMU devices
+                                            # (realsys.xendomu: Debian's toolstack + a domU)
 
 How it boots: QEMU's multiboot loader (``-kernel`` is the gunzipped ``/boot/xen-4.17-amd64.gz``
 of ``xen-hypervisor-4.17-amd64``; ``-initrd "<vmlinuz> <dom0 args>,<initramfs>"`` gives the two
@@ -183,12 +186,18 @@ def xen_files(version=None):
 
 # ---------------------------------------------------------------- dom0 initramfs
 
-def dom0_initramfs():
+def dom0_initramfs(extra_files=None, extra_modules=(), extra_init=""):
+    """dom0's initramfs: busybox, xen-privcmd + xenfs (xenfs on /proc/xen), then READY.
+
+    ``extra_files`` (``{path: (mode, bytes)}``, as :func:`vm.newc`) are added to the archive;
+    ``extra_modules`` (paths relative to the kernel's modules dir, in load order) are insmod'ed
+    after xenfs; ``extra_init`` (shell lines) runs after /proc/xen is mounted, before READY.
+    """
     _, moddir, _, _ = L.kernel_files("x86_64")
     files = {"lib": (0o40755, None), "proc/xen": (0o40755, None)}
     lines = []
-    for i, rel in enumerate(("kernel/drivers/xen/xen-privcmd.ko",
-                             "kernel/drivers/xen/xenfs/xenfs.ko")):
+    base = ("kernel/drivers/xen/xen-privcmd.ko", "kernel/drivers/xen/xenfs/xenfs.ko")
+    for i, rel in enumerate(base + tuple(m for m in extra_modules if m not in base)):
         name = f"lib/m{i}-{os.path.basename(rel)}"
         files[name] = (0o100644, open(os.path.join(moddir, rel), "rb").read())
         lines.append(f"insmod /{name}")
@@ -200,10 +209,12 @@ def dom0_initramfs():
         "mount -t devtmpfs dev /dev",
         *lines,
         "mount -t xenfs xenfs /proc/xen",
+        extra_init,
         "sleep 100000 &",
         f"echo {READY}",
         "exec sh",
     ]) + "\n"
+    files.update(extra_files or {})
     return V.busybox_initramfs(init, extra=files)
 
 
@@ -424,21 +435,27 @@ class XenHost:
 
 
 def boot_xen_host(workdir=None, timeout=240, mem=512, version=None, xen_args=XEN_ARGS,
-                  dom0_args=DOM0_ARGS):
-    """Boot Xen with a PV dom0; return a :class:`XenHost` once dom0's shell is up."""
+                  dom0_args=DOM0_ARGS, extra_files=None, extra_modules=(), extra_init="",
+                  qemu_args=()):
+    """Boot Xen with a PV dom0; return a :class:`XenHost` once dom0's shell is up.
+
+    ``extra_files``, ``extra_modules``, ``extra_init``: see :func:`dom0_initramfs` (e.g. a
+    toolstack and its libraries); ``qemu_args`` are appended to QEMU's command line (e.g. a
+    second disk: ``["-drive", "file=disk.img,if=virtio,format=raw"]``).
+    """
     files = xen_files(version)
     vmlinuz, _, _, _ = L.kernel_files("x86_64")
     workdir = workdir or V.tempfile.mkdtemp(prefix="xenscope-xen-")
     os.makedirs(workdir, exist_ok=True)
     rd = os.path.join(workdir, "dom0-initrd.gz")
     with open(rd, "wb") as f:
-        f.write(dom0_initramfs())
+        f.write(dom0_initramfs(extra_files, extra_modules, extra_init))
     for p in (vmlinuz, rd):
         if "," in p or " " in p:
             raise RuntimeError(f"multiboot module path {p!r} has a comma or a space")
     modules = f"{vmlinuz} {dom0_args.replace(',', ',,')},{rd}"
     args = ["-accel", "tcg", "-cpu", "max,-smap", "-smp", "1", "-m", str(mem),
-            "-kernel", files["xen"], "-initrd", modules, "-append", xen_args]
+            "-kernel", files["xen"], "-initrd", modules, "-append", xen_args] + list(qemu_args)
     t0 = time.time()
     vm = V.VM("qemu-system-x86_64", args, workdir=workdir)
     vm.command_line = ["qemu-system-x86_64", "-nographic", "-no-reboot", "-monitor", "none",

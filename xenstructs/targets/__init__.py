@@ -19,20 +19,27 @@ def sniff(path):
 def open_dump(path):
     """Open a dump file and return its :class:`~xenstructs.target.Target`.
 
-    ELF cores (``\\x7fELF``) → :class:`~.elfcore.ElfCoreTarget`; kdump-compressed
-    (``KDUMP   ``/``DISKDUMP``) and makedumpfile's flattened form (``makedumpfile``) →
-    :class:`~.kdump.KdumpTarget`. An xl dump-core file raises
-    :class:`~xenstructs.errors.Unsupported`; anything else raises :class:`BadDump`.
+    ELF cores (``\\x7fELF``) → :class:`~.elfcore.ElfCoreTarget`, except ``xl dump-core`` files
+    (ELF without program headers, with Xen dumpcore sections) → :class:`~.xccore.XcCoreTarget`;
+    kdump-compressed (``KDUMP   ``/``DISKDUMP``) and makedumpfile's flattened form
+    (``makedumpfile``) → :class:`~.kdump.KdumpTarget`. The pre-ELF xc_core format of Xen 3.0
+    raises :class:`~xenstructs.errors.Unsupported`; anything else raises :class:`BadDump`.
     """
     head = sniff(path)
     if not head:
         raise BadDump(f"{path}: empty file")
     if head.startswith(b"\x7fELF"):
+        from .xccore import XcCoreTarget, is_xc_core
+        if is_xc_core(path):
+            return XcCoreTarget(path)
         from .elfcore import ElfCoreTarget
         return ElfCoreTarget(path)
     if head.startswith((b"KDUMP   ", b"DISKDUMP", b"makedumpfile")):
         from .kdump import KdumpTarget
         return KdumpTarget(path)
+    from .xccore import pre_elf_magic, refuse_pre_elf
+    if pre_elf_magic(head):
+        refuse_pre_elf(path, head)
     if len(head) < 4:
         raise BadDump(f"{path}: too short to be a dump ({len(head)} bytes: {head!r})")
     raise BadDump(f"{path}: not a known dump format (starts with {head[:8]!r}; expected ELF, "

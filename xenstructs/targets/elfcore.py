@@ -11,7 +11,7 @@ from bisect import bisect_right
 import mmap
 import os
 
-from ..errors import BadDump, NotInDump, Unsupported, XenscopeError
+from ..errors import BadDump, NotInDump, XenscopeError
 from ..formats import elf as E
 from ..formats.vmcoreinfo import parse_vmcoreinfo
 from ..target import CpuState, Target
@@ -212,8 +212,6 @@ class ElfCoreTarget(Target):
                          "program header") for i in range(phnum)]
         loads = [ph for ph in phdrs if ph.p_type == E.PT_LOAD]
         if not loads:
-            if self._has_section(eh, shdr_con, ".note.Xen"):
-                raise Unsupported("xl dump-core (xc_core) files are not supported yet")
             raise BadDump(f"{p}: ELF file has no PT_LOAD segments (not a memory dump)")
 
         notes = []
@@ -241,25 +239,6 @@ class ElfCoreTarget(Target):
             self.kind = "ELF vmcore (kdump)"
         else:
             self.kind = "ELF core"
-
-    def _has_section(self, eh, shdr_con, wanted):
-        """True when a section named ``wanted`` exists (bounded; a bad table answers False)."""
-        ent = shdr_con.sizeof()
-        n = eh.e_shnum
-        if not eh.e_shoff or eh.e_shentsize != ent or n == 0 or n > 65535 \
-                or eh.e_shoff + n * ent > self._size or eh.e_shstrndx >= n:
-            return False
-        shdrs = [shdr_con.parse(self._mm[eh.e_shoff + i * ent:eh.e_shoff + (i + 1) * ent])
-                 for i in range(n)]
-        strtab = shdrs[eh.e_shstrndx]
-        if strtab.sh_offset + strtab.sh_size > self._size:
-            return False
-        names = self._mm[strtab.sh_offset:strtab.sh_offset + min(strtab.sh_size, 1 << 20)]
-        for sh in shdrs:
-            if sh.sh_name < len(names) and names[sh.sh_name:].split(b"\0", 1)[0] == \
-                    wanted.encode():
-                return True
-        return False
 
     def _index_segments(self, phdrs):
         segs = []

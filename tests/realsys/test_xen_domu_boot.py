@@ -1,0 +1,203 @@
+"""A real PV domU under Debian's Xen 4.17, made by Debian's own toolstack in dom0 and dumped with
+``xl dump-core``; the dump carried out of the VM over a raw virtio disk (realsys.xendomu).
+
+One boot for the module. Checked here without xenscope: ``xl list`` shows the domU (paused),
+what it printed on its console, the xc core's ELF layout (ET_CORE, no program headers, Xen's
+sections) and its Xen notes (PV magic, 128 MB of pages), the p2m and pages agree with the kernel's
+System.map (linux_banner on its pfn), and a QMP dump of the whole machine taken afterwards holds
+the same bytes at each sampled page's machine frame (the domU stays paused).
+"""
+import os
+import struct
+import time
+
+import pytest
+
+from realsys.xendomu import DOMU_MEM_MB, DOMU_NAME, DOMU_READY, MEM_MB, boot_xen_with_domu, \
+    parse_xl_list
+
+BUDGET = 240                        # seconds, boot to host dump; ~45 s here
+XC_CORE_MAGIC = 0xF00FEBED          # PV (xen/include/public/elfnote.h: HVM is 0xF00FEBEE)
+XEN_ELFNOTE_DUMPCORE_NONE = 0x2000000
+XEN_ELFNOTE_DUMPCORE_HEADER = 0x2000001
+XEN_ELFNOTE_DUMPCORE_XEN_VERSION = 0x2000002
+XEN_ELFNOTE_DUMPCORE_FORMAT_VERSION = 0x2000003
+START_KERNEL_MAP = 0xffffffff80000000
+
+
+@pytest.fixture(scope="module")
+def domu(tmp_path_factory):
+    t0 = time.time()
+    d = boot_xen_with_domu(str(tmp_path_factory.mktemp("xendomu")))
+    d.t0 = t0
+    yield d
+    d.close()
+
+
+@pytest.fixture(scope="module")
+def core(domu):
+    return parse_xc_core(domu.xc_core_path)
+
+
+@pytest.fixture(scope="module")
+def host_dump(domu, core):
+    path = os.path.join(domu.dir, "host.elf")
+    domu.host_dump(path)
+    yield path
+    os.remove(path)                 # ~800 MB; pytest keeps its last three tmp dirs
+
+
+def parse_xc_core(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1, \
+        f"{path}: not an ELF64 little-endian file: {data[:8]!r}"
+    e_type, = struct.unpack_from("<H", data, 16)
+    phoff, shoff = struct.unpack_from("<QQ", data, 32)
+    phentsize, phnum, shentsize, shnum, shstrndx = struct.unpack_from("<HHHHH", data, 54)
+    hdrs = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    stroff = hdrs[shstrndx][4]
+    secs = {}
+    for name, typ, _, _, off, size, _, _, _, entsize in hdrs:
+        n = data[stroff + name:data.index(b"\0", stroff + name)].decode()
+        secs[n] = {"type": typ, "offset": off, "size": size, "entsize": entsize}
+    notes = []
+    if ".note.Xen" in secs:
+        off, end = secs[".note.Xen"]["offset"], secs[".note.Xen"]["offset"] + \
+            secs[".note.Xen"]["size"]
+        while off + 12 <= end:
+            namesz, descsz, ntype = struct.unpack_from("<III", data, off)
+            off += 12
+            name = data[off:off + namesz].rstrip(b"\0").decode()
+            off += (namesz + 3) & ~3
+            notes.append((name, ntype, data[off:off + descsz]))
+            off += (descsz + 3) & ~3
+    return {"data": data, "e_type": e_type, "phoff": phoff, "phnum": phnum, "sections": secs,
+            "notes": notes, "size": len(data)}
+
+
+def core_page(core, pfn):
+    """(gmfn, page bytes) of ``pfn`` in an xc core, through .xen_p2m."""
+    p2m, pages = core["sections"][".xen_p2m"], core["sections"][".xen_pages"]
+    data = core["data"]
+    for i in range(p2m["size"] // 16):
+        p, mfn = struct.unpack_from("<QQ", data, p2m["offset"] + 16 * i)
+        if p == pfn:
+            off = pages["offset"] + 4096 * i
+            return mfn, data[off:off + 4096]
+    raise AssertionError(f"pfn {pfn:#x} is not in .xen_p2m")
+
+
+def symbol(system_map, name):
+    for line in open(system_map):
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == name:
+            return int(parts[0], 16)
+    raise AssertionError(f"{name} not in {system_map}")
+
+
+def host_loads(path):
+    with open(path, "rb") as fh:
+        ehdr = fh.read(64)
+        assert ehdr[:4] == b"\x7fELF" and struct.unpack_from("<H", ehdr, 16)[0] == 4
+        phoff, = struct.unpack_from("<Q", ehdr, 32)
+        phentsize, phnum = struct.unpack_from("<HH", ehdr, 54)
+        fh.seek(phoff)
+        loads = []
+        for _ in range(phnum):
+            p_type, _, off, _, paddr, filesz, _, _ = struct.unpack("<IIQQQQQQ",
+                                                                 fh.read(phentsize)[:56])
+            if p_type == 1:
+                loads.append((paddr, off, filesz))
+    return loads
+
+
+def host_read(path, loads, pa, n):
+    for paddr, off, filesz in loads:
+        if paddr <= pa and pa + n <= paddr + filesz:
+            with open(path, "rb") as fh:
+                fh.seek(off + pa - paddr)
+                return fh.read(n)
+    raise AssertionError(f"machine address {pa:#x} not in the host dump")
+
+
+def test_xl_list_shows_paused_domu(domu):
+    rows = parse_xl_list(domu.xl_list)
+    assert "Domain-0" in rows and rows["Domain-0"]["id"] == 0, domu.xl_list
+    assert DOMU_NAME in rows, domu.xl_list
+    r = rows[DOMU_NAME]
+    assert r["id"] == domu.domid >= 1 and r["vcpus"] == 1, domu.xl_list
+    assert r["mem"] == DOMU_MEM_MB, domu.xl_list
+    assert "p" in r["state"], f"the domU is not paused:\n{domu.xl_list}"
+    after = parse_xl_list(domu.xl_list_after_dump)
+    assert "p" in after[DOMU_NAME]["state"], domu.xl_list_after_dump
+
+
+def test_domu_console(domu):
+    assert DOMU_READY in domu.domu_console, domu.domu_console
+    assert "nokaslr" in domu.domu_console and domu.manifest["kernel"] in domu.domu_console
+
+
+def test_xc_core_is_elf_core_with_xen_sections(domu, core):
+    assert core["e_type"] == 4, f"e_type {core['e_type']} is not ET_CORE"
+    assert core["phnum"] == 0 and core["phoff"] == 0, (core["phnum"], core["phoff"])
+    secs = core["sections"]
+    for name in (".shstrtab", ".note.Xen", ".xen_prstatus", ".xen_p2m", ".xen_pages"):
+        assert name in secs, f"no {name} in {sorted(secs)}"
+    assert ".xen_pfn" not in secs, "a .xen_pfn section is HVM's, not PV's"
+    assert secs[".note.Xen"]["type"] == 7                     # SHT_NOTE
+    assert core["size"] == domu.xc_core_size_in_dom0, (core["size"], domu.xc_core_size_in_dom0)
+    assert core["size"] == max(s["offset"] + s["size"] for s in secs.values())
+
+
+def test_xc_core_notes(domu, core):
+    notes = {t: desc for name, t, desc in core["notes"] if name == "Xen"}
+    assert XEN_ELFNOTE_DUMPCORE_NONE in notes, core["notes"]
+    assert XEN_ELFNOTE_DUMPCORE_HEADER in notes, core["notes"]
+    magic, nr_vcpus, nr_pages, page_size = struct.unpack_from(
+        "<QQQQ", notes[XEN_ELFNOTE_DUMPCORE_HEADER])
+    assert magic == XC_CORE_MAGIC, f"xch_magic {magic:#x}"
+    assert nr_vcpus == 1 and page_size == 4096, (nr_vcpus, page_size)
+    want = DOMU_MEM_MB << 8
+    assert want * 0.95 <= nr_pages <= want, f"nr_pages {nr_pages}, {DOMU_MEM_MB} MB is {want}"
+    secs = core["sections"]
+    assert secs[".xen_pages"]["size"] == nr_pages * 4096
+    assert secs[".xen_p2m"]["size"] == nr_pages * 16
+    major, minor = struct.unpack_from("<QQ", notes[XEN_ELFNOTE_DUMPCORE_XEN_VERSION])
+    assert (major, minor) == (4, 17), (major, minor)
+    fmt, = struct.unpack_from("<Q", notes[XEN_ELFNOTE_DUMPCORE_FORMAT_VERSION])
+    assert fmt == 1, fmt
+
+
+def test_system_map_and_banner_page(domu, core):
+    sm = domu.dom0_system_map
+    assert symbol(sm, "_text") == 0xffffffff81000000          # nokaslr
+    banner = symbol(sm, "linux_banner")
+    pfn = (banner - START_KERNEL_MAP) >> 12
+    _, page = core_page(core, pfn)
+    text = page[banner & 0xfff:(banner & 0xfff) + 80]
+    assert text.startswith(b"Linux version " + domu.manifest["kernel"].encode()), text
+
+
+def test_host_dump_agrees_with_xc_core(domu, core, host_dump):
+    loads = host_loads(host_dump)
+    assert loads and sum(n for _, _, n in loads) >= (MEM_MB - 1) << 20, loads
+    sm = domu.dom0_system_map
+    pfns = [(symbol(sm, "linux_banner") - START_KERNEL_MAP) >> 12]
+    text = (symbol(sm, "_text") - START_KERNEL_MAP) >> 12
+    pfns += [text + i * 37 for i in range(32)]                  # kernel text: never written
+    for pfn in pfns:
+        mfn, page = core_page(core, pfn)
+        assert host_read(host_dump, loads, mfn << 12, 4096) == page, \
+            f"pfn {pfn:#x} (mfn {mfn:#x}) differs between the xc core and the host dump"
+
+
+def test_total_time(domu, host_dump):
+    took = time.time() - domu.t0
+    t = domu.timings
+    summary = ", ".join(f"{k} {v:.1f}" for k, v in t.items())
+    print(f"\nxendomu: {took:.1f} s end to end ({summary}); core "
+          f"{os.path.getsize(domu.xc_core_path)} bytes, host dump "
+          f"{os.path.getsize(host_dump)} bytes, dom0 initramfs "
+          f"{domu.initramfs_bytes} bytes")
+    assert took < BUDGET, f"boot + domU + dump-core + host dump took {took:.0f} s: {summary}"

@@ -1,0 +1,463 @@
+"""A real PV domU made by Debian's own toolstack inside the Xen host of :mod:`realsys.xenhost`,
+dumped with ``xl dump-core`` and carried out of the VM.
+
+    d = boot_xen_with_domu(workdir)
+    d.host                 # the XenHost (still running; the domU is paused)
+    d.domid, d.xl_list     # the domU's id, what `xl list` printed
+    d.xc_core_path         # the `xl dump-core` file (ELF ET_CORE, .note.Xen, .xen_p2m, .xen_pages)
+    d.domu_console         # the domU's console (hvc0) as xenconsoled logged it
+    d.dom0_system_map      # System.map of the dom0/domU kernel (see below)
+    d.host_dump(path)      # QMP dump of the whole machine, domU still paused
+    d.timings              # seconds per step
+
+How: dom0's initramfs (xenhost.dom0_initramfs with extra files) carries ``xl``, ``xenstored``
+(the C one), ``xen-init-dom0`` and ``xenconsoled`` from ``xen-utils-4.17`` at the hypervisor's own
+Debian version, the libraries they need (found by reading DT_NEEDED recursively, taken from the
+Debian packages' .debs: Xen's own libraries, glibc, libgcc_s (dlopen'ed by glibc for
+pthread_cancel), libuuid, libyajl, liblzma, libzstd, zlib), the Xen device modules (privcmd,
+evtchn, gntdev, gntalloc, xenfs) and virtio_blk with its dependencies (read from each module's
+``.modinfo`` ``depends=``: the package has no modules.dep), Debian's kernel and a busybox
+initramfs for the domU, and the xl config. On the serial console dom0 then runs /xs/run STEP:
+``toolstack`` (xenstored, xen-init-dom0, xenconsoled), ``create`` (xl create), ``wait`` (the domU's
+marker in xenconsoled's log), ``pause``, ``dump`` (xl dump-core into dom0's RAM, then busybox
+``tar`` of the core and of /proc/kallsyms onto the raw second disk, /dev/vda). The host reads the
+tar back from the disk image.
+
+System.map: Debian's kernel package ships only a placeholder System.map (the real one is in the
+~860 MB -dbg package), so ``dom0_system_map`` is written from dom0's /proc/kallsyms (read as root,
+nokaslr: the addresses of the very kernel the domU also boots with nokaslr), core-kernel lines only
+(no ``[module]`` ones), sorted by address, in System.map's "address type name" form.
+"""
+import os
+import re
+import struct
+import tarfile
+import time
+
+from . import linux as L
+from . import vm as V
+from . import xenhost as X
+
+XEN_BIN = "/usr/lib/xen-4.17/bin"
+MULTIARCH = "lib/x86_64-linux-gnu"
+DOMU_NAME = "domu"
+DOMU_MEM_MB = 128
+DOMU_READY = "XENSCOPE-DOMU-UP"
+DOMU_ARGS = "console=hvc0 loglevel=4 nokaslr"
+
+# Xen's tools and libraries, at the hypervisor's Debian version
+XEN_PACKAGES = ("xen-utils-4.17", "xen-utils-common", "xenstore-utils", "libxenmisc4.17",
+                "libxencall1", "libxendevicemodel1", "libxenevtchn1", "libxenforeignmemory1",
+                "libxengnttab1", "libxenhypfs1", "libxentoolcore1", "libxentoollog1",
+                "libxenstore4")
+# the C libraries they need that busybox does not bring (apt's candidate version)
+OTHER_PACKAGES = ("libc6", "libgcc-s1", "libuuid1", "libyajl2", "liblzma5", "libzstd1", "zlib1g")
+PROGRAMS = (f"{XEN_BIN}/xl", f"{XEN_BIN}/xenstored", f"{XEN_BIN}/xen-init-dom0",
+            f"{XEN_BIN}/xenconsoled", "/usr/bin/xenstore")
+XENSTORE_LINKS = ("xenstore-ls", "xenstore-read", "xenstore-list", "xenstore-write")
+# not in any DT_NEEDED, dlopen'ed by glibc (pthread_cancel/pthread_exit unwind): xl aborts without
+DLOPENED = ("libgcc_s.so.1",)
+DOM0_MODULES = ("xen-privcmd", "xenfs", "xen-evtchn", "xen-gntdev", "xen-gntalloc",
+                "virtio_pci", "virtio_blk")
+# dom0 holds the ~130 MB core in RAM (a tmpfs) besides its initramfs, and xl create needs
+# ~110 MB while it unpacks the domU kernel: with dom0_mem=256M the OOM killer takes xl
+DOM0_MEM_MB = 384
+MEM_MB = 768
+DISK_MB = 256
+
+
+# ---------------------------------------------------------------- ELF, read by hand
+
+def _sections(data):
+    """{name: (sh_type, offset, size, link)} of an ELF64 little-endian file."""
+    if data[:4] != b"\x7fELF" or data[4] != 2:
+        raise ValueError("not ELF64")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3a)
+    hdrs = [struct.unpack_from("<IIQQQQII", data, shoff + i * shentsize) for i in range(shnum)]
+    stroff = hdrs[shstrndx][4]
+    out = {}
+    for name, typ, _, _, off, size, link, _ in hdrs:
+        end = data.index(b"\0", stroff + name)
+        out[data[stroff + name:end].decode()] = (typ, off, size, link, hdrs)
+    return out
+
+
+def dt_needed(path):
+    """DT_NEEDED sonames and PT_INTERP of an ELF64 file (what ``ldd`` would start from)."""
+    data = open(path, "rb").read()
+    secs = _sections(data)
+    needed = []
+    if ".dynamic" in secs:
+        _, off, size, link, hdrs = secs[".dynamic"]
+        stroff = hdrs[link][4]
+        for i in range(0, size, 16):
+            tag, val = struct.unpack_from("<qQ", data, off + i)
+            if tag == 0:
+                break
+            if tag == 1:
+                needed.append(data[stroff + val:data.index(b"\0", stroff + val)].decode())
+    interp = None
+    if ".interp" in secs:
+        _, off, size, _, _ = secs[".interp"]
+        interp = data[off:off + size].rstrip(b"\0").decode()
+    return needed, interp
+
+
+def modinfo(path):
+    """A kernel module's .modinfo as {key: [values]}."""
+    data = open(path, "rb").read()
+    _, off, size, _, _ = _sections(data)[".modinfo"]
+    out = {}
+    for item in data[off:off + size].split(b"\0"):
+        if b"=" in item:
+            k, v = item.decode(errors="replace").split("=", 1)
+            out.setdefault(k, []).append(v)
+    return out
+
+
+def module_closure(moddir, names):
+    """Paths (relative to ``moddir``) of ``names`` and their ``depends=``, dependencies first."""
+    index = {}
+    for root, _, fns in os.walk(os.path.join(moddir, "kernel")):
+        for fn in fns:
+            if fn.endswith(".ko"):
+                index[fn[:-3].replace("-", "_")] = os.path.relpath(os.path.join(root, fn), moddir)
+    order, seen = [], set()
+
+    def visit(name):
+        key = name.replace("-", "_")
+        if key in seen:
+            return
+        if key not in index:
+            raise RuntimeError(f"module {name} not in {moddir} (built in? check modules.builtin)")
+        seen.add(key)
+        deps = modinfo(os.path.join(moddir, index[key])).get("depends", [""])[0]
+        for d in filter(None, deps.split(",")):
+            visit(d)
+        order.append(index[key])
+
+    for n in names:
+        visit(n)
+    return order
+
+
+# ---------------------------------------------------------------- packages -> files
+
+def package_roots(version=None):
+    """{package: unpacked root}: Xen's at the hypervisor's version, the others at apt's."""
+    version = version or X.xen_version()
+    roots = {p: X.extract_at(p, version) for p in XEN_PACKAGES}
+    roots.update({p: V.extract(p) for p in OTHER_PACKAGES})
+    return roots
+
+
+def _resolve(root, path):
+    """Follow symlinks of ``path`` (absolute, inside the package root ``root``)."""
+    for _ in range(20):
+        full = root + path
+        if not os.path.islink(full):
+            return full if os.path.isfile(full) else None
+        target = os.readlink(full)
+        path = target if target.startswith("/") else os.path.normpath(
+            os.path.join(os.path.dirname(path), target))
+    return None
+
+
+def _find(roots, path):
+    for pkg, root in roots.items():
+        full = _resolve(root, path)
+        if full:
+            return pkg, full
+    return None, None
+
+
+def toolstack_files(roots):
+    """({cpio path: (mode, bytes)}, manifest) for PROGRAMS and the libraries they need.
+
+    Libraries are resolved by soname in /lib/x86_64-linux-gnu and /usr/lib/x86_64-linux-gnu of
+    the unpacked packages and shipped as regular files in /lib/x86_64-linux-gnu (the dynamic
+    loader as /lib64/ld-linux-x86-64.so.2). A soname that no package provides is an error.
+    """
+    files, manifest, todo, libs = {}, {"programs": {}, "libraries": {}}, [], {}
+    for prog in PROGRAMS:
+        pkg, full = _find(roots, prog)
+        if not full:
+            raise RuntimeError(f"{prog} is in none of {sorted(roots)}")
+        files[prog.lstrip("/")] = (0o100755, open(full, "rb").read())
+        manifest["programs"][prog] = pkg
+        todo.append(full)
+    interps = set()
+    for soname in DLOPENED:
+        libs.setdefault(soname, None)
+    while todo:
+        needed, interp = dt_needed(todo.pop())
+        if interp:
+            interps.add(interp)
+        for so in needed:
+            if so not in libs:
+                libs[so] = None
+                pkg, full = _find(roots, f"/{MULTIARCH}/{so}")
+                if not full:
+                    pkg, full = _find(roots, f"/usr/{MULTIARCH}/{so}")
+                if not full:
+                    raise RuntimeError(f"no package of {sorted(roots)} provides {so}")
+                libs[so] = (pkg, full)
+                todo.append(full)
+    for so in DLOPENED:
+        pkg, full = _find(roots, f"/{MULTIARCH}/{so}")
+        if not full:
+            raise RuntimeError(f"no package provides {so} (dlopen'ed by glibc)")
+        libs[so] = (pkg, full)
+    for so, (pkg, full) in sorted(libs.items()):
+        files[f"{MULTIARCH}/{so}"] = (0o100755, open(full, "rb").read())
+        manifest["libraries"][so] = pkg
+    for interp in interps:
+        pkg, full = _find(roots, interp)
+        if not full:
+            raise RuntimeError(f"no package provides the dynamic loader {interp}")
+        files[interp.lstrip("/")] = (0o100755, open(full, "rb").read())
+        manifest["libraries"][interp] = pkg
+    for link in XENSTORE_LINKS:
+        files[f"usr/bin/{link}"] = (0o120777, b"xenstore")
+    xlconf = _resolve(roots["xen-utils-common"], "/etc/xen/xl.conf")
+    if xlconf:
+        files["etc/xen/xl.conf"] = (0o100644, open(xlconf, "rb").read())
+    manifest["packages"] = sorted({p for p in manifest["programs"].values()} |
+                                  {p for p in manifest["libraries"].values()} |
+                                  ({"xen-utils-common"} if xlconf else set()))
+    return files, manifest
+
+
+def _dirs(paths):
+    out = {}
+    for p in paths:
+        parts = p.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            out["/".join(parts[:i])] = (0o40755, None)
+    return out
+
+
+# ---------------------------------------------------------------- domU and dom0 contents
+
+def domu_initramfs():
+    init = "\n".join([
+        "#!/bin/busybox sh",
+        "/bin/busybox --install -s /bin",
+        "mount -t proc proc /proc",
+        "mount -t devtmpfs dev /dev",
+        f"echo {DOMU_READY} $(uname -r) $(cat /proc/cmdline)",
+        "sleep 100000 &",
+        "while true; do sleep 3600; done",
+    ]) + "\n"
+    return V.busybox_initramfs(init)
+
+
+def xl_config():
+    return "\n".join([
+        f'name = "{DOMU_NAME}"',
+        'type = "pv"',
+        'kernel = "/boot/vmlinuz"',
+        'ramdisk = "/boot/domu-initrd.gz"',
+        f'extra = "{DOMU_ARGS}"',
+        f"memory = {DOMU_MEM_MB}",
+        f"maxmem = {DOMU_MEM_MB}",
+        "vcpus = 1",
+        'on_crash = "preserve"',
+        "disk = []",
+        "vif = []",
+    ]) + "\n"
+
+
+RUN = r"""#!/bin/sh
+# dom0's steps, one per call: /xs/run STEP [ARGS]
+X=/usr/lib/xen-4.17/bin
+LOG=/var/log/xen/console/guest-domu.log
+case "$1" in
+toolstack)
+    mkdir -p /var/run/xen /var/run/xenstored /var/lib/xen /var/lib/xenstored \
+        /var/log/xen/console /var/lock /var/lib/xen/dump /dev/pts
+    # xenconsoled gives each domU console a pty (libxl waits for its tty path in xenstore)
+    grep -q " /dev/pts " /proc/mounts || mount -t devpts devpts /dev/pts
+    $X/xenstored --pid-file /var/run/xen/xenstored.pid || exit 1
+    for i in $(seq 200); do [ -S /var/run/xenstored/socket ] && break; usleep 50000; done
+    [ -S /var/run/xenstored/socket ] || { echo "XS-FAIL xenstored socket"; exit 1; }
+    $X/xen-init-dom0 2>&1 || { echo "XS-FAIL xen-init-dom0"; exit 1; }
+    $X/xenconsoled --pid-file=/var/run/xen/xenconsoled.pid --log=guest \
+        --log-dir=/var/log/xen/console || { echo "XS-FAIL xenconsoled"; exit 1; }
+    echo "XS-OK toolstack"
+    ;;
+create)
+    $X/xl create /etc/xen/domu.cfg 2>&1 && echo "XS-OK create"
+    ;;
+wait)
+    for i in $(seq $2); do grep -q XENSCOPE-DOMU-UP $LOG 2>/dev/null && break; sleep 1; done
+    grep -a XENSCOPE-DOMU-UP $LOG && echo "XS-OK wait"
+    ;;
+pause)
+    $X/xl pause domu 2>&1 && $X/xl list 2>&1 && echo "XS-OK pause"
+    ;;
+dump)
+    # the initramfs' rootfs is a tmpfs of half of dom0's RAM, mostly taken: a tmpfs of its own
+    mkdir -p /out && mount -t tmpfs -o size=220m out /out && cd /out || exit 1
+    $X/xl dump-core domu /out/domu.core 2>&1 || { echo "XS-FAIL dump-core"; df /out; exit 1; }
+    grep -v '\[' /proc/kallsyms | sort > /out/kallsyms
+    echo "XS-SIZE core $(stat -c %s domu.core) kallsyms $(stat -c %s kallsyms)"
+    tar -cf /dev/vda domu.core kallsyms && sync || { echo "XS-FAIL tar"; exit 1; }
+    free | grep -i mem; echo "XS-OK dump"
+    ;;
+*)
+    echo "XS-FAIL unknown step $1"
+    ;;
+esac
+"""
+
+
+def dom0_extra(version=None):
+    """(files, modules, init lines, manifest) to add to xenhost's dom0 initramfs."""
+    vmlinuz, moddir, _, release = L.kernel_files("x86_64")
+    roots = package_roots(version)
+    files, manifest = toolstack_files(roots)
+    files["boot/vmlinuz"] = (0o100644, open(vmlinuz, "rb").read())
+    files["boot/domu-initrd.gz"] = (0o100644, domu_initramfs())
+    files["etc/xen/domu.cfg"] = (0o100644, xl_config().encode())
+    files["xs/run"] = (0o100755, RUN.encode())
+    files.update(_dirs(files))
+    modules = module_closure(moddir, DOM0_MODULES)
+    manifest["modules"] = modules
+    manifest["kernel"] = release
+    init = "export PATH=/bin:/usr/bin:/usr/sbin:/usr/lib/xen-4.17/bin"
+    return files, modules, init, manifest
+
+
+# ---------------------------------------------------------------- the domU
+
+class DomU:
+    def __init__(self, host, workdir):
+        self.host = host
+        self.dir = workdir
+        self.timings = {}
+        self.log = {}
+        self.domid = None
+        self.xl_list = None
+        self.xl_list_after_dump = None
+        self.xc_core_path = None
+        self.xc_core_size_in_dom0 = None
+        self.domu_console = None
+        self.dom0_system_map = None
+        self.manifest = None
+        self.disk = None
+
+    def host_dump(self, path, fmt="elf"):
+        """QMP stop + dump-guest-memory of the whole machine (the domU stays paused)."""
+        t = time.time()
+        out = self.host.dump(path, fmt=fmt)
+        self.timings["host_dump"] = time.time() - t
+        return out
+
+    def close(self):
+        self.host.close()
+
+
+def _step(d, name, cmd, timeout, ok):
+    t = time.time()
+    out = d.host.dom0_shell(cmd, timeout=timeout)
+    d.timings[name] = time.time() - t
+    d.log[name] = out
+    if ok not in out:
+        raise RuntimeError(f"dom0 step {name!r} ({cmd}) failed; it printed:\n{out}\n"
+                           f"console tail:\n{d.host.console[-1500:]}")
+    return out
+
+
+def parse_xl_list(text):
+    """`xl list` rows as {name: {"id", "mem", "vcpus", "state"}}."""
+    rows = {}
+    for line in text.splitlines():
+        m = re.match(r"^(\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([-rbpscd]{6})\s+([\d.]+)\s*$", line)
+        if m:
+            rows[m.group(1)] = {"id": int(m.group(2)), "mem": int(m.group(3)),
+                                "vcpus": int(m.group(4)), "state": m.group(5)}
+    return rows
+
+
+def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=DOM0_MEM_MB):
+    """Boot Xen + dom0 with Debian's toolstack, create, pause and dump-core a PV domU; return
+    a :class:`DomU` (the host keeps running, the domU paused)."""
+    t0 = time.time()
+    os.makedirs(workdir, exist_ok=True)
+    files, modules, init, manifest = dom0_extra(version)
+    disk = os.path.join(workdir, "carry.img")
+    if "," in disk:
+        raise RuntimeError(f"QEMU -drive file= path {disk!r} has a comma")
+    with open(disk, "wb") as f:
+        f.truncate(DISK_MB << 20)
+    t_prep = time.time() - t0
+    xen_args = X.XEN_ARGS.replace("dom0_mem=256M,max:256M",
+                                  f"dom0_mem={dom0_mem}M,max:{dom0_mem}M")
+    host = X.boot_xen_host(workdir=os.path.join(workdir, "vm"), timeout=timeout, mem=mem,
+                           version=version, xen_args=xen_args, extra_files=files,
+                           extra_modules=modules, extra_init=init,
+                           qemu_args=["-drive", f"file={disk},if=virtio,format=raw"])
+    d = DomU(host, workdir)
+    d.manifest, d.disk = manifest, disk
+    d.timings["prepare"] = t_prep
+    d.timings["boot_xen_dom0"] = host.boot_seconds
+    d.initramfs_bytes = os.path.getsize(os.path.join(workdir, "vm", "dom0-initrd.gz"))
+    try:
+        _step(d, "toolstack", "/xs/run toolstack", 90, "XS-OK toolstack")
+        _step(d, "create", "/xs/run create", 180, "XS-OK create")
+        _step(d, "domu_boot", "/xs/run wait 150", 180, "XS-OK wait")
+        d.domu_console = host.dom0_shell("cat /var/log/xen/console/guest-domu.log", timeout=60)
+        out = _step(d, "pause", "/xs/run pause", 60, "XS-OK pause")
+        d.xl_list = out
+        rows = parse_xl_list(out)
+        if DOMU_NAME not in rows:
+            raise RuntimeError(f"`xl list` shows no {DOMU_NAME}:\n{out}")
+        d.domid = rows[DOMU_NAME]["id"]
+        out = _step(d, "dump_core", "/xs/run dump", 300, "XS-OK dump")
+        m = re.search(r"XS-SIZE core (\d+) kallsyms (\d+)", out)
+        d.xc_core_size_in_dom0 = int(m.group(1)) if m else None
+        # xl dump-core neither pauses nor unpauses: the domU must still be paused
+        d.xl_list_after_dump = _step(d, "list", "/usr/lib/xen-4.17/bin/xl list", 60, "Domain-0")
+        state = parse_xl_list(d.xl_list_after_dump).get(DOMU_NAME, {}).get("state", "")
+        if "p" not in state:
+            raise RuntimeError(f"{DOMU_NAME} is not paused after dump-core:\n"
+                               f"{d.xl_list_after_dump}")
+        t = time.time()
+        _carry_out(d)
+        d.timings["carry_out"] = time.time() - t
+    except BaseException:
+        host.close()
+        raise
+    d.timings["total"] = time.time() - t0
+    return d
+
+
+def _carry_out(d):
+    """Read the tar dom0 wrote onto the raw disk: the core and the System.map."""
+    with tarfile.open(d.disk, "r:") as tar:
+        names = tar.getnames()
+        for want in ("domu.core", "kallsyms"):
+            if want not in names:
+                raise RuntimeError(f"the disk's tar holds {names}, no {want}")
+        core = os.path.join(d.dir, "domu.core")
+        with tar.extractfile("domu.core") as src, open(core, "wb") as dst:
+            while True:
+                b = src.read(1 << 20)
+                if not b:
+                    break
+                dst.write(b)
+        syms = tar.extractfile("kallsyms").read().decode(errors="replace")
+    if d.xc_core_size_in_dom0 is not None and os.path.getsize(core) != d.xc_core_size_in_dom0:
+        raise RuntimeError(f"carried-out core has {os.path.getsize(core)} bytes, dom0 said "
+                           f"{d.xc_core_size_in_dom0}")
+    d.xc_core_path = core
+    lines = []
+    for line in syms.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            lines.append((int(parts[0], 16), line))
+    d.dom0_system_map = os.path.join(d.dir, f"System.map-{d.manifest['kernel']}")
+    with open(d.dom0_system_map, "w") as f:
+        f.write("".join(line + "\n" for _, line in sorted(lines)))
