@@ -201,3 +201,71 @@ def test_total_time(domu, host_dump):
           f"{os.path.getsize(host_dump)} bytes, dom0 initramfs "
           f"{domu.initramfs_bytes} bytes")
     assert took < BUDGET, f"boot + domU + dump-core + host dump took {took:.0f} s: {summary}"
+
+
+# ---------------------------------------------------------------------------------------------
+# xenscope on the same machine: the xl dump-core file against the whole-machine dump
+# ---------------------------------------------------------------------------------------------
+
+INVALID = (1 << 64) - 1
+
+
+@pytest.fixture(scope="module")
+def xs(domu, host_dump):
+    from xenstructs.targets import open_dump
+    from xenstructs.xen.host import open_host
+    xc = open_dump(domu.xc_core_path)
+    ht = open_dump(host_dump)
+    host = open_host(ht, syms=domu.host.xen_syms_symtab or domu.host.xen_map)
+    yield xc, ht, host
+    xc.close()
+    ht.close()
+
+
+def test_xenscope_reads_the_xc_core(xs, domu):
+    xc, _, _ = xs
+    assert xc.facts["format"] == "xc_core" and xc.facts["guest"] == "pv"
+    assert xc.facts["nr_pages"] == DOMU_MEM_MB * 256
+    assert xc.facts["xen_version"].startswith("4.17")
+    assert xc.cpus()[0].regs["cr3"] & 0xFFF == 0
+
+
+def test_xenscope_p2m_m2p_owners_and_pages_agree_with_the_host(xs, domu):
+    """The dump's P2M against Xen's M2P and frame owners in the host dump, and every page's
+    bytes in both files."""
+    import numpy as np
+    from xenstructs.xen import frames as F
+    xc, ht, host = xs
+    p2m = xc.p2m_array()
+    pfns = np.nonzero(p2m != np.uint64(INVALID))[0]
+    mfns = p2m[pfns]
+    assert len(pfns) == DOMU_MEM_MB * 256
+    m2p = host.m2p_array(0, host.max_page)
+    assert (m2p[mfns.astype(np.int64)] == pfns.astype(np.uint64)).all()
+    cols = F.classify(host, host.frame_arrays())
+    names = F.owner_names(host, np.unique(cols["domain"][mfns.astype(np.int64)]))
+    assert set(names.values()) == {f"d{domu.domid}"}, names
+    differ = [int(p) for p, m in zip(pfns.tolist(), mfns.tolist())
+              if xc.read_pfn(p, 0, 4096) != ht.read_phys(m << 12, 4096)]
+    assert not differ, f"{len(differ)} pages differ, e.g. pfns {differ[:5]}"
+
+
+def test_xenscope_walks_the_domu_kernel_in_both_dumps(xs, domu):
+    """vCPU 0's page tables hold machine frames: the same walk through the xl dump-core file and
+    through the host's machine memory reaches the same frame and bytes (linux_banner)."""
+    from xenstructs.context import resolve
+    from xenstructs.paging import read_virt, walk
+    xc, ht, _ = xs
+    syms = {}
+    with open(domu.dom0_system_map) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3:
+                syms.setdefault(parts[2], int(parts[0], 16))
+    pg = resolve(xc).paging
+    for name in ("linux_banner", "_stext", "init_task"):
+        va = syms[name]
+        a, b = walk(xc, pg, va), walk(ht, pg, va)
+        assert a.pa is not None and a.pa == b.pa, (name, a.describe_stop(), b.describe_stop())
+        assert read_virt(xc, va, 64, pg, pg.mode) == read_virt(ht, va, 64, pg, pg.mode)
+    assert read_virt(xc, syms["linux_banner"], 14, pg, pg.mode) == b"Linux version "
