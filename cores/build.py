@@ -20,6 +20,8 @@ sys.path.insert(0, HERE)
 from builder.elfcore import VADDR_BASE, write_elf_core  # noqa: E402
 from builder.pagetables import PageTables, PhysMem, coalesce, A, D, RW, US, P, PS, XD  # noqa: E402
 from builder import xenhost  # noqa: E402
+from builder import kernelcores  # noqa: E402
+from builder import pvguest  # noqa: E402
 
 K, M, G = 1 << 10, 1 << 20, 1 << 30
 CR0 = 0x80050033                      # PG|AM|WP|NE|ET|MP|PE
@@ -316,6 +318,8 @@ def core_5level():
 
 CORES = (core_2level, core_pae, core_4level, core_5level, core_kdump)
 XEN_CORES = ("4.6", "4.17")           # builder/xenhost.py: xen-<ver>-host.{core,json,map[,log]}
+# builder/kernelcores.py: mod-*.{core,json} and the gcc-compiled mod-*.vmlinux (needs gcc -m32 and ld)
+PV_CORES = ("pv-x86_64", "pv-i386-pae")  # builder/pvguest.py: xl dump-core files <name>.{xc,json,map}
 
 
 def build_one(fn, out):
@@ -350,6 +354,9 @@ def build_all(out):
         files += build_one(fn, out)
     for key in XEN_CORES:
         files += xenhost.write(key, out)
+    for name in PV_CORES:
+        files += pvguest.write(name, out)
+    files += kernelcores.write_all(out)
     return files
 
 
