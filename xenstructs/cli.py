@@ -1,7 +1,7 @@
 """``xenscope SUBCOMMAND [DUMP] [options]``: the command-line front end.
 
 Exit status: 0 success; 2 usage error or unreadable input (one line on stderr, never a traceback);
-1 is reserved for checks that found problems (later subcommands).
+1 when a check found problems (the command's ``status``, e.g. ``p2m-check``).
 """
 
 import json
@@ -41,7 +41,7 @@ def run(argv, out=sys.stdout):
             out.write("\n")
         else:
             print(cmd.render(result, args), file=out)
-        return 0
+        return cmd.exit_status(result)
     except HelpShown:
         return 0
     except UsageError as e:
