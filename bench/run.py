@@ -11,6 +11,11 @@
     ``gdb -nx -batch``, median of 5. Target: <= 0.3 s.
 (c) on a real Debian kernel under QEMU (bench/real.py): translations per second against drgn on the
     same addresses, and ``maps`` against QEMU's own ``info tlb``. Skipped with --quick or --no-real.
+(d) ``p2m-check`` of a 64 GiB guest (16 M pfns) in memory (bench/p2m.py): seconds for the numpy check
+    with owners (best of 3) and the ratio to a naive per-pfn loop (timed on a sample, scaled).
+    Target: <= 1 s. With --quick: 1 M pfns.
+(e) ``modcheck`` (bench/modcheck.py): 1000 task page directories x 2000 module pages built in memory,
+    fast path against the exhaustive per-page walk (2-level, PAE, 4-level). Target: fast <= 1 s.
 """
 
 import argparse
@@ -105,10 +110,16 @@ def main():
     a = ap.parse_args()
     ok = bench_maps(1 << 16 if a.quick else a.ptes, a.sample)
     ok &= bench_gdb_load()
+    print("(e) modcheck: fast path vs exhaustive (bench/modcheck.py):", flush=True)
+    import modcheck as bench_modcheck
+    ok &= bench_modcheck.main([]) == 0
     if not (a.quick or a.no_real):
         print("(c) real kernel (bench/real.py):", flush=True)
         r = subprocess.run([sys.executable, os.path.join(HERE, "real.py")], timeout=900)
         ok &= r.returncode == 0
+    r = subprocess.run([sys.executable, os.path.join(HERE, "p2m.py")] + (["--quick"] if a.quick else []),
+                       timeout=900)
+    ok &= r.returncode == 0
     return 0 if ok else 1
 
 

@@ -420,9 +420,6 @@ class Kernel:
         mhead = self.sym["modules"]
         order = list(reversed(self.modules))
         mnodes = [mhead] + [m["module_va"] + o("module.list") for m in order]
-        for i, n in enumerate(mnodes):
-            self.wr(n + o("list_head.next"), mnodes[(i + 1) % len(mnodes)])
-            self.wr(n + o("list_head.prev"), mnodes[i - 1])
         for m in self.modules:
             va = m["module_va"]
             self.wbytes(va, bytes(o("sizeof.module")))                   # the struct over pattern data
@@ -442,6 +439,10 @@ class Kernel:
                     e = va + o("module.mem") + i * o("sizeof.module_memory")
                     self.wr(e + o("module_memory.base"), base)
                     self.wr(e + o("module_memory.size"), size, 4)
+        # link after the structs are written (they are laid over pattern data, list included)
+        for i, n in enumerate(mnodes):
+            self.wr(n + o("list_head.next"), mnodes[(i + 1) % len(mnodes)])
+            self.wr(n + o("list_head.prev"), mnodes[i - 1])
         # vmap areas: sorted list
         vhead = self.sym["vmap_area_list"]
         areas = sorted(self.vmap)

@@ -31,6 +31,11 @@ class Command:
     run: Callable              # run(target, args) -> dict
     render: Callable           # render(result, args) -> str
     needs_target: bool = True
+    status: Optional[Callable] = None    # status(result) -> CLI exit status: 0 clean, 1 findings (gdb ignores it)
+
+    def exit_status(self, result):
+        """The CLI's exit status for a successful run: ``status(result)``, 0 when not given."""
+        return int(self.status(result)) if self.status is not None else 0
 
     def parser(self, prog, dump=False):
         """The argparse parser; ``dump=True`` adds the CLI's DUMP argument first."""
@@ -121,3 +126,6 @@ def va_range(text):
 from . import paging  # noqa: E402,F401
 from . import xen  # noqa: E402,F401
 from . import xenlog  # noqa: E402,F401
+from . import p2m  # noqa: E402,F401
+from . import fault  # noqa: E402,F401
+from . import kernel  # noqa: E402,F401
