@@ -658,3 +658,19 @@ def test_builder_resolve_root(pvcore):
     v0 = man["vcpus"][0]
     mfn = v0.get("l4_mfn", v0.get("l3_mfn"))
     assert ctxmod.resolve(t).paging.root == mfn << 12
+
+
+@pytest.mark.parametrize("name", ["pv-x86_64", "pv-i386-pae"])
+def test_cli_m2p_and_p2m_on_xl_dump_core(name):
+    """``xenscope m2p`` / ``p2m`` on an xl dump-core file answer from its .xen_p2m (the manifest)."""
+    import json
+    import subprocess
+    import sys
+    top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    man = json.load(open(os.path.join(top, "cores", f"{name}.json")))
+    core = os.path.join(top, "cores", man["core"])
+    for pfn, mfn in man["p2m"][:5]:
+        r = subprocess.run([sys.executable, "-m", "xenstructs.cli", "m2p", core, hex(mfn), "--json"],
+                           capture_output=True, text=True, cwd=top)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["entries"] == [{"mfn": mfn, "pfn": pfn}]

@@ -169,14 +169,13 @@ def _domains_run(target, args):
     else:
         counts_error = None
     listed = {d.pickled for d in doms}
+    for d in h.owner_domains({x.struct_va for x in doms}):
+        if d.pickled not in listed:
+            doms.append(d)
+            listed.add(d.pickled)
     out = [{"id": d.id, "name": d.name, "struct_va": d.struct_va, "source": d.source,
             "frames": counts.get(d.pickled, 0), "tot_pages": d.extra.get("tot_pages"),
             "max_pages": d.extra.get("max_pages")} for d in doms]
-    for raw, n in sorted(counts.items()):
-        if raw and raw not in listed:
-            d = h.owner(raw)
-            out.append({"id": d.id, "name": d.name, "struct_va": d.struct_va, "source": "frame owners",
-                        "frames": n, "tot_pages": None, "max_pages": None})
     return {"xen": h.describe(), "domains": out, "frames_error": counts_error}
 
 
@@ -201,7 +200,8 @@ domains.run, domains.render = _domains_run, _domains_render
 # m2p
 # ---------------------------------------------------------------------------------------------
 
-@command("m2p", "Xen's machine-to-phys table: the guest pfn of an mfn, or of a range (--range A-B).")
+@command("m2p", "Machine-to-phys: the guest pfn of an mfn, or of a range (--range A-B): Xen's M2P in a host "
+                "dump, the P2M's inverse in an xl dump-core file.")
 def m2p(p):
     p.add_argument("mfn", type=address, nargs="?", help="machine frame number (hex)")
     p.add_argument("--range", type=va_range, dest="mfn_range", metavar="A-B", help="mfns in [A, B)")
@@ -209,7 +209,6 @@ def m2p(p):
 
 
 def _m2p_run(target, args):
-    h = host_of(target, args)
     if args.mfn_range:
         a, b = args.mfn_range
     elif args.mfn is not None:
@@ -218,9 +217,14 @@ def _m2p_run(target, args):
         raise XenscopeError("give an MFN or --range A-B")
     if b - a > MAX_LIST or b <= a:
         raise XenscopeError(f"range of {b - a} frames out of bounds (1..{MAX_LIST})")
+    if target.facts.get("format") == "xc_core":
+        # a guest's dump: its M2P view is the inverse of the dump's P2M
+        rows = [{"mfn": m, "pfn": target.m2p(m)} for m in range(a, b)]
+        return {"source": "inverse of the dump's .xen_p2m", "entries": rows}
+    h = host_of(target, args)
     vals = h.m2p_array(a, b).tolist()
     rows = [{"mfn": m, "pfn": None if v >> 63 else v} for m, v in zip(range(a, b), vals)]
-    return {"entries": rows}
+    return {"source": "Xen's M2P", "entries": rows}
 
 
 def _m2p_render(r, args):

@@ -458,7 +458,7 @@ class XenHost:
         for d in out:
             self._owner_cache[d.pickled] = d
         if next_off is None or "domain_list" not in self.symbols:
-            out += self._owner_domains(seen)
+            out += self.owner_domains(seen)
         for d in out:                       # page counts when the offsets are known (DWARF)
             for member in ("tot_pages", "max_pages"):
                 off = self._domain_offset(member)
@@ -470,8 +470,9 @@ class XenHost:
         self._domains = out
         return out
 
-    def _owner_domains(self, seen):
-        """Domains found as owners of frames in use (when domain_list cannot be walked)."""
+    def owner_domains(self, seen=()):
+        """Domains found as owners of frames in use (when domain_list cannot be walked, or for
+        domains it does not list, like dom_cow): only owner values that name a xen-heap page."""
         import numpy as np
         from .frames import STATES, classify
         try:
@@ -479,15 +480,22 @@ class XenHost:
         except XenscopeError:
             return []
         inuse = cols["present"] & (cols["state"] != STATES.index("free"))
-        out = []
-        for raw in np.unique(cols["domain"][inuse]).tolist():
+        raws, counts = np.unique(cols["domain"][inuse], return_counts=True)
+        index = {int(m): i for i, m in enumerate(cols["mfn"].tolist())}
+        best = {}
+        for raw, n in zip(raws.tolist(), counts.tolist()):
             if not raw or self.directmap + (raw << 12) in seen:
                 continue
+            # a real owner value names a struct domain, which lives in a xen-heap page: other
+            # values (a union member reused by some page state) are not domains
+            i = index.get(self.pdx.pdx_to_pfn(raw))
+            if i is None or not cols["xen_heap"][i]:
+                continue
             d = self.owner(raw)
-            if d is not None and d.id >= 0:
+            if d is not None and d.id >= 0 and (d.id not in best or n > best[d.id][1]):
                 d.source = "frame owners"
-                out.append(d)
-        return sorted(out, key=lambda d: d.id)
+                best[d.id] = (d, n)
+        return sorted((d for d, _ in best.values()), key=lambda d: d.id)
 
     def owner(self, raw):
         """The :class:`Domain` a page's raw owner value names (None for anonymous pages)."""

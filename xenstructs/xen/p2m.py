@@ -21,7 +21,9 @@ is counted once (precedence: beyond-max, foreign, identity, duplicate, mismatch)
                       pfns share it (the dict lists them all, ``pfns``)
 ``mismatch``          pfn -> mfn -> M2P pfn' != pfn; ``other`` = pfn' (~0 when M2P says invalid)
 ``invalid-in-range``  INVALID inside the populated range (below the highest pfn whose entry names
-                      a frame, or inside ``populated``); ``mfn`` = ~0, ``other`` = end of the range
+                      one of the domain's own frames — foreign and identity entries, which Linux
+                      places in ballooned pfns above its RAM, do not extend it — or inside
+                      ``populated``); ``mfn`` = ~0, ``other`` = end of the range
 ``m2p-orphan``        (needs ``owners``/``me``) a frame owned by the domain that no P2M entry maps:
                       ``pfn`` = what the M2P says for it, ``other`` = the P2M entry at that pfn
                       (~0 when beyond the list). A frame that a mismatched/foreign entry does map
@@ -223,12 +225,9 @@ class _Chunks:
             res["identity"] = bad[bident] + a
             res["inv"] = bad[binv] + a
             fb = bad[bnamed & bfb & (bm < mx)]       # FOREIGN_FRAME_BIT entries naming real frames
-            named = ok.copy()
-            named[bad[bnamed]] = True
         else:
             mc = e
             fb = z
-            named = None
         back = _lookup(self.m2p, mc, INVALID_M2P_ENTRY, self.m2p_bounded)
         cand = (back - U64(a)) != self.ar[:n]            # back != pfn (mod 2**64)
         if len(bad):
@@ -254,10 +253,12 @@ class _Chunks:
             res["foreign"] = fall + a
             fm = np.where(ok[fall], e[fall], e[fall] & U64(MFN_MASK))
             res["foreign_back"] = _lookup(self.m2p, fm, INVALID_M2P_ENTRY)
-        if named is None:
-            last = a + n - 1
-        else:
-            last = a + n - 1 - int(np.argmax(named[::-1])) if named.any() else -1
+        # the populated range ends after the last entry naming one of the domain's own frames:
+        # foreign mappings (Linux puts them in ballooned pfns above its RAM) do not extend it
+        own = ok.copy()
+        if len(fo):
+            own[fo] = False
+        last = a + n - 1 - int(np.argmax(own[::-1])) if own.any() else -1
         res.update(mi=mi + a, mi_back=back[mi], last=last)
         return res
 
