@@ -71,6 +71,8 @@ def _library():
         except ImportError as e:
             raise gdb.GdbError(f"xenscope: cannot import the library ({e}); run {_SETUP}")
         C.evaluate = evaluate
+        from . import kernel
+        C.kernel.kernel_provider = kernel.provider      # kernel types from gdb's own symbol file
         _lib = C
     return _lib
 

@@ -29,7 +29,9 @@ def kernel_of(target, args):
     if args.vmlinux and args.profile:
         raise XenscopeError("give --vmlinux or --profile, not both")
     if not (args.vmlinux or args.profile) and kernel_provider is not None:
-        return kernel_provider(target, args)
+        k = kernel_provider(target, args)       # a host's own types (gdb with a vmlinux), or None
+        if k is not None:
+            return k
     profile = None
     if args.vmlinux:
         profile = Profile.from_dwarf(args.vmlinux)
