@@ -1,5 +1,5 @@
 """gdb commands: ``xen`` and one ``xen NAME`` per entry of :data:`xenstructs.commands.COMMANDS`,
-plus ``set/show xen debug|mode|cr3|dump``.
+plus ``set/show xen debug|mode|cr3|dump|kernel-syms``.
 
 This module adapts input and output only: arguments go through the shared argparse parsers
 (gdb expressions are accepted wherever an address is), the target comes from
@@ -166,25 +166,46 @@ class DumpParam(_Param):
         return ""
 
 
+class KernelSymsParam(_Param):
+    """The guest kernel's System.map (or vmlinux) for live targets that give neither CR3 nor
+    physical reads (Xen's gdbsx): xenscope finds init_top_pgt and the P2M list there.
+    Symbols of a vmlinux loaded with `file` are used first; empty: none."""
+    set_doc = "Set the guest kernel's System.map/vmlinux used on gdbsx (empty: none)."
+    show_doc = "Show the guest kernel's System.map/vmlinux used on gdbsx."
+
+    def __init__(self):
+        super().__init__("kernel-syms", gdb.PARAM_OPTIONAL_FILENAME)
+        self.value = ""
+        self._good = ""
+
+    def get_set_string(self):
+        path = os.path.expanduser(self.value or "")
+        if path and not os.path.isfile(path):
+            self.value = self._good
+            raise gdb.GdbError(f"xen kernel-syms: no such file: {path}")
+        self._good = self.value or ""
+        return ""
+
+
 PARAMS = {}
 
 
 class SetXen(gdb.Command):
-    """Set xenscope parameters: debug, mode, cr3, dump."""
+    """Set xenscope parameters: debug, mode, cr3, dump, kernel-syms."""
 
     def __init__(self):
         super().__init__("set xen", gdb.COMMAND_DATA, gdb.COMPLETE_NONE, True)
 
 
 class ShowXen(gdb.Command):
-    """Show xenscope parameters: debug, mode, cr3, dump."""
+    """Show xenscope parameters: debug, mode, cr3, dump, kernel-syms."""
 
     def __init__(self):
         super().__init__("show xen", gdb.COMMAND_DATA, gdb.COMPLETE_NONE, True)
 
     def invoke(self, arg, from_tty):
         if arg.strip():
-            raise gdb.GdbError(f"unknown xen parameter {arg.strip()!r}: debug, mode, cr3, dump")
+            raise gdb.GdbError(f"unknown xen parameter {arg.strip()!r}: {', '.join(PARAMS)}")
         for name in PARAMS:
             gdb.execute(f"show xen {name}")
 
@@ -196,9 +217,10 @@ class ShowXen(gdb.Command):
 class XenPrefix(gdb.Command):
     """xenscope: page tables, physical memory and x86 decoders for Xen/Linux debugging.
 
-Reads gdb's core file, a QEMU gdbstub (physical memory through Qqemu.PhyMemMode), or the dump
-given with `set xen dump FILE`. Every subcommand takes --help and --json.
-Parameters: set xen debug|mode|cr3|dump (see `show xen`)."""
+Reads gdb's core file, a QEMU gdbstub (physical memory through Qqemu.PhyMemMode), Xen's gdbsx
+(a PV guest's machine memory through guest-virtual reads; needs `set xen kernel-syms System.map`
+or a loaded vmlinux), or the dump given with `set xen dump FILE`. Every subcommand takes --help
+and --json. Parameters: set xen debug|mode|cr3|dump|kernel-syms (see `show xen`)."""
 
     def __init__(self, specs):
         super().__init__("xen", gdb.COMMAND_DATA, gdb.COMPLETE_COMMAND, True)
@@ -288,7 +310,7 @@ def _invoke(C, cmd, argv):
     target = None
     if cmd.needs_target:
         from .target import get_target
-        target = get_target(PARAMS["dump"].value or "")
+        target = get_target(PARAMS["dump"].value or "", PARAMS["kernel-syms"].value or "")
     from_param = {}
     if getattr(args, "mode", None) is _UNSET:
         args.mode = dests["mode"]
@@ -306,8 +328,21 @@ def _invoke(C, cmd, argv):
         args.cpu = sel() if sel is not None else dests["cpu"]
     # one batch per command: a QEMU stub enters physical mode once, not around every read
     batch = getattr(target, "batch", None)
+    from xenstructs.errors import NoRegister
+    hint = getattr(target, "missing_hint", None)       # gdbsx: why no CR3 could be found
     with batch() if batch is not None else contextlib.nullcontext():
-        result = cmd.run(target, args)
+        try:
+            result = cmd.run(target, args)
+        except NoRegister as e:
+            why = hint() if hint is not None and "CR3" in str(e) else None
+            if why:
+                raise NoRegister(why)
+            raise
+        if cmd.name == "info" and isinstance(result, dict) and hasattr(target, "info_notes"):
+            why = hint() if hint is not None and "CR3" in result.get("paging_error", "") else None
+            if why:
+                result["paging_error"] = why
+            result["notes"] = target.info_notes()
     if isinstance(result, dict) and isinstance(result.get("sources"), dict):
         for k in from_param:
             if result["sources"].get(k) == f"--{k} option":
@@ -316,6 +351,8 @@ def _invoke(C, cmd, argv):
         text = json.dumps(result, indent=1, sort_keys=True)
     else:
         text = cmd.render(result, args)
+        if isinstance(result, dict) and result.get("notes") and cmd.name == "info":
+            text += "".join(f"\nnote: {n}" for n in result["notes"])
     gdb.write(text + "\n")
 
 
@@ -339,7 +376,7 @@ def register():
         cls()
     SetXen()
     ShowXen()
-    for cls in (DebugParam, ModeParam, Cr3Param, DumpParam):
+    for cls in (DebugParam, ModeParam, Cr3Param, DumpParam, KernelSymsParam):
         p = cls()
         PARAMS[p.xname] = p
 
