@@ -73,7 +73,7 @@ def _with_busybox(init, files, bb):
 
 
 def boot_linux(arch="x86_64", la57=False, kaslr=False, pti=False, mem=256, modules=(),
-               gdb_port=None, extra_append="", cpu=None, timeout=240):
+               gdb_port=None, extra_append="", cpu=None, timeout=240, extra_init=""):
     """Boot Debian's kernel for ``arch``; return the VM once the initramfs printed its marker."""
     qemu = ARCHES[arch][0]
     vmlinuz, _, _, _ = kernel_files(arch)
@@ -81,7 +81,7 @@ def boot_linux(arch="x86_64", la57=False, kaslr=False, pti=False, mem=256, modul
     workdir = V.tempfile.mkdtemp(prefix="xenscope-vm-")
     rd = os.path.join(workdir, "initrd.gz")
     with open(rd, "wb") as f:
-        f.write(initramfs(arch, modules))
+        f.write(initramfs(arch, modules, extra_init))
     append = ["console=ttyS0", "panic=-1", "quiet", "loglevel=3"]
     append.append("kaslr" if kaslr else "nokaslr")
     append.append("pti=on" if pti else "pti=off")

@@ -1,0 +1,92 @@
+"""modcheck and the kernel objects on a real Debian x86_64 kernel under QEMU.
+
+The guest's init loads two modules from the same kernel package and starts a few processes; it
+prints /proc/modules and the process list on its console (the truth, from the kernel itself). The
+structure offsets come from gdb's reading of Debian's own -dbg vmlinux (cached between runs),
+through xenscope's gdb layer. On x86_64 the kernel half of every PGD is shared, so modcheck must
+be clean.
+"""
+import glob
+import json
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+from gdbutil import run_gdb
+from realsys import vm as V
+from realsys.linux import boot_linux, kernel_files
+
+MODULES = ("kernel/lib/crc7.ko", "kernel/lib/crc8.ko")
+
+
+def debug_vmlinux():
+    """Debian's vmlinux with DWARF for the booted kernel: extracted once from the -dbg package."""
+    _, _, _, release = kernel_files("x86_64")
+    out = os.path.join(V.CACHE, "vmlinux", f"vmlinux-{release}")
+    if not os.path.exists(out):
+        deb = V.deb(f"linux-image-{release}-dbg")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        tmp = out + ".tmp"
+        tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb], stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-O", f"./usr/lib/debug/boot/vmlinux-{release}"], stdin=tar.stdout,
+                       stdout=open(tmp, "wb"), check=True)
+        tar.wait()
+        os.rename(tmp, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory):
+    d = tmp_path_factory.mktemp("modcheck")
+    vml = debug_vmlinux()
+    vm = boot_linux("x86_64", modules=MODULES,
+                    extra_init="sleep 100002 & sleep 100003 & echo MODS-BEGIN; cat /proc/modules; "
+                               "echo MODS-END; echo PIDS-BEGIN; for p in /proc/[0-9]*; do echo ${p#/proc/} "
+                               "$(cat $p/comm); done; echo PIDS-END")
+    try:
+        time.sleep(0.3)
+        vm.qmp("stop")
+        console = vm.read_console().decode(errors="replace")
+        dump = str(d / "guest.elf")
+        vm.qmp("dump-guest-memory", paging=False, protocol=f"file:{dump}")
+    finally:
+        vm.close()
+    mods = re.search(r"MODS-BEGIN\r?\n(.*?)MODS-END", console, re.S).group(1)
+    pids = re.search(r"PIDS-BEGIN\r?\n(.*?)PIDS-END", console, re.S).group(1)
+    yield {"dump": dump, "vmlinux": vml,
+           "modules": {ln.split()[0]: int(ln.split()[1]) for ln in mods.splitlines() if ln.strip()},
+           "pids": {int(ln.split()[0]): ln.split()[1] for ln in pids.splitlines() if len(ln.split()) == 2}}
+    os.unlink(dump)
+
+
+def xen_json(g, *cmds):
+    marked = []
+    for c in cmds:
+        marked += [c, "echo @@@\\n"]
+    r = run_gdb(f"file {g['vmlinux']}", f"set xen dump {g['dump']}", *marked, timeout=600)
+    assert r.returncode == 0 and "Traceback" not in r.output, r.output
+    return r, [json.loads(chunk[chunk.index("{"):]) for chunk in r.stdout.split("@@@")[:-1]]
+
+
+def test_modules_tasks_and_a_clean_modcheck(guest):
+    r, (mods, tasks, mc) = xen_json(guest, "xen modules --json", "xen tasks --json", "xen modcheck --json")
+    got = {m["name"]: m for m in mods["modules"]}
+    assert set(got) == set(guest["modules"]), (set(got), guest["modules"])
+    assert {"crc7", "crc8", "qemu_fw_cfg"} <= set(got)
+    for name, size in guest["modules"].items():            # /proc/modules: core + init layout sizes
+        assert sum(reg["size"] for reg in got[name]["regions"]) == size, (name, got[name]["regions"], size)
+    seen = {t["pid"]: t["comm"] for t in tasks["tasks"]}
+    # every process the guest listed, but pid 1 (its init script exec()s sh afterwards, a new comm)
+    # and the short-lived cat/sh of the listing itself
+    lasting = {p: c for p, c in guest["pids"].items() if p != 1 and c not in ("cat", "sh")}
+    assert len(lasting) > 20 and list(lasting.values()).count("sleep") >= 4
+    for pid, comm in lasting.items():
+        # /proc/PID/comm of a kworker adds "-<workqueue>" to task->comm
+        want = comm.split("-")[0] if comm.startswith("kworker/") else comm[:15]
+        assert seen.get(pid) == want, (pid, comm, seen.get(pid))
+    assert seen[1] == "sh"
+    assert mc["groups"] == [] and not mc["list_errors"], mc["groups"][:3]
+    assert mc["checked_pgds"] >= 2 and mc["checked_pages"] > 0
