@@ -90,3 +90,26 @@ def test_modules_tasks_and_a_clean_modcheck(guest):
     assert seen[1] == "sh"
     assert mc["groups"] == [] and not mc["list_errors"], mc["groups"][:3]
     assert mc["checked_pgds"] >= 2 and mc["checked_pages"] > 0
+
+
+def test_cli_with_a_profile_made_from_the_debug_vmlinux(guest, tmp_path):
+    """xenscope profile (DWARF of Debian's vmlinux) then the CLI: the same answers as gdb's types."""
+    import sys
+    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    prof = str(tmp_path / "profile.json")
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "xenstructs.cli", "profile", guest["vmlinux"], "-o", prof],
+                       capture_output=True, text=True, cwd=top, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert time.time() - t0 < 120, "profile extraction from a 600 MB vmlinux must stay fast"
+    _, (gdb_mods, gdb_mc) = xen_json(guest, "xen modules --json", "xen modcheck --json")
+    for cmd in ("modules", "modcheck"):
+        r = subprocess.run([sys.executable, "-m", "xenstructs.cli", cmd, guest["dump"], "--profile", prof, "--json"],
+                           capture_output=True, text=True, cwd=top, timeout=600)
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout)
+        if cmd == "modules":
+            assert [(m["name"], m["regions"]) for m in res["modules"]] == \
+                [(m["name"], m["regions"]) for m in gdb_mods["modules"]]
+        else:
+            assert res["groups"] == [] and res["checked_pages"] == gdb_mc["checked_pages"]

@@ -305,7 +305,10 @@ def _from_dwarf(cls, path, want_symbols):
             if not elf.has_dwarf_info() or elf.get_section_by_name(".debug_info") is None:
                 raise XenscopeError(f"{path} has no DWARF (.debug_info): build with CONFIG_DEBUG_INFO, "
                                     f"or use the distribution's debug package (vmlinux-dbg)")
-            dwarf = elf.get_dwarf_info()
+            # a linked image (vmlinux, xen-syms) carries its .rela.debug_* only because it was linked
+            # with --emit-relocs: its DWARF already holds final values, and applying them again in
+            # Python takes minutes on a 600 MB vmlinux. Objects (ET_REL) do need them.
+            dwarf = elf.get_dwarf_info(relocate_dwarf_sections=elf["e_type"] == "ET_REL")
             cus = list(dwarf.iter_CUs())
             names = []
             for cu in cus:

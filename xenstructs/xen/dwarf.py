@@ -135,7 +135,10 @@ def offsets_from_xen_syms(path):
             if not elf.has_dwarf_info() or elf.get_section_by_name(".debug_info") is None:
                 raise XenscopeError(f"{path} has no DWARF debug info (symbols only, e.g. a distribution's "
                                     f"xen-syms); give the Xen version with --xen instead")
-            dwarf = elf.get_dwarf_info()
+            # a linked image (vmlinux, xen-syms) carries its .rela.debug_* only because it was linked
+            # with --emit-relocs: its DWARF already holds final values, and applying them again in
+            # Python takes minutes on a 600 MB vmlinux. Objects (ET_REL) do need them.
+            dwarf = elf.get_dwarf_info(relocate_dwarf_sections=elf["e_type"] == "ET_REL")
             found = {}
             for cu in dwarf.iter_CUs():
                 top = cu.get_top_DIE()
