@@ -159,9 +159,11 @@ class XenHost:
         if self.vi is not None and self.vi.size("page_info"):
             bigmem = self.vi.size("page_info") == 48
         exp = None
+        src = self.sources.get("version")
         self.selection = L.select_layout(version=self.version, vmcoreinfo=self.vi,
                                          crash_info=self._crash_info_for_layout(), bad_type_exp=exp,
-                                         bigmem=bigmem)
+                                         bigmem=bigmem,
+                                         version_source=None if src in (None, "--xen option") else src)
         self.layout = self.selection.layout
         self.dwarf = self._dwarf(syms)
         self.directmap = DIRECTMAP_VIRT_START_BIGMEM if self.layout.bigmem else DIRECTMAP_VIRT_START

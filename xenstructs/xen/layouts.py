@@ -322,10 +322,12 @@ def _crash_info_version(crash_info):
 
 
 def select_layout(version=None, vmcoreinfo=None, crash_info=None, bad_type_exp=None, bigmem=None,
-                  shadow_paging=True, bad_type_saw=None):
+                  shadow_paging=True, bad_type_saw=None, version_source=None):
     """Pick the layout: the dump's crash-info note, else ``version`` (--xen), else a guess from a
     "Bad type" exp value. VMCOREINFO_XEN decides BIGMEM (SIZE(page_info)) and is checked against the
-    result. Returns a :class:`Selection`; raises XenscopeError if nothing decides."""
+    result. ``version_source`` says where ``version`` came from when not from --xen (e.g. the
+    banner in Xen's console ring). Returns a :class:`Selection`; raises XenscopeError if nothing
+    decides."""
     notes = []
     dump_bigmem = _vmcoreinfo_bigmem(vmcoreinfo) if vmcoreinfo is not None else None
     if dump_bigmem is not None:
@@ -343,7 +345,7 @@ def select_layout(version=None, vmcoreinfo=None, crash_info=None, bad_type_exp=N
             notes.append(f"--xen {version} ignored")
     elif version is not None:
         chosen = str(version).strip()
-        why = f"--xen {chosen}"
+        why = f"Xen {chosen} from {version_source}" if version_source else f"--xen {chosen}"
 
     if chosen is not None:
         layout = layout_for_version(chosen, use_bigmem, shadow_paging)
