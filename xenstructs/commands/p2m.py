@@ -19,7 +19,8 @@ def _source_args(p, check=True):
     p.add_argument("--domain", type=number, default=0, help="domain id (default 0)")
     g = p.add_argument_group("where the guest's P2M list is (Xen host dumps)")
     g.add_argument("--kernel-syms", metavar="System.map",
-                   help="the guest kernel's System.map: xen_p2m_addr / xen_p2m_size are read from its memory")
+                   help="the guest kernel's System.map: xen_p2m_addr / xen_p2m_size (or, without them, "
+                        "xen_start_info's start_info.mfn_list / nr_pages) are read from its memory")
     g.add_argument("--p2m-va", type=address, metavar="VA", help="guest virtual address of the P2M list")
     g.add_argument("--p2m-entries", type=number, metavar="N", help="number of entries (pfns) in the list")
     g.add_argument("--cr3", type=address,

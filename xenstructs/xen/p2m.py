@@ -454,15 +454,44 @@ def linux_p2m_location(target, paging, syms):
     if isinstance(syms, str):
         from .host import load_symbols
         syms = load_symbols(syms)
+    if ("xen_p2m_addr" not in syms or "xen_p2m_size" not in syms) and "xen_start_info" in syms:
+        return start_info_mfn_list(target, paging, syms["xen_start_info"])
     for name in ("xen_p2m_addr", "xen_p2m_size"):
         if name not in syms:
             raise XenscopeError(f"symbol {name} not in the kernel's symbols (a Linux >= 3.19 PV kernel's "
-                                "System.map is needed)")
+                                "System.map is needed, or one with xen_start_info)")
     va = read_virt_u64(target, paging, syms["xen_p2m_addr"], "xen_p2m_addr")
     size = read_virt_u64(target, paging, syms["xen_p2m_size"], "xen_p2m_size")
     if not va or size == 0 or size > MAX_ENTRIES:
         raise XenscopeError(f"xen_p2m_addr {va:#x} / xen_p2m_size {size:#x} do not describe a P2M list")
     return va, size
+
+
+# struct start_info (xen/include/public/xen.h): nr_pages and mfn_list, 64-bit / 32-bit guests
+START_INFO = {8: {"nr_pages": 32, "mfn_list": 104}, 4: {"nr_pages": 32, "mfn_list": 68}}
+
+
+def start_info_mfn_list(target, paging, start_info_ptr_va, width=None):
+    """``(mfn_list, nr_pages)`` from a PV guest's ``start_info`` (the P2M array Xen built at boot;
+    reference §2.3): ``start_info_ptr_va`` is the address of the kernel variable ``xen_start_info``
+    (a pointer). Before Linux 3.19 and for other PV kernels this is the P2M the guest started with."""
+    width = width or (4 if target.facts.get("machine") == "i386" else 8)
+    off = START_INFO[width]
+
+    def word(va, what):
+        raw = _read_va_pages(target, paging, va, width, what)
+        return int.from_bytes(raw, "little")
+    si = word(start_info_ptr_va, "xen_start_info")
+    if not si:
+        raise XenscopeError("xen_start_info is NULL: no start_info to take mfn_list from")
+    magic = _read_va_pages(target, paging, si, 32, "start_info.magic").split(b"\0", 1)[0]
+    if not magic.startswith(b"xen-"):
+        raise XenscopeError(f"start_info at {si:#x} has no 'xen-' magic ({magic[:16]!r}): not a start_info")
+    mfn_list = word(si + off["mfn_list"], "start_info.mfn_list")
+    nr_pages = word(si + off["nr_pages"], "start_info.nr_pages")
+    if not mfn_list or not nr_pages or nr_pages > MAX_ENTRIES:
+        raise XenscopeError(f"start_info mfn_list {mfn_list:#x} / nr_pages {nr_pages:#x} do not describe a P2M")
+    return mfn_list, nr_pages
 
 
 def p2m_from_symbols(target, paging, syms):
