@@ -217,6 +217,14 @@ def host(request):
     return man, core, core[:-len(".core")] + ".map", doms
 
 
+def manifest_counts(p):
+    """Findings per class (non-zero only) and problems (all but identity) of manifest p2m.faults."""
+    counts = {}
+    for f in p["faults"]:
+        counts[f["class"]] = counts.get(f["class"], 0) + 1
+    return counts, sum(n for c, n in counts.items() if c not in P.INFORMATIONAL)
+
+
 def test_cli_dom0_reports_the_manifest_violation(host):
     man, core, syms, doms = host
     p = man["p2m"]
@@ -229,10 +237,38 @@ def test_cli_dom0_reports_the_manifest_violation(host):
         assert r.returncode == 1, r.stderr
         res = json.loads(r.stdout)
         assert sorted((f["pfn"], f["mfn"], f["owner_id"]) for f in res["findings"]["foreign"]) == want_rows
-        assert res["problems"] == len(want_rows)
-        assert {c: n for c, n in res["counts"].items() if n} == {"foreign": len(want_rows)}
+        counts, problems = manifest_counts(p)
+        assert res["problems"] == problems
+        assert {c: n for c, n in res["counts"].items() if n} == counts
     r = cli(*base, "--cr3", hex(doms[0]["cr3"]))
-    assert r.returncode == 1 and "owned by d1" in r.stdout and "1 problem(s) found" in r.stdout
+    assert r.returncode == 1 and "owned by d1" in r.stdout and f"{problems} problem(s) found" in r.stdout
+
+
+# the CLI's JSON name for each class's ``other`` column (p2m.OTHER_NAME, duplicate: len(pfns))
+CLI_OTHER = {"mismatch": "m2p", "beyond-max": "max_mfn", "foreign": "owner", "identity": "entry",
+             "invalid-in-range": "range_end", "m2p-orphan": "p2m"}
+
+
+def test_cli_full_list_reports_every_injected_fault(host):
+    """The builder injects one fault of every class into dom0's P2M list (plus the M2P orphans they
+    leave); p2m-check over the whole list reports exactly manifest p2m.faults, nothing else."""
+    man, core, syms, doms = host
+    p = man["p2m"]
+    assert {f["class"] for f in p["faults"]} == set(P.CLASSES)
+    r = cli("p2m-check", core, "--domain", p["domain"], "--p2m-va", hex(p["va"]), "--p2m-entries", p["pfn_count"],
+            "--cr3", hex(doms[p["domain"]]["cr3"]), "--xen-syms", syms, "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    res = json.loads(r.stdout)
+    assert res["pfns"] == p["pfn_count"]
+
+    def inv(v):
+        return INV if v is None else v
+    got = sorted((c, inv(f["pfn"]), inv(f["mfn"]), inv(len(f["pfns"]) if c == "duplicate" else f[CLI_OTHER[c]]))
+                 for c, fs in res["findings"].items() for f in fs)
+    want = sorted((f["class"], f["pfn"], f["mfn"], f["other"]) for f in p["faults"])
+    assert got == want
+    counts, problems = manifest_counts(p)
+    assert res["problems"] == problems
 
 
 def test_cli_clean_variants(host):
@@ -259,7 +295,8 @@ def test_cli_kernel_syms(host, tmp_path):
     r = cli("p2m-check", core, "--kernel-syms", smap, "--xen-syms", syms, "--json")
     assert r.returncode == 1, r.stderr
     res = json.loads(r.stdout)
-    assert res["pfns"] == man["p2m"]["pfn_count"] and res["counts"]["foreign"] == 1 and res["problems"] == 1
+    counts, problems = manifest_counts(man["p2m"])
+    assert res["pfns"] == man["p2m"]["pfn_count"] and res["counts"]["foreign"] == 1 and res["problems"] == problems
 
 
 def test_cli_p2m_entry(host):

@@ -35,6 +35,8 @@ XEN_DATA = P | RW | A | D | G | NX          # __PAGE_HYPERVISOR_RW (+ global)
 GUEST_TABLE = P | RW | US | A | D           # _PAGE_TABLE (Xen adds US on 64-bit PV L2-L4)
 FRAME_MASK = 0x000FFFFFFFFFF000
 INVALID_M2P = (1 << 64) - 1
+INVALID_P2M = (1 << 64) - 1                 # Linux INVALID_P2M_ENTRY
+IDENTITY_FRAME_BIT = 1 << 62                # Linux IDENTITY_FRAME(pfn) = pfn | this bit
 SHARED_M2P = (1 << 64) - 2
 U64 = (1 << 64) - 1
 
@@ -445,6 +447,15 @@ def build(key):
     # ---- dom0 (2 vcpus, 64 pfns, pfn 60 is a foreign frame in its P2M) -------------------------
     d0 = Guest(h, "d0", 64, lambda p: 0x2000 + (p * 37 + 11) % 64, vcpus=2, max_pages=256,
                missing=(60,))
+    # dom0 pfns 64-71 (P2M faults below): frames 0x2040.., M2P = pfn; pfn 69 is non-RAM (identity)
+    d0_extra = {}
+    for i, (pfn, what) in enumerate(((64, "M2P entry stale: says pfn 0x41"), (65, None),
+                                     (66, "P2M entry bit 36 flipped: beyond max_page; M2P orphan"),
+                                     (67, None), (68, "P2M entry overwritten with pfn 0x43's: M2P orphan"),
+                                     (70, "P2M entry overwritten with INVALID: M2P orphan"), (71, None))):
+        mfn = h.claim(0x2040 + i, f"d0 pfn {pfn:#x}" + (f" ({what})" if what else ""), owner="d0")
+        h.frames[mfn]["m2p"] = pfn
+        d0_extra[pfn] = mfn
     hi = 0x1000000 if cfg["pdx_hole"] else 0x3000
     d1 = Guest(h, "d1", 32, lambda p: hi + (p * 13 + 5) % 32, vcpus=1, max_pages=64)
     g = d0
@@ -515,9 +526,33 @@ def build(key):
     e4 = g.map(L1v, 2, L1k, rw=True, legit=False)
     # (5) L1_v[1] maps a domU frame (read-only)
     e5 = g.map(L1v, 1, foreign_ref, rw=False, legit=False)
-    # dom0 P2M array (3): pfn 60 -> a domU frame; the other pfns -> dom0's own frames
-    for pfn in range(64):
-        h.w64((g.mfn(P2M) << 12) + pfn * 8, g.p2m.get(pfn, foreign_p2m))
+    # dom0 P2M array (3): pfn 60 -> a domU frame; the other pfns < 64 -> dom0's own frames
+    d0_p2m = [g.p2m.get(pfn, foreign_p2m) for pfn in range(64)]
+    # P2M faults, one per class of a P2M/M2P cross-check (pfns 64-73; Linux entry encoding):
+    x = d0_extra
+    h.frames[x[64]]["m2p"] = 65                 # mismatch: P2M[64] -> x64, whose M2P says 65 (-> x65)
+    beyond = x[66] ^ (1 << 36)                  # beyond-max: a bit flip, mfn >= max_page
+    assert beyond >= h.max_page
+    d0_p2m += [x[64], x[65], beyond,
+               x[67], x[67],                    # duplicate: P2M[68] names pfn 67's frame too
+               IDENTITY_FRAME_BIT | 69,         # identity: non-RAM 1:1 pfn (informational)
+               INVALID_P2M,                     # invalid-in-range: below pfn 71, a dom0 frame
+               x[71],
+               INVALID_P2M, INVALID_P2M]        # trailing INVALID (as Linux pads the list): no finding
+    for pfn, e in enumerate(d0_p2m):
+        h.w64((g.mfn(P2M) << 12) + pfn * 8, e)
+    d1_raw = h.pickled("d1")
+    p2m_faults = [  # what a P2M <-> M2P check must report for the whole list (pfn, mfn, other)
+        ("foreign", 60, foreign_p2m, d1_raw),                     # other: raw owner of the frame
+        ("mismatch", 64, x[64], 65),                              # other: the M2P's pfn
+        ("beyond-max", 66, beyond, h.max_page),                   # other: max_page
+        ("duplicate", 67, x[67], 2), ("duplicate", 68, x[67], 2),  # other: pfns sharing the mfn
+        ("identity", 69, 69, IDENTITY_FRAME_BIT | 69),            # other: the raw entry
+        ("invalid-in-range", 70, INVALID_P2M, 72),                # other: end of the populated range
+        ("m2p-orphan", 66, x[66], beyond),                        # pfn: the frame's M2P; other: P2M[pfn]
+        ("m2p-orphan", 68, x[68], x[67]),
+        ("m2p-orphan", 70, x[70], INVALID_P2M),
+    ]
     # dom0's 3-level frame list (crash: CRASH_INFO dom0_pfn_to_mfn_frame_list_list)
     h.w64(g.mfn(FLL) << 12, g.mfn(FL))
     h.w64(g.mfn(FL) << 12, g.mfn(P2M))
@@ -527,7 +562,7 @@ def build(key):
         h.w64(wpa + i, (0x5E << 56) | (0x0D << 48) | (wpa + i))
     for n, gg in (("d0", g), ("d1", u)):                     # shared_info.arch
         si = shared_info[n] << 12
-        h.w64(si + 0xC10, gg.npfn)                           # max_pfn
+        h.w64(si + 0xC10, len(d0_p2m) if n == "d0" else gg.npfn)  # max_pfn (P2M list size)
         h.w64(si + 0xC18, g.mfn(FLL) if n == "d0" else 0)     # pfn_to_mfn_frame_list_list
         if n == "d0":
             h.w64(si + 0xC28, L4 << 12)                      # p2m_cr3
@@ -762,7 +797,8 @@ def build(key):
             "vmci_lines": vmci_lines, "symbols": symbols, "map_types": map_types,
             "vmci_syms": vmci_syms, "frames": frames_out, "census": census, "nfree": nfree,
             "free_ranges": free_ranges, "violations": viol, "walks": walks, "gwalks": gwalks,
-            "d0": g, "d1": u, "tot": tot, "maxp": maxp, "shared_info": shared_info,
+            "d0": g, "d1": u, "d0_p2m": d0_p2m, "p2m_faults": p2m_faults, "tot": tot, "maxp": maxp,
+            "shared_info": shared_info,
             "values": values, "pdx": h.pdx, "str_ma": str_ma, "ft_fault": ft_fault,
             "tables": dict(L4=L4, L2dm=L2dm, L2v=L2v, L1v=L1v, L1k=L1k, W=Wm, P2M=g.mfn(P2M),
                            FLL=g.mfn(FLL), uL4=uL4, cow=cow_mfn), "crash_info": crash_info}
@@ -936,8 +972,10 @@ def write(key, out):
         "frames": info["frames"], "free_ranges": info["free_ranges"],
         "census": info["census"], "free_frames": info["nfree"],
         "violations": info["violations"], "log": log,
-        "p2m": {"domain": 0, "pfn_count": d0.npfn, "va": GUEST_VMALLOC, "mfn": info["tables"]["P2M"],
+        "p2m": {"domain": 0, "pfn_count": len(info["d0_p2m"]), "va": GUEST_VMALLOC,
+                "mfn": info["tables"]["P2M"],
                 "foreign": [{"pfn": 60, "mfn": info["violations"][2]["mfn"], "owner": 1}],
+                "faults": [{"class": c, "pfn": p, "mfn": m, "other": o} for c, p, m, o in info["p2m_faults"]],
                 "frame_list_list_mfn": info["tables"]["FLL"]},
         "m2p_samples": [{"mfn": m, "pfn": h.frames[m]["m2p"]}
                         for m in [d0.mfn(p) for p in (0, 2, 10, 11, 14)] +
