@@ -13,7 +13,6 @@ the parsers (:mod:`xenstructs.commands`) are imported then; that module imports 
 import contextlib
 import json
 import os
-import sys
 
 import gdb
 

@@ -3,11 +3,9 @@
 (Library-level format errors are in test_badinput_formats.py; gdb's in test_gdb.py.)
 """
 import os
-import shutil
 import subprocess
 import sys
 
-import pytest
 
 from conftest import CORES, TOP
 import elfbytes

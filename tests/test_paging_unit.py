@@ -5,7 +5,6 @@ these pin the rules: rights across levels, large pages, reserved bits, holes, re
 """
 import struct
 
-import numpy as np
 import pytest
 
 from xenstructs.paging import Paging, walk, enumerate_mappings, coalesce, canonical, read_virt

@@ -12,7 +12,10 @@ reported as ``not-present``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
+
+if TYPE_CHECKING:                # annotations only: numpy is imported where it is used
+    import numpy as np
 
 from . import decode as D
 from .errors import NotInDump, XenscopeError

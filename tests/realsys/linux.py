@@ -8,6 +8,7 @@ vmcoreinfo``, which then lands in the dumps), starts a few processes, and prints
 """
 import glob
 import os
+import subprocess
 
 from . import vm as V
 
@@ -100,3 +101,19 @@ def boot_linux(arch="x86_64", la57=False, kaslr=False, pti=False, mem=256, modul
         v.close()
         raise
     return v
+
+
+def debug_vmlinux():
+    """Debian's vmlinux with DWARF for the booted kernel: extracted once from the -dbg package."""
+    _, _, _, release = kernel_files("x86_64")
+    out = os.path.join(V.CACHE, "vmlinux", f"vmlinux-{release}")
+    if not os.path.exists(out):
+        deb = V.deb(f"linux-image-{release}-dbg")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        tmp = out + ".tmp"
+        tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb], stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-O", f"./usr/lib/debug/boot/vmlinux-{release}"], stdin=tar.stdout,
+                       stdout=open(tmp, "wb"), check=True)
+        tar.wait()
+        os.rename(tmp, out)
+    return out

@@ -6,7 +6,6 @@ structure offsets come from gdb's reading of Debian's own -dbg vmlinux (cached b
 through xenscope's gdb layer. On x86_64 the kernel half of every PGD is shared, so modcheck must
 be clean.
 """
-import glob
 import json
 import os
 import re
@@ -16,26 +15,9 @@ import time
 import pytest
 
 from gdbutil import run_gdb
-from realsys import vm as V
-from realsys.linux import boot_linux, kernel_files
+from realsys.linux import boot_linux, debug_vmlinux
 
 MODULES = ("kernel/lib/crc7.ko", "kernel/lib/crc8.ko")
-
-
-def debug_vmlinux():
-    """Debian's vmlinux with DWARF for the booted kernel: extracted once from the -dbg package."""
-    _, _, _, release = kernel_files("x86_64")
-    out = os.path.join(V.CACHE, "vmlinux", f"vmlinux-{release}")
-    if not os.path.exists(out):
-        deb = V.deb(f"linux-image-{release}-dbg")
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        tmp = out + ".tmp"
-        tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb], stdout=subprocess.PIPE)
-        subprocess.run(["tar", "-x", "-O", f"./usr/lib/debug/boot/vmlinux-{release}"], stdin=tar.stdout,
-                       stdout=open(tmp, "wb"), check=True)
-        tar.wait()
-        os.rename(tmp, out)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -343,3 +343,29 @@ def test_dom0_p2m_is_clean_then_exactly_the_corruptions_are_found(xs, domu, host
     assert got == {"beyond-max": [(a, host.max_page + 0x1000)], "foreign": sorted(base_foreign + [(b, domu_mfn)]),
                    "invalid-in-range": [(c, None)], "m2p-orphan": orphans}, got      # INVALID: mfn null
     os.unlink(bad)
+
+
+def test_modcheck_and_tasks_on_the_pv_domu(xs, domu, tmp_path):
+    """Kernel objects and modcheck on the real PV guest's xl dump-core file: page tables with
+    machine frames, offsets from Debian's -dbg vmlinux (xenscope profile), symbols from kallsyms."""
+    import json
+    import subprocess
+    import sys
+    from realsys.linux import debug_vmlinux
+    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    prof = str(tmp_path / "profile.json")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "xenstructs.cli", *args], capture_output=True, text=True,
+                              cwd=top, timeout=600)
+    r = cli("profile", debug_vmlinux(), "-o", prof)
+    assert r.returncode == 0, r.stderr
+    common = ["--profile", prof, "--system-map", domu.dom0_system_map, "--json"]
+    r = cli("tasks", domu.xc_core_path, *common)
+    assert r.returncode == 0, r.stderr
+    tasks = json.loads(r.stdout)["tasks"]
+    assert tasks[0]["pid"] == 0 and any(t["pid"] == 1 for t in tasks) and len(tasks) > 20
+    r = cli("modcheck", domu.xc_core_path, "--vmalloc", *common)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(r.stdout)
+    assert res["groups"] == [] and res["checked_pgds"] >= 2 and res["checked_pages"] > 10000

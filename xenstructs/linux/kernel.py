@@ -22,7 +22,7 @@ import struct
 from ..context import START_KERNEL_MAP, I386_PAGE_OFFSET, resolve
 from ..errors import NoRegister, NotInDump, XenscopeError
 from ..paging import Paging, root_from_cr3, walk
-from .profile import Profile, Symbols
+from .profile import Profile
 
 KASLR_ALIGN = 2 << 20                   # CONFIG_PHYSICAL_ALIGN default (x86_64)
 KASLR_MAX = 1 << 30                     # x86_64 KERNEL_IMAGE_SIZE with RANDOMIZE_BASE

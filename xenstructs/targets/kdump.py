@@ -243,7 +243,6 @@ class KdumpTarget(Target):
             raise BadDump(f"{self.path}: libkdumpfile cannot open it: {e}") from None
         except (OSError, TypeError, ValueError) as e:
             raise BadDump(f"{self.path}: libkdumpfile cannot open it: {e}") from None
-        attr = self._kd.attr
         self._space = kdumpfile.KDUMP_MACHPHYSADDR
         self.page_size = self._attr("arch.page_size", PAGE_SIZE)
         self.max_pfn = self._attr("max_pfn", 0)

@@ -14,7 +14,6 @@ Facts: ../shared/reference/xen-facts.md §1.4-1.5 (owners, PDX), §2.1 (layout),
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Optional
 
 from ..context import resolve
 from ..errors import NotInDump, XenscopeError

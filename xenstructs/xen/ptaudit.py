@@ -83,7 +83,6 @@ def audit_domain(host, cols, domid):
     refs = {}                        # table mfn -> references as a table found
     rw_maps = {}                     # frame -> RW mappings found in L1s
     seen = set()
-    tname = {v: k for k, v in lay.type.types.items()}
 
     def xen_type_value(level):
         return lay.type.types[LEVEL_TYPE[level]]
