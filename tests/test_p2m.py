@@ -347,3 +347,20 @@ def test_cli_xc_core(name):
     res = json.loads(r.stdout)
     assert [f["pfn"] for f in res["findings"]["invalid-in-range"]] == holes
     assert {c: n for c, n in res["counts"].items() if n and c != "invalid-in-range"} == {}
+
+
+@pytest.mark.parametrize("name", ["pv-x86_64"])
+def test_xl_dump_core_guest_own_list_against_its_frames(name):
+    """On an xl dump-core file, --kernel-syms checks the guest's OWN P2M list (read through its page
+    tables in the dump) against the frames the dump says it held: the manifest's invalid pfns
+    below the last populated one are the only findings."""
+    man = json.load(open(os.path.join(CORES, f"{name}.json")))
+    core = os.path.join(CORES, man["core"])
+    r = cli("p2m-check", core, "--kernel-syms", os.path.join(CORES, f"{name}.map"), "--json", "--limit", "0")
+    assert r.returncode == 1, r.stderr
+    res = json.loads(r.stdout)
+    assert res["pfns"] == man["linux_p2m"]["size"] and "own P2M list" in res["sources"]["p2m"]
+    last = max(p for p, _ in man["p2m"])
+    want = [p for p in man["linux_p2m"]["invalid_pfns"] if p < last]
+    assert [f["pfn"] for f in res["findings"]["invalid-in-range"]] == want
+    assert {k for k, v in res["counts"].items() if v} == {"invalid-in-range"}

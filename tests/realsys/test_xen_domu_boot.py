@@ -369,3 +369,17 @@ def test_modcheck_and_tasks_on_the_pv_domu(xs, domu, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads(r.stdout)
     assert res["groups"] == [] and res["checked_pgds"] >= 2 and res["checked_pages"] > 10000
+
+
+def test_domu_own_p2m_agrees_with_its_xl_dump_core(domu):
+    """The real domU's own P2M list (xen_p2m_addr, read through its MFN page tables in the xl
+    dump-core file) against the frames the dump says it held: clean."""
+    import json
+    import subprocess
+    import sys
+    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-m", "xenstructs.cli", "p2m-check", domu.xc_core_path, "--kernel-syms",
+                        domu.dom0_system_map, "--json"], capture_output=True, text=True, cwd=top, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    res = json.loads(r.stdout)
+    assert "own P2M list" in res["sources"]["p2m"] and not any(res["counts"].values())

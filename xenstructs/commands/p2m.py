@@ -184,12 +184,27 @@ def _xc_core_sources(target, args, src, first, count):
     if not hasattr(target, "p2m_array"):
         raise XenscopeError("this xl dump-core target has no P2M (.xen_p2m) to check")
     full = _dense_p2m(target.p2m_array())
-    src.size = len(full)
-    if first >= len(full):
-        raise XenscopeError(f"pfn {first:#x} is beyond the dump's P2M ({len(full):#x} entries)")
-    src.p2m = full[first:None if count is None else first + count]
+    own = None
+    if args.kernel_syms or args.p2m_va is not None:
+        # the guest's own P2M list, read through its own page tables in the dump, is checked
+        # against the frames the dump says it held (.xen_p2m inverted, or Xen's M2P with --host)
+        from ..context import resolve
+        paging = resolve(target, cr3=args.cr3, cpu=args.cpu).paging
+        if args.p2m_va is not None:
+            if args.p2m_entries is None:
+                raise XenscopeError("--p2m-va needs --p2m-entries N (the number of pfns in the list)")
+            va, size = args.p2m_va, args.p2m_entries
+        else:
+            va, size = P.linux_p2m_location(target, paging, args.kernel_syms)
+        own = P.p2m_from_linux(target, paging, va, size)
+    p2m = own if own is not None else full
+    src.size = len(p2m)
+    if first >= len(p2m):
+        raise XenscopeError(f"pfn {first:#x} is beyond the P2M ({len(p2m):#x} entries)")
+    src.p2m = p2m[first:None if count is None else first + count]
     src.first_pfn = first
-    src.why["p2m"] = f"the dump's .xen_p2m ({len(full):#x} entries)"
+    src.why["p2m"] = (f"the guest's own P2M list ({len(p2m):#x} entries) read through its page tables"
+                      if own is not None else f"the dump's .xen_p2m ({len(full):#x} entries)")
     if args.host:
         from ..targets import open_dump
         ht = open_dump(args.host)
@@ -211,7 +226,8 @@ def _xc_core_sources(target, args, src, first, count):
         named = full[(full >> np.uint64(62)) == 0]
         mx = target.facts.get("max_mfn")
         src.max_mfn = int(mx) if mx else (int(named.max()) + 1 if len(named) else 0)
-        src.why["m2p"] = ("the P2M's own inverse (no --host: mismatches cannot be seen, only duplicates, "
+        src.why["m2p"] = ("the inverse of the dump's .xen_p2m (the frames the guest held)" if own is not None else
+                          "the P2M's own inverse (no --host: mismatches cannot be seen, only duplicates, "
                           "flags and holes)")
 
 
