@@ -11,11 +11,22 @@ import sys
 
 import pytest
 
+from gdbutil import run_gdb
 from realsys.xenhost import boot_xen_host, parse_q
 from xenstructs.targets import open_dump
 from xenstructs.xen.host import open_host
 from xenstructs.xen import frames as F
 from xenstructs.xen.ptaudit import audit
+
+P2M_PREFIX = 0x20000     # dom0 has 256 MiB (0x10000 pfns) plus holes: the list's populated start
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,19 +34,30 @@ TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 @pytest.fixture(scope="module")
 def xen(tmp_path_factory):
     d = tmp_path_factory.mktemp("xenhost")
-    h = boot_xen_host(workdir=str(d), timeout=180, mem=512)
+    port = free_port()
+    h = boot_xen_host(workdir=str(d), timeout=180, mem=512, qemu_args=("-gdb", f"tcp:127.0.0.1:{port}"))
     try:
         facts = h.collect()
         q = parse_q(facts["key_q"])
         cr3 = facts["dom0_cr3"]
         qemu_l4 = h.page_info(cr3 >> 12)           # QEMU's own read of Xen's frame table
-        path = h.dump(str(d / "xen.elf"))
         syms = h.xen_syms_symtab or h.xen_map          # Debian's xen-syms: symbols, no DWARF
+        # dom0's P2M variables from its own /proc/kallsyms, for the live p2m-check below
+        ksyms = h.dom0_shell("grep -E ' (xen_p2m_addr|xen_p2m_size)$' /proc/kallsyms")
+        kmap = d / "dom0.map"
+        kmap.write_text("".join(ln.strip() + "\n" for ln in ksyms.splitlines() if ln.strip().endswith(
+            ("xen_p2m_addr", "xen_p2m_size"))))
+        live = run_gdb(f"target remote 127.0.0.1:{port}",
+                       f"xen p2m-check --domain 0 --kernel-syms {kmap} --p2m-entries {P2M_PREFIX:#x} "
+                       f"--cr3 {cr3:#x} --xen-syms {syms} --json",
+                       "detach", timeout=600)
+        path = h.dump(str(d / "xen.elf"))
     finally:
         h.close()
     t = open_dump(path)
     host = open_host(t, syms=syms)
-    yield {"host": host, "q": q, "cr3": cr3, "qemu_l4": qemu_l4, "path": path, "syms": syms, "target": t}
+    yield {"host": host, "q": q, "cr3": cr3, "qemu_l4": qemu_l4, "path": path, "syms": syms, "target": t,
+           "live_p2m": live, "kmap": str(kmap)}
     t.close()
     os.unlink(path)
 
@@ -105,3 +127,21 @@ def test_cli_frames_summary(xen):
     assert r.returncode == 0, r.stderr
     c = json.loads(r.stdout)["census"]
     assert "d0" in c["by_owner"] and c["free_with_references_count"] == 0
+
+
+def test_live_p2m_check_in_gdb_on_qemu_and_on_the_dump(xen):
+    """p2m-check of dom0 live, in gdb attached to QEMU's gdbstub of the running Xen host (physical
+    reads through Qqemu.PhyMemMode), then on the dump taken right after: both clean (dom0 alone
+    has no foreign mappings), over the same P2M."""
+    r = xen["live_p2m"]
+    assert r.returncode == 0 and "Traceback" not in r.output, r.output[-3000:]
+    live = json.loads(r.stdout[r.stdout.index("{"):r.stdout.rindex("}") + 1])
+    assert not any(v for k, v in live["counts"].items() if k != "identity"), live["counts"]
+    args = [sys.executable, "-m", "xenstructs.cli", "p2m-check", xen["path"], "--domain", "0", "--kernel-syms",
+            xen["kmap"], "--p2m-entries", hex(P2M_PREFIX), "--cr3", hex(xen["cr3"]), "--xen-syms", xen["syms"],
+            "--json"]
+    d = subprocess.run(args, capture_output=True, text=True, cwd=TOP, timeout=600)
+    assert d.returncode == 0, d.stdout[-2000:] + d.stderr
+    dump = json.loads(d.stdout)
+    assert dump["pfns"] == live["pfns"] == P2M_PREFIX and dump["counts"] == live["counts"]
+    assert live["counts"]["identity"] > 0              # the 1:1 (non-RAM) entries were seen live too

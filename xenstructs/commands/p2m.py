@@ -22,7 +22,8 @@ def _source_args(p, check=True):
                    help="the guest kernel's System.map: xen_p2m_addr / xen_p2m_size (or, without them, "
                         "xen_start_info's start_info.mfn_list / nr_pages) are read from its memory")
     g.add_argument("--p2m-va", type=address, metavar="VA", help="guest virtual address of the P2M list")
-    g.add_argument("--p2m-entries", type=number, metavar="N", help="number of entries (pfns) in the list")
+    g.add_argument("--p2m-entries", type=number, metavar="N",
+                   help="number of entries (pfns) in the list; with --kernel-syms: read only the first N")
     g.add_argument("--cr3", type=address,
                    help="the guest's CR3 (default: the dump CPU's when it is the domain's, else one of "
                         "the domain's pinned L4 tables)")
@@ -129,6 +130,14 @@ def _p2m_window(target, paging, args, src, first, count):
     elif args.kernel_syms:
         va, size = P.linux_p2m_location(target, paging, args.kernel_syms)
         why = f"xen_p2m_addr/xen_p2m_size of {args.kernel_syms}"
+        if args.p2m_entries is not None and args.p2m_entries < size:
+            # Linux sizes the list for the largest possible guest: read only the first N entries
+            # (over a slow live stub the whole list is far too many pages)
+            size = args.p2m_entries
+            src.partial = True
+            why += f", first {size:#x} entries (--p2m-entries)"
+            src.why["partial"] = (f"--p2m-entries reads a prefix of the list: frames of the domain whose M2P "
+                                  f"pfn is >= {size:#x} are not judged")
     else:
         raise XenscopeError("where is the guest's P2M list? give --kernel-syms System.map, "
                             "or --p2m-va VA --p2m-entries N")
