@@ -145,14 +145,11 @@ class Cr3Param(_Param):
         self.value = ""
 
 
-class DumpParam(_Param):
-    """Dump file xen commands read instead of gdb's inferior (ELF vmcore or kdump-compressed,
-    including files gdb cannot open itself); empty: use what gdb has open."""
-    set_doc = "Set the dump file xen commands read instead of gdb's inferior (empty: gdb's)."
-    show_doc = "Show the dump file xen commands read instead of gdb's inferior."
+class _FileParam(_Param):
+    """A file-name parameter that refuses a file that does not exist (keeps the last good one)."""
 
-    def __init__(self):
-        super().__init__("dump", gdb.PARAM_OPTIONAL_FILENAME)
+    def __init__(self, name):
+        super().__init__(name, gdb.PARAM_OPTIONAL_FILENAME)
         self.value = ""
         self._good = ""
 
@@ -160,12 +157,22 @@ class DumpParam(_Param):
         path = os.path.expanduser(self.value or "")
         if path and not os.path.isfile(path):
             self.value = self._good
-            raise gdb.GdbError(f"xen dump: no such file: {path}")
+            raise gdb.GdbError(f"xen {self.xname}: no such file: {path}")
         self._good = self.value or ""
         return ""
 
 
-class KernelSymsParam(_Param):
+class DumpParam(_FileParam):
+    """Dump file xen commands read instead of gdb's inferior (ELF vmcore or kdump-compressed,
+    including files gdb cannot open itself); empty: use what gdb has open."""
+    set_doc = "Set the dump file xen commands read instead of gdb's inferior (empty: gdb's)."
+    show_doc = "Show the dump file xen commands read instead of gdb's inferior."
+
+    def __init__(self):
+        super().__init__("dump")
+
+
+class KernelSymsParam(_FileParam):
     """The guest kernel's System.map (or vmlinux) for live targets that give neither CR3 nor
     physical reads (Xen's gdbsx): xenscope finds init_top_pgt and the P2M list there.
     Symbols of a vmlinux loaded with `file` are used first; empty: none."""
@@ -173,17 +180,7 @@ class KernelSymsParam(_Param):
     show_doc = "Show the guest kernel's System.map/vmlinux used on gdbsx."
 
     def __init__(self):
-        super().__init__("kernel-syms", gdb.PARAM_OPTIONAL_FILENAME)
-        self.value = ""
-        self._good = ""
-
-    def get_set_string(self):
-        path = os.path.expanduser(self.value or "")
-        if path and not os.path.isfile(path):
-            self.value = self._good
-            raise gdb.GdbError(f"xen kernel-syms: no such file: {path}")
-        self._good = self.value or ""
-        return ""
+        super().__init__("kernel-syms")
 
 
 PARAMS = {}

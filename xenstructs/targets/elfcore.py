@@ -41,6 +41,19 @@ def _open_mmap(path):
     return f, mm, size
 
 
+def _close_mmap(target):
+    """Close what :func:`_open_mmap` opened for ``target`` (its ``_mm`` and ``_file``); idempotent."""
+    mm, f = getattr(target, "_mm", None), getattr(target, "_file", None)
+    target._mm = target._file = None
+    try:
+        if mm is not None:
+            mm.close()
+    except BufferError:
+        pass                                   # a caller still holds a view; GC frees it
+    if f is not None:
+        f.close()
+
+
 def _set(cpu, name, value, source):
     cpu.regs[name] = value
     cpu.source[name] = source
@@ -311,15 +324,7 @@ class ElfCoreTarget(Target):
         return out
 
     def close(self):
-        mm, f = getattr(self, "_mm", None), getattr(self, "_file", None)
-        self._mm = self._file = None
-        try:
-            if mm is not None:
-                mm.close()
-        except BufferError:
-            pass                                   # a caller still holds a view; GC frees it
-        if f is not None:
-            f.close()
+        _close_mmap(self)
 
     def __repr__(self):
         return f"<ElfCoreTarget {self.path!r} {self.kind}>"

@@ -25,7 +25,7 @@ from ..errors import BadDump, NotInDump, Unsupported, XenscopeError
 from ..formats import elf as E
 from ..formats import xccore as X
 from ..target import MAX_READ, PAGE_SIZE, CpuState, Target
-from .elfcore import _open_mmap
+from .elfcore import _close_mmap, _open_mmap
 
 MAX_SECTIONS = 1024               # the writer makes 6 or 7
 MAX_SHSTRTAB = 1 << 16            # the writer's string table length is a uint16_t
@@ -531,19 +531,8 @@ class XcCoreTarget(Target):
     def in_memory(self, addr):
         return addr >= 0 and self._find(self._keys, addr >> 12) >= 0
 
-    def cpus(self):
-        return self._cpus
-
     def close(self):
-        mm, f = getattr(self, "_mm", None), getattr(self, "_file", None)
-        self._mm = self._file = None
-        try:
-            if mm is not None:
-                mm.close()
-        except BufferError:
-            pass                                   # a caller still holds a view; GC frees it
-        if f is not None:
-            f.close()
+        _close_mmap(self)
 
     def __repr__(self):
         return f"<XcCoreTarget {self.path!r} {self.kind}>"
