@@ -16,6 +16,7 @@ def _usage():
              "subcommands:"]
     for c in COMMANDS.values():
         lines.append(f"  {c.name:<10} {c.summary}")
+    lines.append(f"  {'check':<10} Run every applicable check on many dumps (DUMP... | DIR); exit 1 findings, 2 unreadable.")
     return "\n".join(lines)
 
 
@@ -25,6 +26,13 @@ def run(argv, out=sys.stdout):
         print(_usage(), file=out)
         return 0 if argv else 2
     name = argv[0]
+    if name == "check":             # a batch over several dumps: not a one-dump Command
+        from .checkcli import run as check_run
+        try:
+            return check_run(argv[1:], out=out)
+        except KeyboardInterrupt:
+            print("xenscope: interrupted", file=sys.stderr)
+            return 130
     cmd = COMMANDS.get(name)
     if cmd is None:
         print(f"xenscope: unknown subcommand {name!r}\n{_usage()}", file=sys.stderr)

@@ -129,3 +129,4 @@ from . import xenlog  # noqa: E402,F401
 from . import p2m  # noqa: E402,F401
 from . import fault  # noqa: E402,F401
 from . import kernel  # noqa: E402,F401
+from . import stack  # noqa: E402,F401

@@ -2,7 +2,7 @@
 
 from ..errors import BadDump
 
-SNIFF_BYTES = 16
+SNIFF_BYTES = 18                 # magic (16 for makedumpfile's header) and the ELF e_type
 
 
 def sniff(path):
@@ -14,6 +14,18 @@ def sniff(path):
         raise BadDump(f"{path}: is a directory, not a dump file") from None
     except OSError as e:
         raise BadDump(f"{path}: cannot open: {e.strerror or e}") from None
+
+
+def looks_like_dump(path):
+    """True when ``path`` starts like a dump this package reads (an ELF core, kdump-compressed,
+    makedumpfile's flattened form): used to pick dumps out of a directory."""
+    try:
+        head = sniff(path)
+    except BadDump:
+        return False
+    if head.startswith(b"\x7fELF"):
+        return len(head) >= 18 and int.from_bytes(head[16:18], "little" if head[5] == 1 else "big") == 4
+    return head.startswith((b"KDUMP   ", b"DISKDUMP", b"makedumpfile"))
 
 
 def open_dump(path):

@@ -41,6 +41,9 @@ def _open_mmap(path):
     return f, mm, size
 
 
+_ELF_TYPES = {1: "relocatable object", 2: "executable", 3: "shared object"}
+
+
 def _close_mmap(target):
     """Close what :func:`_open_mmap` opened for ``target`` (its ``_mm`` and ``_file``); idempotent."""
     mm, f = getattr(target, "_mm", None), getattr(target, "_file", None)
@@ -202,6 +205,9 @@ class ElfCoreTarget(Target):
         elfclass = 64 if ident.ei_class == 2 else 32
         ehdr_con = E.Elf64_Ehdr if elfclass == 64 else E.Elf32_Ehdr
         eh = E.parse(ehdr_con, self._bytes(0, ehdr_con.sizeof(), "ELF header"), "ELF header")
+        if eh.e_type != 4:                       # ET_CORE: a vmlinux or an object is not a dump
+            raise BadDump(f"{p}: an ELF {_ELF_TYPES.get(eh.e_type, f'type {eh.e_type}')}, not a core dump "
+                          "(give the vmlinux/xen-syms with --vmlinux, --xen-syms or gdb's `file`)")
         machine = E.MACHINES.get(eh.e_machine)
         if machine is None:
             raise BadDump(f"{p}: unsupported machine (e_machine={eh.e_machine}; "

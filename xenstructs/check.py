@@ -1,0 +1,418 @@
+"""``xenscope check``: run every applicable check over a batch of dumps.
+
+For each dump the kind is detected (:func:`detect_kind`) and every check that applies is run, each
+guarded: a check that raises becomes one ``error`` result, a dump that cannot be opened becomes one
+``unreadable`` report, and neither stops the others.
+
+Kinds: ``xen-host`` (a Xen hypervisor dump: :func:`~xenstructs.xen.host.open_host` accepts it),
+``xl-dump-core`` (an ``xl dump-core`` guest image), ``linux`` (ELF/kdump with VMCOREINFO),
+``elf-core`` / ``kdump`` (no VMCOREINFO), ``unreadable`` (:func:`~xenstructs.targets.open_dump`
+refused it).
+
+Checks (``name``: when it applies: what it reports):
+
+* ``paging``: every readable dump: resolve CPU 0's address space and enumerate its mappings;
+  findings are the enumeration's problems (``reserved`` bits, tables ``not-in-dump``, ``loop``s).
+* ``xen-frames``: Xen host dumps: frame-table census (free frames still holding references) and
+  the offline page-table audit of every PV domain (``pt-audit`` findings).
+* ``p2m``: xl dump-core files (the dump's own ``.xen_p2m`` against its inverse), and Xen host dumps
+  when ``kernel_syms`` (dom0's System.map) is given (dom0's P2M against Xen's M2P and owners).
+* ``modcheck``: when ``profile`` or ``vmlinux`` is given and the dump is a kernel dump (neither a
+  Xen host nor an xl dump-core file): module pages mapped alike in every task's page directory.
+* ``faults``: when a log is available (``log``, or ``<dump without extension>.log`` next to the
+  dump, e.g. ``xen-4.6-host.log``) and it holds a page fault: the fault explained rule by rule
+  against the dump's registers and page tables. Without a log (dumps hold no error code):
+  ``n.a.``.
+
+Xen symbols: ``xen_syms``, else ``<dump without extension>.map`` next to a Xen host dump.
+
+Statuses: ``ok`` (ran, nothing found), ``findings``, ``error`` (the check could not run: the
+message is the summary), ``n.a.`` (does not apply; the summary says why).
+
+JSON (``xenscope check --json``; :meth:`DumpReport.as_dict`): a list, one object per dump in the
+order given (a directory's files sorted by name), keys sorted::
+
+    [{"dump": "cores/x86_64-4level.core",          # the path as given / found in the directory
+      "kind": "linux",                              # see Kinds above
+      "checks": [{"name": "paging",                 # paging, xen-frames, p2m, modcheck, faults
+                  "status": "findings",             # ok, findings, error, n.a.
+                  "summary": "4 problem(s) in 25 mappings ...",   # one line
+                  "findings": [{"kind": "reserved", "text": "...", ...}, ...]}, ...]}, ...]
+
+Each finding has ``kind`` and ``text`` (one line) plus check-specific fields (paging: ``va_start``,
+``va_end``, ``level``, ``entry``; xen-frames: ``pt-audit``'s fields or ``mfn``; p2m: ``p2m-check``'s
+fields; modcheck: the group's fields; faults: ``cpu``, ``cr2``, ``error``, ``cause``). At most
+:data:`FINDINGS_LIMIT` findings are listed per check; the summary gives the total. An unreadable
+dump has kind ``unreadable`` and one check ``open`` with status ``error``.
+
+Exit status (:func:`exit_status`): 2 when any dump could not be read, else 1 when any check has
+findings or an error, else 0.
+
+Example (scripting)::
+
+    import sys
+    from xenstructs.check import Options, check_dump, check_many, exit_status
+
+    reports = check_many(sys.argv[1:], Options(xen_syms=None), jobs=4)
+    for rep in reports:                       # DumpReport: .dump .kind .checks
+        for c in rep.checks:                  # CheckResult: .name .status .summary .findings
+            if c.status != "ok":
+                print(rep.dump, rep.kind, c.name, c.status, c.summary)
+    one = check_dump("cores/xen-4.6-host.core")       # a single dump, in this process
+    sys.exit(exit_status(reports))
+"""
+
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+FINDINGS_LIMIT = 100
+STATUSES = ("ok", "findings", "error", "n.a.")
+CHECKS = ("paging", "xen-frames", "p2m", "modcheck", "faults")
+
+
+@dataclass
+class Options:
+    """What the checks may use beyond the dump: ``xen_syms`` (xen-syms or its .map), ``kernel_syms``
+    (dom0's System.map: dom0's P2M on host dumps), ``profile``/``vmlinux``/``system_map`` (modcheck),
+    ``log`` (a console/oops excerpt for ``faults``, for every dump), ``siblings`` (look for
+    ``<stem>.map`` / ``<stem>.log`` next to each dump)."""
+    xen_syms: Optional[str] = None
+    kernel_syms: Optional[str] = None
+    profile: Optional[str] = None
+    vmlinux: Optional[str] = None
+    system_map: Optional[str] = None
+    log: Optional[str] = None
+    siblings: bool = True
+
+
+@dataclass
+class CheckResult:
+    """One check on one dump: ``name``, ``status`` (ok/findings/error/n.a.), one-line ``summary``,
+    ``findings`` (list of dicts, each with ``kind`` and ``text``)."""
+    name: str
+    status: str
+    summary: str
+    findings: list = field(default_factory=list)
+
+    def as_dict(self):
+        return {"name": self.name, "status": self.status, "summary": self.summary,
+                "findings": list(self.findings)}
+
+
+@dataclass
+class DumpReport:
+    """Every check run on one dump: ``dump`` (path), ``kind``, ``checks`` (list of CheckResult)."""
+    dump: str
+    kind: str
+    checks: List[CheckResult] = field(default_factory=list)
+
+    @property
+    def readable(self):
+        return self.kind != "unreadable"
+
+    @property
+    def status(self):
+        """The worst status: error > findings > ok (n.a. ignored)."""
+        st = {c.status for c in self.checks}
+        for s in ("error", "findings"):
+            if s in st:
+                return s
+        return "ok"
+
+    def as_dict(self):
+        return {"dump": self.dump, "kind": self.kind, "checks": [c.as_dict() for c in self.checks]}
+
+
+def exit_status(reports):
+    """2 when any dump was unreadable, else 1 when any check has findings or an error, else 0."""
+    if any(not r.readable for r in reports):
+        return 2
+    return 1 if any(c.status in ("findings", "error") for r in reports for c in r.checks) else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+def expand(paths):
+    """Dump paths from ``paths``: files as given (those :func:`open_dump` refuses are reported
+    unreadable), a directory as its regular files that start like a dump (sorted by name, not
+    recursive: logs, maps and symbol files beside the dumps are passed over)."""
+    from .targets import looks_like_dump
+    out = []
+    for p in paths:
+        p = os.fspath(p)
+        if os.path.isdir(p):
+            out += [q for q in (os.path.join(p, n) for n in sorted(os.listdir(p)))
+                    if os.path.isfile(q) and looks_like_dump(q)]
+        else:
+            out.append(p)
+    return out
+
+
+def _sibling(path, ext):
+    cand = os.path.splitext(path)[0] + ext
+    return cand if cand != path and os.path.isfile(cand) else None
+
+
+def _host(target, syms):
+    """``(host, syms used)``, or ``(None, reason)`` when the dump is not a Xen host."""
+    from .errors import XenscopeError
+    from .xen.host import open_host
+    why = None
+    for s in ([syms, None] if syms else [None]):
+        try:
+            return open_host(target, syms=s), s
+        except XenscopeError as e:
+            why = why or str(e)
+    return None, why
+
+
+def detect_kind(target, syms=None):
+    """``(kind, host, syms used)``: the dump's kind (see the module docstring) and, for a Xen host
+    dump, its XenHost and the symbol file it was opened with (None when none)."""
+    if target.facts.get("format") == "xc_core":
+        return "xl-dump-core", None, None
+    host, used = _host(target, syms)
+    if host is not None:
+        return "xen-host", host, used
+    if target.facts.get("vmcoreinfo") is not None:
+        return "linux", None, None
+    return ("kdump" if target.facts.get("format") == "kdump" else "elf-core"), None, None
+
+
+def _cmd_args(name, argv):
+    """The argparse namespace of subcommand ``name`` (its defaults plus ``argv``)."""
+    from .commands import COMMANDS
+    return COMMANDS[name].parser(f"xenscope {name}").parse_args([str(a) for a in argv])
+
+
+def _limit(findings):
+    return findings[:FINDINGS_LIMIT]
+
+
+# ---------------------------------------------------------------------------------------------
+# The checks: each returns a CheckResult or raises (turned into an ``error`` result)
+# ---------------------------------------------------------------------------------------------
+
+# LINEAR_PT_VIRT_START (PML4 slot 258) and SH_LINEAR_PT_VIRT_START (259): reference §2.1
+XEN_LINEAR_SLOTS = (0xFFFF810000000000, 0xFFFF818000000000)
+
+
+def _check_paging(target, ctx):
+    from .context import resolve
+    from .paging import enumerate_mappings
+    rc = resolve(target)
+    m = enumerate_mappings(target, rc.paging)
+    fs = []
+    for va0, va1, ename, reason, entry in m.problems:
+        if reason == "loop" and va0 in XEN_LINEAR_SLOTS:
+            continue                      # Xen's own linear page-table slot: recursive by design
+        text = f"{reason} at {ename} for va {va0:#x}-{va1:#x}" + ("" if entry is None else f" (entry {entry:#x})")
+        fs.append({"kind": reason, "va_start": int(va0), "va_end": int(va1), "level": ename,
+                   "entry": None if entry is None else int(entry), "text": text})
+    kinds = {}
+    for f in fs:
+        kinds[f["kind"]] = kinds.get(f["kind"], 0) + 1
+    head = f"{len(m)} mappings under CR3 {rc.cr3:#x} ({rc.paging.mode}) of CPU 0"
+    if not fs:
+        return CheckResult("paging", "ok", head + "; no problems")
+    return CheckResult("paging", "findings", f"{len(fs)} problem(s) ("
+                       + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) + f") in {head}", _limit(fs))
+
+
+def _check_xen_frames(target, ctx):
+    from .xen import frames as F
+    from .xen.ptaudit import audit
+    h = ctx["host"]
+    cols = F.classify(h, h.frame_arrays())
+    c = F.census(h, cols)
+    fs = [{"kind": "free-with-references", "mfn": m, "text": f"free frame mfn {m:#x} still holds references"}
+          for m in c["free_with_references"]]
+    ndom = ntables = 0
+    npt = 0
+    for a in audit(h):
+        ndom += 1
+        ntables += a.tables
+        for f in a.findings:
+            npt += 1
+            d = f.as_dict()
+            d["text"] = f"d{f.domain} {f.kind}: {f.details}"
+            fs.append(d)
+    nfree = c["free_with_references_count"]
+    summary = (f"{c['frames']} frames: {nfree} free frame(s) with references; pt-audit of {ndom} domain(s), "
+               f"{ntables} table(s): {npt} finding(s)" + (f" (xen-syms {ctx['syms']})" if ctx.get("syms") else ""))
+    return CheckResult("xen-frames", "findings" if nfree or npt else "ok", summary, _limit(fs))
+
+
+def _check_p2m(target, ctx, opts):
+    from .commands import COMMANDS
+    from .commands.p2m import _finding_line
+    from .xen.p2m import CLASSES, INFORMATIONAL
+    if ctx["kind"] == "xl-dump-core":
+        argv, who = [], "the dump's .xen_p2m"
+    elif ctx["kind"] == "xen-host":
+        if not opts.kernel_syms:
+            return CheckResult("p2m", "n.a.", "Xen host dump: give --kernel-syms (dom0's System.map) to check dom0's P2M")
+        argv = ["--kernel-syms", opts.kernel_syms] + (["--xen-syms", ctx["syms"]] if ctx.get("syms") else [])
+        who = "dom0's P2M"
+    else:
+        return CheckResult("p2m", "n.a.", "not a Xen host dump or an xl dump-core file")
+    cmd = COMMANDS["p2m-check"]
+    r = cmd.run(target, _cmd_args("p2m-check", argv))
+    fs = []
+    for cls in CLASSES:
+        if cls in INFORMATIONAL:
+            continue
+        for f in r["findings"][cls]:
+            d = dict(f)
+            d["kind"] = cls
+            d["text"] = f"{cls}: {_finding_line(cls, f)}"
+            fs.append(d)
+    counts = ", ".join(f"{c} {n}" for c, n in r["counts"].items() if n and c not in INFORMATIONAL)
+    summary = f"{who}, {r['pfns']:#x} pfns: " + (f"{r['problems']} problem(s) ({counts})" if r["problems"]
+                                                 else "P2M and M2P agree")
+    return CheckResult("p2m", "findings" if r["problems"] else "ok", summary, _limit(fs))
+
+
+def _check_modcheck(target, ctx, opts):
+    if not (opts.profile or opts.vmlinux):
+        return CheckResult("modcheck", "n.a.", "give --profile or --vmlinux")
+    if ctx["kind"] in ("xen-host", "xl-dump-core"):
+        return CheckResult("modcheck", "n.a.", f"{ctx['kind']} dump: not a Linux kernel dump")
+    from .commands import COMMANDS
+    argv = []
+    for opt, v in (("--profile", opts.profile), ("--vmlinux", opts.vmlinux), ("--system-map", opts.system_map)):
+        if v:
+            argv += [opt, v]
+    r = COMMANDS["modcheck"].run(target, _cmd_args("modcheck", argv))
+    fs = []
+    for g in r["groups"]:
+        d = dict(g)
+        d["text"] = (f"{g['module']}: {g['kind']} at {g['level']}, {g['pages']} pages "
+                     f"{g['va_start']:#x}-{g['va_end']:#x} in {g['pgds']} PGD(s)")
+        fs.append(d)
+    for e in r["list_errors"]:
+        d = dict(e)
+        d["kind"] = "list-error"
+        d["text"] = f"list error: {e.get('message')}"
+        fs.append(d)
+    summary = (f"{r['checked_pages']} pages of {r['modules']} module(s) in {r['checked_pgds']} page directories: "
+               + ("all mapped alike" if r["ok"] else f"{len(r['groups'])} divergent group(s), "
+                  f"{len(r['list_errors'])} list error(s)"))
+    return CheckResult("modcheck", "ok" if r["ok"] else "findings", summary, _limit(fs))
+
+
+def _check_faults(target, ctx, opts, path):
+    from .fault import read_log
+    log = opts.log or (_sibling(path, ".log") if opts.siblings else None)
+    if not log:
+        return CheckResult("faults", "n.a.", "no log or error code (a dump holds none): give --log, "
+                                             "or put <dump>.log next to the dump")
+    fields, _ = read_log(log)
+    if not any(k in fields for k in ("cr2", "error")):
+        return CheckResult("faults", "n.a.", f"{log}: no page fault in the log")
+    from .commands import COMMANDS
+    r = COMMANDS["fault"].run(target, _cmd_args("fault", ["--log", log]))
+    s = r.get("state", {})
+    err = r.get("error") or {}
+    f = {"kind": "page-fault", "cpu": 0, "cr2": s.get("cr2"), "error": err.get("value"),
+         "cause": r.get("cause"), "log": log, "text": f"CPU 0: {r.get('cause')}"}
+    return CheckResult("faults", "findings", f"page fault from {os.path.basename(log)}: {r.get('cause')}", [f])
+
+
+def _guard(name, fn, *a):
+    try:
+        return fn(*a)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:              # noqa: BLE001 - one failing check never stops the others
+        msg = str(e) or type(e).__name__
+        if not _is_xenscope(e):
+            msg = f"{type(e).__name__}: {msg}"
+        return CheckResult(name, "error", msg.splitlines()[0] if msg else type(e).__name__)
+
+
+def _is_xenscope(e):
+    from .errors import XenscopeError
+    return isinstance(e, XenscopeError)
+
+
+def check_dump(path, options=None):
+    """Run every applicable check on one dump, in this process; never raises for a bad dump.
+
+    :param path: the dump file
+    :param options: :class:`Options` (default: none given, siblings looked up)
+    :returns: :class:`DumpReport` (``as_dict()`` is the JSON object of the module docstring)
+    """
+    from .targets import open_dump
+    opts = options or Options()
+    path = os.fspath(path)
+    try:
+        target = open_dump(path)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:              # noqa: BLE001
+        msg = str(e) if _is_xenscope(e) else f"{type(e).__name__}: {e}"
+        return DumpReport(path, "unreadable", [CheckResult("open", "error", msg)])
+    try:
+        syms = opts.xen_syms or (_sibling(path, ".map") if opts.siblings else None)
+        try:
+            kind, host, used = detect_kind(target, syms)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:               # noqa: BLE001
+            kind, host, used = "unknown", None, None
+        ctx = {"kind": kind, "host": host, "syms": used}
+        rep = DumpReport(path, kind)
+        rep.checks.append(_guard("paging", _check_paging, target, ctx))
+        rep.checks.append(_guard("xen-frames", _check_xen_frames, target, ctx) if host is not None else
+                          CheckResult("xen-frames", "n.a.", "not a Xen host dump"))
+        rep.checks.append(_guard("p2m", _check_p2m, target, ctx, opts))
+        rep.checks.append(_guard("modcheck", _check_modcheck, target, ctx, opts))
+        rep.checks.append(_guard("faults", _check_faults, target, ctx, opts, path))
+        return rep
+    finally:
+        try:
+            target.close()
+        except Exception:                   # noqa: BLE001
+            pass
+
+
+def _worker(path, options):
+    return check_dump(path, options)
+
+
+def check_many(paths, options=None, jobs=None, progress=None):
+    """Check many dumps (directories expanded by :func:`expand`), in parallel across processes.
+
+    :param jobs: worker processes (default ``os.cpu_count()``; 1: in this process)
+    :param progress: optional ``progress(done, total, report)`` called as each dump finishes
+    :returns: list of :class:`DumpReport` in input order (identical for any ``jobs``)
+    """
+    files = expand(paths)
+    n = len(files)
+    jobs = max(1, int(jobs or os.cpu_count() or 1))
+    out = [None] * n
+    if jobs == 1 or n <= 1:
+        for i, p in enumerate(files):
+            out[i] = check_dump(p, options)
+            if progress:
+                progress(i + 1, n, out[i])
+        return out
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    with ProcessPoolExecutor(max_workers=min(jobs, n)) as pool:
+        futs = {pool.submit(_worker, p, options): i for i, p in enumerate(files)}
+        for done, fut in enumerate(as_completed(futs), 1):
+            i = futs[fut]
+            try:
+                out[i] = fut.result()
+            except BaseException as e:      # noqa: BLE001 - a crashed worker fails only its dump
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                out[i] = DumpReport(files[i], "unknown",
+                                    [CheckResult("worker", "error", f"{type(e).__name__}: {e}")])
+            if progress:
+                progress(done, n, out[i])
+    return out
