@@ -1,4 +1,4 @@
-"""modcheck and the kernel objects on a real Debian x86_64 kernel under QEMU.
+"""modcheck and the kernel objects on a real Debian x86_64 kernel under QEMU (4- and 5-level).
 
 The guest's init loads two modules from the same kernel package and starts a few processes; it
 prints /proc/modules and the process list on its console (the truth, from the kernel itself). The
@@ -20,11 +20,11 @@ from realsys.linux import boot_linux, debug_vmlinux
 MODULES = ("kernel/lib/crc7.ko", "kernel/lib/crc8.ko")
 
 
-@pytest.fixture(scope="module")
-def guest(tmp_path_factory):
+@pytest.fixture(scope="module", params=["4level", "5level"])
+def guest(request, tmp_path_factory):
     d = tmp_path_factory.mktemp("modcheck")
     vml = debug_vmlinux()
-    vm = boot_linux("x86_64", modules=MODULES,
+    vm = boot_linux("x86_64", la57=request.param == "5level", modules=MODULES,
                     extra_init="sleep 100002 & sleep 100003 & echo MODS-BEGIN; cat /proc/modules; "
                                "echo MODS-END; echo PIDS-BEGIN; for p in /proc/[0-9]*; do echo ${p#/proc/} "
                                "$(cat $p/comm); done; echo PIDS-END")
@@ -38,7 +38,7 @@ def guest(tmp_path_factory):
         vm.close()
     mods = re.search(r"MODS-BEGIN\r?\n(.*?)MODS-END", console, re.S).group(1)
     pids = re.search(r"PIDS-BEGIN\r?\n(.*?)PIDS-END", console, re.S).group(1)
-    yield {"dump": dump, "vmlinux": vml,
+    yield {"dump": dump, "vmlinux": vml, "mode": request.param,
            "modules": {ln.split()[0]: int(ln.split()[1]) for ln in mods.splitlines() if ln.strip()},
            "pids": {int(ln.split()[0]): ln.split()[1] for ln in pids.splitlines() if len(ln.split()) == 2}}
     os.unlink(dump)
@@ -71,6 +71,7 @@ def test_modules_tasks_and_a_clean_modcheck(guest):
         assert seen.get(pid) == want, (pid, comm, seen.get(pid))
     assert seen[1] == "sh"
     assert mc["groups"] == [] and not mc["list_errors"], mc["groups"][:3]
+    assert mc["mode"] == guest["mode"]
     assert mc["checked_pgds"] >= 2 and mc["checked_pages"] > 0
 
 
