@@ -289,75 +289,57 @@ def kernel_version_of(banner):
 
 
 def _from_dwarf(cls, path, want_symbols):
-    try:
-        from elftools.elf.elffile import ELFFile
-        from elftools.common.exceptions import ELFError, DWARFError
-    except ImportError:                                              # pragma: no cover
-        raise XenscopeError("reading a vmlinux needs pyelftools (pip install pyelftools)") from None
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise XenscopeError(f"cannot open {path}: {e.strerror}") from None
+    from ..formats.dwarf import dwarf_of
     offsets, sizes, found = {}, {}, set()
-    with f:
-        try:
-            elf = ELFFile(f)
-            if not elf.has_dwarf_info() or elf.get_section_by_name(".debug_info") is None:
-                raise XenscopeError(f"{path} has no DWARF (.debug_info): build with CONFIG_DEBUG_INFO, "
-                                    f"or use the distribution's debug package (vmlinux-dbg)")
-            # a linked image (vmlinux, xen-syms) carries its .rela.debug_* only because it was linked
-            # with --emit-relocs: its DWARF already holds final values, and applying them again in
-            # Python takes minutes on a 600 MB vmlinux. Objects (ET_REL) do need them.
-            dwarf = elf.get_dwarf_info(relocate_dwarf_sections=elf["e_type"] == "ET_REL")
-            cus = list(dwarf.iter_CUs())
-            names = []
-            for cu in cus:
-                try:
-                    names.append(_dname(cu.get_top_DIE()) or "")
-                except Exception:                    # noqa: BLE001 - a CU we cannot parse: try it last
-                    names.append("")
+    with dwarf_of(path, "build with CONFIG_DEBUG_INFO, or use the distribution's debug package "
+                        "(vmlinux-dbg)") as (elf, dwarf):
+        cus = list(dwarf.iter_CUs())
+        names = []
+        for cu in cus:
+            try:
+                names.append(_dname(cu.get_top_DIE()) or "")
+            except Exception:                    # noqa: BLE001 - a CU we cannot parse: try it last
+                names.append("")
 
-            def rank(i):
-                for r, likely in enumerate(LIKELY_CUS):
-                    if names[i].endswith(likely):
-                        return r
-                return len(LIKELY_CUS)
-            order = sorted(range(len(cus)), key=rank)
-            need = set(REQUIRED_STRUCTS)
-            budget, ncus = None, 0
-            for i in order:
-                ncus += 1
-                for die in cus[i].get_top_DIE().iter_children():
-                    if die.tag != "DW_TAG_structure_type":
-                        continue
-                    name = _dname(die)
-                    if name not in WANTED or name in found:
-                        continue
-                    if "DW_AT_declaration" in die.attributes or "DW_AT_byte_size" not in die.attributes:
-                        continue
-                    o, s = _struct_info(die, WANTED[name])
-                    offsets.update(o)
-                    sizes.update(s)
-                    found.add(name)
-                    if name == "module":
-                        if "module.mem" in o:
-                            need.add("module_memory")
-                        elif "module.core_layout" in o:
-                            need.add("module_layout")
-                if need <= found:
-                    if all(s in found for s in OPTIONAL_STRUCTS):
-                        break
-                    budget = OPTIONAL_CU_BUDGET if budget is None else budget - 1
-                    if budget <= 0:
-                        break
-            missing = [s for s in need if s not in found]
-            if missing:
-                raise XenscopeError(f"{path}: no definition of struct {', '.join(sorted(missing))} in "
-                                    f"its DWARF (not a vmlinux?)")
-            build_id, syms, banner = _elf_meta(elf) if want_symbols else (None, {}, None)
-            dwarf_version = cus[order[0]].header["version"] if cus else None
-        except (ELFError, DWARFError, ValueError, KeyError, IndexError, AttributeError) as e:
-            raise XenscopeError(f"cannot read the DWARF of {path}: {type(e).__name__}: {e}") from None
+        def rank(i):
+            for r, likely in enumerate(LIKELY_CUS):
+                if names[i].endswith(likely):
+                    return r
+            return len(LIKELY_CUS)
+        order = sorted(range(len(cus)), key=rank)
+        need = set(REQUIRED_STRUCTS)
+        budget, ncus = None, 0
+        for i in order:
+            ncus += 1
+            for die in cus[i].get_top_DIE().iter_children():
+                if die.tag != "DW_TAG_structure_type":
+                    continue
+                name = _dname(die)
+                if name not in WANTED or name in found:
+                    continue
+                if "DW_AT_declaration" in die.attributes or "DW_AT_byte_size" not in die.attributes:
+                    continue
+                o, s = _struct_info(die, WANTED[name])
+                offsets.update(o)
+                sizes.update(s)
+                found.add(name)
+                if name == "module":
+                    if "module.mem" in o:
+                        need.add("module_memory")
+                    elif "module.core_layout" in o:
+                        need.add("module_layout")
+            if need <= found:
+                if all(s in found for s in OPTIONAL_STRUCTS):
+                    break
+                budget = OPTIONAL_CU_BUDGET if budget is None else budget - 1
+                if budget <= 0:
+                    break
+        missing = [s for s in need if s not in found]
+        if missing:
+            raise XenscopeError(f"{path}: no definition of struct {', '.join(sorted(missing))} in "
+                                f"its DWARF (not a vmlinux?)")
+        build_id, syms, banner = _elf_meta(elf) if want_symbols else (None, {}, None)
+        dwarf_version = cus[order[0]].header["version"] if cus else None
     # drop struct sizes of variants this build does not use
     meta = {"source": f"DWARF of {path}", "vmlinux": str(path), "build_id": build_id, "banner": banner,
             "kernel_version": kernel_version_of(banner), "dwarf_version": dwarf_version,

@@ -120,45 +120,23 @@ def _struct_offsets(struct_die, members):
 
 def offsets_from_xen_syms(path):
     """Read struct page_info / domain / vcpu offsets from the DWARF of ``path`` (xen-syms or any ELF)."""
-    try:
-        from elftools.elf.elffile import ELFFile
-        from elftools.common.exceptions import ELFError, DWARFError
-    except ImportError:                                              # pragma: no cover
-        raise XenscopeError("reading xen-syms needs pyelftools (pip install pyelftools)") from None
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise XenscopeError(f"cannot open {path}: {e.strerror}") from None
-    with f:
-        try:
-            elf = ELFFile(f)
-            if not elf.has_dwarf_info() or elf.get_section_by_name(".debug_info") is None:
-                raise XenscopeError(f"{path} has no DWARF debug info (symbols only, e.g. a distribution's "
-                                    f"xen-syms); give the Xen version with --xen instead")
-            # a linked image (vmlinux, xen-syms) carries its .rela.debug_* only because it was linked
-            # with --emit-relocs: its DWARF already holds final values, and applying them again in
-            # Python takes minutes on a 600 MB vmlinux. Objects (ET_REL) do need them.
-            dwarf = elf.get_dwarf_info(relocate_dwarf_sections=elf["e_type"] == "ET_REL")
-            found = {}
-            for cu in dwarf.iter_CUs():
-                top = cu.get_top_DIE()
-                for die in top.iter_children():
-                    if die.tag != "DW_TAG_structure_type":
-                        continue
-                    name = _name(die)
-                    if name not in WANTED or name in found:
-                        continue
-                    if "DW_AT_declaration" in die.attributes or "DW_AT_byte_size" not in die.attributes:
-                        continue
-                    found[name] = _struct_offsets(die, WANTED[name])
-                if len(found) == len(WANTED):
-                    break
-        except (ELFError, DWARFError, ValueError, KeyError, IndexError) as e:
-            raise XenscopeError(f"cannot read the DWARF of {path}: {e}") from None
-        except Exception as e:                        # pyelftools raises assorted errors on junk
-            if isinstance(e, XenscopeError):
-                raise
-            raise XenscopeError(f"cannot read the DWARF of {path}: {type(e).__name__}: {e}") from None
+    from ..formats.dwarf import dwarf_of
+    with dwarf_of(path, "symbols only, e.g. a distribution's xen-syms; give the Xen version with --xen "
+                        "instead") as (_, dwarf):
+        found = {}
+        for cu in dwarf.iter_CUs():
+            top = cu.get_top_DIE()
+            for die in top.iter_children():
+                if die.tag != "DW_TAG_structure_type":
+                    continue
+                name = _name(die)
+                if name not in WANTED or name in found:
+                    continue
+                if "DW_AT_declaration" in die.attributes or "DW_AT_byte_size" not in die.attributes:
+                    continue
+                found[name] = _struct_offsets(die, WANTED[name])
+            if len(found) == len(WANTED):
+                break
     if "page_info" not in found:
         raise XenscopeError(f"{path} has no definition of struct page_info in its DWARF (not a xen-syms?)")
     return found
