@@ -13,7 +13,9 @@ venv=${XENSCOPE_VENV:-$here/.venv}
 syspy=/usr/bin/python3
 # the real-system test tier boots Debian's own kernels under QEMU (x86_64, and i386 PAE: its
 # kernel and busybox are downloaded with apt-get download, so the i386 architecture is enabled)
-debs=(gdb python3 python3-venv python3-pip python3-libkdumpfile makedumpfile qemu-system-x86 busybox-static)
+# crash (with /usr/include/crash/defs.h), gcc and python3-dev build the crash extension.
+debs=(gdb python3 python3-venv python3-pip python3-libkdumpfile makedumpfile qemu-system-x86 busybox-static
+      crash gcc libc6-dev python3-dev)
 
 say() { printf '== %s\n' "$*"; }
 
@@ -53,6 +55,22 @@ install_venv() {
     echo "$want" > "$stamp"
 }
 
+# The crash extension (crashext/xenscope.so): a thin C bridge embedding $syspy's libpython.
+# Rebuilt when its source, crash's defs.h or the Python version changes.
+build_crash_ext() {
+    local src=crashext/xenscope.c so=crashext/xenscope.so stamp=crashext/.xenscope.so.stamp want pylib
+    pylib=$("$syspy" -c 'import sysconfig; print(sysconfig.get_config_var("INSTSONAME"))')
+    want=$(cat "$src" /usr/include/crash/defs.h | sha256sum | cut -d' ' -f1)-$pylib
+    if [ -f "$so" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+        return 0
+    fi
+    say "building the crash extension $so (against crash's defs.h and $pylib)"
+    gcc -shared -fPIC -O2 -Wall -DX86_64 -DPYTHON_LIBRARY="\"$pylib\"" -I/usr/include/crash \
+        $("$syspy-config" --includes) "$src" -o "$so.tmp" $("$syspy-config" --embed --ldflags)
+    mv "$so.tmp" "$so"
+    echo "$want" > "$stamp"
+}
+
 demo() {
     local core=cores/x86_64-4level.core
     say "gdb: $core with the extension loaded"
@@ -72,6 +90,7 @@ demo() {
 
 install_debs
 install_venv
+build_crash_ext
 case "$action" in
     demo) demo ;;
     install) ;;

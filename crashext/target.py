@@ -1,0 +1,131 @@
+"""A :class:`~xenstructs.target.Target` over what crash has open: every read goes through crash's
+``readmem()`` (its dump formats and caches), symbols are crash's (relocated for KASLR), registers
+come from the QEMU CPU notes crash parsed, VMCOREINFO from crash's reader.
+
+Physical reads are crash's ``PHYSADDR``, except where the page tables hold machine addresses:
+a Xen dom0 kernel dump (crash's ``XEN()``) reads ``XENMACHADDR``; in crash's Xen hypervisor mode
+(``crash xen-syms vmcore``) physical already is machine memory.
+"""
+
+from collections.abc import Mapping
+
+from xenstructs.errors import NotInDump
+from xenstructs.formats.vmcoreinfo import VmcoreInfo
+from xenstructs.target import PAGE_SIZE, CpuState, Target
+
+MAX_CPUS = 8192
+
+
+class _CrashVmcoreLines(Mapping):
+    """VMCOREINFO keys looked up through crash (``pc->read_vmcoreinfo``) on first use."""
+
+    def __init__(self, C):
+        self._C = C
+        self._seen = {}
+
+    def __getitem__(self, key):
+        if key not in self._seen:
+            self._seen[key] = self._C.vmcoreinfo(key)
+        if self._seen[key] is None:
+            raise KeyError(key)
+        return self._seen[key]
+
+    def __iter__(self):                  # only what was asked so far: crash has no key list
+        return iter([k for k, v in self._seen.items() if v is not None])
+
+    def __len__(self):
+        return sum(v is not None for v in self._seen.values())
+
+
+class CrashVmcoreInfo(VmcoreInfo):
+    def __init__(self, C):
+        self.lines = _CrashVmcoreLines(C)
+
+    def __repr__(self):
+        return "VmcoreInfo(through crash)"
+
+
+class CrashTarget(Target):
+    """The dump (or live system) crash has open."""
+
+    def __init__(self, C):
+        super().__init__()
+        self.C = C
+        info = C.info()
+        self.crash = info
+        self.path = info["dumpfile"]
+        self.hypervisor = bool(info["xen_hyper"])
+        self.memtype = C.XENMACHADDR if info["xen"] and not self.hypervisor else C.PHYSADDR
+        mode = ("Xen hypervisor mode" if self.hypervisor else "Xen kernel (machine reads)" if info["xen"]
+                else "minimal mode" if info["minimal"] else "kernel")
+        self.kind = f"crash: {info['format']}, {mode}"
+        self.facts["machine"] = {"X86_64": "x86_64", "X86": "i386"}.get(info["machine"], info["machine"].lower())
+        self.facts["format"] = "crash"
+        vi = CrashVmcoreInfo(C)
+        if vi.get("OSRELEASE") is not None or vi.get("VMCOREINFO_XEN") is not None or \
+                vi.symbol("frame_table") is not None:
+            self.facts["vmcoreinfo"] = vi
+        self._cpus = None
+
+    # -- the host interface ------------------------------------------------------------------
+    def _read_phys(self, addr, size):
+        data = self.C.readmem(addr, self.memtype, size)
+        if data is not None:
+            return data
+        # name the first page crash cannot read (only on failure: one read per page)
+        a, end = addr, addr + size
+        while a < end:
+            n = min(end, (a & ~(PAGE_SIZE - 1)) + PAGE_SIZE) - a
+            if self.C.readmem(a, self.memtype, n) is None:
+                raise NotInDump(a)
+            a += n
+        raise NotInDump(addr)
+
+    def cpus(self):
+        if self._cpus is None:
+            out = []
+            for i in range(MAX_CPUS):
+                regs = self.C.qemu_cpu(i)
+                if regs is None:
+                    break
+                out.append(CpuState(i, regs, {k: "QEMU CPU note (through crash)" for k in regs}))
+            self._cpus = out
+        return self._cpus
+
+    def symbol(self, name):
+        return self.C.symbol(name)
+
+    # -- crash's own views, for the front end ----------------------------------------------------
+    def read_kvaddr(self, va, size):
+        """Kernel-virtual bytes through crash's own translation (``KVADDR``), or ``None``."""
+        return self.C.readmem(va, self.C.KVADDR, size)
+
+    def read_uvaddr(self, va, size):
+        """User-virtual bytes of crash's current context (``UVADDR``), or ``None``."""
+        return self.C.readmem(va, self.C.UVADDR, size)
+
+    def context_root(self, kernel_offsets):
+        """(CR3, source) of crash's current task context: its ``mm->pgd`` translated by crash, or
+        ``(None, None)`` when the context has no mm (kernel threads, hypervisor mode)."""
+        ctx = self.C.context()
+        off = kernel_offsets("mm_struct", "pgd")
+        if not ctx or not ctx["mm"] or off is None:
+            return None, None
+        raw = self.read_kvaddr(ctx["mm"] + off, 8 if self.facts["machine"] == "x86_64" else 4)
+        if raw is None:
+            return None, None
+        pgd = int.from_bytes(raw, "little")
+        pa = self.C.kvtop(pgd)
+        if pa is None:
+            return None, None
+        return pa, f"crash context: pid {ctx['pid']} ({ctx['comm']}) mm->pgd {pgd:#x}"
+
+    def info_notes(self):
+        c = self.crash
+        notes = [f"crash: {c['namelist']} {c['dumpfile']}; reads through readmem("
+                 f"{'XENMACHADDR' if self.memtype == self.C.XENMACHADDR else 'PHYSADDR'})"]
+        ctx = self.C.context()
+        if ctx:
+            notes.append(f"crash context: pid {ctx['pid']} ({ctx['comm']}) on CPU {ctx['cpu']}"
+                         + ("" if ctx["mm"] else ", no mm: kernel page tables"))
+        return notes
