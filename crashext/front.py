@@ -26,6 +26,7 @@ def attach(C):
     from . import kernel
     _C, _target = C, None
     commands.kernel.kernel_provider = kernel.provider(C)
+    commands.current_target = _get_target            # `xen fault` reads crash's dump
 
 
 def detach():
@@ -33,6 +34,7 @@ def detach():
     global _C, _target
     from xenstructs import commands
     commands.kernel.kernel_provider = None
+    commands.current_target = None
     _C, _target = None, None
 
 
@@ -115,7 +117,19 @@ def _crash_defaults(C, cmd, args, target):
             args.cr3, filled["cr3"] = cr3, why
     if "xen_syms" in dests and args.xen_syms is None and target.hypervisor:
         args.xen_syms = target.crash["namelist"]
+    if "kernel_syms" in dests and args.kernel_syms is None and not target.hypervisor:
+        syms = {n: _C.symbol(n) for n in ("xen_p2m_addr", "xen_p2m_size", "xen_start_info")}
+        syms = _CrashSymbols({n: v for n, v in syms.items() if v is not None})
+        if syms:                             # a Linux PV kernel (dom0): its P2M list, by crash's symbols
+            args.kernel_syms = syms
     return filled
+
+
+class _CrashSymbols(dict):
+    """Kernel symbols looked up in crash, where a command takes a System.map path."""
+
+    def __str__(self):
+        return f"crash's symbols ({_target.crash['namelist']})"
 
 
 def _run(argv):
@@ -169,7 +183,8 @@ def invoke(argv):
     except C.HelpShown:
         return None
     except C.UsageError as e:
-        return str(e)
+        msg = str(e)                         # crash prefixes "xen: " itself
+        return msg[4:] if msg.startswith("xen ") else msg
     except C.XenscopeError as e:
         return f"{name}: {e}"
     except KeyboardInterrupt:

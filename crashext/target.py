@@ -2,6 +2,10 @@
 ``readmem()`` (its dump formats and caches), symbols are crash's (relocated for KASLR), registers
 come from the QEMU CPU notes crash parsed, VMCOREINFO from crash's reader.
 
+Registers and notes crash does not hand out (NT_PRSTATUS, Xen's crash notes, VMCOREINFO_XEN) are
+read from the dump file's own headers by xenscope's reader when that is cheap (ELF, and
+kdump-compressed that is not in makedumpfile's flattened form); memory is never read that way.
+
 Physical reads are crash's ``PHYSADDR``, except where the page tables hold machine addresses:
 a Xen dom0 kernel dump (crash's ``XEN()``) reads ``XENMACHADDR``; in crash's Xen hypervisor mode
 (``crash xen-syms vmcore``) physical already is machine memory.
@@ -9,7 +13,7 @@ a Xen dom0 kernel dump (crash's ``XEN()``) reads ``XENMACHADDR``; in crash's Xen
 
 from collections.abc import Mapping
 
-from xenstructs.errors import NotInDump
+from xenstructs.errors import NotInDump, XenscopeError
 from xenstructs.formats.vmcoreinfo import VmcoreInfo
 from xenstructs.target import PAGE_SIZE, CpuState, Target
 
@@ -55,17 +59,45 @@ class CrashTarget(Target):
         self.crash = info
         self.path = info["dumpfile"]
         self.hypervisor = bool(info["xen_hyper"])
-        self.memtype = C.XENMACHADDR if info["xen"] and not self.hypervisor else C.PHYSADDR
-        mode = ("Xen hypervisor mode" if self.hypervisor else "Xen kernel (machine reads)" if info["xen"]
+        # a Xen kernel, or a dump with Xen notes outside hypervisor mode: crash's PHYSADDR is
+        # dom0's pseudo-physical space there, and XENMACHADDR the machine memory page tables use
+        self.memtype = (C.XENMACHADDR if (info["xen"] or info["xen_core"]) and not self.hypervisor
+                        else C.PHYSADDR)
+        mode = ("Xen hypervisor mode" if self.hypervisor else "Xen kernel" if info["xen"]
                 else "minimal mode" if info["minimal"] else "kernel")
+        if self.memtype == C.XENMACHADDR:
+            mode += ", machine reads (XENMACHADDR)"
         self.kind = f"crash: {info['format']}, {mode}"
         self.facts["machine"] = {"X86_64": "x86_64", "X86": "i386"}.get(info["machine"], info["machine"].lower())
         self.facts["format"] = "crash"
+        self._own = self._open_headers(self.path)
+        own = self._own.facts if self._own is not None else {}
+        for key in ("xen_crash_info", "xen_notes", "qemu_notes"):
+            if key in own:
+                self.facts[key] = own[key]
         vi = CrashVmcoreInfo(C)
-        if vi.get("OSRELEASE") is not None or vi.get("VMCOREINFO_XEN") is not None or \
-                vi.symbol("frame_table") is not None:
+        if own.get("vmcoreinfo") is not None:
+            self.facts["vmcoreinfo"] = own["vmcoreinfo"]      # the whole note: symbols can be listed
+        elif vi.get("OSRELEASE") is not None:
             self.facts["vmcoreinfo"] = vi
         self._cpus = None
+
+    @staticmethod
+    def _open_headers(path):
+        """xenscope's own reader of the dump file, for its notes only; None when that would cost
+        more than headers (flattened: reassembled in full) or the file is not one xenscope reads."""
+        from xenstructs.targets import open_dump, sniff
+        try:
+            if not path or sniff(path).startswith(b"makedumpfile"):
+                return None
+            return open_dump(path)
+        except (XenscopeError, OSError):
+            return None
+
+    def close(self):
+        if self._own is not None:
+            self._own.close()
+            self._own = None
 
     # -- the host interface ------------------------------------------------------------------
     def _read_phys(self, addr, size):
@@ -88,7 +120,9 @@ class CrashTarget(Target):
                 regs = self.C.qemu_cpu(i)
                 if regs is None:
                     break
-                out.append(CpuState(i, regs, {k: "QEMU CPU note (through crash)" for k in regs}))
+                out.append(CpuState(i, regs, {k: "QEMU CPU note" for k in regs}))
+            if not out and self._own is not None:
+                out = list(self._own.cpus())          # NT_PRSTATUS, Xen crash notes: from the file
             self._cpus = out
         return self._cpus
 
@@ -120,10 +154,18 @@ class CrashTarget(Target):
             return None, None
         return pa, f"crash context: pid {ctx['pid']} ({ctx['comm']}) mm->pgd {pgd:#x}"
 
+    def _registers_from(self):
+        if not self.cpus():
+            return "none (no QEMU notes in crash; no notes xenscope can read in the file)"
+        if self.C.qemu_cpu(0) is not None:
+            return "the QEMU CPU notes crash read"
+        return "the dump file's notes, read by xenscope (crash keeps them to itself)"
+
     def info_notes(self):
         c = self.crash
         notes = [f"crash: {c['namelist']} {c['dumpfile']}; reads through readmem("
-                 f"{'XENMACHADDR' if self.memtype == self.C.XENMACHADDR else 'PHYSADDR'})"]
+                 f"{'XENMACHADDR' if self.memtype == self.C.XENMACHADDR else 'PHYSADDR'}); "
+                 f"registers: {self._registers_from()}"]
         ctx = self.C.context()
         if ctx:
             notes.append(f"crash context: pid {ctx['pid']} ({ctx['comm']}) on CPU {ctx['cpu']}"

@@ -216,9 +216,10 @@ py_info(PyObject *self, PyObject *args)
 	const char *fmt = NETDUMP_DUMPFILE() ? "ELF (netdump)" : KDUMP_DUMPFILE() ? "ELF vmcore" :
 		DISKDUMP_DUMPFILE() ? "kdump-compressed" : "other";
 
-	return Py_BuildValue("{s:z,s:z,s:s,s:s,s:i,s:i,s:i,s:i,s:k,s:k,s:i,s:i}",
+	return Py_BuildValue("{s:z,s:z,s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:k,s:k,s:i,s:i}",
 		"namelist", pc->namelist, "dumpfile", pc->dumpfile, "machine", MACHINE_TYPE,
 		"format", fmt, "xen_hyper", XEN_HYPER_MODE() ? 1 : 0, "xen", XEN() ? 1 : 0,
+		"xen_core", XEN_CORE_DUMPFILE() ? 1 : 0,
 		"minimal", (pc->flags & MINIMAL_MODE) ? 1 : 0, "cpus", XEN_HYPER_MODE() ? 0 : kt->cpus,
 		"relocate", XEN_HYPER_MODE() ? 0 : kt->relocate,
 		"kernel_pgd", XEN_HYPER_MODE() ? 0 : vt->kernel_pgd[0],

@@ -70,10 +70,16 @@ def _library():
         except ImportError as e:
             raise gdb.GdbError(f"xenscope: cannot import the library ({e}); run {_SETUP}")
         C.evaluate = evaluate
+        C.current_target = _current_target              # `xen fault` without a DUMP reads gdb's
         from . import kernel
         C.kernel.kernel_provider = kernel.provider      # kernel types from gdb's own symbol file
         _lib = C
     return _lib
+
+
+def _current_target():
+    from .target import get_target
+    return get_target(PARAMS["dump"].value or "", PARAMS["kernel-syms"].value or "")
 
 
 def evaluate(text):

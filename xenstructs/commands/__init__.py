@@ -86,6 +86,21 @@ def command(name, summary, needs_target=True):
 
 evaluate: Optional[Callable] = None
 
+# A front end that has a target of its own (gdb's inferior, crash's dump) sets ``current_target``
+# to a function returning it (or None): commands whose dump is optional (``fault``) use it when
+# no DUMP is given.
+current_target: Optional[Callable] = None
+
+
+def front_target():
+    """The front end's own target, or None (the CLI has none)."""
+    if current_target is None:
+        return None
+    try:
+        return current_target()
+    except XenscopeError:
+        return None
+
 
 def address(text):
     """An address or entry value: hex with or without ``0x`` (as crash takes them), or, in gdb,

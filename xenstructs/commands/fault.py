@@ -6,13 +6,13 @@ instruction at IP is read through the walk of IP. ``--log FILE`` adds what a Xen
 oops excerpt says. Options win over the log, the log over the dump.
 """
 
-import sys
 
 from .. import decode as D
 from ..errors import XenscopeError
 from ..fault import (ENTRY_ORDER, GUEST_TEXT, FaultState, explain, parse_hex_bytes, parse_version,
                      read_log)
 from . import UsageError, address, command, number, tabulate
+from . import front_target as _front_target
 
 _ENTRY_OPTS = (("pte", "PTE"), ("pde", "PDE"), ("pdpte", "PDPTE"), ("pml4e", "PML4E"), ("pml5e", "PML5E"))
 _REG_OPTS = ("cr2", "error", "ip", "cs", "cr3", "cr4", "guest_cr4", "cr0", "efer", "eflags", "pkru")
@@ -53,21 +53,6 @@ def fault_cmd(p):
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def _gdb_target():
-    """Inside gdb, the target the other ``xen`` commands use (None when there is none)."""
-    gx = sys.modules.get("gdbext.commands")
-    if gx is None:                  # not inside gdb (the gdb front end is loaded only there)
-        return None
-    import importlib
-    gt = importlib.import_module("gdbext.target")
-    params = getattr(gx, "PARAMS", {})
-    dump = params["dump"].value if "dump" in params else ""
-    try:
-        return gt.get_target(dump or "")
-    except XenscopeError:
-        return None
 
 
 def _state_from_options(args):
@@ -160,7 +145,7 @@ def _fault_run(target, args):
         from ..targets import open_dump
         target = own = open_dump(args.dump)
     elif target is None:
-        target = _gdb_target()
+        target = _front_target()
     try:
         w = ctx = None
         if target is not None:

@@ -1,0 +1,65 @@
+"""Run Debian's real crash utility with xenscope's extension loaded.
+
+``run_crash(namelist, dump, [cmd, ...])`` starts ``crash -s NAMELIST DUMP -i FILE`` once and gives
+back each command's own output: every command is written with crash's redirection ``> FILE``
+(or, after a pipe, the shell's), so outputs never mix. Errors crash prints with ``error()`` go to
+the same file. The extension is ``crashext/xenscope.so`` built by ``setup.sh``.
+"""
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+from gdbutil import TOP, venv
+
+CRASH = shutil.which("crash")
+EXTENSION = os.path.join(TOP, "crashext", "xenscope.so")
+
+
+@dataclass
+class CrashRun:
+    outputs: list          # one text per command, in order
+    stdout: str
+    stderr: str
+    returncode: int
+
+    @property
+    def output(self):
+        return self.stdout + self.stderr
+
+
+def crash_env(**extra):
+    env = dict(os.environ, XENSCOPE_VENV=venv())
+    env.pop("PYTHONPATH", None)
+    env.update(extra)
+    return env
+
+
+def run_crash(namelist, dump, commands, extend=True, options=(), timeout=600, env=None):
+    """Run ``commands`` in one crash session; ``extend=True`` loads xenscope first."""
+    work = tempfile.mkdtemp(prefix="xenscope-crash-")
+    try:
+        lines = [f"extend {EXTENSION}"] if extend else []
+        outs = []
+        for i, c in enumerate(commands):
+            out = os.path.join(work, f"out.{i}")
+            outs.append(out)
+            lines.append(f"{c} > {out}")
+        lines.append("exit")
+        script = os.path.join(work, "commands")
+        with open(script, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        argv = [CRASH, "-s", *options, namelist, dump, "-i", script]
+        p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=timeout, env=env or crash_env(), errors="replace")
+        texts = []
+        for out in outs:
+            try:
+                with open(out, errors="replace") as f:
+                    texts.append(f.read())
+            except FileNotFoundError:
+                texts.append(None)
+        return CrashRun(texts, p.stdout, p.stderr, p.returncode)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
