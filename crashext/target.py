@@ -114,6 +114,9 @@ class CrashTarget(Target):
         raise NotInDump(addr)
 
     def cpus(self):
+        """The QEMU CPU notes crash read; merged with what xenscope's reader finds in the file's
+        notes (NT_PRSTATUS, Xen's crash notes), whose names for each register's source win, so
+        that the same dump says the same thing in crash and in the CLI."""
         if self._cpus is None:
             out = []
             for i in range(MAX_CPUS):
@@ -121,8 +124,13 @@ class CrashTarget(Target):
                 if regs is None:
                     break
                 out.append(CpuState(i, regs, {k: "QEMU CPU note" for k in regs}))
-            if not out and self._own is not None:
-                out = list(self._own.cpus())          # NT_PRSTATUS, Xen crash notes: from the file
+            own = list(self._own.cpus()) if self._own is not None else []
+            for i, st in enumerate(own):
+                if i < len(out):
+                    out[i].regs.update(st.regs)
+                    out[i].source.update(st.source)
+                else:
+                    out.append(CpuState(i, dict(st.regs), dict(st.source)))
             self._cpus = out
         return self._cpus
 
@@ -158,7 +166,7 @@ class CrashTarget(Target):
         if not self.cpus():
             return "none (no QEMU notes in crash; no notes xenscope can read in the file)"
         if self.C.qemu_cpu(0) is not None:
-            return "the QEMU CPU notes crash read"
+            return "the QEMU CPU notes crash read" + (", and the file's other notes" if self._own else "")
         return "the dump file's notes, read by xenscope (crash keeps them to itself)"
 
     def info_notes(self):

@@ -81,3 +81,17 @@ def test_help_exits_zero():
     assert r.returncode == 0 and "--cr3" in r.stdout
     r = cli()
     assert r.returncode == 2 and "subcommands" in r.stdout
+
+
+def test_maps_ranges_empty_or_over_a_hole():
+    """An empty or reversed --range is a usage error; a range with nothing mapped is an empty
+    answer (found by the crash tests: both raised IndexError before)."""
+    for bad in ("5-1", "1000-1000", "1000+0"):
+        assert_one_line_error(cli("maps", CORE, "--range", bad), "empty range")
+    r = cli("maps", CORE, "--range", "1000-2000", "--json")
+    assert r.returncode == 0, r.stderr
+    import json
+    res = json.loads(r.stdout)
+    assert res["ranges"] == [] and res["problems"] == []
+    r = cli("maps", CORE, "--range", "1000-2000", "--pages")
+    assert r.returncode == 0 and "0 pages" in r.stdout, r.stdout + r.stderr

@@ -434,6 +434,9 @@ def coalesce(m, ignore_pa=False, ignore_nx=False):
             same &= ~pa_step[1:]
         brk[1:] = ~same
     starts = np.nonzero(brk)[0]
+    if n == 0:                           # nothing mapped (e.g. a --range over a hole)
+        e = m.va[:0]
+        return Ranges(e, e, m.pa[:0], np.zeros(0, bool), np.zeros(0, np.int64), m.rw[:0], m.us[:0], m.nx[:0])
     last = np.append(starts[1:], n) - 1
     cum = np.cumsum(pa_step)
     return Ranges(m.va[starts], m.va[last] + m.size[last], m.pa[starts],

@@ -145,3 +145,60 @@ def test_live_p2m_check_in_gdb_on_qemu_and_on_the_dump(xen):
     dump = json.loads(d.stdout)
     assert dump["pfns"] == live["pfns"] == P2M_PREFIX and dump["counts"] == live["counts"]
     assert live["counts"]["identity"] > 0              # the 1:1 (non-RAM) entries were seen live too
+
+
+# ---------------------------------------------------------------------------------------------
+# The same dump inside Debian's crash utility (crashext/xenscope.so)
+# ---------------------------------------------------------------------------------------------
+
+def cli(*argv):
+    return subprocess.run([sys.executable, "-m", "xenstructs.cli", *map(str, argv)], capture_output=True,
+                          text=True, cwd=TOP, timeout=600)
+
+
+def test_crash_hypervisor_mode_needs_dwarf_debian_does_not_ship(xen):
+    """``crash xen-syms vmcore`` is crash's Xen hypervisor mode. crash reads Xen's structures from
+    xen-syms' DWARF before it opens the dump; Debian builds Xen without -g, so crash refuses its
+    xen-syms outright. Should a future package carry DWARF, the hypervisor-mode run must agree
+    with the CLI instead."""
+    from crashutil import run_crash
+    from realsys.xenhost import xen_files
+    files = xen_files()
+    syms = files["xen_syms_symtab"]
+    cmds = ["xen frames --summary", f"xen page {xen['cr3'] >> 12:x}"]
+    r = run_crash(syms, xen["path"], cmds)
+    if files["xen_syms"] is None:
+        assert r.returncode != 0 and "no debugging data available" in r.output, r.output
+        return
+    assert r.returncode == 0, r.output
+    for c, out in zip(cmds, r.outputs):
+        want = cli(*c.split()[1:2], xen["path"], *c.split()[2:], "--xen-syms", syms)
+        assert out == want.stdout, (c, out, want.stdout)
+
+
+def test_xen_commands_inside_crash_agree_with_the_cli(xen):
+    """crash has no hypervisor mode for Debian's Xen (above), but its minimal mode opens the host
+    image with dom0's vmlinux: physical reads are then machine reads of the whole host through
+    crash's readmem(), and dom0's P2M variables come from crash's symbols."""
+    from crashutil import run_crash
+    from realsys.linux import debug_vmlinux
+    syms, path, mfn = xen["syms"], xen["path"], xen["cr3"] >> 12
+    xs = ["--xen-syms", syms]
+    cases = [["page", f"{mfn:x}"] + xs, ["page", f"{mfn:x}", "--json"] + xs, ["frames", "--summary"] + xs,
+             ["frames", "--type", "l4", "--owner", "0"] + xs, ["domains"] + xs, ["m2p", f"{mfn:x}"] + xs,
+             ["walk", "ffff830000000000"]]
+    p2m = ["p2m-check", "--domain", "0", "--p2m-entries", hex(P2M_PREFIX), "--json"] + xs
+    r = run_crash(debug_vmlinux(), path, [" ".join(["xen"] + c) for c in cases + [p2m]] + ["xen info"],
+                  options=("--minimal",))
+    assert r.returncode == 0 and "shared object loaded" in r.stdout, r.output
+    for c, out in zip(cases, r.outputs):
+        want = cli(c[0], path, *c[1:])
+        assert out == want.stdout, (c, out, want.stdout + want.stderr)
+    page = json.loads(r.outputs[1])["pages"][0] if "pages" in json.loads(r.outputs[1]) else json.loads(r.outputs[1])
+    assert (page["count_info"], page["type_info"]) == xen["qemu_l4"]      # QEMU's read of the frame table
+    got = json.loads(r.outputs[len(cases)])
+    want = json.loads(cli("p2m-check", path, *p2m[1:], "--kernel-syms", xen["kmap"]).stdout)
+    assert got["findings"] == want["findings"] and got["counts"] == want["counts"], (got["counts"], want["counts"])
+    assert got["problems"] == 0 and got["pfns"] == P2M_PREFIX
+    info = r.outputs[-1]
+    assert "minimal mode" in info and "readmem(PHYSADDR)" in info and "QEMU CPU note" in info, info

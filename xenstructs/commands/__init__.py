@@ -128,11 +128,15 @@ def va_range(text):
         if "+" in text:
             a, n = text.split("+", 1)
             start = address(a)
-            return start, start + address(n)
-        a, b = text.split("-", 1)
-        return address(a), address(b)
+            end = start + address(n)
+        else:
+            a, b = text.split("-", 1)
+            start, end = address(a), address(b)
     except (ValueError, argparse.ArgumentTypeError):
         raise argparse.ArgumentTypeError(f"not a range A-B or A+SIZE: {text!r}")
+    if end <= start:
+        raise argparse.ArgumentTypeError(f"empty range {text!r}: the end must be above the start")
+    return start, end
 
 
 
