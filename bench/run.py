@@ -14,6 +14,8 @@
 (d) ``p2m-check`` of a 64 GiB guest (16 M pfns) in memory (bench/p2m.py): seconds for the numpy check
     with owners (best of 3) and the ratio to a naive per-pfn loop (timed on a sample, scaled).
     Target: <= 1 s. With --quick: 1 M pfns.
+(f) crash (bench/crash.py): extension load time in crash's minimal mode, and ``maps`` of the 1 M-PTE
+    core through crash's readmem() against the CLI's own reader. Targets: <= 0.5 s and <= 3x.
 (e) ``modcheck`` (bench/modcheck.py): 1000 task page directories x 2000 module pages built in memory,
     fast path against the exhaustive per-page walk (2-level, PAE, 4-level). Target: fast <= 1 s.
 """
@@ -118,6 +120,9 @@ def main():
         r = subprocess.run([sys.executable, os.path.join(HERE, "real.py")], timeout=900)
         ok &= r.returncode == 0
     r = subprocess.run([sys.executable, os.path.join(HERE, "p2m.py")] + (["--quick"] if a.quick else []),
+                       timeout=900)
+    ok &= r.returncode == 0
+    r = subprocess.run([sys.executable, os.path.join(HERE, "crash.py")] + (["--quick"] if a.quick else []),
                        timeout=900)
     ok &= r.returncode == 0
     return 0 if ok else 1

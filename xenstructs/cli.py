@@ -45,8 +45,8 @@ def run(argv, out=sys.stdout):
             target = open_dump(args.dump)
         result = cmd.run(target, args)
         if args.json:
-            json.dump(result, out, indent=1, sort_keys=True)
-            out.write("\n")
+            out.write(json.dumps(result, indent=1, sort_keys=True) + "\n")   # one write: json.dump's
+                                                                             # many small ones are slow
         else:
             print(cmd.render(result, args), file=out)
         return cmd.exit_status(result)
