@@ -322,6 +322,7 @@ start_python(void)
 	sigaction(SIGINT, NULL, &int_old);
 	sigaction(SIGPIPE, NULL, &pipe_old);
 	sigaction(SIGXFSZ, NULL, &xfsz_old);
+	signal(SIGINT, SIG_DFL);                /* Python installs its handler only over SIG_DFL */
 	PyConfig_InitIsolatedConfig(&config);
 	config.install_signal_handlers = 1;     /* for Ctrl-C: swapped in only around a command */
 	config.site_import = 1;

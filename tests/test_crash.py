@@ -287,3 +287,52 @@ def test_a_missing_venv_is_explained_and_crash_keeps_running(tmp_path):
     assert r.outputs[0].startswith("xen: xenscope is not loaded:") and "setup.sh" in r.outputs[0], r.outputs
     assert "42" in r.outputs[1]
     assert "Traceback" not in r.output
+
+
+def test_ctrl_c_interrupts_the_command_not_the_session(tmp_path):
+    """On a terminal, Ctrl-C during a long `xen` command is crash's SIGINT; inside Python it must
+    become KeyboardInterrupt (crash's own handler would longjmp through the interpreter and leave
+    it unusable): the command stops with `xen: maps: interrupted` and the next one works."""
+    import pty
+    import select
+    import time
+    from cores.builder.big import build_big_core
+    big = str(tmp_path / "big.core")
+    cr3 = build_big_core(big, n_ptes=1 << 20)["cr3"]
+    pid, fd = pty.fork()
+    if pid == 0:                                   # the child: crash on a terminal
+        os.environ.update(crash_env())
+        os.execvp(CRASH, [CRASH, "-s", "--minimal", MINI, big])
+    out = b""
+
+    def read_until(marker, timeout):
+        nonlocal out
+        end = time.time() + timeout
+        while time.time() < end and marker not in out:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    out += os.read(fd, 65536)
+                except OSError:
+                    break
+        return marker in out
+    try:
+        assert read_until(b"crash> ", 60), out
+        os.write(fd, b"set scroll off\n")
+        os.write(fd, f"extend {EXTENSION}\n".encode())
+        assert read_until(b"shared object loaded", 60), out
+        os.write(fd, f"xen maps --pages --cr3 {cr3:#x} --mode 4level > /dev/null\n".encode())
+        time.sleep(0.5)                            # maps of 1 M PTEs (rendered) takes seconds
+        os.write(fd, b"\x03")
+        assert read_until(b"xen: maps: interrupted", 30), out
+        os.write(fd, f"xen walk 0 --cr3 {cr3:#x} --mode 4level\n".encode())
+        assert read_until(b"not mapped", 30), out
+        os.write(fd, b"exit\n")
+        read_until(b"\0", 5)
+    finally:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+        os.close(fd)
+    assert b"Traceback" not in out
