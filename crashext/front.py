@@ -77,9 +77,10 @@ def help_lines():
               "    crash> vtop ffffffff81000000\n",
               "  Check every module page in every task's page directory, as JSON:\n",
               "    crash> xen modcheck --json",
-              "\n  In hypervisor mode (crash xen-syms vmcore):\n",
-              "    crash> xen frames --summary",
-              "    crash> xen p2m-check | grep mismatch"]
+              "\n  On a Xen host image (crash --minimal DOM0-VMLINUX DUMP; or hypervisor mode,",
+              "  crash XEN-SYMS DUMP, which needs a xen-syms with DWARF):\n",
+              "    crash> xen frames --summary --xen-syms xen-syms-4.17-amd64",
+              "    crash> xen p2m-check --domain 0 --xen-syms xen-syms-4.17-amd64 | grep mismatch"]
     return lines
 
 
