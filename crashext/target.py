@@ -137,6 +137,10 @@ class CrashTarget(Target):
     def symbol(self, name):
         return self.C.symbol(name)
 
+    def holds(self, addr):
+        """crash keeps its memory map to itself: ask readmem() for one byte."""
+        return self.C.readmem(addr, self.memtype, 1) is not None
+
     # -- crash's own views, for the front end ----------------------------------------------------
     def read_kvaddr(self, va, size):
         """Kernel-virtual bytes through crash's own translation (``KVADDR``), or ``None``."""

@@ -63,3 +63,15 @@ def run_crash(namelist, dump, commands, extend=True, options=(), timeout=600, en
         return CrashRun(texts, p.stdout, p.stderr, p.returncode)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run_crash_pipe(namelist, dump, command, tries=5, **kw):
+    """Run one piped command (``xen maps | grep -c .``) in its own session, again when crash's own
+    pipe set-up races: crash 8.0.2 looks for the pipe's process in /proc and sometimes misses it
+    ("crash: pipe operation failed"; then only that message reaches the pipe) — also for its own
+    commands, e.g. ``sym _stext | grep stext`` (8 of 30 runs)."""
+    for _ in range(tries):
+        r = run_crash(namelist, dump, [command], **kw)
+        if "pipe operation failed" not in r.output + (r.outputs[0] or ""):
+            return r
+    return r

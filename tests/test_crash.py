@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from conftest import CORES, TOP
-from crashutil import CRASH, EXTENSION, crash_env, run_crash
+from crashutil import CRASH, EXTENSION, crash_env, run_crash, run_crash_pipe
 from xenstructs.commands import COMMANDS
 
 MINI = os.path.join(CORES, "mod-x86_64.vmlinux")     # any x86_64 vmlinux serves minimal mode
@@ -248,8 +248,8 @@ def test_pipes_and_redirection():
     pipe's exited shell while looking for the new pipe's process)."""
     dump = core("x86_64-4level.core")
     full = crash_min(dump, ["xen maps --pages"]).outputs[0]
-    count = crash_min(dump, ["xen maps --pages | grep -c ."]).outputs[0]
-    head = crash_min(dump, ["xen maps --pages | head -3"]).outputs[0]
+    count = run_crash_pipe(MINI, dump, "xen maps --pages | grep -c .", options=MINIMAL).outputs[0]
+    head = run_crash_pipe(MINI, dump, "xen maps --pages | head -3", options=MINIMAL).outputs[0]
     assert int(count) == len(full.splitlines()) == len(cli("maps", dump, "--pages").splitlines())
     assert head.splitlines() == full.splitlines()[:3]
 

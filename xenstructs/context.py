@@ -120,7 +120,7 @@ def resolve(target, cr3=None, mode=None, cpu=0, efer=None, cr4=None, maxphyaddr=
                     maxphyaddr=maxphyaddr or 52,
                     cr4=regs.get("cr4") if regs.get("cr4") is not None else D.CR4_PSE)
     regs["cr3"] = cr3
-    if target is not None and target.phys_ranges() and not target.in_memory(paging.root):
+    if target is not None and target.holds(paging.root) is False:
         raise XenscopeError(f"CR3 {cr3:#x} ({sources['cr3']}) points outside the dump's memory: "
                             f"the top page table at pa {paging.root:#x} is not in it")
     return Context(paging=paging, cr3=cr3, cpu=cpu, regs=regs, sources=sources)

@@ -147,12 +147,17 @@ class Target:
             raise XenscopeError(f"no CPU {index}: the target has {len(cpus)} CPU(s)")
         return cpus[index]
 
-    def in_memory(self, addr):
-        """True if ``addr`` lies in a known physical range (always True when ranges are unknown)."""
+    def holds(self, addr):
+        """Whether physical ``addr`` is in the target: True/False, or None when the target cannot
+        tell without reading (no memory map: live stubs). Hosts that can probe cheaply override it."""
         ranges = self.phys_ranges()
         if not ranges:
-            return True
+            return None
         return any(s <= addr < e for s, e in ranges)
+
+    def in_memory(self, addr):
+        """True if ``addr`` lies in a known physical range (always True when ranges are unknown)."""
+        return self.holds(addr) is not False
 
     def read_virt(self, va, size, root, mode):
         """Read virtual memory by walking the page tables at ``root`` (see :mod:`paging`)."""

@@ -528,7 +528,7 @@ class XcCoreTarget(Target):
                 self._ranges = [(int(s) << 12, (int(e) + 1) << 12) for s, e in zip(starts, ends)]
         return self._ranges
 
-    def in_memory(self, addr):
+    def holds(self, addr):
         return addr >= 0 and self._find(self._keys, addr >> 12) >= 0
 
     def close(self):
