@@ -142,13 +142,12 @@ class CrashTarget(Target):
         return self.C.readmem(addr, self.memtype, 1) is not None
 
     # -- crash's own views, for the front end ----------------------------------------------------
+    # Walks never use crash's translation (KVADDR/UVADDR): xenscope walks the tables itself over
+    # crash's physical reads, so `xen walk` can be judged by crash's `vtop`, and a broken table
+    # shows as broken. crash's KVADDR serves only to find the current context's mm->pgd.
     def read_kvaddr(self, va, size):
         """Kernel-virtual bytes through crash's own translation (``KVADDR``), or ``None``."""
         return self.C.readmem(va, self.C.KVADDR, size)
-
-    def read_uvaddr(self, va, size):
-        """User-virtual bytes of crash's current context (``UVADDR``), or ``None``."""
-        return self.C.readmem(va, self.C.UVADDR, size)
 
     def context_root(self, kernel_offsets):
         """(CR3, source) of crash's current task context: its ``mm->pgd`` translated by crash, or

@@ -11,22 +11,15 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
-from gdbutil import TOP, venv
+from gdbutil import TOP, Result, venv
 
 CRASH = shutil.which("crash")
 EXTENSION = os.path.join(TOP, "crashext", "xenscope.so")
 
 
 @dataclass
-class CrashRun:
-    outputs: list          # one text per command, in order
-    stdout: str
-    stderr: str
-    returncode: int
-
-    @property
-    def output(self):
-        return self.stdout + self.stderr
+class CrashRun(Result):
+    outputs: list = None   # one text per command, in order (None: the command wrote nothing)
 
 
 def crash_env(**extra):
@@ -60,7 +53,7 @@ def run_crash(namelist, dump, commands, extend=True, options=(), timeout=600, en
                     texts.append(f.read())
             except FileNotFoundError:
                 texts.append(None)
-        return CrashRun(texts, p.stdout, p.stderr, p.returncode)
+        return CrashRun(p.stdout, p.stderr, p.returncode, texts)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
