@@ -86,6 +86,13 @@ demo() {
     "$venv/bin/xenscope" walk "$core" ffff888000001000
     "$venv/bin/xenscope" maps "$core" --limit 12
     "$venv/bin/xenscope" pte 0x800000007fffe067
+    say "crash: the same inside the crash utility (minimal mode: the bundled cores are not real kernels)"
+    local cmds
+    cmds=$(mktemp)
+    printf '%s\n' "extend $here/crashext/xenscope.so" "xen walk ffff888000001000" "xen modules" \
+        "xen modcheck" "exit" > "$cmds"
+    XENSCOPE_VENV=$venv crash -s --minimal cores/mod-x86_64.vmlinux cores/mod-x86_64.core -i "$cmds" </dev/null
+    rm -f "$cmds"
 }
 
 install_debs
