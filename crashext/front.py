@@ -11,7 +11,6 @@ kernel root. In hypervisor mode, ``--xen-syms`` defaults to the xen-syms crash w
 """
 
 import contextlib
-import json
 import os
 import sys
 
@@ -99,19 +98,17 @@ def _get_target():
     return _target
 
 
-def _crash_defaults(C, cmd, args, target):
-    """Fill --cpu, --cr3 and --xen-syms from crash when the user gave none; returns
-    ``{option: source text}`` for what was filled."""
+def _crash_defaults(args, target, cpu_default):
+    """Fill --cpu, --cr3, --xen-syms and --kernel-syms from crash when the user gave none;
+    returns ``{option: source text}`` for the ones the result should credit."""
     filled = {}
+    dests = vars(args)
+    ctx = _C.context() if target is not None else None
+    if "cpu" in dests and args.cpu is None:
+        known = ctx is not None and ctx["cpu"] < len(target.cpus())
+        args.cpu = ctx["cpu"] if known else cpu_default
     if target is None:
         return filled
-    ctx = _C.context()
-    dests = vars(args)
-    if "cpu" in dests and args.cpu is None and ctx is not None:
-        ncpu = len(target.cpus())
-        args.cpu = ctx["cpu"] if ctx["cpu"] < ncpu else 0
-    if "cpu" in dests and args.cpu is None:
-        args.cpu = 0
     if "cr3" in dests and args.cr3 is None and not target.hypervisor:
         cr3, why = target.context_root(_C.member_offset)
         if cr3 is not None:
@@ -119,18 +116,24 @@ def _crash_defaults(C, cmd, args, target):
     if "xen_syms" in dests and args.xen_syms is None and target.hypervisor:
         args.xen_syms = target.crash["namelist"]
     if "kernel_syms" in dests and args.kernel_syms is None and not target.hypervisor:
-        syms = {n: _C.symbol(n) for n in ("xen_p2m_addr", "xen_p2m_size", "xen_start_info")}
-        syms = _CrashSymbols({n: v for n, v in syms.items() if v is not None})
+        found = {n: _C.symbol(n) for n in ("xen_p2m_addr", "xen_p2m_size", "xen_start_info")}
+        syms = _CrashSymbols({n: v for n, v in found.items() if v is not None},
+                             f"crash's symbols ({target.crash['namelist']})")
         if syms:                             # a Linux PV kernel (dom0): its P2M list, by crash's symbols
             args.kernel_syms = syms
     return filled
 
 
 class _CrashSymbols(dict):
-    """Kernel symbols looked up in crash, where a command takes a System.map path."""
+    """Kernel symbols looked up in crash, where a command takes a System.map path (the path is
+    only ever printed: str() says where they came from)."""
+
+    def __init__(self, table, source):
+        super().__init__(table)
+        self.source = source
 
     def __str__(self):
-        return f"crash's symbols ({_target.crash['namelist']})"
+        return self.source
 
 
 def _run(argv):
@@ -145,29 +148,18 @@ def _run(argv):
     if cmd is None:
         raise C.UsageError(f"unknown subcommand {argv[0]!r}: see `xen help`")
     p = cmd.parser(f"xen {cmd.name}")
-    cpu_default = {a.dest: a.default for a in p._actions}.get("cpu", None)
-    if "cpu" in {a.dest for a in p._actions}:
-        p.set_defaults(cpu=None)
+    cpu_default = p.get_default("cpu")
+    if any(a.dest == "cpu" for a in p._actions):
+        p.set_defaults(cpu=None)             # None: not given, crash's context decides
     args = p.parse_args(argv[1:])
     target = _get_target() if cmd.needs_target else None
-    filled = _crash_defaults(C, cmd, args, target)
-    if getattr(args, "cpu", 0) is None:
-        args.cpu = cpu_default
+    filled = _crash_defaults(args, target, cpu_default)
     with target.batch() if target is not None else contextlib.nullcontext():
         result = cmd.run(target, args)
-    if isinstance(result, dict) and isinstance(result.get("sources"), dict):
-        for k, why in filled.items():
-            if result["sources"].get(k) == f"--{k} option":
-                result["sources"][k] = why
+    C.credit_defaults(result, filled)
     if cmd.name == "info" and isinstance(result, dict) and target is not None:
         result["notes"] = target.info_notes()
-    if args.json:
-        text = json.dumps(result, indent=1, sort_keys=True)
-    else:
-        text = cmd.render(result, args)
-        if cmd.name == "info" and isinstance(result, dict) and result.get("notes"):
-            text += "".join(f"\nnote: {n}" for n in result["notes"])
-    print(text)
+    print(C.output(cmd, result, args))
 
 
 def invoke(argv):

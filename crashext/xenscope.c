@@ -35,7 +35,6 @@ static char load_error[1024];        /* why loading failed (shown by every `xen`
 static char call_error[1024];        /* a Python exception that escaped crashext.front.invoke */
 static char **help_xen;              /* crash's help text for `xen`, built from the parsers */
 static struct sigaction python_sigint;   /* Python's SIGINT handler, active only during a command */
-static int python_started;           /* we initialised Python (not someone before us) */
 
 static char *help_fallback[] = {
 	"xen",
@@ -339,7 +338,6 @@ start_python(void)
 			 status.err_msg ? status.err_msg : "unknown error");
 		return -1;
 	}
-	python_started = 1;
 	return 0;
 }
 

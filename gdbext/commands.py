@@ -11,7 +11,6 @@ the parsers (:mod:`xenstructs.commands`) are imported then; that module imports 
 """
 
 import contextlib
-import json
 import os
 
 import gdb
@@ -345,16 +344,8 @@ def _invoke(C, cmd, argv):
             if why:
                 result["paging_error"] = why
             result["notes"] = target.info_notes()
-    if isinstance(result, dict) and isinstance(result.get("sources"), dict):
-        for k in from_param:
-            if result["sources"].get(k) == f"--{k} option":
-                result["sources"][k] = f"`set xen {k}`"
-    if args.json:
-        text = json.dumps(result, indent=1, sort_keys=True)
-    else:
-        text = cmd.render(result, args)
-        if isinstance(result, dict) and result.get("notes") and cmd.name == "info":
-            text += "".join(f"\nnote: {n}" for n in result["notes"])
+    C.credit_defaults(result, {k: f"`set xen {k}`" for k in from_param})
+    text = C.output(cmd, result, args)
     gdb.write(text + "\n")
 
 

@@ -4,10 +4,9 @@ Exit status: 0 success; 2 usage error or unreadable input (one line on stderr, n
 1 when a check found problems (the command's ``status``, e.g. ``p2m-check``).
 """
 
-import json
 import sys
 
-from .commands import COMMANDS, HelpShown, UsageError
+from .commands import COMMANDS, HelpShown, UsageError, output
 from .errors import XenscopeError
 
 
@@ -44,11 +43,7 @@ def run(argv, out=sys.stdout):
             from .targets import open_dump
             target = open_dump(args.dump)
         result = cmd.run(target, args)
-        if args.json:
-            out.write(json.dumps(result, indent=1, sort_keys=True) + "\n")   # one write: json.dump's
-                                                                             # many small ones are slow
-        else:
-            print(cmd.render(result, args), file=out)
+        out.write(output(cmd, result, args) + "\n")      # one write (json.dump's many are slow)
         return cmd.exit_status(result)
     except HelpShown:
         return 0

@@ -80,6 +80,28 @@ def command(name, summary, needs_target=True):
     return wrap
 
 
+def output(cmd, result, args):
+    """The text every front end prints for a result: JSON with ``--json``, else the command's
+    rendering, followed (``info``) by the host's notes in ``result["notes"]``."""
+    if args.json:
+        import json
+        return json.dumps(result, indent=1, sort_keys=True)
+    text = cmd.render(result, args)
+    if cmd.name == "info" and isinstance(result, dict) and result.get("notes"):
+        text += "".join(f"\nnote: {n}" for n in result["notes"])
+    return text
+
+
+def credit_defaults(result, given):
+    """A front end filled options the user did not give (``given``: option -> where from, e.g.
+    ``{"cr3": "`set xen cr3`"}``): say so where the result says "--OPTION option"."""
+    sources = result.get("sources") if isinstance(result, dict) else None
+    if isinstance(sources, dict):
+        for k, why in given.items():
+            if sources.get(k) == f"--{k} option":
+                sources[k] = why
+
+
 # ---------------------------------------------------------------------------------------------
 # Argument types. A front end may set ``evaluate`` to parse expressions it knows ($rip, symbols).
 # ---------------------------------------------------------------------------------------------
