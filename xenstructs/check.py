@@ -196,22 +196,17 @@ def _limit(findings):
 # The checks: each returns a CheckResult or raises (turned into an ``error`` result)
 # ---------------------------------------------------------------------------------------------
 
-# LINEAR_PT_VIRT_START (PML4 slot 258) and SH_LINEAR_PT_VIRT_START (259): reference §2.1
-XEN_LINEAR_SLOTS = (0xFFFF810000000000, 0xFFFF818000000000)
-# the hypervisor's slots 256-271 in every 64-bit PV guest's L4 (reference §2.1, §2.2)
-XEN_HOLE = (0xFFFF800000000000, 0xFFFF880000000000)
-
-
 def _check_paging(target, ctx):
     from .context import resolve
     from .paging import enumerate_mappings
+    from .xen.release import LINEAR_PT_VIRT_START, SH_LINEAR_PT_VIRT_START, in_xen_slots
     rc = resolve(target)
     m = enumerate_mappings(target, rc.paging)
     fs = []
     for va0, va1, ename, reason, entry in m.problems:
-        if reason == "loop" and va0 in XEN_LINEAR_SLOTS:
+        if reason == "loop" and va0 in (LINEAR_PT_VIRT_START, SH_LINEAR_PT_VIRT_START):
             continue                      # Xen's own linear page-table slot: recursive by design
-        if reason == "not-in-dump" and XEN_HOLE[0] <= va0 and va1 <= XEN_HOLE[1] \
+        if reason == "not-in-dump" and in_xen_slots(va0) and in_xen_slots(va1 - 1) \
                 and target.facts.get("format") == "xc_core":
             continue                      # a PV guest's L4 slots 256-271 are Xen's: not in its dump
         text = f"{reason} at {ename} for va {va0:#x}-{va1:#x}" + ("" if entry is None else f" (entry {entry:#x})")

@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 
 from . import decode as D
 from .errors import NoRegister, XenscopeError
+from .linux.memory_layout import I386_PAGE_OFFSET, START_KERNEL_MAP
 from .paging import Paging, root_from_cr3
 
-START_KERNEL_MAP = 0xFFFFFFFF80000000     # x86_64 __START_KERNEL_map
-I386_PAGE_OFFSET = 0xC0000000             # i386 default PAGE_OFFSET (3G/1G split)
 
 
 @dataclass

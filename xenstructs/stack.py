@@ -19,19 +19,23 @@ import struct
 from dataclasses import dataclass, field
 
 from .errors import NotInDump, XenscopeError
+from .linux.memory_layout import (I386_PAGE_OFFSET, KERNEL_START_48, MODULES_END, START_KERNEL_MAP,
+                                  USER_END_48)
 from .paging import read_virt
+from .xen.release import (FLAT_RING1_CS, FLAT_RING3_CS, FLAT_RING3_CS32, FLAT_RING3_CS64,
+                          HYPERVISOR_COMPAT_VIRT_START)
 
 THREAD_SIZE = {"x86_64": 16 << 10, "i386": 8 << 10}
 
 # x86_64 CS values: Linux selectors and Xen's flat PV ones (FLAT_RING3_CS64 / CS32)
-CS64_KERNEL = {0x10: "__KERNEL_CS", 0xE033: "FLAT_RING3_CS64 (PV kernel or user)"}
+CS64_KERNEL = {0x10: "__KERNEL_CS", FLAT_RING3_CS64: "FLAT_RING3_CS64 (PV kernel or user)"}
 CS64_USER = {0x33: "__USER_CS", 0x23: "__USER32_CS", 0x2B: "__USER_CS (old)",
-             0xE023: "FLAT_RING3_CS32"}
-XEN_FLAT_CS64 = (0xE033, 0xE023)
-SS64 = (0, 0x18, 0x2B, 0xE02B)
+             FLAT_RING3_CS32: "FLAT_RING3_CS32"}
+XEN_FLAT_CS64 = (FLAT_RING3_CS64, FLAT_RING3_CS32)
+SS64 = (0, 0x18, 0x2B, FLAT_RING3_CS)           # FLAT_RING3_SS64 = FLAT_RING3_DS32 = 0xe02b
 # i386: Linux __KERNEL_CS 0x60, __USER_CS 0x73; Xen FLAT_RING1_CS (PV kernel), FLAT_RING3_CS (PV user)
-CS32_KERNEL = {0x60: "__KERNEL_CS", 0x10: "__KERNEL_CS (old)", 0xE019: "FLAT_RING1_CS"}
-CS32_USER = {0x73: "__USER_CS", 0x23: "__USER_CS (old)", 0xE02B: "FLAT_RING3_CS"}
+CS32_KERNEL = {0x60: "__KERNEL_CS", 0x10: "__KERNEL_CS (old)", FLAT_RING1_CS: "FLAT_RING1_CS"}
+CS32_USER = {0x73: "__USER_CS", 0x23: "__USER_CS (old)", FLAT_RING3_CS: "FLAT_RING3_CS"}
 RFLAGS_RESERVED = (1 << 3) | (1 << 5) | (1 << 15) | ~((1 << 22) - 1)
 
 
@@ -148,8 +152,8 @@ def _raw_text(machine, va):
     """Without symbols: does ``va`` look like kernel text? (x86_64: the kernel image mapping;
     i386: above the 3G/1G PAGE_OFFSET, below the Xen hole.)"""
     if machine == "x86_64":
-        return 0xFFFFFFFF80000000 <= va < 0xFFFFFFFFFF000000
-    return 0xC0000000 <= va < 0xF5800000
+        return START_KERNEL_MAP <= va < MODULES_END
+    return I386_PAGE_OFFSET <= va < HYPERVISOR_COMPAT_VIRT_START
 
 
 def _frame64(words, i, base):
@@ -168,11 +172,11 @@ def _frame64(words, i, base):
         return None
     if not _ok_flags(rflags, 8) or (ss & ~0x3) not in (s & ~0x3 for s in SS64):
         return None
-    if cs == 0x10 and not rip >= 0xFFFF800000000000:
+    if cs == 0x10 and not rip >= KERNEL_START_48:
         return None
-    if cs in (0x33, 0x23, 0x2B, 0xE023) and rip >= 0x800000000000:
+    if cs in (0x33, 0x23, 0x2B, FLAT_RING3_CS32) and rip >= USER_END_48:
         return None
-    if not (rsp < 0x800000000000 or rsp >= 0xFFFF800000000000):
+    if not (rsp < USER_END_48 or rsp >= KERNEL_START_48):
         return None                        # non-canonical
     va = base + 8 * i
     fr = {"kind": "pt_regs", "va": va, "pt_regs_va": va - 16 * 8, "rip": rip, "cs": cs,

@@ -19,7 +19,8 @@ looking for the profile's banner at ``linux_banner`` + k * 2 MiB.
 
 import struct
 
-from ..context import START_KERNEL_MAP, I386_PAGE_OFFSET, resolve
+from ..context import resolve
+from .memory_layout import I386_PAGE_OFFSET, START_KERNEL_MAP
 from ..errors import NoRegister, NotInDump, XenscopeError
 from ..paging import Paging, root_from_cr3, walk
 from .profile import Profile

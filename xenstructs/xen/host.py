@@ -19,16 +19,9 @@ from ..context import resolve
 from ..errors import NotInDump, XenscopeError
 from ..paging import walk
 from . import layouts as L
+from .release import (DIRECTMAP_PV_SIZE, RDWR_MPT_VIRT_START, directmap_start, frame_table_start,
+                      xen_virt_start_of)
 
-# Xen x86_64 virtual layout (asm-x86/config.h); XEN_VIRT_START moved in 4.14 (reference §2.1)
-DIRECTMAP_VIRT_START = 0xFFFF830000000000
-DIRECTMAP_VIRT_START_BIGMEM = 0xFFFF848000000000
-FRAMETABLE_VIRT_START = 0xFFFF82E000000000
-FRAMETABLE_VIRT_START_BIGMEM = 0xFFFF830000000000
-RDWR_MPT_VIRT_START = 0xFFFF828000000000
-RO_MPT_VIRT_START = 0xFFFF800000000000
-XEN_VIRT_START_OLD = 0xFFFF82D080000000      # 4.4 - 4.13
-XEN_VIRT_START_NEW = 0xFFFF82D040000000      # 4.14 +
 INVALID_M2P_ENTRY = (1 << 64) - 1
 SHARED_M2P_ENTRY = (1 << 64) - 2
 MAX_DOMAINS = 1 << 15                        # domain_list walk bound (domids are 15-bit)
@@ -53,11 +46,6 @@ class Pdx:
         if not self.hole_shift:
             return pdx
         return (pdx & self.bottom_mask) | ((pdx << self.hole_shift) & self.top_mask)
-
-    def maddr_to_directmapoff(self, ma):
-        if not self.hole_shift:
-            return ma
-        return ((ma & self.ma_top_mask) >> self.hole_shift) | (ma & self.ma_va_bottom_mask)
 
     def directmapoff_to_maddr(self, off):
         if not self.hole_shift:
@@ -150,7 +138,7 @@ class XenHost:
         self.crash_info = ci
         self.xen_phys_start = ci.get("xen_phys_start")
         self.paging = self._xen_paging(cpu)
-        self.directmap = DIRECTMAP_VIRT_START      # the BIGMEM layout moves it: set again below
+        self.directmap = directmap_start()         # the BIGMEM layout moves it: set again below
         self.pdx = Pdx()
         self.pdx = self._pdx()                     # masks are read through the Xen image mapping
         self.version = self._version(version)
@@ -165,7 +153,7 @@ class XenHost:
                                          version_source=None if src in (None, "--xen option") else src)
         self.layout = self.selection.layout
         self.dwarf = self._dwarf(syms)
-        self.directmap = DIRECTMAP_VIRT_START_BIGMEM if self.layout.bigmem else DIRECTMAP_VIRT_START
+        self.directmap = directmap_start(self.layout.bigmem)
         self.frametable = self._frametable()
         self._max_page = None
         self._domains = None
@@ -204,7 +192,7 @@ class XenHost:
     def _frametable(self):
         """FRAMETABLE_VIRT_START: x86's ``frame_table`` is a macro; VMCOREINFO_XEN's SYMBOL(frame_table)
         is the address of the pointer variable ``_frame_table`` that holds it (xen/common/kexec.c)."""
-        default = FRAMETABLE_VIRT_START_BIGMEM if self.layout.bigmem else FRAMETABLE_VIRT_START
+        default = frame_table_start(self.layout.bigmem)
         for name in ("_frame_table", "frame_table"):
             if name in self.symbols:
                 try:
@@ -276,7 +264,7 @@ class XenHost:
         from ..paging import Paging
         va = self.symbols.get("pgd_l4") or self.symbols.get("idle_pg_table")
         if va is not None and self.xen_phys_start is not None:
-            start = XEN_VIRT_START_NEW if va < XEN_VIRT_START_OLD else XEN_VIRT_START_OLD
+            start = xen_virt_start_of(va)
             self.sources["cr3"] = "idle_pg_table symbol through the Xen image mapping"
             return Paging("4level", va - start + self.xen_phys_start)
         raise XenscopeError("cannot find Xen's page tables: the dump has no CPU CR3 and no "
@@ -285,7 +273,7 @@ class XenHost:
     # -- reading Xen virtual memory --------------------------------------------------------------
     def va_to_maddr(self, va):
         """Machine address of a Xen virtual address (direct map arithmetic, else a page walk)."""
-        if self.directmap <= va < self.directmap + (5 << 40):
+        if self.directmap <= va < self.directmap + DIRECTMAP_PV_SIZE:
             return self.pdx.directmapoff_to_maddr(va - self.directmap)
         w = walk(self.t, self.paging, va)
         if w.pa is None:

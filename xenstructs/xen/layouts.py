@@ -14,12 +14,12 @@ so the exact point release decides:
 
 Pure Python; never imports gdb.
 """
-import re
 from dataclasses import dataclass, field
 
 import construct as C
 
 from ..errors import XenscopeError
+from .release import NEWEST_KNOWN, parse_version
 
 # --- domain ids (xen/include/public/xen.h) -------------------------------------------------
 DOMID_FIRST_RESERVED = 0x7FF0
@@ -178,28 +178,8 @@ class Selection:
 
 
 # --- versions ----------------------------------------------------------------------------------
-_VERSION_RE = re.compile(r"^\s*(?:xen[-_ ]?)?(\d+)\.(\d+)(?:\.(\d+))?([-+~_ ].*)?\s*$", re.I)
-
 # (minor, first point release with XSA-402) for the branches that got the backport
 _XSA402 = {13: 5, 14: 6, 15: 3, 16: 2}
-OLDEST = (4, 4)
-NEWEST_KNOWN = (4, 22)
-
-
-def parse_version(version):
-    """``"4.17.3"`` -> ``(4, 17, 3, "")``; ``"4.13"`` -> ``(4, 13, None, "")``;
-    ``"4.17.7+13-g2445b30a44"`` -> ``(4, 17, 7, "+13-g2445b30a44")``. Raises XenscopeError."""
-    if not isinstance(version, str):
-        raise XenscopeError(f"Xen version {version!r} is not a string like 4.17.3")
-    m = _VERSION_RE.match(version)
-    if not m:
-        raise XenscopeError(f"cannot parse Xen version {version!r}: expected X.Y or X.Y.Z (e.g. 4.17.3)")
-    major, minor = int(m.group(1)), int(m.group(2))
-    point = None if m.group(3) is None else int(m.group(3))
-    tail = (m.group(4) or "").strip()
-    if (major, minor) < OLDEST:
-        raise XenscopeError(f"Xen {version.strip()} is older than 4.4, which xenscope does not support")
-    return major, minor, point, tail
 
 
 def _layout_key(major, minor, point):
@@ -469,7 +449,7 @@ def parse_page_info(data, layout):
 __all__ = [
     "TypeLayout", "CountLayout", "Layout", "Selection", "layout_for_version", "select_layout",
     "guess_from_exp", "decode_type", "decode_count", "page_info_struct", "parse_page_info",
-    "parse_version", "version_note", "domid_name", "DOMID_SELF", "DOMID_IO", "DOMID_XEN", "DOMID_COW",
+    "version_note", "domid_name", "DOMID_SELF", "DOMID_IO", "DOMID_XEN", "DOMID_COW",
     "DOMID_INVALID", "DOMID_IDLE", "T1", "T2", "T3", "C1", "C2", "C3", "C3P", "C4", "C4_NOSHADOW",
     "C5", "C5_NOSHADOW",
 ]

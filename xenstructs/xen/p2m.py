@@ -509,7 +509,7 @@ def m2p_reader(host):
     """A sparse M2P source for :func:`check`: reads only the M2P pages holding the asked mfns
     (translated together with :func:`translate_many`); unmapped parts read as invalid."""
     from ..paging import translate_many
-    from .host import RDWR_MPT_VIRT_START
+    from .release import RDWR_MPT_VIRT_START
     max_page = host.max_page
 
     def lookup(mfns):
