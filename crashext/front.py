@@ -1,5 +1,6 @@
-"""``xen SUBCOMMAND [options]`` inside crash: the same parsers, runs and renderings as the CLI and
-gdb (:mod:`xenstructs.commands`); only the target, the defaults and the output stream are crash's.
+"""``xen SUBCOMMAND [options]`` inside crash: the same declarations and the same
+:func:`~xenstructs.commands.execute.execute` as the CLI and gdb; :class:`CrashFront` says only what
+is crash's: the target, the defaults, kernel types, the error lines and the output stream.
 
 Defaults taken from crash: ``--cpu`` is the CPU of crash's current context; ``--cr3`` is the
 current context's ``mm->pgd`` when it has one (``set PID`` then ``xen walk UVADDR`` walks that
@@ -10,8 +11,6 @@ kernel root. In hypervisor mode, ``--xen-syms`` defaults to the xen-syms crash w
 ``error()``. Set ``XENSCOPE_DEBUG=1`` in the environment to print tracebacks of internal errors.
 """
 
-import contextlib
-import os
 import sys
 
 _C = None            # the bridge's _crash module
@@ -19,21 +18,14 @@ _target = None
 
 
 def attach(C):
-    """Called by the bridge after loading: remember ``_crash``, register the kernel provider."""
+    """Called by the bridge after loading: remember ``_crash``."""
     global _C, _target
-    from xenstructs import commands
-    from . import kernel
     _C, _target = C, None
-    commands.kernel.kernel_provider = kernel.provider(C)
-    commands.current_target = _get_target            # `xen fault` reads crash's dump
 
 
 def detach():
     """``extend -u``: drop every reference to the bridge (its code is about to be unmapped)."""
     global _C, _target
-    from xenstructs import commands
-    commands.kernel.kernel_provider = None
-    commands.current_target = None
     _C, _target = None, None
 
 
@@ -98,24 +90,22 @@ def _get_target():
     return _target
 
 
-def _crash_defaults(args, target, cpu_default):
-    """Fill --cpu, --cr3, --xen-syms and --kernel-syms from crash when the user gave none;
-    returns ``{option: source text}`` for the ones the result should credit."""
+def _crash_defaults(args, missing, target):
+    """Fill --cpu, --cr3, --xen-syms and --kernel-syms from crash when the user gave none
+    (``missing``); returns ``{option: source text}`` for the ones the result should credit."""
     filled = {}
-    dests = vars(args)
     ctx = _C.context() if target is not None else None
-    if "cpu" in dests and args.cpu is None:
-        known = ctx is not None and ctx["cpu"] < len(target.cpus())
-        args.cpu = ctx["cpu"] if known else cpu_default
+    if "cpu" in missing and ctx is not None and ctx["cpu"] < len(target.cpus()):
+        args.cpu = ctx["cpu"]
     if target is None:
         return filled
-    if "cr3" in dests and args.cr3 is None and not target.hypervisor:
+    if "cr3" in missing and args.cr3 is None and not target.hypervisor:
         cr3, why = target.context_root(_C.member_offset)
         if cr3 is not None:
             args.cr3, filled["cr3"] = cr3, why
-    if "xen_syms" in dests and args.xen_syms is None and target.hypervisor:
+    if "xen_syms" in missing and args.xen_syms is None and target.hypervisor:
         args.xen_syms = target.crash["namelist"]
-    if "kernel_syms" in dests and args.kernel_syms is None and not target.hypervisor:
+    if "kernel_syms" in missing and args.kernel_syms is None and not target.hypervisor:
         found = {n: _C.symbol(n) for n in ("xen_p2m_addr", "xen_p2m_size", "xen_start_info")}
         syms = _CrashSymbols({n: v for n, v in found.items() if v is not None},
                              f"crash's symbols ({target.crash['namelist']})")
@@ -136,7 +126,40 @@ class _CrashSymbols(dict):
         return self.source
 
 
+def _front():
+    from xenstructs.commands.execute import Front
+
+    class CrashFront(Front):
+        prog, error_prefix = "xen", ""               # crash prints "xen: " before an error itself
+        interrupted_format = "{name}: interrupted"
+        internal_format = ("xenscope internal error in {name}: {error} "
+                           "(XENSCOPE_DEBUG=1 in crash's environment prints the traceback)")
+        dump_argument, can_fork = False, False
+        fills = ("cpu", "cr3", "xen_syms", "kernel_syms")
+
+        def target(self, cmd, args):
+            return _get_target()
+
+        def own_target(self):
+            return _get_target()
+
+        def release(self, target):
+            pass
+
+        def fill_defaults(self, args, missing, target):
+            return _crash_defaults(args, missing, target)
+
+        def kernel(self, target, args):
+            from .kernel_types import kernel
+            return kernel(_C, target, args)
+
+        def write(self, text):
+            print(text)
+    return CrashFront()
+
+
 def _run(argv):
+    from xenstructs.commands.execute import execute
     C = _commands()
     if not argv or argv[0] in ("help", "-h", "--help"):
         if len(argv) > 1 and argv[1] in C.COMMANDS:
@@ -147,49 +170,23 @@ def _run(argv):
     cmd = C.COMMANDS.get(argv[0])
     if cmd is None:
         raise C.UsageError(f"unknown subcommand {argv[0]!r}: see `xen help`")
-    p = cmd.parser(f"xen {cmd.name}")
-    cpu_default = p.get_default("cpu")
-    if any(a.dest == "cpu" for a in p._actions):
-        p.set_defaults(cpu=None)             # None: not given, crash's context decides
-    args = p.parse_args(argv[1:])
-    target = _get_target() if cmd.needs_target else None
-    filled = _crash_defaults(args, target, cpu_default)
-    with target.batch() if target is not None else contextlib.nullcontext():
-        result = cmd.run(target, args)
-    C.credit_defaults(result, filled)
-    if cmd.name == "info" and isinstance(result, dict) and target is not None:
-        result["notes"] = target.info_notes()
-    print(C.output(cmd, result, args))
+    execute(cmd, argv[1:], _front())
 
 
 def invoke(argv):
     """Run ``xen ARGV...``; ``None`` on success, else the error text for crash."""
-    C = _commands()
+    from xenstructs.commands.execute import CommandFailed
     if _C is None:
         return "xenscope is detached from crash (extend it again)"
-    name = argv[0] if argv else "xen"
     old = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = _CrashOut()
     try:
         _run(list(argv))
         return None
-    except C.HelpShown:
-        return None
-    except C.UsageError as e:
-        msg = str(e)                         # crash prefixes "xen: " itself
-        return msg[4:] if msg.startswith("xen ") else msg
-    except C.XenscopeError as e:
-        return f"{name}: {e}"
-    except KeyboardInterrupt:
-        return f"{name}: interrupted"
-    except BrokenPipeError:
-        return None
+    except CommandFailed as e:
+        return e.text
     except Exception as e:                   # never a traceback into crash's session
-        if os.environ.get("XENSCOPE_DEBUG"):
-            import traceback
-            traceback.print_exc()
-        return (f"xenscope internal error in {name}: {type(e).__name__}: {e} "
-                "(XENSCOPE_DEBUG=1 in crash's environment prints the traceback)")
+        return str(e) or type(e).__name__
     finally:
         try:
             sys.stdout.flush()

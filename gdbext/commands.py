@@ -1,16 +1,16 @@
 """gdb commands: ``xen`` and one ``xen NAME`` per entry of :data:`xenstructs.commands.COMMANDS`,
 plus ``set/show xen debug|mode|cr3|dump|kernel-syms``.
 
-This module adapts input and output only: arguments go through the shared argparse parsers
-(gdb expressions are accepted wherever an address is), the target comes from
-:mod:`gdbext.target`, and results are printed with ``render()`` or as JSON, exactly as the CLI does.
+This module adapts input and output only: :class:`GdbFront` tells the shared
+:func:`~xenstructs.commands.execute.execute` how gdb differs from the CLI (gdb expressions wherever
+an address is, the target from :mod:`gdbext.target`, defaults from ``set xen ...``, kernel types
+from gdb's symbol file, output through ``gdb.write``, errors as ``gdb.GdbError``).
 
 Loading must stay cheap (gdb start-up): gdb needs each command's help text at registration, so
 the parsers (:mod:`xenstructs.commands`) are imported then; that module imports nothing heavy
 (numpy, tabulate and pwntools are imported on a command's first use).
 """
 
-import contextlib
 import os
 
 import gdb
@@ -68,17 +68,60 @@ def _library():
             from xenstructs import commands as C
         except ImportError as e:
             raise gdb.GdbError(f"xenscope: cannot import the library ({e}); run {_SETUP}")
-        C.evaluate = evaluate
-        C.current_target = _current_target              # `xen fault` without a DUMP reads gdb's
-        from . import kernel
-        C.kernel.kernel_provider = kernel.provider      # kernel types from gdb's own symbol file
         _lib = C
     return _lib
 
 
-def _current_target():
+def _gdb_target():
     from .target import get_target
     return get_target(PARAMS["dump"].value or "", PARAMS["kernel-syms"].value or "")
+
+
+def _front():
+    """The :class:`~xenstructs.commands.execute.Front` of gdb (made once, on first use)."""
+    global _front_object
+    if _front_object is None:
+        from xenstructs.commands.execute import Front
+
+        class GdbFront(Front):
+            prog, error_prefix = "xen", "xen "
+            interrupted_format = "{prefix}{name}: interrupted"
+            internal_format = "xenscope internal error: {error} (set xen debug on for the traceback)"
+            dump_argument, can_fork = False, False
+            fills = ("mode", "cr3", "cpu")
+            host_errors, host_label = (gdb.error,), "gdb"
+
+            @property
+            def debug(self):
+                return bool(PARAMS["debug"].value)
+
+            def evaluate(self, text):
+                return evaluate(text)
+
+            def target(self, cmd, args):
+                return _gdb_target()
+
+            def own_target(self):
+                return _gdb_target()
+
+            def release(self, target):
+                pass
+
+            def fill_defaults(self, args, missing, target):
+                return _fill_defaults(args, missing, target)
+
+            def kernel(self, target, args):
+                from .kernel_types import kernel
+                return kernel(target, args)
+
+            def write(self, text):
+                gdb.write(text + "\n")
+
+        _front_object = GdbFront()
+    return _front_object
+
+
+_front_object = None
 
 
 def evaluate(text):
@@ -245,24 +288,15 @@ class XenSubcommand(gdb.Command):
     def invoke(self, arg, from_tty):
         self.dont_repeat()
         C = _library()
+        from xenstructs.commands.execute import CommandFailed, execute
         try:
-            _invoke(C, C.COMMANDS[self.name], gdb.string_to_argv(arg))
-        except C.HelpShown:
-            return
-        except C.UsageError as e:
-            raise gdb.GdbError(str(e))
-        except C.XenscopeError as e:
+            argv = gdb.string_to_argv(arg)
+        except gdb.error as e:
             raise gdb.GdbError(f"xen {self.name}: {e}")
-        except gdb.GdbError:
-            raise
-        except gdb.error as e:               # gdb itself refused (connection lost, ...)
-            raise gdb.GdbError(f"xen {self.name}: gdb: {e}")
-        except Exception as e:
-            if PARAMS["debug"].value:
-                import traceback
-                gdb.write(traceback.format_exc(), gdb.STDERR)
-            raise gdb.GdbError(f"xenscope internal error: {type(e).__name__}: {e} "
-                               "(set xen debug on for the traceback)")
+        try:
+            execute(C.COMMANDS[self.name], argv, _front())
+        except CommandFailed as e:
+            raise gdb.GdbError(e.text)
 
     def complete(self, text, word):
         s = self.spec
@@ -299,54 +333,22 @@ class XenSubcommand(gdb.Command):
         return []
 
 
-_UNSET = object()
-
-
-def _invoke(C, cmd, argv):
-    p = cmd.parser(f"xen {cmd.name}")
-    dests = {a.dest: a.default for a in p._actions}
-    mine = [d for d in ("mode", "cr3", "cpu") if d in dests]
-    p.set_defaults(**{d: _UNSET for d in mine})
-    args = p.parse_args(argv)
-    target = None
-    if cmd.needs_target:
-        from .target import get_target
-        target = get_target(PARAMS["dump"].value or "", PARAMS["kernel-syms"].value or "")
-    from_param = {}
-    if getattr(args, "mode", None) is _UNSET:
-        args.mode = dests["mode"]
-        if PARAMS["mode"].value != "auto":
-            args.mode = from_param["mode"] = PARAMS["mode"].value
-    if getattr(args, "cr3", None) is _UNSET:
-        args.cr3 = dests["cr3"]
-        if PARAMS["cr3"].value:
-            try:
-                args.cr3 = from_param["cr3"] = C.address(PARAMS["cr3"].value)
-            except Exception as e:
-                raise C.UsageError(f"set xen cr3: {e}")
-    if getattr(args, "cpu", None) is _UNSET:
-        sel = getattr(target, "selected_cpu", None)
-        args.cpu = sel() if sel is not None else dests["cpu"]
-    # one batch per command: a QEMU stub enters physical mode once, not around every read
-    batch = getattr(target, "batch", None)
-    from xenstructs.errors import NoRegister
-    hint = getattr(target, "missing_hint", None)       # gdbsx: why no CR3 could be found
-    with batch() if batch is not None else contextlib.nullcontext():
+def _fill_defaults(args, missing, target):
+    """``--mode``/``--cr3`` from ``set xen mode|cr3``, ``--cpu`` from gdb's selected thread."""
+    C = _library()
+    credits = {}
+    if "mode" in missing and PARAMS["mode"].value != "auto":
+        args.mode = credits["mode"] = PARAMS["mode"].value
+    if "cr3" in missing and PARAMS["cr3"].value:
         try:
-            result = cmd.run(target, args)
-        except NoRegister as e:
-            why = hint() if hint is not None and "CR3" in str(e) else None
-            if why:
-                raise NoRegister(why)
-            raise
-        if cmd.name == "info" and isinstance(result, dict) and hasattr(target, "info_notes"):
-            why = hint() if hint is not None and "CR3" in result.get("paging_error", "") else None
-            if why:
-                result["paging_error"] = why
-            result["notes"] = target.info_notes()
-    C.credit_defaults(result, {k: f"`set xen {k}`" for k in from_param})
-    text = C.output(cmd, result, args)
-    gdb.write(text + "\n")
+            args.cr3 = credits["cr3"] = C.address(PARAMS["cr3"].value)
+        except Exception as e:
+            raise C.UsageError(f"set xen cr3: {e}")
+    if "cpu" in missing:
+        selected = getattr(target, "selected_cpu", None)
+        if selected is not None:
+            args.cpu = selected()
+    return {k: f"`set xen {k}`" for k in credits}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -153,7 +153,7 @@ def test_table_output_and_no_progress_when_piped():
 
 def test_progress_bar_on_tty():
     import io
-    from xenstructs.checkcli import _Progress
+    from xenstructs.commands.check import _Progress
 
     class Tty(io.StringIO):
         def isatty(self):

@@ -111,6 +111,7 @@ def _cases():
         ("modules", "mod-x86_64.core", []),
         ("modcheck", "mod-x86_64.core", []),
         ("info", "x86_64-4level.core", []),
+        ("check", None, [core("x86_64-4level.core"), core("xen-4.17-host.core")]),
     ]
     return cases
 

@@ -182,12 +182,6 @@ def detect_kind(target, syms=None):
     return ("kdump" if target.facts.get("format") == "kdump" else "elf-core"), None, None
 
 
-def _cmd_args(name, argv):
-    """The argparse namespace of subcommand ``name`` (its defaults plus ``argv``)."""
-    from .commands import COMMANDS
-    return COMMANDS[name].parser(f"xenscope {name}").parse_args([str(a) for a in argv])
-
-
 def _limit(findings):
     return findings[:FINDINGS_LIMIT]
 
@@ -247,20 +241,17 @@ def _check_xen_frames(target, ctx):
 
 
 def _check_p2m(target, ctx, opts):
-    from .commands import COMMANDS
-    from .commands.p2m import _finding_line
     from .xen.p2m import CLASSES, INFORMATIONAL
+    from .xen.p2m_sources import P2MOptions, check_p2m, finding_text
     if ctx["kind"] == "xl-dump-core":
-        argv, who = [], "the dump's .xen_p2m"
+        where, who = P2MOptions(), "the dump's .xen_p2m"
     elif ctx["kind"] == "xen-host":
         if not opts.kernel_syms:
             return CheckResult("p2m", "n.a.", "Xen host dump: give --kernel-syms (dom0's System.map) to check dom0's P2M")
-        argv = ["--kernel-syms", opts.kernel_syms] + (["--xen-syms", ctx["syms"]] if ctx.get("syms") else [])
-        who = "dom0's P2M"
+        where, who = P2MOptions(kernel_syms=opts.kernel_syms, xen_syms=ctx.get("syms")), "dom0's P2M"
     else:
         return CheckResult("p2m", "n.a.", "not a Xen host dump or an xl dump-core file")
-    cmd = COMMANDS["p2m-check"]
-    r = cmd.run(target, _cmd_args("p2m-check", argv))
+    r = check_p2m(target, where)
     fs = []
     for cls in CLASSES:
         if cls in INFORMATIONAL:
@@ -268,7 +259,7 @@ def _check_p2m(target, ctx, opts):
         for f in r["findings"][cls]:
             d = dict(f)
             d["kind"] = cls
-            d["text"] = f"{cls}: {_finding_line(cls, f)}"
+            d["text"] = f"{cls}: {finding_text(cls, f)}"
             fs.append(d)
     counts = ", ".join(f"{c} {n}" for c, n in r["counts"].items() if n and c not in INFORMATIONAL)
     summary = f"{who}, {r['pfns']:#x} pfns: " + (f"{r['problems']} problem(s) ({counts})" if r["problems"]
@@ -281,12 +272,11 @@ def _check_modcheck(target, ctx, opts):
         return CheckResult("modcheck", "n.a.", "give --profile or --vmlinux")
     if ctx["kind"] in ("xen-host", "xl-dump-core"):
         return CheckResult("modcheck", "n.a.", f"{ctx['kind']} dump: not a Linux kernel dump")
-    from .commands import COMMANDS
-    argv = []
-    for opt, v in (("--profile", opts.profile), ("--vmlinux", opts.vmlinux), ("--system-map", opts.system_map)):
-        if v:
-            argv += [opt, v]
-    r = COMMANDS["modcheck"].run(target, _cmd_args("modcheck", argv))
+    from .linux.kernel import open_kernel
+    from .linux.modcheck import modcheck_report
+    kernel = open_kernel(target, vmlinux=opts.vmlinux, profile=opts.profile, system_map=opts.system_map,
+                         resolve_args={"cpu": 0, "maxphyaddr": 52})
+    r = modcheck_report(kernel)
     fs = []
     for g in r["groups"]:
         d = dict(g)
@@ -313,8 +303,8 @@ def _check_faults(target, ctx, opts, path):
     fields, _ = read_log(log)
     if not any(k in fields for k in ("cr2", "error")):
         return CheckResult("faults", "n.a.", f"{log}: no page fault in the log")
-    from .commands import COMMANDS
-    r = COMMANDS["fault"].run(target, _cmd_args("fault", ["--log", log]))
+    from .faultcase import FaultInputs, explain_fault
+    r = explain_fault(target, FaultInputs(log=log))
     s = r.get("state", {})
     err = r.get("error") or {}
     f = {"kind": "page-fault", "cpu": 0, "cr2": s.get("cr2"), "error": err.get("value"),

@@ -28,3 +28,8 @@ class NoRegister(XenscopeError):
 
 class Unsupported(XenscopeError):
     """The target cannot do this (e.g. physical reads over gdbsx)."""
+
+
+class UsageError(XenscopeError):
+    """Wrong or missing arguments: the CLI exits 2, gdb raises a gdb error. The text is the message
+    alone; front ends put "xenscope NAME: " (CLI), "xen NAME: " (gdb) or "NAME: " (crash) before it."""

@@ -1,21 +1,34 @@
-"""Every subcommand, declared once: its argparse parser, the analysis it runs, how it renders.
+"""Every subcommand, declared once, on its run function, with its arguments as data.
 
-The CLI (``xenscope NAME DUMP ...``), gdb (``xen NAME ...``) and later crash read these
-declarations; they differ only in where the target comes from and where the text goes.
-A command's ``run(target, args)`` returns a plain result (dict); ``render(result, args)`` turns
-it into text; ``--json`` prints the result itself (numbers as integers, keys named by address
-space: ``va``, ``pa``, ``pfn``...). The JSON schemas are documented in README.md.
+::
 
-This package holds the framework (registry, argument types); one module per subject declares
-its commands (:mod:`.paging`: info, walk, vtop, maps, pte, decode, read-phys). Importing the
-package imports them all, in the order ``help xen`` lists them.
+    @command("walk", "Walk the page tables for one virtual address and show every level.",
+             arguments=[arg("va", type=address, help="virtual address (hex)"), PAGING],
+             render=render_walk)
+    def walk_cmd(target, args):
+        ...                   # returns a plain result (dict); never prints
+
+``run(target, args)`` returns the result; ``render(result, args)`` turns it into text; ``--json``
+prints the result itself (numbers as integers, keys named by address space: ``va``, ``pa``,
+``pfn``...; schemas in README.md); ``status(result)`` is the CLI's exit status (0 clean, 1 findings).
+``target`` says where the command's target comes from: ``"required"`` (the CLI's DUMP argument,
+gdb's inferior, crash's dump), ``"optional"`` (a DUMP argument the command declares itself, else the
+host's own target, else none) or ``None`` (no target).
+
+Every host (the CLI, gdb, crash) runs a command the same way: :func:`.execute.execute` with its
+:class:`.execute.Front` (see that module). This package holds the declarations' vocabulary
+(:func:`arg`, :func:`group`, :func:`exclusive`, :func:`command`, the argument types); one module per
+subject declares its commands (:mod:`.paging`: info, walk, vtop, maps, pte, decode, read-phys; ...).
+Importing the package imports them all, in the order ``help xen`` lists them. Nothing heavy is
+imported here (gdb reads the help texts at start-up): numpy, tabulate and pwntools load on first use.
 """
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from ..errors import XenscopeError
+from ..errors import UsageError, XenscopeError  # noqa: F401 (UsageError: the commands raise it)
+
 
 def tabulate(*args, **kw):
     """tabulate.tabulate, imported on first use (loading the commands in gdb stays cheap)."""
@@ -23,33 +36,131 @@ def tabulate(*args, **kw):
     return _tabulate(*args, **kw)
 
 
+# ---------------------------------------------------------------------------------------------
+# Arguments as data
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Argument:
+    """One ``add_argument(*names, **options)``."""
+    names: tuple
+    options: dict
+
+    def add_to(self, parser):
+        parser.add_argument(*self.names, **self.options)
+
+
+@dataclass(frozen=True)
+class Group:
+    """An argument group (a titled block of ``--help``)."""
+    title: str
+    arguments: tuple
+
+    def add_to(self, parser):
+        g = parser.add_argument_group(self.title)
+        for a in self.arguments:
+            a.add_to(g)
+
+
+@dataclass(frozen=True)
+class Exclusive:
+    """Mutually exclusive arguments."""
+    arguments: tuple
+
+    def add_to(self, parser):
+        g = parser.add_mutually_exclusive_group()
+        for a in self.arguments:
+            a.add_to(g)
+
+
+def arg(*names, **options):
+    """An argument: the same parameters as ``argparse.ArgumentParser.add_argument``."""
+    return Argument(names, options)
+
+
+def group(title, *arguments):
+    """A titled group of :func:`arg` (and :func:`exclusive`) entries."""
+    return Group(title, arguments)
+
+
+def exclusive(*arguments):
+    """Arguments of which at most one may be given."""
+    return Exclusive(arguments)
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+TARGETS = ("required", "optional", None)
+
+
 @dataclass
 class Command:
+    """A declared subcommand (see the module docstring)."""
     name: str
     summary: str
-    build: Callable            # build(parser) adds the command's arguments
-    run: Callable              # run(target, args) -> dict
-    render: Callable           # render(result, args) -> str
-    needs_target: bool = True
-    status: Optional[Callable] = None    # status(result) -> CLI exit status: 0 clean, 1 findings (gdb ignores it)
+    run: Callable                      # run(target, args) -> result
+    render: Callable                   # render(result, args) -> str
+    arguments: tuple = ()
+    status: Optional[Callable] = None  # status(result) -> exit status (0 when not given)
+    target: Optional[str] = "required"
+    host_notes: bool = False           # the host's notes about its target join the result (info)
+    dump_help: str = field(default="dump file: ELF vmcore or kdump-compressed (plain or flattened)")
+
+    @property
+    def needs_target(self):
+        return self.target == "required"
 
     def exit_status(self, result):
-        """The CLI's exit status for a successful run: ``status(result)``, 0 when not given."""
+        """The exit status of a successful run: ``status(result)``, 0 when not given."""
         return int(self.status(result)) if self.status is not None else 0
 
     def parser(self, prog, dump=False):
-        """The argparse parser; ``dump=True`` adds the CLI's DUMP argument first."""
+        """The argparse parser; ``dump=True`` (the CLI) adds the DUMP argument of a command whose
+        target is required."""
         p = XenArgumentParser(prog=prog, description=self.summary,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
         if dump and self.needs_target:
-            p.add_argument("dump", help="dump file: ELF vmcore or kdump-compressed (plain or flattened)")
-        self.build(p)
+            p.add_argument("dump", help=self.dump_help)
+        for a in self.arguments:
+            a.add_to(p)
         p.add_argument("--json", action="store_true", help="print the result as JSON")
         return p
 
 
+COMMANDS = {}
+
+
+def command(name, summary, arguments=(), render=None, status=None, target="required", host_notes=False):
+    """Declare a subcommand on its run function ``run(target, args) -> result``.
+
+    :param arguments: :func:`arg`, :func:`group`, :func:`exclusive` entries (lists may nest)
+    :param render: ``render(result, args) -> str``
+    :param status: ``status(result) -> int``, the exit status (default 0)
+    :param target: ``"required"``, ``"optional"`` or ``None`` (see the module docstring)
+    :param host_notes: the host's notes about its target are added as ``result["notes"]``
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}")
+
+    def declare(run):
+        COMMANDS[name] = Command(name, summary, run, render, tuple(_flatten(arguments)), status,
+                                 target, host_notes)
+        return run
+    return declare
+
+
+def _flatten(items):
+    for a in items:
+        if isinstance(a, (list, tuple)):
+            yield from _flatten(a)
+        else:
+            yield a
+
+
 class XenArgumentParser(argparse.ArgumentParser):
-    """argparse that raises instead of exiting, so gdb keeps running on a usage error."""
+    """argparse that raises instead of exiting, so a debugger keeps running on a usage error."""
 
     def error(self, message):
         raise UsageError(f"{self.prog}: {message}")
@@ -60,80 +171,35 @@ class XenArgumentParser(argparse.ArgumentParser):
         raise HelpShown()
 
 
-class UsageError(XenscopeError):
-    """Wrong arguments: the CLI exits 2, gdb raises a gdb error."""
-
-
 class HelpShown(Exception):
     """``--help`` was printed; nothing more to do."""
 
 
-COMMANDS = {}
-
-
-def command(name, summary, needs_target=True):
-    """Declare a subcommand: decorate its ``build`` function; give ``run`` and ``render`` after."""
-    def wrap(build):
-        cmd = Command(name, summary, build, None, None, needs_target)
-        COMMANDS[name] = cmd
-        return cmd
-    return wrap
-
-
 def output(cmd, result, args):
     """The text every front end prints for a result: JSON with ``--json``, else the command's
-    rendering, followed (``info``) by the host's notes in ``result["notes"]``."""
+    rendering, followed (``host_notes`` commands: info) by the host's notes in ``result["notes"]``."""
     if args.json:
         import json
         return json.dumps(result, indent=1, sort_keys=True)
     text = cmd.render(result, args)
-    if cmd.name == "info" and isinstance(result, dict) and result.get("notes"):
+    if cmd.host_notes and isinstance(result, dict) and result.get("notes"):
         text += "".join(f"\nnote: {n}" for n in result["notes"])
     return text
 
 
-def credit_defaults(result, given):
-    """A front end filled options the user did not give (``given``: option -> where from, e.g.
-    ``{"cr3": "`set xen cr3`"}``): say so where the result says "--OPTION option"."""
-    sources = result.get("sources") if isinstance(result, dict) else None
-    if isinstance(sources, dict):
-        for k, why in given.items():
-            if sources.get(k) == f"--{k} option":
-                sources[k] = why
-
-
 # ---------------------------------------------------------------------------------------------
-# Argument types. A front end may set ``evaluate`` to parse expressions it knows ($rip, symbols).
+# Argument types. Expressions (``$rip``, ``&init_mm``) are the active front's to evaluate.
 # ---------------------------------------------------------------------------------------------
-
-evaluate: Optional[Callable] = None
-
-# A front end that has a target of its own (gdb's inferior, crash's dump) sets ``current_target``
-# to a function returning it (or None): commands whose dump is optional (``fault``) use it when
-# no DUMP is given.
-current_target: Optional[Callable] = None
-
-
-def front_target():
-    """The front end's own target, or None (the CLI has none)."""
-    if current_target is None:
-        return None
-    try:
-        return current_target()
-    except XenscopeError:
-        return None
-
 
 def address(text):
-    """An address or entry value: hex with or without ``0x`` (as crash takes them), or, in gdb,
-    any expression gdb can evaluate (``$cr2``, ``&init_mm``)."""
+    """An address or entry value: hex with or without ``0x`` (as crash takes them), or, where the
+    host evaluates expressions (gdb), any expression it can evaluate (``$cr2``, ``&init_mm``)."""
     t = text.strip().replace("_", "").replace("`", "")
     try:
         return int(t, 16) if not t.lower().startswith("0x") else int(t, 0)
     except ValueError:
-        if evaluate is not None:
-            return evaluate(text)
-        raise argparse.ArgumentTypeError(f"not a hex number: {text!r}")
+        from .execute import active_front
+        return active_front().evaluate(text)
 
 
 def number(text):
@@ -161,8 +227,6 @@ def va_range(text):
     return start, end
 
 
-
-
 # Subject modules register their commands on import (kept last: they use the names above).
 from . import paging  # noqa: E402,F401
 from . import xen  # noqa: E402,F401
@@ -171,3 +235,4 @@ from . import p2m  # noqa: E402,F401
 from . import fault  # noqa: E402,F401
 from . import kernel  # noqa: E402,F401
 from . import stack  # noqa: E402,F401
+from . import check  # noqa: E402,F401

@@ -2,24 +2,23 @@
 
 import argparse
 
-from .. import decode as D
+from .. import decode
 from ..context import resolve
 from ..errors import XenscopeError
 from ..paging import STOP_REASONS, coalesce, enumerate_mappings, walk
-from . import UsageError, address, command, number, tabulate, va_range
+from . import UsageError, address, arg, command, group, number, tabulate, va_range
 
 MAX_READ_PHYS = 1 << 20
 
-
-def _paging_args(p):
-    g = p.add_argument_group("address space (default: from the target's registers)")
-    g.add_argument("--cr3", type=address, help="page-table root (CR3 value, hex)")
-    g.add_argument("--mode", choices=D.MODES, help="paging mode (default: from CR0/CR4/EFER)")
-    g.add_argument("--cpu", type=number, default=0, help="take registers from this CPU (default 0)")
-    g.add_argument("--efer", type=address, help="EFER value (NXE decides whether bit 63 is XD)")
-    g.add_argument("--cr4", type=address, help="CR4 value (PSE, PAE, LA57)")
-    g.add_argument("--maxphyaddr", type=number, default=52,
-                   help="physical-address width for reserved-bit checks (default 52)")
+PAGING = group(
+    "address space (default: from the target's registers)",
+    arg("--cr3", type=address, help="page-table root (CR3 value, hex)"),
+    arg("--mode", choices=decode.MODES, help="paging mode (default: from CR0/CR4/EFER)"),
+    arg("--cpu", type=number, default=0, help="take registers from this CPU (default 0)"),
+    arg("--efer", type=address, help="EFER value (NXE decides whether bit 63 is XD)"),
+    arg("--cr4", type=address, help="CR4 value (PSE, PAE, LA57)"),
+    arg("--maxphyaddr", type=number, default=52,
+        help="physical-address width for reserved-bit checks (default 52)"))
 
 
 def _context(target, args):
@@ -41,27 +40,6 @@ def _rights(w, u, nx):
 # info
 # ---------------------------------------------------------------------------------------------
 
-@command("info", "What the target is: kind, file, CPUs, paging mode and where CR3/CR4/EFER came from.")
-def info(p):
-    _paging_args(p)
-
-
-def _info_run(target, args):
-    res = {"kind": target.kind, "file": target.path, "machine": target.facts.get("machine"),
-           "cpus": len(target.cpus()), "memory": [[s, e] for s, e in target.phys_ranges()]}
-    vi = target.facts.get("vmcoreinfo")
-    if vi is not None:
-        res["osrelease"] = vi.get("OSRELEASE")
-    try:
-        ctx = _context(target, args)
-        res.update(mode=ctx.paging.mode, cr3=ctx.cr3, root_pa=ctx.paging.root, nxe=ctx.paging.nxe,
-                   cr0=ctx.regs.get("cr0"), cr4=ctx.regs.get("cr4"), efer=ctx.regs.get("efer"),
-                   sources=ctx.sources)
-    except XenscopeError as e:
-        res["paging_error"] = str(e)
-    return res
-
-
 def _info_render(r, args):
     rows = [("kind", r["kind"]), ("file", r["file"] or "-"), ("machine", r["machine"] or "?"),
             ("cpus", r["cpus"])]
@@ -78,24 +56,33 @@ def _info_render(r, args):
         src = r["sources"]
         rows.append(("paging", f"{r['mode']}  ({src.get('mode')})"))
         rows.append(("cr3", f"{r['cr3']:#x}  ({src.get('cr3')}); root table pa {r['root_pa']:#x}"))
-        for reg, dec in (("cr0", D.decode_cr0), ("cr4", D.decode_cr4), ("efer", D.decode_efer)):
+        for reg, dec in (("cr0", decode.decode_cr0), ("cr4", decode.decode_cr4), ("efer", decode.decode_efer)):
             if r.get(reg) is not None:
                 rows.append((reg, f"{r[reg]:#x} [{' '.join(dec(r[reg])['flags'])}]  ({src.get(reg, 'registers')})"))
     return tabulate(rows, tablefmt="plain")
 
 
-info.run, info.render = _info_run, _info_render
+@command("info", "What the target is: kind, file, CPUs, paging mode and where CR3/CR4/EFER came from.",
+         arguments=[PAGING], render=_info_render, host_notes=True)
+def info(target, args):
+    res = {"kind": target.kind, "file": target.path, "machine": target.facts.get("machine"),
+           "cpus": len(target.cpus()), "memory": [[s, e] for s, e in target.phys_ranges()]}
+    vi = target.facts.get("vmcoreinfo")
+    if vi is not None:
+        res["osrelease"] = vi.get("OSRELEASE")
+    try:
+        ctx = _context(target, args)
+        res.update(mode=ctx.paging.mode, cr3=ctx.cr3, root_pa=ctx.paging.root, nxe=ctx.paging.nxe,
+                   cr0=ctx.regs.get("cr0"), cr4=ctx.regs.get("cr4"), efer=ctx.regs.get("efer"),
+                   sources=ctx.sources)
+    except XenscopeError as e:
+        res["paging_error"] = str(e)
+    return res
 
 
 # ---------------------------------------------------------------------------------------------
 # walk / vtop
 # ---------------------------------------------------------------------------------------------
-
-@command("walk", "Walk the page tables for one virtual address and show every level.")
-def walk_cmd(p):
-    p.add_argument("va", type=address, help="virtual address (hex)")
-    _paging_args(p)
-
 
 def walk_result(w, target=None):
     """The JSON form of a :class:`~xenstructs.paging.Walk`.
@@ -120,14 +107,6 @@ def walk_result(w, target=None):
             "page_size": w.page_size, "writable": w.writable, "user": w.user, "nx": w.nx,
             "stop": w.stop, "stop_level": w.stop_level, "pfn": pfn(w.pa),
             "space": "machine" if m2p is not None else "physical"}
-
-
-def _walk_run(target, args):
-    ctx = _context(target, args)
-    res = walk_result(walk(target, ctx.paging, args.va), target)
-    res["cr3"] = ctx.cr3
-    res["sources"] = ctx.sources
-    return res
 
 
 def _size_name(n):
@@ -166,15 +145,14 @@ def _walk_render(r, args):
     return "\n".join(out)
 
 
-walk_cmd.run, walk_cmd.render = _walk_run, _walk_render
-
-
-@command("vtop", "Translate virtual addresses to physical addresses (many at once: vectorised).")
-def vtop(p):
-    p.add_argument("va", type=address, nargs="*", help="virtual address(es) (hex)")
-    p.add_argument("--from", dest="from_file", metavar="FILE",
-                   help="also translate the addresses in FILE, one per line (hex; - for stdin)")
-    _paging_args(p)
+@command("walk", "Walk the page tables for one virtual address and show every level.",
+         arguments=[arg("va", type=address, help="virtual address (hex)"), PAGING], render=_walk_render)
+def walk_cmd(target, args):
+    ctx = _context(target, args)
+    res = walk_result(walk(target, ctx.paging, args.va), target)
+    res["cr3"] = ctx.cr3
+    res["sources"] = ctx.sources
+    return res
 
 
 MAX_VTOP = 16 << 20      # addresses per call (a 16 M-address batch needs ~1 GiB of arrays)
@@ -201,22 +179,6 @@ def _read_addresses(path):
     return out
 
 
-def _vtop_run(target, args):
-    from ..paging import translate_many
-    vas = list(args.va) + (_read_addresses(args.from_file) if args.from_file else [])
-    if not vas:
-        raise UsageError("xen vtop: give at least one address (or --from FILE)")
-    ctx = _context(target, args)
-    t = translate_many(target, ctx.paging, [v & ((1 << 64) - 1) for v in vas])
-    rows = []
-    for i, (va, pa, size, ok) in enumerate(zip(t.va.tolist(), t.pa.tolist(), t.page_size.tolist(),
-                                               t.ok.tolist())):
-        rows.append({"va": va, "pa": pa if ok else None, "page_size": size if ok else None,
-                     "stop": None if ok else t.stop_name(i),
-                     "stop_level": None if ok else t.stop_level_name(i)})
-    return {"mode": ctx.paging.mode, "cr3": ctx.cr3, "translations": rows}
-
-
 def _vtop_render(r, args):
     out = []
     for t in r["translations"]:
@@ -228,47 +190,31 @@ def _vtop_render(r, args):
     return "\n".join(out)
 
 
-vtop.run, vtop.render = _vtop_run, _vtop_render
+@command("vtop", "Translate virtual addresses to physical addresses (many at once: vectorised).",
+         arguments=[arg("va", type=address, nargs="*", help="virtual address(es) (hex)"),
+                    arg("--from", dest="from_file", metavar="FILE",
+                        help="also translate the addresses in FILE, one per line (hex; - for stdin)"),
+                    PAGING],
+         render=_vtop_render)
+def vtop(target, args):
+    from ..paging import translate_many
+    vas = list(args.va) + (_read_addresses(args.from_file) if args.from_file else [])
+    if not vas:
+        raise UsageError("give at least one address (or --from FILE)")
+    ctx = _context(target, args)
+    t = translate_many(target, ctx.paging, [v & ((1 << 64) - 1) for v in vas])
+    rows = []
+    for i, (va, pa, size, ok) in enumerate(zip(t.va.tolist(), t.pa.tolist(), t.page_size.tolist(),
+                                               t.ok.tolist())):
+        rows.append({"va": va, "pa": pa if ok else None, "page_size": size if ok else None,
+                     "stop": None if ok else t.stop_name(i),
+                     "stop_level": None if ok else t.stop_level_name(i)})
+    return {"mode": ctx.paging.mode, "cr3": ctx.cr3, "translations": rows}
 
 
 # ---------------------------------------------------------------------------------------------
 # maps
 # ---------------------------------------------------------------------------------------------
-
-@command("maps", "List an address space: ranges of equal rights (info mem style) or every page (--pages, info tlb style).")
-def maps(p):
-    p.add_argument("--range", type=va_range, dest="va_range", metavar="A-B",
-                   help="only pages starting in [A, B) (hex; or A+SIZE)")
-    p.add_argument("--pages", action="store_true", help="one line per page, like QEMU's info tlb")
-    p.add_argument("--ignore-pa", action="store_true",
-                   help="merge virtually contiguous pages of equal rights even when their physical "
-                        "pages are not contiguous (how QEMU's info mem merges)")
-    p.add_argument("--ignore-nx", action="store_true",
-                   help="merge pages whose only difference is NX (with --ignore-pa: exactly QEMU's info mem)")
-    p.add_argument("--limit", type=number, default=0, help="print at most N lines (0: all)")
-    _paging_args(p)
-
-
-def _maps_run(target, args):
-    ctx = _context(target, args)
-    start, end = args.va_range if args.va_range else (0, None)
-    m = enumerate_mappings(target, ctx.paging, start, end)
-    res = {"mode": ctx.paging.mode, "cr3": ctx.cr3, "root_pa": ctx.paging.root,
-           "tables": m.tables, "page_count": len(m),
-           "problems": [{"va_start": a, "va_end": b, "level": lvl, "reason": why, "entry": ent}
-                        for a, b, lvl, why, ent in m.problems]}
-    if args.pages:
-        res["pages"] = [{"va": va, "pa": pa, "size": sz, "entry": en, "writable": w, "user": u, "nx": x}
-                        for va, pa, sz, en, w, u, x in zip(m.va.tolist(), m.pa.tolist(), m.size.tolist(),
-                                                           m.entry.tolist(), m.rw.tolist(), m.us.tolist(),
-                                                           m.nx.tolist())]
-    else:
-        res["ranges"] = [{"va_start": r.va_start, "va_end": r.va_end, "size": r.va_end - r.va_start,
-                          "pa_start": r.pa_start, "pages": r.pages, "writable": r.writable,
-                          "user": r.user, "nx": None if args.ignore_nx else r.nx}
-                         for r in coalesce(m, ignore_pa=args.ignore_pa, ignore_nx=args.ignore_nx)]
-    return res
-
 
 def _maps_render(r, args):
     lim = args.limit or None
@@ -299,27 +245,44 @@ def _maps_render(r, args):
     return "\n".join(out)
 
 
-maps.run, maps.render = _maps_run, _maps_render
+@command("maps", "List an address space: ranges of equal rights (info mem style) or every page (--pages, "
+                 "info tlb style).",
+         arguments=[
+             arg("--range", type=va_range, dest="va_range", metavar="A-B",
+                 help="only pages starting in [A, B) (hex; or A+SIZE)"),
+             arg("--pages", action="store_true", help="one line per page, like QEMU's info tlb"),
+             arg("--ignore-pa", action="store_true",
+                 help="merge virtually contiguous pages of equal rights even when their physical "
+                      "pages are not contiguous (how QEMU's info mem merges)"),
+             arg("--ignore-nx", action="store_true",
+                 help="merge pages whose only difference is NX (with --ignore-pa: exactly QEMU's info mem)"),
+             arg("--limit", type=number, default=0, help="print at most N lines (0: all)"),
+             PAGING],
+         render=_maps_render)
+def maps(target, args):
+    ctx = _context(target, args)
+    start, end = args.va_range if args.va_range else (0, None)
+    m = enumerate_mappings(target, ctx.paging, start, end)
+    res = {"mode": ctx.paging.mode, "cr3": ctx.cr3, "root_pa": ctx.paging.root,
+           "tables": m.tables, "page_count": len(m),
+           "problems": [{"va_start": a, "va_end": b, "level": lvl, "reason": why, "entry": ent}
+                        for a, b, lvl, why, ent in m.problems]}
+    if args.pages:
+        res["pages"] = [{"va": va, "pa": pa, "size": sz, "entry": en, "writable": w, "user": u, "nx": x}
+                        for va, pa, sz, en, w, u, x in zip(m.va.tolist(), m.pa.tolist(), m.size.tolist(),
+                                                           m.entry.tolist(), m.rw.tolist(), m.us.tolist(),
+                                                           m.nx.tolist())]
+    else:
+        res["ranges"] = [{"va_start": r.va_start, "va_end": r.va_end, "size": r.va_end - r.va_start,
+                          "pa_start": r.pa_start, "pages": r.pages, "writable": r.writable,
+                          "user": r.user, "nx": None if args.ignore_nx else r.nx}
+                         for r in coalesce(m, ignore_pa=args.ignore_pa, ignore_nx=args.ignore_nx)]
+    return res
 
 
 # ---------------------------------------------------------------------------------------------
 # pte / decode (no target)
 # ---------------------------------------------------------------------------------------------
-
-@command("pte", "Decode a page-table entry value (no target needed).", needs_target=False)
-def pte(p):
-    p.add_argument("value", type=address, help="entry value (hex)")
-    p.add_argument("--mode", choices=D.MODES, default="4level", help="paging mode (default 4level)")
-    p.add_argument("--level", default="PTE", help="PML5E PML4E PDPTE PDE PTE (default PTE)")
-    p.add_argument("--no-nxe", action="store_true", help="EFER.NXE=0: bit 63 is reserved")
-    p.add_argument("--maxphyaddr", type=number, default=52, help="physical-address width (default 52)")
-
-
-def _pte_run(target, args):
-    d = D.decode_entry(args.value, args.mode, args.level, nxe=not args.no_nxe, maxphyaddr=args.maxphyaddr)
-    d["pa"] = d.pop("addr")
-    return d
-
 
 def _pte_render(d, args):
     what = "page" if d["leaf"] else "next table"
@@ -338,20 +301,21 @@ def _pte_render(d, args):
     return "\n".join(s)
 
 
-pte.run, pte.render = _pte_run, _pte_render
+@command("pte", "Decode a page-table entry value (no target needed).", target=None,
+         arguments=[
+             arg("value", type=address, help="entry value (hex)"),
+             arg("--mode", choices=decode.MODES, default="4level", help="paging mode (default 4level)"),
+             arg("--level", default="PTE", help="PML5E PML4E PDPTE PDE PTE (default PTE)"),
+             arg("--no-nxe", action="store_true", help="EFER.NXE=0: bit 63 is reserved"),
+             arg("--maxphyaddr", type=number, default=52, help="physical-address width (default 52)")],
+         render=_pte_render)
+def pte(target, args):
+    d = decode.decode_entry(args.value, args.mode, args.level, nxe=not args.no_nxe, maxphyaddr=args.maxphyaddr)
+    d["pa"] = d.pop("addr")
+    return d
 
 
-_REGS = {"cr0": D.decode_cr0, "cr4": D.decode_cr4, "efer": D.decode_efer}
-
-
-@command("decode", "Decode CR0, CR4, EFER, a page-fault error code, or Xen's page_info type/count "
-                   "words (no target needed).", needs_target=False)
-def decode_cmd(p):
-    p.add_argument("what", choices=("cr0", "cr4", "efer", "pf", "type", "count"),
-                   help="what the value is (type/count: a page_info type_info/count_info)")
-    p.add_argument("value", type=address, help="value (hex)")
-    p.add_argument("--xen", metavar="VERSION",
-                   help="Xen release for type/count (e.g. 4.6.0, 4.17.3); default: every layout")
+_REGS = {"cr0": decode.decode_cr0, "cr4": decode.decode_cr4, "efer": decode.decode_efer}
 
 
 # one representative release per page_info layout family, for decoding without --xen
@@ -378,14 +342,6 @@ def _decode_xen(args):
     return {"register": args.what, "value": args.value, "decodings": out}
 
 
-def _decode_run(target, args):
-    if args.what in ("type", "count"):
-        return _decode_xen(args)
-    d = D.decode_pf(args.value) if args.what == "pf" else _REGS[args.what](args.value)
-    d["register"] = args.what
-    return d
-
-
 def _decode_render(d, args):
     if "decodings" in d:
         lines = [f"{d['register']}_info {d['value']:#018x}:"]
@@ -402,29 +358,41 @@ def _decode_render(d, args):
     return s
 
 
-decode_cmd.run, decode_cmd.render = _decode_run, _decode_render
+@command("decode", "Decode CR0, CR4, EFER, a page-fault error code, or Xen's page_info type/count "
+                   "words (no target needed).", target=None,
+         arguments=[
+             arg("what", choices=("cr0", "cr4", "efer", "pf", "type", "count"),
+                 help="what the value is (type/count: a page_info type_info/count_info)"),
+             arg("value", type=address, help="value (hex)"),
+             arg("--xen", metavar="VERSION",
+                 help="Xen release for type/count (e.g. 4.6.0, 4.17.3); default: every layout")],
+         render=_decode_render)
+def decode_cmd(target, args):
+    if args.what in ("type", "count"):
+        return _decode_xen(args)
+    d = decode.decode_pf(args.value) if args.what == "pf" else _REGS[args.what](args.value)
+    d["register"] = args.what
+    return d
 
 
 # ---------------------------------------------------------------------------------------------
 # read-phys
 # ---------------------------------------------------------------------------------------------
 
-@command("read-phys", "Hexdump physical memory (machine memory on a Xen host dump).")
-def read_phys(p):
-    p.add_argument("pa", type=address, help="physical address (hex)")
-    p.add_argument("length", type=number, nargs="?", default=64, help="bytes (default 64, at most 1 MiB)")
+def _read_phys_render(r, args):
+    from pwnlib.util.fiddling import hexdump    # lazy: pwntools is heavy
+    return hexdump(bytes.fromhex(r["hex"]), begin=r["pa"], skip=False)
 
 
-def _read_phys_run(target, args):
+@command("read-phys", "Hexdump physical memory (machine memory on a Xen host dump).",
+         arguments=[arg("pa", type=address, help="physical address (hex)"),
+                    arg("length", type=number, nargs="?", default=64,
+                        help="bytes (default 64, at most 1 MiB)")],
+         render=_read_phys_render)
+def read_phys(target, args):
     if args.length <= 0 or args.length > MAX_READ_PHYS:
         raise XenscopeError(f"length {args.length} out of range (1..{MAX_READ_PHYS})")
     data = target.read_phys(args.pa, args.length)
     return {"pa": args.pa, "length": len(data), "hex": data.hex()}
 
 
-def _read_phys_render(r, args):
-    from pwnlib.util.fiddling import hexdump    # lazy: pwntools is heavy
-    return hexdump(bytes.fromhex(r["hex"]), begin=r["pa"], skip=False)
-
-
-read_phys.run, read_phys.render = _read_phys_run, _read_phys_render

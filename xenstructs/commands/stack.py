@@ -3,42 +3,9 @@
 from ..context import resolve
 from ..errors import XenscopeError
 from ..stack import TextSymbols, pick_sp, scan_stack
-from . import address, command, number
+from . import address, arg, command, number
 
 MAX_DEPTH = 1 << 20
-
-
-@command("stack", "Scan a vCPU's kernel stack from SP: candidate return addresses (name+0xoff with "
-                  "--symbols) and exception frames (pt_regs, Xen PV rcx/r11).")
-def stack(p):
-    p.add_argument("--cpu", type=number, default=0, help="vCPU / CPU whose registers to use (default 0)")
-    p.add_argument("--sp", type=address, help="stack pointer (default: the CPU's rsp/esp; PV in user "
-                                              "mode: kernel_sp)")
-    p.add_argument("--ip", type=address, help="instruction pointer for the first line (default: rip/eip)")
-    p.add_argument("--symbols", action="append", default=[], metavar="FILE",
-                   help="System.map, saved /proc/kallsyms or vmlinux (repeatable)")
-    p.add_argument("--depth", type=number, help="scan at most N words (default: to the end of the stack)")
-    p.add_argument("--thread-size", type=number,
-                   help="stack size, a power of two (default 16 KiB on x86_64, 8 KiB on i386)")
-    p.add_argument("--cr3", type=address, help="page-table root (default: the CPU's CR3)")
-    p.add_argument("--mode", help="paging mode (default: from the target)")
-
-
-def _run(target, args):
-    if args.depth is not None and not 0 < args.depth <= MAX_DEPTH:
-        raise XenscopeError(f"--depth {args.depth} out of range (1..{MAX_DEPTH})")
-    syms = TextSymbols.from_files(args.symbols) if args.symbols else None
-    ctx = resolve(target, cr3=args.cr3, mode=args.mode, cpu=args.cpu)
-    machine = target.facts.get("machine") or ("x86_64" if ctx.paging.mode in ("4level", "5level")
-                                              else "i386")
-    sp, sp_src = pick_sp(target, args.cpu, args.sp)
-    regs = ctx.regs
-    ip = args.ip if args.ip is not None else regs.get("rip")
-    res = scan_stack(target, ctx.paging, sp, machine, syms, args.depth, args.thread_size)
-    res.update(cpu=args.cpu, machine=machine, mode=ctx.paging.mode, cr3=ctx.cr3, sp=sp, sp_source=sp_src,
-               ip=ip, ip_symbol=syms.name(ip) if syms is not None and ip is not None else None,
-               cs=regs.get("cs"), symbols=syms.sources if syms is not None else [])
-    return res
 
 
 def _render(r, args):
@@ -82,4 +49,35 @@ def _render(r, args):
     return "\n".join(out)
 
 
-stack.run, stack.render = _run, _render
+@command("stack", "Scan a vCPU's kernel stack from SP: candidate return addresses (name+0xoff with "
+                  "--symbols) and exception frames (pt_regs, Xen PV rcx/r11).",
+         arguments=[
+             arg("--cpu", type=number, default=0, help="vCPU / CPU whose registers to use (default 0)"),
+             arg("--sp", type=address, help="stack pointer (default: the CPU's rsp/esp; PV in user "
+                                            "mode: kernel_sp)"),
+             arg("--ip", type=address, help="instruction pointer for the first line (default: rip/eip)"),
+             arg("--symbols", action="append", default=[], metavar="FILE",
+                 help="System.map, saved /proc/kallsyms or vmlinux (repeatable)"),
+             arg("--depth", type=number, help="scan at most N words (default: to the end of the stack)"),
+             arg("--thread-size", type=number,
+                 help="stack size, a power of two (default 16 KiB on x86_64, 8 KiB on i386)"),
+             arg("--cr3", type=address, help="page-table root (default: the CPU's CR3)"),
+             arg("--mode", help="paging mode (default: from the target)")],
+         render=_render)
+def stack(target, args):
+    if args.depth is not None and not 0 < args.depth <= MAX_DEPTH:
+        raise XenscopeError(f"--depth {args.depth} out of range (1..{MAX_DEPTH})")
+    syms = TextSymbols.from_files(args.symbols) if args.symbols else None
+    ctx = resolve(target, cr3=args.cr3, mode=args.mode, cpu=args.cpu)
+    machine = target.facts.get("machine") or ("x86_64" if ctx.paging.mode in ("4level", "5level")
+                                              else "i386")
+    sp, sp_src = pick_sp(target, args.cpu, args.sp)
+    regs = ctx.regs
+    ip = args.ip if args.ip is not None else regs.get("rip")
+    res = scan_stack(target, ctx.paging, sp, machine, syms, args.depth, args.thread_size)
+    res.update(cpu=args.cpu, machine=machine, mode=ctx.paging.mode, cr3=ctx.cr3, sp=sp, sp_source=sp_src,
+               ip=ip, ip_symbol=syms.name(ip) if syms is not None and ip is not None else None,
+               cs=regs.get("cs"), symbols=syms.sources if syms is not None else [])
+    return res
+
+

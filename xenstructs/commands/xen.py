@@ -1,16 +1,16 @@
 """Xen host commands: page, frames, domains, m2p (a hypervisor dump, or a QEMU dump of a Xen host)."""
 
 from ..errors import XenscopeError
-from . import address, command, number, tabulate, va_range
+from ..xen.frames import STATES, TYPES
+from . import address, arg, command, group, number, tabulate, va_range
 
 MAX_LIST = 1 << 20
 
-
-def _xen_args(p):
-    g = p.add_argument_group("Xen (default: from the dump)")
-    g.add_argument("--xen", metavar="VERSION", help="Xen release, e.g. 4.17.3 (decides the page_info layout)")
-    g.add_argument("--xen-syms", metavar="PATH", help="xen-syms (ELF) or its .map: symbols VMCOREINFO_XEN lacks")
-    g.add_argument("--cpu", type=number, default=0, help="CPU whose CR3 reaches Xen's page tables (default 0)")
+XEN = group(
+    "Xen (default: from the dump)",
+    arg("--xen", metavar="VERSION", help="Xen release, e.g. 4.17.3 (decides the page_info layout)"),
+    arg("--xen-syms", metavar="PATH", help="xen-syms (ELF) or its .map: symbols VMCOREINFO_XEN lacks"),
+    arg("--cpu", type=number, default=0, help="CPU whose CR3 reaches Xen's page tables (default 0)"))
 
 
 def host_of(target, args):
@@ -18,34 +18,9 @@ def host_of(target, args):
     return open_host(target, version=args.xen, syms=args.xen_syms, cpu=args.cpu)
 
 
-def _layout_line(h):
-    d = h.describe()
-    return f"Xen {d['version'] or '?'}; page_info layout {d['layout']} ({d['layout_why']})"
-
-
 # ---------------------------------------------------------------------------------------------
 # page
 # ---------------------------------------------------------------------------------------------
-
-@command("page", "Decode the struct page_info of machine frames: type, counts, state, owner, M2P.")
-def page(p):
-    p.add_argument("mfn", type=address, help="machine frame number (hex)")
-    p.add_argument("--count", type=number, default=1, help="this many frames from MFN (default 1)")
-    _xen_args(p)
-
-
-def _page_run(target, args):
-    if args.count < 1 or args.count > 4096:
-        raise XenscopeError(f"--count {args.count} out of range (1..4096)")
-    h = host_of(target, args)
-    pages = []
-    for mfn in range(args.mfn, args.mfn + args.count):
-        try:
-            pages.append(h.page(mfn))
-        except XenscopeError as e:
-            pages.append({"mfn": mfn, "error": str(e)})
-    return {"xen": h.describe(), "pages": pages}
-
 
 def _page_render(r, args):
     x = r["xen"]
@@ -63,55 +38,27 @@ def _page_render(r, args):
     return "\n".join(out)
 
 
-page.run, page.render = _page_run, _page_render
+@command("page", "Decode the struct page_info of machine frames: type, counts, state, owner, M2P.",
+         arguments=[arg("mfn", type=address, help="machine frame number (hex)"),
+                    arg("--count", type=number, default=1, help="this many frames from MFN (default 1)"),
+                    XEN],
+         render=_page_render)
+def page(target, args):
+    if args.count < 1 or args.count > 4096:
+        raise XenscopeError(f"--count {args.count} out of range (1..4096)")
+    h = host_of(target, args)
+    pages = []
+    for mfn in range(args.mfn, args.mfn + args.count):
+        try:
+            pages.append(h.page(mfn))
+        except XenscopeError as e:
+            pages.append({"mfn": mfn, "error": str(e)})
+    return {"xen": h.describe(), "pages": pages}
 
 
 # ---------------------------------------------------------------------------------------------
 # frames
 # ---------------------------------------------------------------------------------------------
-
-@command("frames", "Query the frame table (by type, owner, state, pinned) or count it (--summary).")
-def frames(p):
-    from ..xen.frames import STATES, TYPES
-    p.add_argument("--type", choices=TYPES, help="page type (frames in use)")
-    p.add_argument("--owner", help="owning domain: id (0, 0x7ff2) or name (d0, dom_xen, dom_io, dom_cow)")
-    p.add_argument("--pinned", action="store_true", help="only pinned page tables")
-    p.add_argument("--state", choices=STATES, help="allocation state")
-    p.add_argument("--summary", action="store_true", help="census: pages per owner x type, per state")
-    p.add_argument("--range", type=va_range, dest="mfn_range", metavar="A-B", help="only mfns in [A, B)")
-    p.add_argument("--limit", type=number, default=100, help="list at most N frames (default 100; 0: all)")
-    _xen_args(p)
-
-
-def _frames_run(target, args):
-    import numpy as np
-    from ..xen import frames as F
-    h = host_of(target, args)
-    start, end = args.mfn_range if args.mfn_range else (0, None)
-    arr = h.frame_arrays(start, None if end is None else max(0, end - start))
-    cols = F.classify(h, arr)
-    res = {"xen": h.describe(), "max_page": h.max_page}
-    if args.summary:
-        res["census"] = F.census(h, cols)
-        return res
-    mask = F.select(h, cols, type=args.type, owner=args.owner, pinned=args.pinned, state=args.state)
-    idx = np.nonzero(mask)[0]
-    res["matches"] = int(len(idx))
-    lim = args.limit or MAX_LIST
-    names = F.owner_names(h, np.unique(cols["domain"][idx[:lim]]))
-    rows = []
-    for i in idx[:lim].tolist():
-        free = cols["state"][i] == F.STATES.index("free")
-        t = int(cols["type"][i])
-        rows.append({"mfn": int(cols["mfn"][i]), "count_info": int(cols["count_info"][i]),
-                     "type_info": int(cols["type_info"][i]),
-                     "type": "unknown" if t < 0 else F.TYPES[t], "state": F.STATES[cols["state"][i]],
-                     "type_count": int(cols["type_count"][i]), "count": int(cols["count"][i]),
-                     "pinned": bool(cols["pinned"][i]), "validated": bool(cols["validated"][i]),
-                     "owner": None if free else names[int(cols["domain"][i])]})
-    res["frames"] = rows
-    return res
-
 
 def _frames_render(r, args):
     x = r["xen"]
@@ -141,19 +88,68 @@ def _frames_render(r, args):
     return "\n".join(out)
 
 
-frames.run, frames.render = _frames_run, _frames_render
+@command("frames", "Query the frame table (by type, owner, state, pinned) or count it (--summary).",
+         arguments=[
+             arg("--type", choices=TYPES, help="page type (frames in use)"),
+             arg("--owner", help="owning domain: id (0, 0x7ff2) or name (d0, dom_xen, dom_io, dom_cow)"),
+             arg("--pinned", action="store_true", help="only pinned page tables"),
+             arg("--state", choices=STATES, help="allocation state"),
+             arg("--summary", action="store_true", help="census: pages per owner x type, per state"),
+             arg("--range", type=va_range, dest="mfn_range", metavar="A-B", help="only mfns in [A, B)"),
+             arg("--limit", type=number, default=100, help="list at most N frames (default 100; 0: all)"),
+             XEN],
+         render=_frames_render)
+def frames(target, args):
+    import numpy as np
+    from ..xen import frames as F
+    h = host_of(target, args)
+    start, end = args.mfn_range if args.mfn_range else (0, None)
+    arr = h.frame_arrays(start, None if end is None else max(0, end - start))
+    cols = F.classify(h, arr)
+    res = {"xen": h.describe(), "max_page": h.max_page}
+    if args.summary:
+        res["census"] = F.census(h, cols)
+        return res
+    mask = F.select(h, cols, type=args.type, owner=args.owner, pinned=args.pinned, state=args.state)
+    idx = np.nonzero(mask)[0]
+    res["matches"] = int(len(idx))
+    lim = args.limit or MAX_LIST
+    names = F.owner_names(h, np.unique(cols["domain"][idx[:lim]]))
+    rows = []
+    for i in idx[:lim].tolist():
+        free = cols["state"][i] == F.STATES.index("free")
+        t = int(cols["type"][i])
+        rows.append({"mfn": int(cols["mfn"][i]), "count_info": int(cols["count_info"][i]),
+                     "type_info": int(cols["type_info"][i]),
+                     "type": "unknown" if t < 0 else F.TYPES[t], "state": F.STATES[cols["state"][i]],
+                     "type_count": int(cols["type_count"][i]), "count": int(cols["count"][i]),
+                     "pinned": bool(cols["pinned"][i]), "validated": bool(cols["validated"][i]),
+                     "owner": None if free else names[int(cols["domain"][i])]})
+    res["frames"] = rows
+    return res
 
 
 # ---------------------------------------------------------------------------------------------
 # domains
 # ---------------------------------------------------------------------------------------------
 
-@command("domains", "List domains (domain_list, dom_xen/dom_io/dom_cow) with the frames each owns.")
-def domains(p):
-    _xen_args(p)
+def _domains_render(r, args):
+    def n(v):
+        return "?" if v is None else v
+    rows = [(d["id"], d["name"], f"{d['struct_va']:#x}", d["frames"], n(d["tot_pages"]), n(d["max_pages"]),
+             d["source"]) for d in r["domains"]]
+    out = [tabulate(rows, headers=("id", "name", "struct domain", "frames owned", "tot_pages", "max_pages",
+                                   "found via"), tablefmt="simple", disable_numparse=True)]
+    if any(d["max_pages"] is None for d in r["domains"]):
+        out.append("tot_pages/max_pages: '?' where struct domain offsets are unknown (give xen-syms with DWARF)")
+    if r["frames_error"]:
+        out.append(f"frame counts unavailable: {r['frames_error']}")
+    return "\n".join(out)
 
 
-def _domains_run(target, args):
+@command("domains", "List domains (domain_list, dom_xen/dom_io/dom_cow) with the frames each owns.",
+         arguments=[XEN], render=_domains_render)
+def domains(target, args):
     import numpy as np
     from ..xen import frames as F
     h = host_of(target, args)
@@ -179,36 +175,22 @@ def _domains_run(target, args):
     return {"xen": h.describe(), "domains": out, "frames_error": counts_error}
 
 
-def _domains_render(r, args):
-    def n(v):
-        return "?" if v is None else v
-    rows = [(d["id"], d["name"], f"{d['struct_va']:#x}", d["frames"], n(d["tot_pages"]), n(d["max_pages"]),
-             d["source"]) for d in r["domains"]]
-    out = [tabulate(rows, headers=("id", "name", "struct domain", "frames owned", "tot_pages", "max_pages",
-                                   "found via"), tablefmt="simple", disable_numparse=True)]
-    if any(d["max_pages"] is None for d in r["domains"]):
-        out.append("tot_pages/max_pages: '?' where struct domain offsets are unknown (give xen-syms with DWARF)")
-    if r["frames_error"]:
-        out.append(f"frame counts unavailable: {r['frames_error']}")
-    return "\n".join(out)
-
-
-domains.run, domains.render = _domains_run, _domains_render
-
-
 # ---------------------------------------------------------------------------------------------
 # m2p
 # ---------------------------------------------------------------------------------------------
 
+def _m2p_render(r, args):
+    return "\n".join(f"mfn {e['mfn']:#x} -> " + ("invalid/unmapped" if e["pfn"] is None else f"pfn {e['pfn']:#x}")
+                     for e in r["entries"])
+
+
 @command("m2p", "Machine-to-phys: the guest pfn of an mfn, or of a range (--range A-B): Xen's M2P in a host "
-                "dump, the P2M's inverse in an xl dump-core file.")
-def m2p(p):
-    p.add_argument("mfn", type=address, nargs="?", help="machine frame number (hex)")
-    p.add_argument("--range", type=va_range, dest="mfn_range", metavar="A-B", help="mfns in [A, B)")
-    _xen_args(p)
-
-
-def _m2p_run(target, args):
+                "dump, the P2M's inverse in an xl dump-core file.",
+         arguments=[arg("mfn", type=address, nargs="?", help="machine frame number (hex)"),
+                    arg("--range", type=va_range, dest="mfn_range", metavar="A-B", help="mfns in [A, B)"),
+                    XEN],
+         render=_m2p_render)
+def m2p(target, args):
     if args.mfn_range:
         a, b = args.mfn_range
     elif args.mfn is not None:
@@ -227,37 +209,9 @@ def _m2p_run(target, args):
     return {"source": "Xen's M2P", "entries": rows}
 
 
-def _m2p_render(r, args):
-    return "\n".join(f"mfn {e['mfn']:#x} -> " + ("invalid/unmapped" if e["pfn"] is None else f"pfn {e['pfn']:#x}")
-                     for e in r["entries"])
-
-
-m2p.run, m2p.render = _m2p_run, _m2p_render
-
-
 # ---------------------------------------------------------------------------------------------
 # pt-audit
 # ---------------------------------------------------------------------------------------------
-
-@command("pt-audit", "Audit a PV domain's page tables offline against the rules Xen enforces.")
-def pt_audit(p):
-    p.add_argument("--domain", type=number, help="domain id (default: every domain with pinned tables)")
-    p.add_argument("--limit", type=number, default=50, help="findings printed per domain (default 50; 0: all)")
-    _xen_args(p)
-
-
-def _pt_audit_run(target, args):
-    from ..xen.ptaudit import audit
-    h = host_of(target, args)
-    out = []
-    for a in audit(h, args.domain):
-        kinds = {}
-        for f in a.findings:
-            kinds[f.kind] = kinds.get(f.kind, 0) + 1
-        out.append({"domain": a.domain, "tables": a.tables, "roots": a.roots, "by_kind": kinds,
-                    "findings": [f.as_dict() for f in a.findings]})
-    return {"xen": h.describe(), "domains": out}
-
 
 def _pt_audit_render(r, args):
     out = []
@@ -277,4 +231,22 @@ def _pt_audit_render(r, args):
     return "\n".join(out)
 
 
-pt_audit.run, pt_audit.render = _pt_audit_run, _pt_audit_render
+@command("pt-audit", "Audit a PV domain's page tables offline against the rules Xen enforces.",
+         arguments=[
+             arg("--domain", type=number, help="domain id (default: every domain with pinned tables)"),
+             arg("--limit", type=number, default=50, help="findings printed per domain (default 50; 0: all)"),
+             XEN],
+         render=_pt_audit_render)
+def pt_audit(target, args):
+    from ..xen.ptaudit import audit
+    h = host_of(target, args)
+    out = []
+    for a in audit(h, args.domain):
+        kinds = {}
+        for f in a.findings:
+            kinds[f.kind] = kinds.get(f.kind, 0) + 1
+        out.append({"domain": a.domain, "tables": a.tables, "roots": a.roots, "by_kind": kinds,
+                    "findings": [f.as_dict() for f in a.findings]})
+    return {"xen": h.describe(), "domains": out}
+
+

@@ -1,37 +1,10 @@
 """``log``: annotate a Xen console log (mm.c / traps.c messages decoded, summary, likely story)."""
 
 from ..errors import XenscopeError
-from . import command, number
+from . import arg, command, number
 
 DEFAULT_LIMIT = 200
 DUMP_MFNS = 1000          # frames looked up in --dump (the summary's first ones)
-
-
-@command("log", "Annotate a Xen console log (xl dmesg, serial capture): decode every mm.c/traps.c "
-                "message, summarise per mfn and domain, tell the likely story.", needs_target=False)
-def log_cmd(p):
-    p.add_argument("file", metavar="FILE", help="the log file, or - for standard input")
-    p.add_argument("--xen", metavar="VERSION",
-                   help="Xen version (X.Y.Z) for the page_info layout (default: the log's banner, "
-                        "else guessed from a Bad type line)")
-    p.add_argument("--dump", metavar="DUMP",
-                   help="a Xen host dump: add each mfn's current page_info state (count, type, owner, M2P)")
-    p.add_argument("--xen-syms", metavar="PATH",
-                   help="with --dump: xen-syms (ELF) or its .map, for symbols VMCOREINFO_XEN lacks")
-    p.add_argument("--limit", type=number, default=DEFAULT_LIMIT,
-                   help=f"annotated lines shown in text output (default {DEFAULT_LIMIT}; the summary is "
-                        "always shown)")
-
-
-def _log_run(target, args):
-    from ..xen.log import annotate_file
-    if args.limit is not None and args.limit < 0:
-        from . import UsageError
-        raise UsageError("xen log: --limit must be >= 0")
-    res = annotate_file(args.file, version=args.xen, keep=max(5000, args.limit or 0))
-    if args.dump:
-        _add_dump(res, args)
-    return res
 
 
 def _add_dump(res, args):
@@ -112,4 +85,29 @@ def _log_render(r, args):
     return "\n".join(out)
 
 
-log_cmd.run, log_cmd.render = _log_run, _log_render
+@command("log", "Annotate a Xen console log (xl dmesg, serial capture): decode every mm.c/traps.c "
+                "message, summarise per mfn and domain, tell the likely story.", target=None,
+         arguments=[
+             arg("file", metavar="FILE", help="the log file, or - for standard input"),
+             arg("--xen", metavar="VERSION",
+                 help="Xen version (X.Y.Z) for the page_info layout (default: the log's banner, "
+                      "else guessed from a Bad type line)"),
+             arg("--dump", metavar="DUMP",
+                 help="a Xen host dump: add each mfn's current page_info state (count, type, owner, M2P)"),
+             arg("--xen-syms", metavar="PATH",
+                 help="with --dump: xen-syms (ELF) or its .map, for symbols VMCOREINFO_XEN lacks"),
+             arg("--limit", type=number, default=DEFAULT_LIMIT,
+                 help=f"annotated lines shown in text output (default {DEFAULT_LIMIT}; the summary is "
+                      "always shown)")],
+         render=_log_render)
+def log_cmd(target, args):
+    from ..xen.log import annotate_file
+    if args.limit is not None and args.limit < 0:
+        from . import UsageError
+        raise UsageError("--limit must be >= 0")
+    res = annotate_file(args.file, version=args.xen, keep=max(5000, args.limit or 0))
+    if args.dump:
+        _add_dump(res, args)
+    return res
+
+

@@ -20,9 +20,9 @@ looking for the profile's banner at ``linux_banner`` + k * 2 MiB.
 import struct
 
 from ..context import resolve
-from .memory_layout import I386_PAGE_OFFSET, START_KERNEL_MAP
 from ..errors import NoRegister, NotInDump, XenscopeError
 from ..paging import Paging, root_from_cr3, walk
+from .memory_layout import I386_PAGE_OFFSET, START_KERNEL_MAP
 from .profile import Profile
 
 KASLR_ALIGN = 2 << 20                   # CONFIG_PHYSICAL_ALIGN default (x86_64)
@@ -305,3 +305,22 @@ class Kernel:
                 "init_pgd": self.init_pgd, "kaslr_offset": self.kaslr_offset, "pointer_size": self.ptr_size,
                 "profile": p.meta.get("source"), "kernel_version": p.meta.get("kernel_version"),
                 "module_variant": p.module_variant, "sources": dict(self.sources), "notes": list(self.notes)}
+
+
+def open_kernel(target, vmlinux=None, profile=None, system_map=None, kaslr_offset=None, resolve_args=None):
+    """The :class:`Kernel` of ``target`` described by files: a vmlinux with DWARF, or a saved
+    profile (``xenscope profile``), and optionally a System.map; with neither, VMCOREINFO's.
+
+    :param resolve_args: :func:`~xenstructs.context.resolve` keywords (cr3, mode, cpu, efer, cr4,
+        maxphyaddr) for the bootstrap tables
+    :raises XenscopeError: both files given, or no structure offsets known at all
+    """
+    from .profile import Symbols
+    if vmlinux and profile:
+        raise XenscopeError("give --vmlinux or --profile, not both")
+    prof = Profile.from_dwarf(vmlinux) if vmlinux else Profile.from_json(profile) if profile else None
+    symbols = Symbols.from_file(system_map) if system_map else None
+    if prof is None and target.facts.get("vmcoreinfo") is None:
+        raise XenscopeError("the kernel's structure offsets are unknown: give --vmlinux VMLINUX or "
+                            "--profile FILE (xenscope profile VMLINUX -o FILE)")
+    return Kernel(target, prof, symbols, kaslr_offset=kaslr_offset, resolve_args=resolve_args)

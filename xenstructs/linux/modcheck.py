@@ -460,3 +460,18 @@ def check(kernel, modules=None, vmalloc=False, va_range=None, pid=None, method="
     rep = report(fnd, ref, labels, root_tasks, unmapped)
     info["tasks"] = sum(len(v) for v in root_tasks.values())
     return rep, info
+
+
+def modcheck_report(kernel, modules=None, vmalloc=False, va_range=None, pid=None, exhaustive=False):
+    """:func:`check` as one plain dict (the ``modcheck`` command's JSON, README "modcheck")."""
+    import time
+    t0 = time.perf_counter()
+    method = "exhaustive" if exhaustive else "fast"
+    rep, info = check(kernel, modules=modules, vmalloc=vmalloc, va_range=va_range, pid=pid, method=method)
+    return {"kernel": kernel.describe(), "ok": rep.ok and not info["list_errors"], "mode": rep.mode,
+            "reference_root": rep.reference_root, "checked_pages": rep.checked_pages,
+            "checked_pgds": rep.checked_pgds, "groups": [g.as_dict() for g in rep.groups],
+            "unmapped_in_reference": rep.unmapped_in_reference, "list_errors": info["list_errors"],
+            "skipped_tasks": info["skipped_tasks"], "tasks": info["tasks"], "modules": info["modules"],
+            "vmalloc_areas": info["vmalloc_areas"], "shared_with_reference": info["shared_with_reference"],
+            "method": method, "seconds": round(time.perf_counter() - t0, 3)}

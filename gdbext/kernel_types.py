@@ -50,9 +50,10 @@ def has_kernel_types():
         return False
 
 
-def provider(target, args):
-    """``xenstructs.commands.kernel.kernel_provider``: a Kernel over gdb's types, or None to let
-    the command ask for --vmlinux/--profile."""
+def kernel(target, args):
+    """``Front.kernel`` of gdb: a Kernel over gdb's types, or None to let the command ask for
+    --vmlinux/--profile."""
+    from xenstructs.commands.kernel import resolve_args
     from xenstructs.linux.kernel import Kernel
     from xenstructs.linux.profile import Profile, Symbols
     if not has_kernel_types():
@@ -60,6 +61,4 @@ def provider(target, args):
     profile = Profile.from_callable(offset_of, size_of, symbol_of,
                                     meta={"source": f"gdb types of {gdb.current_progspace().filename}"})
     symbols = Symbols.from_file(args.system_map) if args.system_map else None
-    ra = {"cr3": args.cr3, "mode": args.mode, "cpu": args.cpu, "efer": args.efer, "cr4": args.cr4,
-          "maxphyaddr": args.maxphyaddr}
-    return Kernel(target, profile, symbols, kaslr_offset=args.kaslr_offset, resolve_args=ra)
+    return Kernel(target, profile, symbols, kaslr_offset=args.kaslr_offset, resolve_args=resolve_args(args))
