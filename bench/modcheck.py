@@ -23,7 +23,7 @@ TOP = os.path.dirname(HERE)
 if TOP not in sys.path:
     sys.path.insert(0, TOP)
 
-from xenstructs.paging import _GEOMETRY, Paging       # noqa: E402
+from xenstructs.paging import GEOMETRY, Paging       # noqa: E402
 from xenstructs.target import MemoryTarget            # noqa: E402
 
 PAGE = 4096
@@ -45,7 +45,7 @@ class Space:
 
     def __init__(self, mode, base=0x100000):
         self.mode = mode
-        self.esize, self.shifts, self.widths, self.bits = _GEOMETRY[mode]
+        self.esize, self.shifts, self.widths, self.bits = GEOMETRY[mode]
         self.t = MemoryTarget()
         self.next = base
 
@@ -381,7 +381,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", type=int, default=1000)
     ap.add_argument("--pages", type=int, default=2000)
-    ap.add_argument("--mode", action="append", choices=sorted(_GEOMETRY))
+    ap.add_argument("--mode", action="append", choices=sorted(GEOMETRY))
     a = ap.parse_args(argv)
     ok = True
     for mode in a.mode or ("2level", "pae", "4level"):

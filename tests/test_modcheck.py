@@ -12,7 +12,7 @@ import pytest
 
 from xenstructs import decode as D
 from xenstructs.linux.modcheck import KINDS, check, exhaustive, fast
-from xenstructs.paging import _GEOMETRY, walk
+from xenstructs.paging import GEOMETRY, walk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
@@ -135,7 +135,7 @@ def test_modcheck_command_status(tmp_path):
 
 def _scalar(t, ref, root, vas):
     """Per page with walk() for the kind, entries read one by one for the level (the definition)."""
-    esize, shifts, widths, _ = _GEOMETRY[ref.mode]
+    esize, shifts, widths, _ = GEOMETRY[ref.mode]
     names = D.LEVELS[ref.mode]
     fm = D.frame_mask(ref.mode, ref.maxphyaddr)
     pg = B.Paging(ref.mode, root, ref.nxe, ref.maxphyaddr, ref.cr4)

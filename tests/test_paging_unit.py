@@ -136,7 +136,7 @@ def test_two_level_and_pae():
 
 def test_absurd_table_count_is_bounded(monkeypatch):
     # every entry of every table points back to a chain of fresh tables: refuse past MAX_TABLES
-    import xenstructs.paging as pgmod
+    import xenstructs.paging.mappings as pgmod      # where enumeration reads the bound
     monkeypatch.setattr(pgmod, "MAX_TABLES", 10)
     mem = {0x1000: table({i: 0x2000 | P for i in range(512)}), 0x2000: table({i: 0x3000 | P for i in range(512)})}
     with pytest.raises(XenscopeError, match="page tables"):

@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import decode as D
 from ..errors import XenscopeError
-from ..paging import _GEOMETRY, Paging, _read_entries, translate_many
+from ..paging import GEOMETRY, Paging, read_entries, translate_many
 
 KINDS = ("missing", "different-frame", "different-rights")
 AD_MASK = np.uint64(~0x60 & ((1 << 64) - 1))      # Accessed, Dirty: set by the CPU per copy
@@ -63,7 +63,7 @@ class Findings:
 
 
 def _geometry(mode):
-    esize, shifts, widths, bits = _GEOMETRY[mode]
+    esize, shifts, widths, bits = GEOMETRY[mode]
     return esize, shifts, widths
 
 
@@ -155,7 +155,7 @@ def exhaustive(target, ref, roots, vas):
     tab = np.full(len(vas), ref.root, np.uint64)
     for li in range(nlev):
         idx = (vas >> np.uint64(shifts[li])) & np.uint64((1 << widths[li]) - 1)
-        e, m = _read_entries(target, tab + idx * np.uint64(esize), esize)
+        e, m = read_entries(target, tab + idx * np.uint64(esize), esize)
         ref_ent.append(e)
         ref_miss.append(m)
         tab = e & fmask
@@ -174,7 +174,7 @@ def exhaustive(target, ref, roots, vas):
                 break
             va = vas[pidx[a]]
             idx = (va >> np.uint64(shifts[li])) & np.uint64((1 << widths[li]) - 1)
-            te, tm = _read_entries(target, tab[a] + idx * np.uint64(esize), esize)
+            te, tm = read_entries(target, tab[a] + idx * np.uint64(esize), esize)
             same, descend, diverged = _compare_level(ref, li, te, tm, ref_ent[li][pidx[a]], ref_miss[li][pidx[a]])
             level[a[diverged]] = li
             active[a[~descend]] = False
@@ -217,8 +217,8 @@ def fast(target, ref, roots, vas):
         if not len(node_root):
             break
         idx = (node_pref & np.uint64((1 << widths[li]) - 1)) * np.uint64(esize)
-        te, tm = _read_entries(target, node_ttab + idx, esize)
-        re, rm = _read_entries(target, node_rtab + idx, esize)
+        te, tm = read_entries(target, node_ttab + idx, esize)
+        re, rm = read_entries(target, node_rtab + idx, esize)
         same, descend, diverged = _compare_level(ref, li, te, tm, re, rm)
         if diverged.any():
             d = np.nonzero(diverged)[0]
