@@ -28,12 +28,12 @@ HELP_COLUMNS = "80"
 
 def _build_specs():
     """Describe every command from its parser (imports xenstructs.commands)."""
-    C = _library()
+    library = _library()
     old = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = HELP_COLUMNS          # argparse wraps to the terminal width otherwise
     try:
         specs = []
-        for cmd in C.COMMANDS.values():
+        for cmd in library.COMMANDS.values():
             p = cmd.parser(f"xen {cmd.name}")
             acts = p._actions
             specs.append({
@@ -43,7 +43,7 @@ def _build_specs():
                 "choices": {s: [str(c) for c in a.choices] for a in acts if a.choices
                             for s in a.option_strings},
                 "positionals": [{"dest": a.dest, "choices": [str(c) for c in a.choices] if a.choices else None,
-                                 "expr": a.type in (C.address, C.va_range)}
+                                 "expr": a.type in (library.address, library.va_range)}
                                 for a in acts if not a.option_strings],
             })
         return specs
@@ -65,10 +65,10 @@ def _library():
     global _lib
     if _lib is None:
         try:
-            from xenstructs import commands as C
+            from xenstructs import commands as library
         except ImportError as e:
             raise gdb.GdbError(f"xenscope: cannot import the library ({e}); run {_SETUP}")
-        _lib = C
+        _lib = library
     return _lib
 
 
@@ -287,14 +287,14 @@ class XenSubcommand(gdb.Command):
 
     def invoke(self, arg, from_tty):
         self.dont_repeat()
-        C = _library()
+        library = _library()
         from xenstructs.commands.execute import CommandFailed, execute
         try:
             argv = gdb.string_to_argv(arg)
         except gdb.error as e:
             raise gdb.GdbError(f"xen {self.name}: {e}")
         try:
-            execute(C.COMMANDS[self.name], argv, _front())
+            execute(library.COMMANDS[self.name], argv, _front())
         except CommandFailed as e:
             raise gdb.GdbError(e.text)
 
@@ -335,15 +335,15 @@ class XenSubcommand(gdb.Command):
 
 def _fill_defaults(args, missing, target):
     """``--mode``/``--cr3`` from ``set xen mode|cr3``, ``--cpu`` from gdb's selected thread."""
-    C = _library()
+    library = _library()
     credits = {}
     if "mode" in missing and PARAMS["mode"].value != "auto":
         args.mode = credits["mode"] = PARAMS["mode"].value
     if "cr3" in missing and PARAMS["cr3"].value:
         try:
-            args.cr3 = credits["cr3"] = C.address(PARAMS["cr3"].value)
+            args.cr3 = credits["cr3"] = library.address(PARAMS["cr3"].value)
         except Exception as e:
-            raise C.UsageError(f"set xen cr3: {e}")
+            raise library.UsageError(f"set xen cr3: {e}")
     if "cpu" in missing:
         selected = getattr(target, "selected_cpu", None)
         if selected is not None:

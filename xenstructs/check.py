@@ -217,11 +217,11 @@ def _check_paging(target, ctx):
 
 
 def _check_xen_frames(target, ctx):
-    from .xen import frames as F
+    from .xen.frames import census, classify
     from .xen.ptaudit import audit
     h = ctx["host"]
-    cols = F.classify(h, h.frame_arrays())
-    c = F.census(h, cols)
+    cols = classify(h, h.frame_arrays())
+    c = census(h, cols)
     fs = [{"kind": "free-with-references", "mfn": m, "text": f"free frame mfn {m:#x} still holds references"}
           for m in c["free_with_references"]]
     ndom = ntables = 0

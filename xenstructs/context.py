@@ -7,7 +7,7 @@ stated assumption. Every value carries a one-line source so ``xen info`` can say
 
 from dataclasses import dataclass, field
 
-from . import decode as D
+from . import decode
 from .errors import NoRegister, XenscopeError
 from .linux.memory_layout import I386_PAGE_OFFSET, START_KERNEL_MAP
 from .paging import Paging, root_from_cr3
@@ -49,10 +49,10 @@ def _kernel_root(target, machine):
 def _assume_efer(regs, src, mode):
     """EFER is in no dump note we read: derive what the mode implies and assume NXE=1."""
     if mode in ("4level", "5level"):
-        regs["efer"] = D.EFER_LME | D.EFER_LMA | D.EFER_NXE
+        regs["efer"] = decode.EFER_LME | decode.EFER_LMA | decode.EFER_NXE
         src["efer"] = "assumed: long mode (LME, LMA) from the dump's machine; NXE=1 assumed (give --efer)"
     else:
-        regs["efer"] = D.EFER_NXE
+        regs["efer"] = decode.EFER_NXE
         src["efer"] = "assumed: NXE=1 (Linux sets it when the CPU has NX; give --efer)"
 
 
@@ -74,15 +74,15 @@ def resolve(target, cr3=None, mode=None, cpu=0, efer=None, cr4=None, maxphyaddr=
         regs["cr4"], src["cr4"] = cr4, "--cr4 option"
     if efer is not None:
         regs["efer"], src["efer"] = efer, "--efer option"
-    if "efer" not in regs and regs.get("cr4") is not None and regs["cr4"] & D.CR4_PAE:
+    if "efer" not in regs and regs.get("cr4") is not None and regs["cr4"] & decode.CR4_PAE:
         _assume_efer(regs, src, "4level" if machine == "x86_64" else "pae")
 
     if mode is not None:
-        if mode not in D.MODES:
-            raise XenscopeError(f"unknown paging mode {mode!r}: use one of {', '.join(D.MODES)}")
+        if mode not in decode.MODES:
+            raise XenscopeError(f"unknown paging mode {mode!r}: use one of {', '.join(decode.MODES)}")
         sources["mode"] = "--mode option"
     elif regs.get("cr4") is not None:
-        mode = D.mode_from_registers(regs.get("cr0"), regs["cr4"], regs.get("efer"))
+        mode = decode.mode_from_registers(regs.get("cr0"), regs["cr4"], regs.get("efer"))
         if mode is None:
             raise NoRegister(f"paging is off on CPU {cpu} (CR0.PG=0): give --cr3 and --mode")
         sources["mode"] = f"CR0/CR4/EFER of CPU {cpu}"
@@ -109,7 +109,7 @@ def resolve(target, cr3=None, mode=None, cpu=0, efer=None, cr4=None, maxphyaddr=
             raise NoRegister("no CR3 known for this target: give --cr3 (or a dump with CPU notes or VMCOREINFO)")
         sources["cr3"] = why
 
-    nxe = bool((regs.get("efer") or 0) & D.EFER_NXE)
+    nxe = bool((regs.get("efer") or 0) & decode.EFER_NXE)
     if "efer" in src:
         sources["efer"] = src["efer"]
     for name in ("cr0", "cr4"):
@@ -117,7 +117,7 @@ def resolve(target, cr3=None, mode=None, cpu=0, efer=None, cr4=None, maxphyaddr=
             sources[name] = src[name]
     paging = Paging(mode, root_from_cr3(cr3, mode), nxe=nxe,
                     maxphyaddr=maxphyaddr or 52,
-                    cr4=regs.get("cr4") if regs.get("cr4") is not None else D.CR4_PSE)
+                    cr4=regs.get("cr4") if regs.get("cr4") is not None else decode.CR4_PSE)
     regs["cr3"] = cr3
     if target is not None and target.holds(paging.root) is False:
         raise XenscopeError(f"CR3 {cr3:#x} ({sources['cr3']}) points outside the dump's memory: "

@@ -27,7 +27,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from ..errors import UsageError, XenscopeError  # noqa: F401 (UsageError: the commands raise it)
+from ..errors import UsageError  # noqa: F401 (the commands raise it; hosts catch it)
 
 
 def tabulate(*args, **kw):

@@ -324,16 +324,16 @@ _XEN_FAMILIES = (("4.4-4.9", "4.9.0"), ("4.10-4.16 before XSA-402", "4.16.0"),
 
 
 def _decode_xen(args):
-    from ..xen import layouts as L
-    fn = L.decode_type if args.what == "type" else L.decode_count
+    from ..xen import layouts
+    fn = layouts.decode_type if args.what == "type" else layouts.decode_count
     if args.xen:
-        lay = L.layout_for_version(args.xen)
+        lay = layouts.layout_for_version(args.xen)
         d = fn(args.value, lay)
         return {"register": args.what, "value": args.value,
                 "decodings": [{"xen": args.xen, "layout": lay.name, **d}]}
     out, seen = [], set()
     for label, version in _XEN_FAMILIES:
-        lay = L.layout_for_version(version)
+        lay = layouts.layout_for_version(version)
         part = lay.type.name if args.what == "type" else lay.count.name
         if part in seen:
             continue

@@ -101,27 +101,27 @@ def _frames_render(r, args):
          render=_frames_render)
 def frames(target, args):
     import numpy as np
-    from ..xen import frames as F
+    from ..xen.frames import census, classify, owner_names, select
     h = host_of(target, args)
     start, end = args.mfn_range if args.mfn_range else (0, None)
     arr = h.frame_arrays(start, None if end is None else max(0, end - start))
-    cols = F.classify(h, arr)
+    cols = classify(h, arr)
     res = {"xen": h.describe(), "max_page": h.max_page}
     if args.summary:
-        res["census"] = F.census(h, cols)
+        res["census"] = census(h, cols)
         return res
-    mask = F.select(h, cols, type=args.type, owner=args.owner, pinned=args.pinned, state=args.state)
+    mask = select(h, cols, type=args.type, owner=args.owner, pinned=args.pinned, state=args.state)
     idx = np.nonzero(mask)[0]
     res["matches"] = int(len(idx))
     lim = args.limit or MAX_LIST
-    names = F.owner_names(h, np.unique(cols["domain"][idx[:lim]]))
+    names = owner_names(h, np.unique(cols["domain"][idx[:lim]]))
     rows = []
     for i in idx[:lim].tolist():
-        free = cols["state"][i] == F.STATES.index("free")
+        free = cols["state"][i] == STATES.index("free")
         t = int(cols["type"][i])
         rows.append({"mfn": int(cols["mfn"][i]), "count_info": int(cols["count_info"][i]),
                      "type_info": int(cols["type_info"][i]),
-                     "type": "unknown" if t < 0 else F.TYPES[t], "state": F.STATES[cols["state"][i]],
+                     "type": "unknown" if t < 0 else TYPES[t], "state": STATES[cols["state"][i]],
                      "type_count": int(cols["type_count"][i]), "count": int(cols["count"][i]),
                      "pinned": bool(cols["pinned"][i]), "validated": bool(cols["validated"][i]),
                      "owner": None if free else names[int(cols["domain"][i])]})
@@ -151,13 +151,13 @@ def _domains_render(r, args):
          arguments=[XEN], render=_domains_render)
 def domains(target, args):
     import numpy as np
-    from ..xen import frames as F
+    from ..xen.frames import classify
     h = host_of(target, args)
     doms = h.domains()
     counts = {}
     try:
-        cols = F.classify(h, h.frame_arrays())
-        inuse = cols["present"] & (cols["state"] != F.STATES.index("free"))
+        cols = classify(h, h.frame_arrays())
+        inuse = cols["present"] & (cols["state"] != STATES.index("free"))
         raws, n = np.unique(cols["domain"][inuse], return_counts=True)
         counts = dict(zip(raws.tolist(), n.tolist()))
     except XenscopeError as e:

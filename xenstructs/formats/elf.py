@@ -9,7 +9,7 @@ order of ``pr_reg``), QEMU ``target/i386/arch_dump.c`` and ``contrib/elf2dmp/qem
 (56, 32, 336, 144)
 """
 
-import construct as C
+import construct
 
 from ..errors import BadDump
 
@@ -25,53 +25,53 @@ XEN_ELFNOTE_CRASH_INFO = 0x1000001
 XEN_ELFNOTE_CRASH_REGS = 0x1000002
 
 # e_ident is parsed first on its own: class and data encoding choose the rest.
-ElfIdent = C.Struct(
-    "magic" / C.Bytes(4),
-    "ei_class" / C.Int8ul,     # 1 = ELFCLASS32, 2 = ELFCLASS64
-    "ei_data" / C.Int8ul,      # 1 = little-endian, 2 = big-endian
-    "ei_version" / C.Int8ul,
-    "ei_osabi" / C.Int8ul,
-    C.Padding(8),
+ElfIdent = construct.Struct(
+    "magic" / construct.Bytes(4),
+    "ei_class" / construct.Int8ul,     # 1 = ELFCLASS32, 2 = ELFCLASS64
+    "ei_data" / construct.Int8ul,      # 1 = little-endian, 2 = big-endian
+    "ei_version" / construct.Int8ul,
+    "ei_osabi" / construct.Int8ul,
+    construct.Padding(8),
 )
 
 
 def _ehdr(word):
-    return C.Struct(
+    return construct.Struct(
         "e_ident" / ElfIdent,
-        "e_type" / C.Int16ul, "e_machine" / C.Int16ul, "e_version" / C.Int32ul,
+        "e_type" / construct.Int16ul, "e_machine" / construct.Int16ul, "e_version" / construct.Int32ul,
         "e_entry" / word, "e_phoff" / word, "e_shoff" / word,
-        "e_flags" / C.Int32ul, "e_ehsize" / C.Int16ul,
-        "e_phentsize" / C.Int16ul, "e_phnum" / C.Int16ul,
-        "e_shentsize" / C.Int16ul, "e_shnum" / C.Int16ul, "e_shstrndx" / C.Int16ul,
+        "e_flags" / construct.Int32ul, "e_ehsize" / construct.Int16ul,
+        "e_phentsize" / construct.Int16ul, "e_phnum" / construct.Int16ul,
+        "e_shentsize" / construct.Int16ul, "e_shnum" / construct.Int16ul, "e_shstrndx" / construct.Int16ul,
     )
 
 
-Elf64_Ehdr = _ehdr(C.Int64ul)          # 64 bytes
-Elf32_Ehdr = _ehdr(C.Int32ul)          # 52 bytes
+Elf64_Ehdr = _ehdr(construct.Int64ul)          # 64 bytes
+Elf32_Ehdr = _ehdr(construct.Int32ul)          # 52 bytes
 
-Elf64_Phdr = C.Struct(
-    "p_type" / C.Int32ul, "p_flags" / C.Int32ul, "p_offset" / C.Int64ul, "p_vaddr" / C.Int64ul,
-    "p_paddr" / C.Int64ul, "p_filesz" / C.Int64ul, "p_memsz" / C.Int64ul, "p_align" / C.Int64ul,
+Elf64_Phdr = construct.Struct(
+    "p_type" / construct.Int32ul, "p_flags" / construct.Int32ul, "p_offset" / construct.Int64ul, "p_vaddr" / construct.Int64ul,
+    "p_paddr" / construct.Int64ul, "p_filesz" / construct.Int64ul, "p_memsz" / construct.Int64ul, "p_align" / construct.Int64ul,
 )
-Elf32_Phdr = C.Struct(
-    "p_type" / C.Int32ul, "p_offset" / C.Int32ul, "p_vaddr" / C.Int32ul, "p_paddr" / C.Int32ul,
-    "p_filesz" / C.Int32ul, "p_memsz" / C.Int32ul, "p_flags" / C.Int32ul, "p_align" / C.Int32ul,
+Elf32_Phdr = construct.Struct(
+    "p_type" / construct.Int32ul, "p_offset" / construct.Int32ul, "p_vaddr" / construct.Int32ul, "p_paddr" / construct.Int32ul,
+    "p_filesz" / construct.Int32ul, "p_memsz" / construct.Int32ul, "p_flags" / construct.Int32ul, "p_align" / construct.Int32ul,
 )
 
 
 def _shdr(word):
-    return C.Struct(
-        "sh_name" / C.Int32ul, "sh_type" / C.Int32ul, "sh_flags" / word, "sh_addr" / word,
-        "sh_offset" / word, "sh_size" / word, "sh_link" / C.Int32ul, "sh_info" / C.Int32ul,
+    return construct.Struct(
+        "sh_name" / construct.Int32ul, "sh_type" / construct.Int32ul, "sh_flags" / word, "sh_addr" / word,
+        "sh_offset" / word, "sh_size" / word, "sh_link" / construct.Int32ul, "sh_info" / construct.Int32ul,
         "sh_addralign" / word, "sh_entsize" / word,
     )
 
 
-Elf64_Shdr = _shdr(C.Int64ul)          # 64 bytes
-Elf32_Shdr = _shdr(C.Int32ul)          # 40 bytes
+Elf64_Shdr = _shdr(construct.Int64ul)          # 64 bytes
+Elf32_Shdr = _shdr(construct.Int32ul)          # 40 bytes
 
 # Elf32_Nhdr and Elf64_Nhdr are the same 12 bytes; name and descriptor are padded to 4 bytes.
-Elf_Nhdr = C.Struct("n_namesz" / C.Int32ul, "n_descsz" / C.Int32ul, "n_type" / C.Int32ul)
+Elf_Nhdr = construct.Struct("n_namesz" / construct.Int32ul, "n_descsz" / construct.Int32ul, "n_type" / construct.Int32ul)
 
 # user_regs_struct, in pr_reg order.
 GREGS_X86_64 = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
@@ -82,45 +82,45 @@ GREGS_I386 = ("ebx", "ecx", "edx", "esi", "edi", "ebp", "eax", "ds", "es", "fs",
 
 # struct elf_prstatus: pr_info (3 ints), pr_cursig (short, padded), pr_sigpend, pr_sighold
 # (unsigned long), pr_pid/ppid/pgrp/sid, 4 timevals, pr_reg, pr_fpvalid.
-PrStatus64 = C.Struct(
-    "si_signo" / C.Int32sl, "si_code" / C.Int32sl, "si_errno" / C.Int32sl,
-    "pr_cursig" / C.Int16sl, C.Padding(2),
-    "pr_sigpend" / C.Int64ul, "pr_sighold" / C.Int64ul,
-    "pr_pid" / C.Int32sl, "pr_ppid" / C.Int32sl, "pr_pgrp" / C.Int32sl, "pr_sid" / C.Int32sl,
-    "pr_times" / C.Array(8, C.Int64sl),              # utime stime cutime cstime (sec, usec)
-    "pr_reg" / C.Struct(*[n / C.Int64ul for n in GREGS_X86_64]),   # offset 112
-    "pr_fpvalid" / C.Int32sl, C.Padding(4),
+PrStatus64 = construct.Struct(
+    "si_signo" / construct.Int32sl, "si_code" / construct.Int32sl, "si_errno" / construct.Int32sl,
+    "pr_cursig" / construct.Int16sl, construct.Padding(2),
+    "pr_sigpend" / construct.Int64ul, "pr_sighold" / construct.Int64ul,
+    "pr_pid" / construct.Int32sl, "pr_ppid" / construct.Int32sl, "pr_pgrp" / construct.Int32sl, "pr_sid" / construct.Int32sl,
+    "pr_times" / construct.Array(8, construct.Int64sl),              # utime stime cutime cstime (sec, usec)
+    "pr_reg" / construct.Struct(*[n / construct.Int64ul for n in GREGS_X86_64]),   # offset 112
+    "pr_fpvalid" / construct.Int32sl, construct.Padding(4),
 )
-PrStatus32 = C.Struct(
-    "si_signo" / C.Int32sl, "si_code" / C.Int32sl, "si_errno" / C.Int32sl,
-    "pr_cursig" / C.Int16sl, C.Padding(2),
-    "pr_sigpend" / C.Int32ul, "pr_sighold" / C.Int32ul,
-    "pr_pid" / C.Int32sl, "pr_ppid" / C.Int32sl, "pr_pgrp" / C.Int32sl, "pr_sid" / C.Int32sl,
-    "pr_times" / C.Array(8, C.Int32sl),
-    "pr_reg" / C.Struct(*[n / C.Int32ul for n in GREGS_I386]),     # offset 72
-    "pr_fpvalid" / C.Int32sl,
+PrStatus32 = construct.Struct(
+    "si_signo" / construct.Int32sl, "si_code" / construct.Int32sl, "si_errno" / construct.Int32sl,
+    "pr_cursig" / construct.Int16sl, construct.Padding(2),
+    "pr_sigpend" / construct.Int32ul, "pr_sighold" / construct.Int32ul,
+    "pr_pid" / construct.Int32sl, "pr_ppid" / construct.Int32sl, "pr_pgrp" / construct.Int32sl, "pr_sid" / construct.Int32sl,
+    "pr_times" / construct.Array(8, construct.Int32sl),
+    "pr_reg" / construct.Struct(*[n / construct.Int32ul for n in GREGS_I386]),     # offset 72
+    "pr_fpvalid" / construct.Int32sl,
 )
 
-QEMUCPUSegment = C.Struct("selector" / C.Int32ul, "limit" / C.Int32ul, "flags" / C.Int32ul,
-                          C.Padding(4), "base" / C.Int64ul)
+QEMUCPUSegment = construct.Struct("selector" / construct.Int32ul, "limit" / construct.Int32ul, "flags" / construct.Int32ul,
+                          construct.Padding(4), "base" / construct.Int64ul)
 QEMU_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11",
              "r12", "r13", "r14", "r15", "rip", "rflags")
 QEMU_SEGS = ("cs", "ds", "es", "fs", "gs", "ss", "ldt", "tr", "gdt", "idt")
 # QEMUCPUState (version 1): the same layout in ELF32 and ELF64 dumps. kernel_gs_base was appended
 # later (QEMU 7.x); ``size`` says whether it is there.
-QEMUCPUState = C.Struct(
-    "version" / C.Int32ul,
-    "size" / C.Int32ul,
-    *[n / C.Int64ul for n in QEMU_GPRS],
+QEMUCPUState = construct.Struct(
+    "version" / construct.Int32ul,
+    "size" / construct.Int32ul,
+    *[n / construct.Int64ul for n in QEMU_GPRS],
     *[n / QEMUCPUSegment for n in QEMU_SEGS],
-    "cr" / C.Array(5, C.Int64ul),
-    "kernel_gs_base" / C.If(C.this.size >= 440, C.Int64ul),
+    "cr" / construct.Array(5, construct.Int64ul),
+    "kernel_gs_base" / construct.If(construct.this.size >= 440, construct.Int64ul),
 )
 QEMU_CPU_STATE_MIN = 432
 
 # crash_xen_core_t: unsigned long cr0, cr2, cr3, cr4 (XEN_ELFNOTE_CRASH_REGS).
-CrashXenCore64 = C.Struct("cr0" / C.Int64ul, "cr2" / C.Int64ul, "cr3" / C.Int64ul, "cr4" / C.Int64ul)
-CrashXenCore32 = C.Struct("cr0" / C.Int32ul, "cr2" / C.Int32ul, "cr3" / C.Int32ul, "cr4" / C.Int32ul)
+CrashXenCore64 = construct.Struct("cr0" / construct.Int64ul, "cr2" / construct.Int64ul, "cr3" / construct.Int64ul, "cr4" / construct.Int64ul)
+CrashXenCore32 = construct.Struct("cr0" / construct.Int32ul, "cr2" / construct.Int32ul, "cr3" / construct.Int32ul, "cr4" / construct.Int32ul)
 # crash_xen_info_t (x86): the first words only; xen_phys_start is word 8 when the note has >9 words.
 CRASH_INFO_WORDS = ("xen_major_version", "xen_minor_version", "xen_extra_version",
                     "xen_changeset", "xen_compiler", "xen_compile_date", "xen_compile_time",
@@ -131,7 +131,7 @@ def parse(con, data, what):
     """Parse ``data`` with ``con``; a short or bad buffer becomes one :class:`BadDump` line."""
     try:
         return con.parse(data)
-    except (C.ConstructError, ValueError, OverflowError) as e:
+    except (construct.ConstructError, ValueError, OverflowError) as e:
         raise BadDump(f"bad {what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                       ) from None
 

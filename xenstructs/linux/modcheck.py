@@ -26,7 +26,7 @@ from typing import List
 
 import numpy as np
 
-from .. import decode as D
+from .. import decode
 from ..errors import XenscopeError
 from ..paging import GEOMETRY, Paging, read_entries, translate_many
 
@@ -56,8 +56,8 @@ class Findings:
 
     def as_set(self):
         """``{(root, va, level, kind)}`` with names, for comparisons."""
-        names = D.LEVELS[self.mode]
-        return {(int(self.roots[r]), int(self.vas[p]), D.ENTRY_NAMES[names[lv]], KINDS[k])
+        names = decode.LEVELS[self.mode]
+        return {(int(self.roots[r]), int(self.vas[p]), decode.ENTRY_NAMES[names[lv]], KINDS[k])
                 for r, p, lv, k in zip(self.root_idx.tolist(), self.page_idx.tolist(),
                                        self.level.tolist(), self.kind.tolist())}
 
@@ -68,15 +68,15 @@ def _geometry(mode):
 
 
 def _can_be_large(paging, li):
-    name = D.LEVELS[paging.mode][li]
-    return (name == "PD" and not (paging.mode == "2level" and not paging.cr4 & D.CR4_PSE)) or \
+    name = decode.LEVELS[paging.mode][li]
+    return (name == "PD" and not (paging.mode == "2level" and not paging.cr4 & decode.CR4_PSE)) or \
            (name == "PDPT" and paging.mode in ("4level", "5level"))
 
 
 def _compare_level(paging, li, te, tmiss, re, rmiss):
     """Classify entries of one level: ``(same, descend, diverged)`` boolean arrays."""
-    names = D.LEVELS[paging.mode]
-    fmask = np.uint64(D.frame_mask(paging.mode, paging.maxphyaddr))
+    names = decode.LEVELS[paging.mode]
+    fmask = np.uint64(decode.frame_mask(paging.mode, paging.maxphyaddr))
     mt, mr = te & AD_MASK, re & AD_MASK
     same = (mt == mr) & ~tmiss & ~rmiss
     last = li == len(names) - 1
@@ -148,7 +148,7 @@ def exhaustive(target, ref, roots, vas):
         return _empty(ref, roots, vas)
     esize, shifts, widths = _geometry(ref.mode)
     nlev = len(shifts)
-    fmask = np.uint64(D.frame_mask(ref.mode, ref.maxphyaddr))
+    fmask = np.uint64(decode.frame_mask(ref.mode, ref.maxphyaddr))
     rtr = translate_many(target, ref, vas)
     # the reference's entries per level, once
     ref_ent, ref_miss = [], []
@@ -203,7 +203,7 @@ def fast(target, ref, roots, vas):
         return _empty(ref, roots, vas)
     esize, shifts, widths = _geometry(ref.mode)
     nlev = len(shifts)
-    fmask = np.uint64(D.frame_mask(ref.mode, ref.maxphyaddr))
+    fmask = np.uint64(decode.frame_mask(ref.mode, ref.maxphyaddr))
     prefixes = [np.unique(vas >> np.uint64(s)) for s in shifts]      # sorted; monotone in va
     page_prefix = [vas >> np.uint64(s) for s in shifts]
     # level-0 nodes: every directory x every top-level entry covering a page
@@ -344,7 +344,7 @@ def report(findings, ref, page_labels, root_tasks, unmapped=None):
     """
     mode = findings.mode
     esize, shifts, widths = _geometry(mode)
-    names = D.LEVELS[mode]
+    names = decode.LEVELS[mode]
     rep = ModcheckReport(mode, ref.root, checked_pages=len(findings.vas), checked_pgds=len(findings.roots),
                          unmapped_in_reference=dict(unmapped or {}))
     if not len(findings):
@@ -363,8 +363,8 @@ def report(findings, ref, page_labels, root_tasks, unmapped=None):
         pv = sorted(int(vas[p]) for p in ps)
         ents = sorted({(x >> shifts[lv]) & ((1 << widths[lv]) - 1) for x in pv})
         tasks = sorted({tk for r in rs for tk in root_tasks.get(int(findings.roots[r]), [])})
-        level = D.ENTRY_NAMES[names[lv]]
-        g = Group(label, t, D.ENTRY_NAMES[names[0]], level, KINDS[k], ents, pv[0], pv[-1] + 4096, len(pv),
+        level = decode.ENTRY_NAMES[names[lv]]
+        g = Group(label, t, decode.ENTRY_NAMES[names[0]], level, KINDS[k], ents, pv[0], pv[-1] + 4096, len(pv),
                   tasks, len(rs))
         g.explanation = explain(mode, level, KINDS[k], ents, len(rs), lv == 0)
         rep.groups.append(g)

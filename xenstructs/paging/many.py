@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:                # annotations only: numpy is imported where it is used
     import numpy as np
 
-from .. import decode as D
+from .. import decode
 from ..errors import NotInDump
 from .model import GEOMETRY, PAGE, TABLE_CHUNK, reserved_mask
 
@@ -51,7 +51,7 @@ class Translations:
     def stop_level_name(self, i):
         """``walk(...).stop_level`` of element ``i`` (``"PDE"``...), or None."""
         lv = int(self.stop_level[i])
-        return D.ENTRY_NAMES[D.LEVELS[self.mode][lv]] if lv >= 0 else None
+        return decode.ENTRY_NAMES[decode.LEVELS[self.mode][lv]] if lv >= 0 else None
 
 
 def read_entries(target, eaddr, esize):
@@ -141,8 +141,8 @@ def _translate_chunk(target, paging, vas, res, c0, c1):
     u64 = np.uint64
     mode = paging.mode
     esize, shifts, widths, bits = GEOMETRY[mode]
-    names = D.LEVELS[mode]
-    fmask = u64(D.frame_mask(mode, paging.maxphyaddr))
+    names = decode.LEVELS[mode]
+    fmask = u64(decode.frame_mask(mode, paging.maxphyaddr))
     va = vas[c0:c1]
     idx = np.arange(c0, c1)
     if bits == 32:
@@ -166,7 +166,7 @@ def _translate_chunk(target, paging, vas, res, c0, c1):
         eaddr = table + ((va >> u64(shift)) & u64((1 << width) - 1)) * u64(esize)
         val, missing = read_entries(target, eaddr, esize)
         present = (val & u64(1)) != 0
-        can_be_large = (name == "PD" and not (mode == "2level" and not paging.cr4 & D.CR4_PSE)) or \
+        can_be_large = (name == "PD" and not (mode == "2level" and not paging.cr4 & decode.CR4_PSE)) or \
                        (name == "PDPT" and mode in ("4level", "5level"))
         large = present & ((val & u64(0x80)) != 0) if can_be_large else np.zeros(len(idx), bool)
         rsv = np.where(large, u64(reserved_mask(paging, name, True)),

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Optional
 if TYPE_CHECKING:                # annotations only: numpy is imported where it is used
     import numpy as np
 
-from .. import decode as D
+from .. import decode
 from ..errors import NotInDump, XenscopeError
 from .model import GEOMETRY, MAX_TABLES, TABLE_CHUNK, canonical, reserved_mask
 
@@ -54,11 +54,11 @@ def enumerate_mappings(target, paging, va_start=0, va_end=None):
     import numpy as np          # imported here so that loading the commands (gdb start-up) stays cheap
     mode = paging.mode
     esize, shifts, widths, bits = GEOMETRY[mode]
-    names = D.LEVELS[mode]
+    names = decode.LEVELS[mode]
     if va_end is None or va_end > 1 << 64:
         va_end = 1 << 64
     dtype = np.dtype("<u4") if esize == 4 else np.dtype("<u8")
-    fmask = D.frame_mask(mode, paging.maxphyaddr)
+    fmask = decode.frame_mask(mode, paging.maxphyaddr)
     sign = np.uint64(1 << (bits - 1)) if bits > 32 else None
     ext = np.uint64(((1 << 64) - 1) & ~((1 << bits) - 1)) if bits > 32 else None
     out = []
@@ -71,9 +71,9 @@ def enumerate_mappings(target, paging, va_start=0, va_end=None):
     for li, name in enumerate(names):
         shift, n = shifts[li], 1 << widths[li]
         span = 1 << shift
-        ename = D.ENTRY_NAMES[name]
+        ename = decode.ENTRY_NAMES[name]
         leaf_level = name == "PT"
-        can_be_large = (name == "PD" and not (mode == "2level" and not paging.cr4 & D.CR4_PSE)) or \
+        can_be_large = (name == "PD" and not (mode == "2level" and not paging.cr4 & decode.CR4_PSE)) or \
                        (name == "PDPT" and mode in ("4level", "5level"))
         rsv_tab = np.uint64(reserved_mask(paging, name, False))
         rsv_big = np.uint64(reserved_mask(paging, name, True)) if can_be_large or leaf_level else None
@@ -87,7 +87,7 @@ def enumerate_mappings(target, paging, va_start=0, va_end=None):
             for k, tpa in enumerate(tabs.tolist()):
                 lo = int(base[k])
                 if tpa in anc[k].tolist():
-                    prev = D.ENTRY_NAMES[names[li - 1]]
+                    prev = decode.ENTRY_NAMES[names[li - 1]]
                     problems.append((_va_of(mode, lo), _va_of(mode, lo + n * span - 1) + 1, prev, "loop", None))
                     continue
                 ntables += 1

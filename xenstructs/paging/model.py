@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import decode as D
+from .. import decode
 
 STOP_REASONS = {
     "not-present": "entry not present",
@@ -33,7 +33,7 @@ class Paging:
     root: int                    # physical address of the top table (CR3 with flags masked off)
     nxe: bool = True
     maxphyaddr: int = 52
-    cr4: int = D.CR4_PSE
+    cr4: int = decode.CR4_PSE
 
     @property
     def entry_size(self):
@@ -74,7 +74,7 @@ def reserved_mask(paging, level, large):
     esize = GEOMETRY[paging.mode][0]
     probe = ((1 << 64) - 1 if esize == 8 else (1 << 32) - 1) | 1
     probe = probe | 0x80 if large else probe & ~0x80
-    mask = D.reserved_bits(probe, paging.mode, level, paging.nxe, paging.maxphyaddr, paging.cr4)
+    mask = decode.reserved_bits(probe, paging.mode, level, paging.nxe, paging.maxphyaddr, paging.cr4)
     if not large and level in ("PML5", "PML4"):
         mask |= 0x80            # PS is reserved there: such an entry is never a table pointer
     return mask

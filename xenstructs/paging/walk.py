@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from .. import decode as D
+from .. import decode
 from ..errors import NotInDump, XenscopeError
 from .model import GEOMETRY, STOP_REASONS, Paging, canonical
 
@@ -30,7 +30,7 @@ class Level:
         d = self.__dict__.get("_decoded")
         if d is None:
             pg = self.paging
-            d = D.decode_entry(self.entry, pg.mode, self.name, pg.nxe, pg.maxphyaddr, pg.cr4)
+            d = decode.decode_entry(self.entry, pg.mode, self.name, pg.nxe, pg.maxphyaddr, pg.cr4)
             self.__dict__["_decoded"] = d
         return d
 
@@ -76,7 +76,7 @@ def walk(target, paging, va):
     elif canonical(va, mode) != va:
         res.stop = "non-canonical"
         return res
-    names = D.LEVELS[mode]
+    names = decode.LEVELS[mode]
     table = paging.root
     rw = us = True
     nx = False
@@ -84,7 +84,7 @@ def walk(target, paging, va):
     for name, shift, width in zip(names, shifts, widths):
         idx = va >> shift & ((1 << width) - 1)
         entry_addr = table + idx * esize
-        lvl = Level(D.ENTRY_NAMES[name], table, idx, entry_addr)
+        lvl = Level(decode.ENTRY_NAMES[name], table, idx, entry_addr)
         res.levels.append(lvl)
         # A table met again lower in the same walk is a recursive (self-referencing) entry, like
         # Xen's linear page-table slot. The CPU simply uses it as a lower-level table; so do we,
@@ -101,11 +101,11 @@ def walk(target, paging, va):
         if not value & 1:
             res.stop, res.stop_level = "not-present", lvl.name
             return res
-        if D.reserved_bits(value, mode, name, paging.nxe, paging.maxphyaddr, paging.cr4):
+        if decode.reserved_bits(value, mode, name, paging.nxe, paging.maxphyaddr, paging.cr4):
             res.stop, res.stop_level = "reserved", lvl.name
             return res
         if mode == "pae" and name == "PDPT":              # PAE PDPTEs carry no rights
-            load_rsv = D.cr3_load_reserved_bits(value, mode, name)
+            load_rsv = decode.cr3_load_reserved_bits(value, mode, name)
             if load_rsv:
                 lvl.warning = (f"bits {load_rsv:#x} are reserved in a PAE PDPTE: loading this CR3 "
                                "would raise #GP (QEMU's TCG sets A, bit 5, itself)")
@@ -113,8 +113,8 @@ def walk(target, paging, va):
             rw &= bool(value & 2)
             us &= bool(value & 4)
             nx |= paging.nxe and bool(value >> 63 & 1) and esize == 8
-        large = D.is_large(value, mode, name, paging.cr4)
-        addr = D.entry_address(value, mode, name, large, paging.maxphyaddr)
+        large = decode.is_large(value, mode, name, paging.cr4)
+        addr = decode.entry_address(value, mode, name, large, paging.maxphyaddr)
         if large or name == "PT":
             size = 1 << shift
             res.pa = addr + (va & (size - 1))

@@ -12,7 +12,7 @@ import mmap
 import os
 
 from ..errors import BadDump, NotInDump, XenscopeError
-from ..formats import elf as E
+from ..formats import elf
 from ..formats.vmcoreinfo import parse_vmcoreinfo
 from ..target import CpuState, Target
 
@@ -71,12 +71,12 @@ def _prstatus_regs(cpu, desc, machine):
     """Registers of one ``NT_PRSTATUS`` note (x86_64 or i386 ``pr_reg``)."""
     src = "NT_PRSTATUS"
     if machine == "x86_64":
-        reg = E.parse(E.PrStatus64, desc, "x86_64 NT_PRSTATUS note").pr_reg
-        for n in E.GREGS_X86_64:
+        reg = elf.parse(elf.PrStatus64, desc, "x86_64 NT_PRSTATUS note").pr_reg
+        for n in elf.GREGS_X86_64:
             _set(cpu, n, reg[n], src)
     else:
-        reg = E.parse(E.PrStatus32, desc, "i386 NT_PRSTATUS note").pr_reg
-        for n in E.GREGS_I386:
+        reg = elf.parse(elf.PrStatus32, desc, "i386 NT_PRSTATUS note").pr_reg
+        for n in elf.GREGS_I386:
             _set(cpu, n, reg[n], src)
         for alias, n in (("rip", "eip"), ("rsp", "esp"), ("rflags", "eflags")):
             _set(cpu, alias, reg[n], src)
@@ -85,13 +85,13 @@ def _prstatus_regs(cpu, desc, machine):
 def _qemu_regs(cpu, desc, machine):
     """Registers of one QEMU CPU note: CRs, segment bases, descriptor tables, missing GPRs."""
     src = "QEMU CPU note"
-    if len(desc) < E.QEMU_CPU_STATE_MIN:
+    if len(desc) < elf.QEMU_CPU_STATE_MIN:
         raise BadDump(f"QEMU CPU note is {len(desc)} bytes, expected at least "
-                      f"{E.QEMU_CPU_STATE_MIN}")
-    st = E.parse(E.QEMUCPUState, desc, "QEMU CPU note")
-    if st.size < E.QEMU_CPU_STATE_MIN or st.size > len(desc):
+                      f"{elf.QEMU_CPU_STATE_MIN}")
+    st = elf.parse(elf.QEMUCPUState, desc, "QEMU CPU note")
+    if st.size < elf.QEMU_CPU_STATE_MIN or st.size > len(desc):
         raise BadDump(f"QEMU CPU note claims size {st.size}, note holds {len(desc)} bytes")
-    for n in E.QEMU_GPRS:
+    for n in elf.QEMU_GPRS:
         if machine == "i386":
             if n[1:] in _I386_GPRS:
                 _fill(cpu, "e" + n[1:], st[n] & 0xFFFFFFFF, src)
@@ -114,8 +114,8 @@ def _qemu_regs(cpu, desc, machine):
 
 
 def _xen_crash_regs(cpu, desc, elfclass):
-    con = E.CrashXenCore64 if elfclass == 64 else E.CrashXenCore32
-    st = E.parse(con, desc, "Xen CRASH_REGS note")
+    con = elf.CrashXenCore64 if elfclass == 64 else elf.CrashXenCore32
+    st = elf.parse(con, desc, "Xen CRASH_REGS note")
     for n in ("cr0", "cr2", "cr3", "cr4"):
         _set(cpu, n, st[n], "Xen crash notes")
 
@@ -124,7 +124,7 @@ def xen_crash_info(desc, elfclass):
     """``crash_xen_info_t`` words as a dict (``xen_phys_start`` only when the note has it)."""
     w = 8 if elfclass == 64 else 4
     words = [int.from_bytes(desc[i:i + w], "little") for i in range(0, len(desc) - w + 1, w)]
-    out = dict(zip(E.CRASH_INFO_WORDS[:8], words[:8]))
+    out = dict(zip(elf.CRASH_INFO_WORDS[:8], words[:8]))
     if len(words) > 9:
         out["xen_phys_start"] = words[8]
     if words:
@@ -143,15 +143,15 @@ def analyse_notes(notes, machine, elfclass):
     vmci_raw = None
     for name, ntype, desc in notes:
         facts["notes"].append((name, ntype, len(desc)))
-        if name == "CORE" and ntype == E.NT_PRSTATUS:
+        if name == "CORE" and ntype == elf.NT_PRSTATUS:
             prs.append(desc)
-        elif name == "QEMU" and ntype == E.QEMU_NOTE_TYPE:
+        elif name == "QEMU" and ntype == elf.QEMU_NOTE_TYPE:
             qemu.append(desc)
         elif name == "Xen":
             facts["xen_notes"] = True
-            if ntype == E.XEN_ELFNOTE_CRASH_REGS:
+            if ntype == elf.XEN_ELFNOTE_CRASH_REGS:
                 xen.append(desc)
-            elif ntype == E.XEN_ELFNOTE_CRASH_INFO and facts["xen_crash_info"] is None:
+            elif ntype == elf.XEN_ELFNOTE_CRASH_INFO and facts["xen_crash_info"] is None:
                 facts["xen_crash_info"] = xen_crash_info(desc, elfclass)
         elif name in ("VMCOREINFO", "VMCOREINFO_XEN") and vmci_raw is None:
             vmci_raw = desc
@@ -194,7 +194,7 @@ class ElfCoreTarget(Target):
 
     def _load(self):
         p = self.path
-        ident = E.parse(E.ElfIdent, self._bytes(0, 16, "ELF identification"), "ELF header")
+        ident = elf.parse(elf.ElfIdent, self._bytes(0, 16, "ELF identification"), "ELF header")
         if ident.magic != b"\x7fELF":
             raise BadDump(f"{p}: not an ELF file (starts with {ident.magic!r})")
         if ident.ei_class not in (1, 2):
@@ -203,22 +203,22 @@ class ElfCoreTarget(Target):
             raise BadDump(f"{p}: unsupported byte order (EI_DATA={ident.ei_data}, "
                           "only little-endian x86 cores are read)")
         elfclass = 64 if ident.ei_class == 2 else 32
-        ehdr_con = E.Elf64_Ehdr if elfclass == 64 else E.Elf32_Ehdr
-        eh = E.parse(ehdr_con, self._bytes(0, ehdr_con.sizeof(), "ELF header"), "ELF header")
+        ehdr_con = elf.Elf64_Ehdr if elfclass == 64 else elf.Elf32_Ehdr
+        eh = elf.parse(ehdr_con, self._bytes(0, ehdr_con.sizeof(), "ELF header"), "ELF header")
         if eh.e_type != 4:                       # ET_CORE: a vmlinux or an object is not a dump
             raise BadDump(f"{p}: an ELF {_ELF_TYPES.get(eh.e_type, f'type {eh.e_type}')}, not a core dump "
                           "(give the vmlinux/xen-syms with --vmlinux, --xen-syms or gdb's `file`)")
-        machine = E.MACHINES.get(eh.e_machine)
+        machine = elf.MACHINES.get(eh.e_machine)
         if machine is None:
             raise BadDump(f"{p}: unsupported machine (e_machine={eh.e_machine}; "
                           "x86_64 (62) and i386 (3) are read)")
-        phdr_con = E.Elf64_Phdr if elfclass == 64 else E.Elf32_Phdr
-        shdr_con = E.Elf64_Shdr if elfclass == 64 else E.Elf32_Shdr
+        phdr_con = elf.Elf64_Phdr if elfclass == 64 else elf.Elf32_Phdr
+        shdr_con = elf.Elf64_Shdr if elfclass == 64 else elf.Elf32_Shdr
         phnum = eh.e_phnum
-        if phnum == E.PN_XNUM:
+        if phnum == elf.PN_XNUM:
             if eh.e_shoff == 0:
                 raise BadDump(f"{p}: e_phnum is PN_XNUM but there is no section header 0")
-            sh0 = E.parse(shdr_con, self._bytes(eh.e_shoff, shdr_con.sizeof(), "section header 0"),
+            sh0 = elf.parse(shdr_con, self._bytes(eh.e_shoff, shdr_con.sizeof(), "section header 0"),
                           "section header 0")
             phnum = sh0.sh_info
         if phnum and eh.e_phentsize != phdr_con.sizeof():
@@ -227,22 +227,22 @@ class ElfCoreTarget(Target):
             raise BadDump(f"{p}: program header table ({phnum} entries at offset {eh.e_phoff}) "
                           f"lies beyond the end of the file ({self._size} bytes)")
         ent = phdr_con.sizeof()
-        phdrs = [E.parse(phdr_con, self._mm[eh.e_phoff + i * ent:eh.e_phoff + (i + 1) * ent],
+        phdrs = [elf.parse(phdr_con, self._mm[eh.e_phoff + i * ent:eh.e_phoff + (i + 1) * ent],
                          "program header") for i in range(phnum)]
-        loads = [ph for ph in phdrs if ph.p_type == E.PT_LOAD]
+        loads = [ph for ph in phdrs if ph.p_type == elf.PT_LOAD]
         if not loads:
             raise BadDump(f"{p}: ELF file has no PT_LOAD segments (not a memory dump)")
 
         notes = []
         total = 0
         for i, ph in enumerate(phdrs):
-            if ph.p_type != E.PT_NOTE:
+            if ph.p_type != elf.PT_NOTE:
                 continue
             total += ph.p_filesz
             if total > MAX_NOTES_BYTES:
                 raise BadDump(f"{p}: PT_NOTE segments hold more than {MAX_NOTES_BYTES} bytes")
             data = self._bytes(ph.p_offset, ph.p_filesz, f"note segment {i}")
-            notes.extend(E.iter_notes(data, f"{p}: note segment {i}"))
+            notes.extend(elf.iter_notes(data, f"{p}: note segment {i}"))
 
         self._index_segments(phdrs)
         cpus, facts = analyse_notes(notes, machine, elfclass)
@@ -262,7 +262,7 @@ class ElfCoreTarget(Target):
     def _index_segments(self, phdrs):
         segs = []
         for i, ph in enumerate(phdrs):
-            if ph.p_type != E.PT_LOAD:
+            if ph.p_type != elf.PT_LOAD:
                 continue
             if ph.p_filesz > ph.p_memsz:
                 raise BadDump(f"{self.path}: segment {i} has p_filesz {ph.p_filesz:#x} > "

@@ -18,7 +18,7 @@ import struct
 import tempfile
 
 from ..errors import BadDump, NotInDump, XenscopeError
-from ..formats import elf as E
+from ..formats import elf
 from ..formats.vmcoreinfo import parse_vmcoreinfo
 from ..target import PAGE_SIZE, CpuState, Target
 from .elfcore import analyse_notes
@@ -257,7 +257,7 @@ class KdumpTarget(Target):
         notes = []
         if notes_raw:
             try:
-                notes = list(E.iter_notes(notes_raw, f"{self.path}: note area"))
+                notes = list(elf.iter_notes(notes_raw, f"{self.path}: note area"))
             except BadDump:
                 notes = []
         cpus, facts = analyse_notes(notes, machine if machine in ("x86_64", "i386") else

@@ -22,8 +22,8 @@ import struct
 import numpy as np
 
 from ..errors import BadDump, NotInDump, Unsupported, XenscopeError
-from ..formats import elf as E
-from ..formats import xccore as X
+from ..formats import elf
+from ..formats import xccore as xc_format
 from ..target import MAX_READ, PAGE_SIZE, CpuState, Target
 from .elfcore import _close_mmap, _open_mmap
 
@@ -34,9 +34,9 @@ MAX_VCPUS = 1 << 16
 MAX_CONTEXT_SIZE = 1 << 20        # one .xen_prstatus entry
 MAX_FRAME = 1 << 40               # pfn/mfn of a 52-bit physical address space
 MAX_P2M_ARRAY = 1 << 28           # p2m_array() entries (2 GiB of uint64) at most
-INVALID = X.XC_CORE_INVALID
-OLD_MAGICS = {struct.pack("<I", X.XC_CORE_MAGIC): "PV",
-              struct.pack("<I", X.XC_CORE_MAGIC_HVM): "HVM"}
+INVALID = xc_format.XC_CORE_INVALID
+OLD_MAGICS = {struct.pack("<I", xc_format.XC_CORE_MAGIC): "PV",
+              struct.pack("<I", xc_format.XC_CORE_MAGIC_HVM): "HVM"}
 SRC = ".xen_prstatus (vcpu_guest_context)"
 CR0_PE, CR0_WP, CR0_PG = 1 << 0, 1 << 16, 1 << 31
 CR4_PAE = 1 << 5
@@ -50,7 +50,7 @@ def pre_elf_magic(head):
 
 def refuse_pre_elf(path, head):
     kind = pre_elf_magic(head)
-    magic = X.XC_CORE_MAGIC if kind == "PV" else X.XC_CORE_MAGIC_HVM
+    magic = xc_format.XC_CORE_MAGIC if kind == "PV" else xc_format.XC_CORE_MAGIC_HVM
     raise Unsupported(f"{path}: xl dump-core file of a {kind} guest in the pre-ELF format of Xen "
                       f"3.0 (xc_core_header_t, magic {magic:#x}): not supported; only the ELF "
                       "format (Xen 3.1 and later) is read")
@@ -67,8 +67,8 @@ def is_xc_core(path):
             if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2):
                 return False
             c64 = head[4] == 2
-            eh = (E.Elf64_Ehdr if c64 else E.Elf32_Ehdr).parse(head)
-            shdr_con = E.Elf64_Shdr if c64 else E.Elf32_Shdr
+            eh = (elf.Elf64_Ehdr if c64 else elf.Elf32_Ehdr).parse(head)
+            shdr_con = elf.Elf64_Shdr if c64 else elf.Elf32_Shdr
             ent = shdr_con.sizeof()
             if eh.e_phnum != 0 or eh.e_shentsize != ent or eh.e_shnum == 0:
                 return False
@@ -80,19 +80,19 @@ def is_xc_core(path):
                 f.seek(st.sh_offset)
                 names = f.read(min(st.sh_size, MAX_SHSTRTAB))
                 for sh in shdrs:
-                    if names[sh.sh_name:].split(b"\0", 1)[0].decode("latin-1") in X.SECTIONS:
+                    if names[sh.sh_name:].split(b"\0", 1)[0].decode("latin-1") in xc_format.SECTIONS:
                         return True
             for sh in shdrs:
-                if sh.sh_type == E.SHT_NOTE and sh.sh_size >= 16:
+                if sh.sh_type == elf.SHT_NOTE and sh.sh_size >= 16:
                     f.seek(sh.sh_offset)
                     n = f.read(16)
                     if len(n) == 16:
                         namesz, _, ntype = struct.unpack("<III", n[:12])
                         if namesz == 4 and n[12:16] == b"Xen\0" and \
-                                X.XEN_ELFNOTE_DUMPCORE_NONE <= ntype <= \
-                                X.XEN_ELFNOTE_DUMPCORE_FORMAT_VERSION:
+                                xc_format.XEN_ELFNOTE_DUMPCORE_NONE <= ntype <= \
+                                xc_format.XEN_ELFNOTE_DUMPCORE_FORMAT_VERSION:
                             return True
-    except (OSError, ValueError, OverflowError, E.C.ConstructError):
+    except (OSError, ValueError, OverflowError, elf.construct.ConstructError):
         return False
     return False
 
@@ -129,7 +129,7 @@ class XcCoreTarget(Target):
         if pre_elf_magic(self._mm[:4]):
             refuse_pre_elf(self.path, self._mm[:4])
         self._need(0, 16, "the ELF identification")
-        ident = E.parse(E.ElfIdent, self._mm[:16], "ELF header")
+        ident = elf.parse(elf.ElfIdent, self._mm[:16], "ELF header")
         if ident.magic != b"\x7fELF":
             raise self._bad(f"not an ELF file (starts with {ident.magic!r})")
         if ident.ei_class != 2:
@@ -138,9 +138,9 @@ class XcCoreTarget(Target):
         if ident.ei_data != 1:
             raise self._bad(f"unsupported byte order (EI_DATA={ident.ei_data}): only "
                             "little-endian x86 dumps are read")
-        self._need(0, E.Elf64_Ehdr.sizeof(), "the ELF header")
-        eh = E.parse(E.Elf64_Ehdr, self._mm[:E.Elf64_Ehdr.sizeof()], "ELF header")
-        machine = E.MACHINES.get(eh.e_machine)
+        self._need(0, elf.Elf64_Ehdr.sizeof(), "the ELF header")
+        eh = elf.parse(elf.Elf64_Ehdr, self._mm[:elf.Elf64_Ehdr.sizeof()], "ELF header")
+        machine = elf.MACHINES.get(eh.e_machine)
         if machine is None:
             raise self._bad(f"unsupported machine (e_machine={eh.e_machine}; x86_64 (62) and "
                             "i386 (3) xl dump-core files are read)")
@@ -150,18 +150,18 @@ class XcCoreTarget(Target):
         width = 8 if machine == "x86_64" else 4
         secs = self._sections(eh)
 
-        for name in (X.SEC_NOTE, X.SEC_PRSTATUS, X.SEC_PAGES):
+        for name in (xc_format.SEC_NOTE, xc_format.SEC_PRSTATUS, xc_format.SEC_PAGES):
             if name not in secs:
                 raise self._bad(f"xl dump-core file without a {name} section")
         for name, sh in sorted(secs.items(), key=lambda kv: kv[1].sh_offset):
-            if name in X.SECTIONS:
+            if name in xc_format.SECTIONS:
                 self._need(sh.sh_offset, sh.sh_size, name)
 
-        hdr, facts = self._notes(secs[X.SEC_NOTE], width)
+        hdr, facts = self._notes(secs[xc_format.SEC_NOTE], width)
         magic = hdr.xch_magic
-        if magic not in (X.XC_CORE_MAGIC, X.XC_CORE_MAGIC_HVM):
+        if magic not in (xc_format.XC_CORE_MAGIC, xc_format.XC_CORE_MAGIC_HVM):
             raise self._bad(f"bad xc_core magic {magic:#x} in the dumpcore header note (expected "
-                            f"{X.XC_CORE_MAGIC:#x} PV or {X.XC_CORE_MAGIC_HVM:#x} HVM)")
+                            f"{xc_format.XC_CORE_MAGIC:#x} PV or {xc_format.XC_CORE_MAGIC_HVM:#x} HVM)")
         if hdr.xch_page_size != PAGE_SIZE:
             raise self._bad(f"page size {hdr.xch_page_size} in the dumpcore header note; only "
                             f"{PAGE_SIZE} is read")
@@ -170,10 +170,10 @@ class XcCoreTarget(Target):
             raise self._bad(f"absurd page count {nr_pages} in the dumpcore header note")
         if nr_vcpus > MAX_VCPUS:
             raise self._bad(f"absurd vCPU count {nr_vcpus} in the dumpcore header note")
-        pv = magic == X.XC_CORE_MAGIC
+        pv = magic == xc_format.XC_CORE_MAGIC
         guest = "pv" if pv else "hvm"
 
-        has_p2m, has_pfn = X.SEC_P2M in secs, X.SEC_PFN in secs
+        has_p2m, has_pfn = xc_format.SEC_P2M in secs, xc_format.SEC_PFN in secs
         if has_p2m and has_pfn:
             raise self._bad("both .xen_p2m and .xen_pfn sections: one of them is expected")
         if pv and not has_p2m:
@@ -183,20 +183,20 @@ class XcCoreTarget(Target):
             raise self._bad("HVM xl dump-core (magic 0xf00febee) without a .xen_pfn section" +
                             (" (it has a PV .xen_p2m table)" if has_p2m else ""))
 
-        pages = secs[X.SEC_PAGES]
-        self._check_table(pages, X.SEC_PAGES, nr_pages, PAGE_SIZE)
+        pages = secs[xc_format.SEC_PAGES]
+        self._check_table(pages, xc_format.SEC_PAGES, nr_pages, PAGE_SIZE)
         self._pages_off = pages.sh_offset
-        table = secs[X.SEC_P2M if pv else X.SEC_PFN]
+        table = secs[xc_format.SEC_P2M if pv else xc_format.SEC_PFN]
         esz = 16 if pv else 8
-        self._check_table(table, X.SEC_P2M if pv else X.SEC_PFN, nr_pages, esz)
+        self._check_table(table, xc_format.SEC_P2M if pv else xc_format.SEC_PFN, nr_pages, esz)
         self._index(table, nr_pages, pv)
 
         self._width = width
         self._pv = pv
-        self._cpus = self._contexts(secs[X.SEC_PRSTATUS], nr_vcpus, width, pv)
+        self._cpus = self._contexts(secs[xc_format.SEC_PRSTATUS], nr_vcpus, width, pv)
         shinfo = None
-        if X.SEC_SHARED_INFO in secs:
-            shinfo = self._shared_info(secs[X.SEC_SHARED_INFO], width)
+        if xc_format.SEC_SHARED_INFO in secs:
+            shinfo = self._shared_info(secs[xc_format.SEC_SHARED_INFO], width)
         self.kind = f"xl dump-core (xc_core) of {'a PV' if pv else 'an HVM'} guest"
         self.facts.update(facts)
         self.facts.update({
@@ -209,7 +209,7 @@ class XcCoreTarget(Target):
 
     def _sections(self, eh):
         """``{name: shdr}`` of the named sections (a duplicate Xen section name is refused)."""
-        ent = E.Elf64_Shdr.sizeof()
+        ent = elf.Elf64_Shdr.sizeof()
         n = eh.e_shnum
         if eh.e_shentsize != ent:
             raise self._bad(f"e_shentsize is {eh.e_shentsize}, expected {ent}")
@@ -218,7 +218,7 @@ class XcCoreTarget(Target):
         if n > MAX_SECTIONS:
             raise self._bad(f"absurd section count {n} (at most {MAX_SECTIONS} are read)")
         self._need(eh.e_shoff, n * ent, f"the section header table ({n} entries)")
-        shdrs = [E.parse(E.Elf64_Shdr, self._mm[eh.e_shoff + i * ent:eh.e_shoff + (i + 1) * ent],
+        shdrs = [elf.parse(elf.Elf64_Shdr, self._mm[eh.e_shoff + i * ent:eh.e_shoff + (i + 1) * ent],
                          "section header") for i in range(n)]
         if eh.e_shstrndx >= n:
             raise self._bad(f"e_shstrndx {eh.e_shstrndx} is not a section (e_shnum {n})")
@@ -236,7 +236,7 @@ class XcCoreTarget(Target):
                 raise self._bad(f"section {i} name offset {sh.sh_name} is past the end of "
                                 f".shstrtab ({len(names)} bytes)")
             name = names[sh.sh_name:].split(b"\0", 1)[0].decode("latin-1")
-            if name in out and name in X.SECTIONS:
+            if name in out and name in xc_format.SECTIONS:
                 raise self._bad(f"two {name} sections")
             out.setdefault(name, sh)
         return out
@@ -247,15 +247,15 @@ class XcCoreTarget(Target):
         for i, sh in sorted(enumerate(shdrs), key=lambda t: t[1].sh_offset):
             if i == 0 or sh.sh_offset + sh.sh_size <= self._size:
                 continue
-            if sh.sh_type == E.SHT_NOTE:
-                name = X.SEC_NOTE
+            if sh.sh_type == elf.SHT_NOTE:
+                name = xc_format.SEC_NOTE
             elif sh.sh_type == 3:
                 name = ".shstrtab"
             elif sh.sh_entsize == PAGE_SIZE:
-                name = X.SEC_PAGES if sh.sh_addralign == PAGE_SIZE else X.SEC_SHARED_INFO
+                name = xc_format.SEC_PAGES if sh.sh_addralign == PAGE_SIZE else xc_format.SEC_SHARED_INFO
             else:
-                name = {16: X.SEC_P2M, 8: X.SEC_PFN}.get(
-                    sh.sh_entsize, X.SEC_PRSTATUS if sh.sh_entsize >= 2800 else f"section {i}")
+                name = {16: xc_format.SEC_P2M, 8: xc_format.SEC_PFN}.get(
+                    sh.sh_entsize, xc_format.SEC_PRSTATUS if sh.sh_entsize >= 2800 else f"section {i}")
             raise self._bad(f"truncated: {name} needs {sh.sh_offset + sh.sh_size} bytes, file has "
                             f"{self._size}")
         raise self._bad("truncated: .shstrtab lies past the end of the file")
@@ -273,27 +273,27 @@ class XcCoreTarget(Target):
         data = self._mm[sh.sh_offset:sh.sh_offset + sh.sh_size]
         hdr = None
         facts = {"xen_version": None, "format_version": None, "xen_build": None}
-        for name, ntype, desc in E.iter_notes(data, f"{self.path}: .note.Xen"):
-            if name != X.NOTE_NAME:
+        for name, ntype, desc in elf.iter_notes(data, f"{self.path}: .note.Xen"):
+            if name != xc_format.NOTE_NAME:
                 continue
-            if ntype == X.XEN_ELFNOTE_DUMPCORE_HEADER and hdr is None:
-                if len(desc) < X.DumpcoreHeader.sizeof():
+            if ntype == xc_format.XEN_ELFNOTE_DUMPCORE_HEADER and hdr is None:
+                if len(desc) < xc_format.DumpcoreHeader.sizeof():
                     raise self._bad(f"dumpcore header note is {len(desc)} bytes, expected "
-                                    f"{X.DumpcoreHeader.sizeof()}")
-                hdr = E.parse(X.DumpcoreHeader, desc[:X.DumpcoreHeader.sizeof()],
+                                    f"{xc_format.DumpcoreHeader.sizeof()}")
+                hdr = elf.parse(xc_format.DumpcoreHeader, desc[:xc_format.DumpcoreHeader.sizeof()],
                               "dumpcore header note")
-            elif ntype == X.XEN_ELFNOTE_DUMPCORE_XEN_VERSION and \
-                    len(desc) >= X.XEN_VERSION_PAGESIZE_OFF[8]:
-                v = E.parse(X.XenVersionDesc, bytes(desc[:X.XenVersionDesc.sizeof()]).ljust(
-                    X.XenVersionDesc.sizeof(), b"\0"), "dumpcore Xen version note")
+            elif ntype == xc_format.XEN_ELFNOTE_DUMPCORE_XEN_VERSION and \
+                    len(desc) >= xc_format.XEN_VERSION_PAGESIZE_OFF[8]:
+                v = elf.parse(xc_format.XenVersionDesc, bytes(desc[:xc_format.XenVersionDesc.sizeof()]).ljust(
+                    xc_format.XenVersionDesc.sizeof(), b"\0"), "dumpcore Xen version note")
                 facts["xen_version"] = f"{v.major_version}.{v.minor_version}{v.extra_version}"
                 facts["xen_build"] = {"changeset": v.changeset, "compiler": v.compiler,
                                       "compile_date": v.compile_date,
                                       "capabilities": v.capabilities}
-                off = X.XEN_VERSION_PAGESIZE_OFF[width]
+                off = xc_format.XEN_VERSION_PAGESIZE_OFF[width]
                 if len(desc) >= off + 8:
                     facts["xen_pagesize"] = int.from_bytes(desc[off:off + 8], "little")
-            elif ntype == X.XEN_ELFNOTE_DUMPCORE_FORMAT_VERSION and len(desc) >= 8:
+            elif ntype == xc_format.XEN_ELFNOTE_DUMPCORE_FORMAT_VERSION and len(desc) >= 8:
                 ver = int.from_bytes(desc[:8], "little")
                 facts["format_version"] = f"{ver >> 32}.{ver & 0xFFFFFFFF}"
         if hdr is None:
@@ -302,7 +302,7 @@ class XcCoreTarget(Target):
 
     def _index(self, sh, nr_pages, pv):
         """Sorted lookup arrays: pfn → page, and for PV mfn → page and the P2M pairs."""
-        dtype = X.P2M_DTYPE if pv else X.PFN_DTYPE
+        dtype = xc_format.P2M_DTYPE if pv else xc_format.PFN_DTYPE
         arr = np.frombuffer(self._mm, dtype=dtype, count=nr_pages, offset=sh.sh_offset).copy()
         if pv:
             pfns, mfns = arr["pfn"], arr["gmfn"]
@@ -348,12 +348,12 @@ class XcCoreTarget(Target):
             self._keys, self._key_page = self._pfn_keys, self._pfn_page
 
     def _contexts(self, sh, nr_vcpus, width, pv):
-        con = X.VCPU_CONTEXT[width]
+        con = xc_format.VCPU_CONTEXT[width]
         need = con.sizeof()
         ent = sh.sh_entsize
         if ent < need or ent > MAX_CONTEXT_SIZE:
             raise self._bad(f".xen_prstatus has sh_entsize {ent}, expected "
-                            f"{X.VCPU_CONTEXT_ANY_SIZE} (vcpu_guest_context_any_t; at least "
+                            f"{xc_format.VCPU_CONTEXT_ANY_SIZE} (vcpu_guest_context_any_t; at least "
                             f"{need} for a {'64' if width == 8 else '32'}-bit guest)")
         if sh.sh_size != ent * nr_vcpus:
             raise self._bad(f"vCPU count mismatch: the header note says {nr_vcpus} vCPUs, "
@@ -362,7 +362,7 @@ class XcCoreTarget(Target):
         cpus = []
         for i in range(nr_vcpus):
             off = sh.sh_offset + i * ent
-            ctx = E.parse(con, self._mm[off:off + need], f"vcpu_guest_context {i}")
+            ctx = elf.parse(con, self._mm[off:off + need], f"vcpu_guest_context {i}")
             cpus.append(self._cpu(i, ctx, width, pv))
         return cpus
 
@@ -406,22 +406,22 @@ class XcCoreTarget(Target):
                    "a 32-bit PV guest on 64-bit Xen uses PAE page tables")
             _set(cpu, "cr4", CR4_PAE, f"inferred: ctrlreg[4] is 0; {why}")
         if cr[3]:
-            mfn = X.pfn_from_cr3(cr[3], width)
+            mfn = xc_format.pfn_from_cr3(cr[3], width)
             how = "mfn << 12" if width == 8 else "rotated 32-bit xen_pfn_to_cr3 decoded, mfn << 12"
             _set(cpu, "cr3", mfn << 12, f"{SRC} ctrlreg[3] {cr[3]:#x} ({bits}-bit PV: {how}, "
                  f"machine address of the top page table)")
         if width == 8 and cr[1]:
-            _set(cpu, "cr3_user", X.pfn_from_cr3(cr[1], 8) << 12,
+            _set(cpu, "cr3_user", xc_format.pfn_from_cr3(cr[1], 8) << 12,
                  f"{SRC} ctrlreg[1] {cr[1]:#x} (64-bit PV user page table, mfn << 12)")
         return cpu
 
     def _shared_info(self, sh, width):
-        off = X.SHARED_INFO_ARCH_OFF[width]
-        con = X.ARCH_SHARED_INFO[width]
+        off = xc_format.SHARED_INFO_ARCH_OFF[width]
+        con = xc_format.ARCH_SHARED_INFO[width]
         if sh.sh_size < off + con.sizeof():
             raise self._bad(f".xen_shared_info is {sh.sh_size} bytes, expected {PAGE_SIZE}")
         base = sh.sh_offset + off
-        a = E.parse(con, self._mm[base:base + con.sizeof()], "arch_shared_info")
+        a = elf.parse(con, self._mm[base:base + con.sizeof()], "arch_shared_info")
         return {k: a[k] for k in ("max_pfn", "pfn_to_mfn_frame_list_list", "nmi_reason",
                                   "p2m_cr3", "p2m_vaddr", "p2m_generation")}
 

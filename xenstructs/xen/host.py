@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ..context import resolve
 from ..errors import NotInDump, XenscopeError
 from ..paging import walk
-from . import layouts as L
+from . import layouts
 from .release import (DIRECTMAP_PV_SIZE, RDWR_MPT_VIRT_START, directmap_start, frame_table_start,
                       xen_virt_start_of)
 
@@ -147,7 +147,7 @@ class XenHost:
             bigmem = self.vi.size("page_info") == 48
         exp = None
         src = self.sources.get("version")
-        self.selection = L.select_layout(version=self.version, vmcoreinfo=self.vi,
+        self.selection = layouts.select_layout(version=self.version, vmcoreinfo=self.vi,
                                          crash_info=self._crash_info_for_layout(), bad_type_exp=exp,
                                          bigmem=bigmem,
                                          version_source=None if src in (None, "--xen option") else src)
@@ -330,7 +330,7 @@ class XenHost:
 
     def page(self, mfn):
         """Everything about one machine frame: page_info decoded, owner, M2P."""
-        info = L.parse_page_info(self.page_raw(mfn), self.layout)
+        info = layouts.parse_page_info(self.page_raw(mfn), self.layout)
         raw = info["domain"]
         owner = self.owner(raw) if info["count"]["state"] != "free" else None
         res = {"mfn": mfn, "pdx": self.pdx.pfn_to_pdx(mfn), "page_info_va": self.page_info_va(mfn),
@@ -432,7 +432,7 @@ class XenHost:
                     raise XenscopeError(f"domain_list has more than {MAX_DOMAINS} entries: corrupt list")
                 seen.add(va)
                 did = struct.unpack("<H", self.read_va(va + id_off, 2))[0]
-                out.append(Domain(did, L.domid_name(did), va, self.pickle(va)))
+                out.append(Domain(did, layouts.domid_name(did), va, self.pickle(va)))
                 va = self.read_u64(va + next_off)
         for sym in ("dom_xen", "dom_io", "dom_cow"):
             if sym in self.symbols:
@@ -442,7 +442,7 @@ class XenHost:
                     continue
                 if va and va not in seen:
                     did = struct.unpack("<H", self.read_va(va + id_off, 2))[0]
-                    out.append(Domain(did, L.domid_name(did), va, self.pickle(va), source=sym))
+                    out.append(Domain(did, layouts.domid_name(did), va, self.pickle(va), source=sym))
                     seen.add(va)
         for d in out:
             self._owner_cache[d.pickled] = d
@@ -502,7 +502,7 @@ class XenHost:
                 did = struct.unpack("<H", self.read_va(va, 2))[0]
             except XenscopeError:
                 return Domain(-1, f"unreadable owner {raw:#x}", va, raw, source="page owner")
-            d = Domain(did, L.domid_name(did), va, raw, source="page owner")
+            d = Domain(did, layouts.domid_name(did), va, raw, source="page owner")
             self._owner_cache[raw] = d
         return d
 

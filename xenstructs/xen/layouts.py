@@ -16,7 +16,7 @@ Pure Python; never imports gdb.
 """
 from dataclasses import dataclass, field
 
-import construct as C
+import construct
 
 from ..errors import XenscopeError
 from .release import NEWEST_KNOWN, parse_version
@@ -421,13 +421,13 @@ def page_info_struct(layout):
     """A construct Struct for one ``struct page_info`` (32 bytes, or 48 with BIGMEM)."""
     big = layout.bigmem if isinstance(layout, Layout) else bool(layout)
     if big not in _STRUCTS:
-        word = C.Int64ul if big else C.Int32ul
-        _STRUCTS[big] = C.Struct(
+        word = construct.Int64ul if big else construct.Int32ul
+        _STRUCTS[big] = construct.Struct(
             "list_next" / word,                 # page_list_entry.next (pdx; pointer with BIGMEM)
             "list_prev" / word,
-            "up" / C.Computed(lambda ctx: ctx.list_next if big else ctx.list_next | ctx.list_prev << 32),
-            "count_info" / C.Int64ul,
-            "type_info" / C.Int64ul,            # u.inuse.type_info (u.sh / u.free share the word)
+            "up" / construct.Computed(lambda ctx: ctx.list_next if big else ctx.list_next | ctx.list_prev << 32),
+            "count_info" / construct.Int64ul,
+            "type_info" / construct.Int64ul,            # u.inuse.type_info (u.sh / u.free share the word)
             "domain" / word,                    # v.inuse._domain: pdx of the owner's struct domain page
             "last" / word,                      # tlbflush_timestamp / nr_validated_ptes... / next_shadow
         )

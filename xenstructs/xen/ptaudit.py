@@ -23,7 +23,7 @@ Xen's own slots 256-271 of each L4 are not audited (Xen fills them).
 from dataclasses import dataclass, field
 
 from ..errors import NotInDump, XenscopeError
-from . import layouts as L
+from . import layouts
 
 XEN_L4_SLOTS = range(256, 272)
 CR3_REFS = 2            # type references an L4 may hold beyond the ones found: vCPU CR3s (kernel, user)
@@ -117,8 +117,8 @@ def audit_domain(host, cols, domid):
             info = _frame_info(cols, index, target)
             owner_ok = info is not None and int(info["domain"]) == me and STATES[info["state"]] != "free"
             other = host.owner(int(info["domain"])) if info is not None else None
-            io_page = other is not None and other.id == L.DOMID_IO      # MMIO/ROM: iomem permission
-            xen_ro = other is not None and other.id == L.DOMID_XEN and not e & 2
+            io_page = other is not None and other.id == layouts.DOMID_IO      # MMIO/ROM: iomem permission
+            xen_ro = other is not None and other.id == layouts.DOMID_XEN and not e & 2
             if info is not None and not owner_ok and STATES[info["state"]] != "free" \
                     and not io_page and not xen_ro:
                 add("foreign-reference", l4, here, target,
@@ -187,5 +187,5 @@ def audit(host, domain=None):
     """Audit every PV domain with pinned tables (or only ``domain``); returns a list of Audit."""
     from .frames import classify
     cols = classify(host, host.frame_arrays())
-    ids = [domain] if domain is not None else [d.id for d in host.domains() if d.id < L.DOMID_SELF]
+    ids = [domain] if domain is not None else [d.id for d in host.domains() if d.id < layouts.DOMID_SELF]
     return [audit_domain(host, cols, i) for i in ids]
