@@ -137,14 +137,8 @@ def _front():
         dump_argument, can_fork = False, False
         fills = ("cpu", "cr3", "xen_syms", "kernel_syms")
 
-        def target(self, cmd, args):
+        def session_target(self):
             return _get_target()
-
-        def own_target(self):
-            return _get_target()
-
-        def release(self, target):
-            pass
 
         def fill_defaults(self, args, missing, target):
             return _crash_defaults(args, missing, target)

@@ -98,14 +98,8 @@ def _front():
             def evaluate(self, text):
                 return evaluate(text)
 
-            def target(self, cmd, args):
+            def session_target(self):
                 return _gdb_target()
-
-            def own_target(self):
-                return _gdb_target()
-
-            def release(self, target):
-                pass
 
             def fill_defaults(self, args, missing, target):
                 return _fill_defaults(args, missing, target)

@@ -53,18 +53,21 @@ class Front:
         """An address argument that is not plain hex (gdb evaluates expressions)."""
         raise argparse.ArgumentTypeError(f"not a hex number: {text!r}")
 
-    def target(self, cmd, args):
-        """The target of a command whose target is required."""
-        from ..targets import open_dump
-        return open_dump(args.dump)
-
-    def own_target(self):
-        """The host's own target for commands whose dump is optional, or None."""
+    def session_target(self):
+        """A debugger's own target (gdb's inferior, crash's dump); the CLI has none."""
         return None
 
+    def target(self, cmd, args):
+        """The target of a command whose target is required: the CLI opens its DUMP argument."""
+        if self.dump_argument:
+            from ..targets import open_dump
+            return open_dump(args.dump)
+        return self.session_target()
+
     def release(self, target):
-        """The command is done with ``target`` (the CLI closes it; debuggers keep theirs)."""
-        target.close()
+        """The command is done with ``target``: the CLI closes what it opened; debuggers keep theirs."""
+        if self.dump_argument:
+            target.close()
 
     def fill_defaults(self, args, missing, target):
         """Fill the options in ``missing`` (dests of :attr:`fills` the user did not give) from the
@@ -170,7 +173,7 @@ def _target(cmd, args, front):
             from ..targets import open_dump
             return open_dump(args.dump), lambda t: t.close()
         try:
-            return front.own_target(), None
+            return front.session_target(), None
         except XenscopeError:
             return None, None
     return None, None
