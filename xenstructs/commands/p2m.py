@@ -86,9 +86,9 @@ def _p2m_render(r, args):
                     SOURCES],
          render=_p2m_render)
 def p2m_cmd(target, args):
-    from ..xen.p2m_sources import P2MOptions, find_sources
     import numpy as np
     from ..xen import p2m
+    from ..xen.p2m_sources import P2MOptions, find_sources
     if args.count < 1 or args.count > 4096:
         raise XenscopeError(f"--count {args.count} out of range (1..4096)")
     src = find_sources(target, P2MOptions.from_namespace(args), first=args.pfn, count=args.count)
