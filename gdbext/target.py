@@ -52,15 +52,15 @@ def core_path():
         return None
     if conn is not False and conn.type != "core":
         return None
-    m = _CORE_RE.search(_info_target())
-    if not m:
+    found = _CORE_RE.search(_info_target())
+    if not found:
         return None
-    return os.path.abspath(m.group(1))
+    return os.path.abspath(found.group(1))
 
 
 def _file_key(path):
-    st = os.stat(path)
-    return (path, st.st_mtime_ns, st.st_size)
+    stat = os.stat(path)
+    return (path, stat.st_mtime_ns, stat.st_size)
 
 
 def _open_file(path, how):
@@ -69,30 +69,30 @@ def _open_file(path, how):
         key = ("file", how) + _file_key(path)
     except OSError as e:
         raise XenscopeError(f"cannot open {path}: {e.strerror}")
-    t = _cache.get(key)
-    if t is None:
-        drop(lambda k: k[0] == "file")
-        t = open_dump(path)
+    target = _cache.get(key)
+    if target is None:
+        drop(lambda cached: cached[0] == "file")
+        target = open_dump(path)
         if how == "core":
-            t.kind = f"gdb core file: {t.kind}"
-        _cache[key] = t
-    return t
+            target.kind = f"gdb core file: {target.kind}"
+        _cache[key] = target
+    return target
 
 
-def drop(which=lambda k: True):
+def drop(which=lambda key: True):
     """Close and forget cached targets whose key matches ``which``."""
-    for k in [k for k in _cache if which(k)]:
+    for key in [key for key in _cache if which(key)]:
         try:
-            _cache.pop(k).close()
+            _cache.pop(key).close()
         except Exception:
             pass
 
 
 def invalidate(*_event):
     """gdb stopped or resumed: live memory and registers may have changed."""
-    for k, t in _cache.items():
-        if t.live:
-            t.invalidate()
+    for target in _cache.values():
+        if target.live:
+            target.invalidate()
 
 
 def get_target(dump="", kernel_syms=""):
@@ -108,21 +108,21 @@ def get_target(dump="", kernel_syms=""):
     path = core_path()
     if path is not None:
         return _open_file(path, "core")
-    inf = gdb.selected_inferior()
-    conn = getattr(inf, "connection", None)
-    if inf.pid == 0 and (conn is None or conn.type == "core"):
+    inferior = gdb.selected_inferior()
+    conn = getattr(inferior, "connection", None)
+    if inferior.pid == 0 and (conn is None or conn.type == "core"):
         raise XenscopeError(NO_TARGET)
-    num = getattr(conn, "num", None) if conn is not None else getattr(inf, "connection_num", 0)
+    num = getattr(conn, "num", None) if conn is not None else getattr(inferior, "connection_num", 0)
     ctype = conn.type if conn is not None else "remote"
     key = ("live", num, ctype, getattr(conn, "details", None))
-    t = _cache.get(key)
-    if t is None:
-        drop(lambda k: k[0] == "live")
-        t = _live_target(ctype, getattr(conn, "details", None))
-        _cache[key] = t
-    if isinstance(t, gdbsx.GdbsxTarget):
-        t.set_kernel_syms(os.path.abspath(os.path.expanduser(kernel_syms)) if kernel_syms else "")
-    return t
+    target = _cache.get(key)
+    if target is None:
+        drop(lambda cached: cached[0] == "live")
+        target = _live_target(ctype, getattr(conn, "details", None))
+        _cache[key] = target
+    if isinstance(target, gdbsx.GdbsxTarget):
+        target.set_kernel_syms(os.path.abspath(os.path.expanduser(kernel_syms)) if kernel_syms else "")
+    return target
 
 
 def _live_target(ctype, details):
@@ -144,8 +144,8 @@ def _live_target(ctype, details):
 def _packet(text):
     """Send one remote packet (``maintenance packet``); the stub's reply, or None."""
     out = gdb.execute(f"maintenance packet {text}", to_string=True)
-    m = re.search(r'received: "(.*)"', out)
-    return m.group(1) if m else None
+    reply = re.search(r'received: "(.*)"', out)
+    return reply.group(1) if reply else None
 
 
 def _gdbsx_probe():
@@ -207,8 +207,8 @@ def _gdb_symbol(name):
 def _frame_cpus(all_threads):
     """One CpuState per gdb thread (``all_threads``: QEMU, gdbsx: one thread per vCPU, in thread
     order), else one for the selected thread; registers from each thread's newest frame."""
-    inf = gdb.selected_inferior()
-    threads = sorted(inf.threads(), key=lambda t: t.num) if all_threads else []
+    inferior = gdb.selected_inferior()
+    threads = sorted(inferior.threads(), key=lambda thread: thread.num) if all_threads else []
     current = gdb.selected_thread()
     if not threads and current is not None:
         threads = [current]
@@ -246,7 +246,7 @@ def _selected_cpu(all_threads):
     current = gdb.selected_thread()
     if current is None or not all_threads:
         return 0
-    nums = sorted(t.num for t in gdb.selected_inferior().threads())
+    nums = sorted(thread.num for thread in gdb.selected_inferior().threads())
     return nums.index(current.num) if current.num in nums else 0
 
 
@@ -325,11 +325,11 @@ class GdbTarget(Target):
             what = "not QEMU's gdbstub" if self.ctype in ("remote", "extended-remote") else self.ctype
             raise Unsupported(f"physical reads are not available on this stub ({what}); "
                               "give a dump with `set xen dump FILE`")
-        inf = gdb.selected_inferior()
+        inferior = gdb.selected_inferior()
         try:
             self._physical_mode()
             try:
-                return bytes(inf.read_memory(addr, size))
+                return bytes(inferior.read_memory(addr, size))
             except gdb.MemoryError:
                 raise NotInDump(addr, what="QEMU could not read it")
         finally:

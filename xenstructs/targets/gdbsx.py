@@ -57,8 +57,9 @@ PAGE_SHIFT = 12
 L4_SHIFT = 39
 ENTRIES_PER_TABLE = 512
 ENTRY_SIZE = 8                               # 64-bit PV: every table entry and P2M entry
-ENTRY_FRAME_MASK = 0x000FFFFFFFFFF000        # bits 12-51 of an entry: the frame it points to
+ENTRY_FRAME_MASK = decode.frame_mask("4level")   # bits 12-51 of an entry: the frame it points to
 PRESENT = 1
+CR0_PE = 1
 RO_MPT_SLOT = RO_MPT_VIRT_START >> L4_SHIFT & (ENTRIES_PER_TABLE - 1)
 RO_MPT_ENTRIES = (RO_MPT_VIRT_END - RO_MPT_VIRT_START) // ENTRY_SIZE
 VALID_M2P_TOP_BIT = 63                       # VALID_M2P(e): top bit clear
@@ -79,7 +80,7 @@ NEED_SYMS = ("gdbsx gives no CR3 and no physical reads: xenscope finds the page 
 
 # What gdbsx cannot give and a 64-bit PV guest always has: (register, value, why)
 ASSUMED_REGISTERS = (
-    ("cr0", decode.CR0_PG | decode.CR0_WP | 1,
+    ("cr0", decode.CR0_PG | decode.CR0_WP | CR0_PE,
      "assumed: gdbsx gives no CR0; a PV guest runs under Xen's CR0 (PE, WP, PG)"),
     ("cr4", decode.CR4_PAE,
      "assumed: gdbsx gives no CR4; a 64-bit PV guest runs in long mode: 4-level paging "
