@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 from xenstructs.errors import NotInDump, XenscopeError
 from xenstructs.formats.vmcoreinfo import VmcoreInfo
+from xenstructs.linux.tasks import mm_root
 from xenstructs.target import PAGE_SIZE, CpuState, Target
 
 MAX_CPUS = 8192
@@ -153,17 +154,13 @@ class CrashTarget(Target):
         """(CR3, source) of crash's current task context: its ``mm->pgd`` translated by crash, or
         ``(None, None)`` when the context has no mm (kernel threads, hypervisor mode)."""
         ctx = self.C.context()
-        off = kernel_offsets("mm_struct", "pgd")
-        if not ctx or not ctx["mm"] or off is None:
+        pgd_offset = kernel_offsets("mm_struct", "pgd")
+        if not ctx:
             return None, None
-        raw = self.read_kvaddr(ctx["mm"] + off, 8 if self.facts["machine"] == "x86_64" else 4)
-        if raw is None:
+        root, pgd = mm_root(ctx["mm"], pgd_offset, self.facts["machine"], self.read_kvaddr, self.C.kvtop)
+        if root is None:
             return None, None
-        pgd = int.from_bytes(raw, "little")
-        pa = self.C.kvtop(pgd)
-        if pa is None:
-            return None, None
-        return pa, f"crash context: pid {ctx['pid']} ({ctx['comm']}) mm->pgd {pgd:#x}"
+        return root, f"crash context: pid {ctx['pid']} ({ctx['comm']}) mm->pgd {pgd:#x}"
 
     def _registers_from(self):
         if not self.cpus():

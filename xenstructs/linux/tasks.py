@@ -63,6 +63,29 @@ def mm_pgd(kernel, mm):
     return kernel.member(mm, "mm_struct.pgd")
 
 
+def mm_root(mm, pgd_offset, machine, read_kernel, kernel_to_phys):
+    """``(root, pgd)`` of the address space ``mm`` (``struct mm_struct *``), for a host that reads
+    and translates kernel addresses itself (crash: ``KVADDR`` reads and ``kvtop``): ``mm->pgd``
+    read at ``mm + pgd_offset`` (``offsetof(struct mm_struct, pgd)``, a pointer of ``machine``),
+    and ``root``, the physical address of that page directory: the CR3 value without PCID.
+
+    :param read_kernel: ``(va, size) -> bytes``, or None when unreadable
+    :param kernel_to_phys: ``va -> physical address``, or None when it does not translate
+    :return: ``(None, None)`` when ``mm`` is NULL (a kernel thread), the offset unknown, or
+             ``mm->pgd`` unreadable or untranslatable
+    """
+    if not mm or pgd_offset is None:
+        return None, None
+    raw = read_kernel(mm + pgd_offset, 8 if machine == "x86_64" else 4)
+    if raw is None:
+        return None, None
+    pgd = int.from_bytes(raw, "little")
+    root = kernel_to_phys(pgd)
+    if root is None:
+        return None, None
+    return root, pgd
+
+
 def for_each_task(kernel, max_entries=MAX_ENTRIES, strict=False):
     """Every task on ``init_task.tasks``, ``init_task`` first, as :class:`Task` objects.
 
