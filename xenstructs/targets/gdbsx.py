@@ -43,6 +43,7 @@ from ..errors import NoRegister, NotInDump, Unsupported, XenscopeError
 from ..linux.memory_layout import (DIRECT_MAP_SIZE, KERNEL_START_48, PAGE_OFFSET_DEFAULT,
                                    START_KERNEL_MAP)
 from ..target import PAGE_SIZE, Target
+from ..xen.p2m import FOREIGN_FRAME_BIT, IDENTITY_FRAME_BIT
 from ..xen.release import LINEAR_PT_SLOT, RO_MPT_VIRT_END, RO_MPT_VIRT_START, pml4_addr
 
 KIND = "gdbsx (guest-virtual reads only; PV guest: MFN page tables via the guest's M2P view/P2M)"
@@ -63,8 +64,7 @@ CR0_PE = 1
 RO_MPT_SLOT = RO_MPT_VIRT_START >> L4_SHIFT & (ENTRIES_PER_TABLE - 1)
 RO_MPT_ENTRIES = (RO_MPT_VIRT_END - RO_MPT_VIRT_START) // ENTRY_SIZE
 VALID_M2P_TOP_BIT = 63                       # VALID_M2P(e): top bit clear
-FOREIGN_FRAME_BIT, IDENTITY_FRAME_BIT = 1 << 63, 1 << 62     # Linux's P2M flags (reference §6.1)
-P2M_FLAG_BITS = FOREIGN_FRAME_BIT | IDENTITY_FRAME_BIT       # (INVALID_P2M_ENTRY has both)
+P2M_FLAG_BITS = FOREIGN_FRAME_BIT | IDENTITY_FRAME_BIT       # Linux's P2M flags (INVALID_P2M_ENTRY has both)
 PAGE_OFFSET_ALIGN = 1 << 30                  # KASLR moves page_offset_base in whole 1 GiB steps
 MAX_P2M_SIZE = 1 << 40                       # a larger xen_p2m_size is not a P2M list
 MAX_FRAME = 1 << 52                          # 52-bit machine addresses
