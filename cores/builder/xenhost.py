@@ -595,7 +595,8 @@ def _domu_tables(dump):
     """d1's page tables (direct map, kernel text, a user process at 0x400000), its P2M array, and
     one frame being offlined."""
     host, domu = dump.host, dump.domu
-    l4, l3_directmap, l2_directmap, l1_directmap = domu.table(0, 4), domu.table(1, 3), domu.table(2, 2), domu.table(3, 1)
+    l4 = domu.table(0, 4)
+    l3_directmap, l2_directmap, l1_directmap = domu.table(1, 3), domu.table(2, 2), domu.table(3, 1)
     l3_text, l2_text, l1_text = domu.table(4, 3), domu.table(5, 2), domu.table(6, 1)
     l3_user, l2_user, l1_user = domu.table(12, 3), domu.table(13, 2), domu.table(14, 1)
     table_pfns = {0, 1, 2, 3, 4, 5, 6, 12, 13, 14}
