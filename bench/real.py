@@ -68,12 +68,122 @@ def rate(n, seconds):
     return n / seconds if seconds > 0 else float("inf")
 
 
+def boot_and_dump(args, dump):
+    """Boot, pause, time ``info tlb`` (best of ``args.repeat``) and write the ELF dump: (info tlb
+    text, its seconds, the dump's seconds)."""
+    t0 = time.perf_counter()
+    vm = boot_linux("x86_64")
+    try:
+        print(f"Debian x86_64 kernel booted under QEMU TCG in {time.perf_counter() - t0:.1f} s; paused")
+        vm.qmp("stop")
+        t_tlb, tlb = best_of(args.repeat, lambda: vm.hmp("info tlb"))
+        t0 = time.perf_counter()
+        vm.qmp("dump-guest-memory", paging=False, protocol=f"file:{dump}")
+        t_dump = time.perf_counter() - t0
+    finally:
+        vm.close()
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
+        shutil.copy(dump, args.keep)
+        with open(os.path.join(args.keep, "info-tlb.txt"), "w") as f:
+            f.write(tlb)
+    return tlb, t_tlb, t_dump
+
+
+def random_translations(args, target, paging, dump, tlb_va, tlb_pa, drgn, drgn_follow_phys):
+    """(a) N random kernel VAs through xenscope and drgn, every answer checked against ``info
+    tlb``; True when all agree."""
+    rng = np.random.default_rng(12345)
+    kern = np.nonzero(tlb_va >= np.uint64(KERNEL_HALF))[0]
+    pick = kern[rng.integers(0, len(kern), args.n)]
+    offset = rng.integers(0, 4096, args.n, dtype=np.uint64)
+    vas = tlb_va[pick] + offset
+    want = tlb_pa[pick] + offset
+    va_list = vas.tolist()
+    n = len(va_list)
+
+    def xs_walk():
+        return [walk(target, paging, va).pa for va in va_list]
+    t_walk, got_walk = best_of(args.repeat, xs_walk)
+    t_many, translated = best_of(args.repeat, lambda: translate_many(target, paging, va_list))  # the same list
+
+    prog = drgn.Program()
+    prog.set_core_dump(dump)
+    pgd = target.facts["vmcoreinfo"].symbol("init_top_pgt")   # the kernel's top table (kernel VA)
+
+    def drgn_phys():
+        return [drgn_follow_phys(prog, pgd, va) for va in va_list]
+
+    def drgn_read():
+        read, out = prog.read, []
+        for va in va_list:
+            try:
+                out.append(read(va, 1))
+            except drgn.FaultError:          # translated, but the page is not in the dump
+                out.append(None)
+        return out
+    t_drgn, got_drgn = best_of(args.repeat, drgn_phys)
+    t_read, got_read = best_of(args.repeat, drgn_read)
+
+    want_list = want.tolist()
+    bad_walk = sum(got != wanted for got, wanted in zip(got_walk, want_list))
+    bad_many = int((~translated.ok).sum() + (translated.pa != want).sum())
+    bad_drgn = sum(got != wanted for got, wanted in zip(got_drgn, want_list))
+    in_dump = [target.in_memory(wanted) for wanted in want_list]
+    bad_read = sum((got is None) == present for got, present in zip(got_read, in_dump))
+    bytes_ok = sum(got == target.read_phys(wanted, 1) for got, wanted in zip(got_read[:5000], want_list[:5000])
+                   if got is not None)
+    checked = sum(got is not None for got in got_read[:5000])
+    ok = bad_walk == bad_many == bad_drgn == bad_read == 0 and bytes_ok == checked
+
+    r_walk, r_many, r_drgn, r_read = rate(n, t_walk), rate(n, t_many), rate(n, t_drgn), rate(n, t_read)
+    print(f"\n(a) {n:,} random kernel VAs inside {len(kern):,} kernel pages of info tlb "
+          f"(best of {args.repeat}; the same Python list of addresses for every tool)")
+    print(f"    drgn {drgn.__version__}, no debug info: follow_phys helper through init_top_pgt "
+          f"(VMCOREINFO); xenscope through CR3 (same kernel half)")
+    print(f"    xenscope walk() loop      {t_walk:8.3f} s  {r_walk:12,.0f} /s   "
+          f"mismatches vs info tlb: {bad_walk}")
+    print(f"    xenscope translate_many() {t_many:8.3f} s  {r_many:12,.0f} /s   "
+          f"mismatches vs info tlb: {bad_many}")
+    print(f"    drgn follow_phys loop     {t_drgn:8.3f} s  {r_drgn:12,.0f} /s   "
+          f"mismatches vs info tlb: {bad_drgn}")
+    print(f"    drgn Program.read(va, 1)  {t_read:8.3f} s  {r_read:12,.0f} /s   "
+          f"({n - sum(in_dump):,} VAs map pages absent from the dump (ISA/ROM holes): FaultError "
+          f"for {sum(got is None for got in got_read):,}; byte equal to read_phys(info-tlb pa) "
+          f"for {bytes_ok:,} of {checked:,} checked)")
+    print(f"    ratio xenscope/drgn(follow_phys): walk() {r_walk / r_drgn:.2f}x, "
+          f"translate_many() {r_many / r_drgn:.1f}x   (target >= 1x: "
+          f"walk() {'ok' if r_walk >= r_drgn else 'MISSED'}, "
+          f"translate_many() {'ok' if r_many >= r_drgn else 'MISSED'})")
+    return ok
+
+
+def whole_maps(args, target, context, tlb_va, tlb_pa, t_tlb):
+    """(b) maps of the whole address space against ``info tlb``; True when they agree."""
+    def maps():
+        mappings = enumerate_mappings(target, context.paging)
+        return mappings, coalesce(mappings)
+    t_maps, (mappings, ranges) = best_of(args.repeat, maps)
+    same_count = len(mappings) == len(tlb_va)
+    ours = set(zip(mappings.va.tolist(), mappings.pa.tolist()))
+    qemus = set(zip(tlb_va.tolist(), tlb_pa.tolist()))
+    print(f"\n(b) maps of the whole address space (CR3 {context.cr3:#x})")
+    print(f"    xenscope enumerate_mappings+coalesce {t_maps:.3f} s: {len(mappings):,} pages, "
+          f"{len(ranges):,} ranges, {mappings.tables:,} tables, {len(mappings.problems)} problems")
+    print(f"    QEMU info tlb over QMP                {t_tlb:.3f} s: {len(tlb_va):,} lines")
+    print(f"    ratio info-tlb time / xenscope time: {t_tlb / t_maps:.2f}x "
+          f"({'xenscope faster' if t_maps < t_tlb else 'QEMU faster'})")
+    print(f"    page count equal: {'yes' if same_count else 'NO'}; (va, pa) sets equal: "
+          f"{'yes' if ours == qemus else f'NO ({len(ours - qemus)} only xenscope, {len(qemus - ours)} only QEMU)'}")
+    return same_count and ours == qemus
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=100_000, help="random kernel addresses (default 100 000)")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs, best kept (default 3)")
     ap.add_argument("--keep", metavar="DIR", help="keep the dump and info tlb text in DIR")
-    a = ap.parse_args()
+    args = ap.parse_args()
     try:
         import drgn
         from drgn.helpers.linux.mm import _linux_helper_follow_phys as drgn_follow_phys
@@ -84,112 +194,17 @@ def main():
     dump = os.path.join(work, "linux.elf")
     ok = True
     try:
-        t0 = time.perf_counter()
-        v = boot_linux("x86_64")
-        try:
-            print(f"Debian x86_64 kernel booted under QEMU TCG in {time.perf_counter() - t0:.1f} s; paused")
-            v.qmp("stop")
-            t_tlb, tlb = best_of(a.repeat, lambda: v.hmp("info tlb"))
-            t0 = time.perf_counter()
-            v.qmp("dump-guest-memory", paging=False, protocol=f"file:{dump}")
-            t_dump = time.perf_counter() - t0
-        finally:
-            v.close()
-        if a.keep:
-            os.makedirs(a.keep, exist_ok=True)
-            shutil.copy(dump, a.keep)
-            with open(os.path.join(a.keep, "info-tlb.txt"), "w") as f:
-                f.write(tlb)
+        tlb, t_tlb, t_dump = boot_and_dump(args, dump)
         tlb_va, tlb_pa = parse_tlb(tlb)
         print(f"QEMU info tlb (QMP human-monitor-command): {len(tlb_va):,} pages in {t_tlb:.3f} s "
-              f"(best of {a.repeat}); dump {os.path.getsize(dump) >> 20} MiB written in {t_dump:.1f} s")
+              f"(best of {args.repeat}); dump {os.path.getsize(dump) >> 20} MiB written in {t_dump:.1f} s")
 
-        t = open_dump(dump)
-        ctx = resolve(t)
-        pg = ctx.paging
-        print(f"xenscope: {t.kind}, {pg.mode}, CR3 {ctx.cr3:#x} ({ctx.sources['cr3']})")
-
-        # ---- (a) random kernel translations --------------------------------------------------
-        rng = np.random.default_rng(12345)
-        kern = np.nonzero(tlb_va >= np.uint64(KERNEL_HALF))[0]
-        pick = kern[rng.integers(0, len(kern), a.n)]
-        off = rng.integers(0, 4096, a.n, dtype=np.uint64)
-        vas = tlb_va[pick] + off
-        want = tlb_pa[pick] + off
-        va_list = vas.tolist()
-        n = len(va_list)
-
-        def xs_walk():
-            return [walk(t, pg, va).pa for va in va_list]
-        t_walk, got_walk = best_of(a.repeat, xs_walk)
-        t_many, tr = best_of(a.repeat, lambda: translate_many(t, pg, va_list))   # from the same list
-
-        prog = drgn.Program()
-        prog.set_core_dump(dump)
-        pgd = t.facts["vmcoreinfo"].symbol("init_top_pgt")   # the kernel's top table (kernel VA)
-
-        def drgn_phys():
-            return [drgn_follow_phys(prog, pgd, va) for va in va_list]
-
-        def drgn_read():
-            rd, out = prog.read, []
-            for va in va_list:
-                try:
-                    out.append(rd(va, 1))
-                except drgn.FaultError:          # translated, but the page is not in the dump
-                    out.append(None)
-            return out
-        t_drgn, got_drgn = best_of(a.repeat, drgn_phys)
-        t_read, got_read = best_of(a.repeat, drgn_read)
-
-        want_l = want.tolist()
-        bad_walk = sum(g != w for g, w in zip(got_walk, want_l))
-        bad_many = int((~tr.ok).sum() + (tr.pa != want).sum())
-        bad_drgn = sum(g != w for g, w in zip(got_drgn, want_l))
-        in_dump = [t.in_memory(w) for w in want_l]
-        bad_read = sum((r is None) == d for r, d in zip(got_read, in_dump))
-        bytes_ok = sum(r == t.read_phys(w, 1) for r, w in zip(got_read[:5000], want_l[:5000]) if r is not None)
-        checked = sum(r is not None for r in got_read[:5000])
-        ok &= bad_walk == bad_many == bad_drgn == bad_read == 0 and bytes_ok == checked
-
-        r_walk, r_many, r_drgn, r_read = rate(n, t_walk), rate(n, t_many), rate(n, t_drgn), rate(n, t_read)
-        print(f"\n(a) {n:,} random kernel VAs inside {len(kern):,} kernel pages of info tlb "
-              f"(best of {a.repeat}; the same Python list of addresses for every tool)")
-        print(f"    drgn {drgn.__version__}, no debug info: follow_phys helper through init_top_pgt "
-              f"(VMCOREINFO); xenscope through CR3 (same kernel half)")
-        print(f"    xenscope walk() loop      {t_walk:8.3f} s  {r_walk:12,.0f} /s   "
-              f"mismatches vs info tlb: {bad_walk}")
-        print(f"    xenscope translate_many() {t_many:8.3f} s  {r_many:12,.0f} /s   "
-              f"mismatches vs info tlb: {bad_many}")
-        print(f"    drgn follow_phys loop     {t_drgn:8.3f} s  {r_drgn:12,.0f} /s   "
-              f"mismatches vs info tlb: {bad_drgn}")
-        print(f"    drgn Program.read(va, 1)  {t_read:8.3f} s  {r_read:12,.0f} /s   "
-              f"({n - sum(in_dump):,} VAs map pages absent from the dump (ISA/ROM holes): FaultError "
-              f"for {sum(r is None for r in got_read):,}; byte equal to read_phys(info-tlb pa) "
-              f"for {bytes_ok:,} of {checked:,} checked)")
-        print(f"    ratio xenscope/drgn(follow_phys): walk() {r_walk / r_drgn:.2f}x, "
-              f"translate_many() {r_many / r_drgn:.1f}x   (target >= 1x: "
-              f"walk() {'ok' if r_walk >= r_drgn else 'MISSED'}, "
-              f"translate_many() {'ok' if r_many >= r_drgn else 'MISSED'})")
-
-        # ---- (b) maps of the whole address space ---------------------------------------------
-        def maps():
-            m = enumerate_mappings(t, pg)
-            return m, coalesce(m)
-        t_maps, (m, ranges) = best_of(a.repeat, maps)
-        same_count = len(m) == len(tlb_va)
-        xs = set(zip(m.va.tolist(), m.pa.tolist()))
-        qs = set(zip(tlb_va.tolist(), tlb_pa.tolist()))
-        ok &= same_count and xs == qs
-        print(f"\n(b) maps of the whole address space (CR3 {ctx.cr3:#x})")
-        print(f"    xenscope enumerate_mappings+coalesce {t_maps:.3f} s: {len(m):,} pages, "
-              f"{len(ranges):,} ranges, {m.tables:,} tables, {len(m.problems)} problems")
-        print(f"    QEMU info tlb over QMP                {t_tlb:.3f} s: {len(tlb_va):,} lines")
-        print(f"    ratio info-tlb time / xenscope time: {t_tlb / t_maps:.2f}x "
-              f"({'xenscope faster' if t_maps < t_tlb else 'QEMU faster'})")
-        print(f"    page count equal: {'yes' if same_count else 'NO'}; (va, pa) sets equal: "
-              f"{'yes' if xs == qs else f'NO ({len(xs - qs)} only xenscope, {len(qs - xs)} only QEMU)'}")
-        t.close()
+        target = open_dump(dump)
+        context = resolve(target)
+        print(f"xenscope: {target.kind}, {context.paging.mode}, CR3 {context.cr3:#x} ({context.sources['cr3']})")
+        ok &= random_translations(args, target, context.paging, dump, tlb_va, tlb_pa, drgn, drgn_follow_phys)
+        ok &= whole_maps(args, target, context, tlb_va, tlb_pa, t_tlb)
+        target.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{'all checks agree' if ok else 'DISAGREEMENT (see above)'}")

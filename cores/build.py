@@ -18,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from builder.elfcore import VADDR_BASE, write_elf_core  # noqa: E402
-from builder.pagetables import PageTables, PhysMem, coalesce, A, D, RW, US, P, PS, XD  # noqa: E402
+from builder.pagetables import PageTables, PhysMem, coalesce, A, RW, US, P, PS, XD  # noqa: E402
 from builder import xenhost  # noqa: E402
 from builder import kernelcores  # noqa: E402
 from builder import pvguest  # noqa: E402
@@ -61,7 +61,7 @@ def _vmcoreinfo(lines):
 def core_2level():
     mem = PhysMem(0x100000)
     pt = PageTables("2level", mem, nxe=False, pse=True)
-    low = mem.pattern(0x1000, 1)
+    mem.pattern(0x1000, 1)                          # a pattern page at 0x1000 (in the dump)
     dpage = lambda: mem.pattern(mem.alloc(), 1)  # noqa: E731
     # kernel lowmem (direct map 0xc0000000 + pa): two 4 MiB pages, all in-dump pages lie below 8 MiB
     pt.map(0xC0000000, 0, 4 * M, rw=True, us=False, global_=True)

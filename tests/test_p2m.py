@@ -200,7 +200,7 @@ def test_p2m_from_linux_and_symbols(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 GUEST_DIRECTMAP = 0xFFFF880000000000   # cores/README.md: guests' direct map
-D1_P2M_PFN = 7                         # cores/builder/xenhost.py: d1's P2M array page (uP2M)
+D1_P2M_PFN = 7                         # cores/builder/xenhost.py: d1's P2M array page (D1_P2M)
 
 
 def cli(*args):

@@ -22,6 +22,7 @@ Reference counting (what the page_info counts mean here):
 import json
 import os
 import struct
+from dataclasses import dataclass, field
 
 from .elfcore import write_elf_core
 from .pagetables import PhysMem
@@ -109,6 +110,21 @@ RODATA_STRINGS = [("xen_extra_version", 0x100), ("xen_changeset", 0x120), ("xen_
                   ("xen_compile_date", 0x1C0), ("xen_compile_time", 0x200)]
 XEN_PHYS_START = 0x1000000                  # 16 MiB, 2 MiB aligned
 
+XEN_STACKS = (0x1E07F58, 0x1E0FD88)         # per-CPU stack pointers (xenheap frames, kept empty)
+
+# dom0: pfns 0-9 are its page tables (see Dom0Tables), then these pages
+D0_P2M, D0_WRITABLE, D0_FRAME_LIST_LIST, D0_FRAME_LIST = 10, 11, 12, 13
+D0_EXTRA = (  # dom0 pfns 64-71 (frames 0x2040..; the P2M faults), why each is odd; pfn 69 is non-RAM
+    (64, "M2P entry stale: says pfn 0x41"), (65, None),
+    (66, "P2M entry bit 36 flipped: beyond max_page; M2P orphan"), (67, None),
+    (68, "P2M entry overwritten with pfn 0x43's: M2P orphan"),
+    (70, "P2M entry overwritten with INVALID: M2P orphan"), (71, None))
+D1_P2M = 7                                  # d1's P2M array page
+MAX_PAGES = {"d0": 256, "d1": 64, "dom_xen": 0, "dom_io": 0, "dom_cow": 0}
+FREE_FRAME = {"owner": None, "xen_heap": False, "allocated": False, "gen": 0, "type": "none",
+              "tcount": 0, "validated": False, "pinned": False, "state": "free", "broken": False,
+              "m2p": INVALID_M2P}
+
 
 def _hole_setup(mask):
     """pfn_pdx_hole_setup() (xen/common/pdx.c): largest run of zero bits above MAX_ORDER-1."""
@@ -127,18 +143,18 @@ def _hole_setup(mask):
             hole, bottom = j - i, i
     if not hole:
         return None
-    bmask = (1 << bottom) - 1
-    hmask = ((1 << hole) - 1) << bottom
-    top = U64 & ~(bmask | hmask)
-    return {"hole_shift": hole, "bottom_mask": bmask, "top_mask": top, "hole_mask": hmask,
+    bottom_mask = (1 << bottom) - 1
+    hole_mask = ((1 << hole) - 1) << bottom
+    top = U64 & ~(bottom_mask | hole_mask)
+    return {"hole_shift": hole, "bottom_mask": bottom_mask, "top_mask": top, "hole_mask": hole_mask,
             "ma_va_bottom_mask": (PAGE << bottom) - 1, "ma_top_mask": (top << 12) & U64,
             "bits": [bottom, bottom + hole - 1]}
 
 
 def _region_mask(base, n):
     """pdx_region_mask() in pfn units: base | fill_mask(base ^ (end - 1))."""
-    x = base ^ (base + n - 1)
-    fill = (1 << x.bit_length()) - 1
+    differing = base ^ (base + n - 1)
+    fill = (1 << differing.bit_length()) - 1
     return base | fill
 
 
@@ -146,41 +162,42 @@ class Host:
     def __init__(self, key):
         self.key = key
         self.cfg = VERSIONS[key]
-        self.tl = TYPE_LAYOUT[self.cfg["type"]]
-        self.cl = COUNT_LAYOUT[self.cfg["count"]]
+        self.type_layout = TYPE_LAYOUT[self.cfg["type"]]
+        self.count_layout = COUNT_LAYOUT[self.cfg["count"]]
         self.mem = PhysMem(0)
         self.ram = [(0, 0x4000)] + ([(0x1000000, 0x1000)] if self.cfg["pdx_hole"] else [])
-        self.max_page = max(b + n for b, n in self.ram)
+        self.max_page = max(base + count for base, count in self.ram)
         if self.cfg["pdx_hole"]:
             mask = 0
-            for b, n in self.ram:
-                mask |= _region_mask(b, n)
+            for base, count in self.ram:
+                mask |= _region_mask(base, count)
             self.pdx = _hole_setup(mask)
             assert self.pdx and self.pdx["hole_shift"] == 5 and self.pdx["bits"] == [19, 23], self.pdx
         else:
             self.pdx = None
         self.frames = {}                    # mfn -> dict (every claimed = non-free frame)
-        self.vx = self.cfg["xen_virt_start"]
+        self.virt_start = self.cfg["xen_virt_start"]
+        self.idle = None                    # idle_pg_table's mfn (set with the image)
+        self.domains = {}                   # name -> {"maddr", "va"} of its struct domain
         self.xen_pool = iter(range(0x1400, 0x1600))       # Xen's boot-allocated page tables
         self.heap_pool = iter(range(0x1C00, 0x1D00))      # xenheap (domain structs, shared_info)
-        self.log_lines = []
 
     # -- machine frames -------------------------------------------------------------------------
     def is_ram(self, mfn):
-        return any(b <= mfn < b + n for b, n in self.ram)
+        return any(base <= mfn < base + count for base, count in self.ram)
 
     def pfn_to_pdx(self, pfn):
         if not self.pdx:
             return pfn
         return (pfn & self.pdx["bottom_mask"]) | ((pfn & self.pdx["top_mask"]) >> self.pdx["hole_shift"])
 
-    def dm_off(self, ma):
+    def directmap_offset(self, ma):
         if not self.pdx:
             return ma
         return ((ma & self.pdx["ma_top_mask"]) >> self.pdx["hole_shift"]) | (ma & self.pdx["ma_va_bottom_mask"])
 
-    def dm_va(self, ma):
-        return DIRECTMAP + self.dm_off(ma)
+    def directmap_va(self, ma):
+        return DIRECTMAP + self.directmap_offset(ma)
 
     def claim(self, mfn, role, owner=None, xen_heap=False, allocated=None, state="inuse", write=False):
         assert self.is_ram(mfn) and mfn not in self.frames, hex(mfn)
@@ -199,11 +216,11 @@ class Host:
             self.mem.add(mfn << 12)
         return self.mem.pages[mfn]
 
-    def w64(self, ma, v):
+    def write_u64(self, ma, value):
         self.page(ma >> 12)
-        self.mem.write(ma, (v & U64).to_bytes(8, "little"))
+        self.mem.write(ma, (value & U64).to_bytes(8, "little"))
 
-    def r64(self, ma):
+    def read_u64(self, ma):
         raw = self.mem.read(ma, 8)
         return None if raw is None else int.from_bytes(raw, "little")
 
@@ -211,27 +228,26 @@ class Host:
         """Take a general reference and, with ``typ``, a type reference (validated)."""
         if not legit:
             return
-        f = self.frames[mfn]
-        f["gen"] += 1
+        frame = self.frames[mfn]
+        frame["gen"] += 1
         if typ is not None:
-            assert f["tcount"] == 0 or f["type"] == typ, (hex(mfn), f["type"], typ)
-            f["type"] = typ
-            f["tcount"] += 1
-            f["validated"] = True
+            assert frame["tcount"] == 0 or frame["type"] == typ, (hex(mfn), frame["type"], typ)
+            frame["type"] = typ
+            frame["tcount"] += 1
+            frame["validated"] = True
 
     def share(self, mfn, owner, writable):
         """share_xen_page_with_guest(): PGC_allocated|1, type writable/none |validated|1."""
-        f = self.frames[mfn]
-        f.update(owner=owner, allocated=True, gen=1, type="writable" if writable else "none",
-                 tcount=1, validated=True)
+        self.frames[mfn].update(owner=owner, allocated=True, gen=1, type="writable" if writable else "none",
+                                tcount=1, validated=True)
 
     # -- page tables ------------------------------------------------------------------------------
-    def set_entry(self, table_mfn, idx, value):
-        assert 0 <= idx < 512
-        self.w64((table_mfn << 12) + idx * 8, value)
+    def set_entry(self, table_mfn, index, value):
+        assert 0 <= index < 512
+        self.write_u64((table_mfn << 12) + index * 8, value)
 
-    def get_entry(self, table_mfn, idx):
-        return self.r64((table_mfn << 12) + idx * 8)
+    def get_entry(self, table_mfn, index):
+        return self.read_u64((table_mfn << 12) + index * 8)
 
     @staticmethod
     def idx(va, level):
@@ -243,77 +259,77 @@ class Host:
     def xen_path(self, va, level):
         """Table (mfn) holding the ``level`` entry for ``va`` in idle_pg_table; creates
         intermediate tables from Xen's pool with __PAGE_HYPERVISOR."""
-        t = self.idle
-        for lvl in range(4, level, -1):
-            e = self.get_entry(t, self.idx(va, lvl))
-            if not e & P:
-                nt = self.xen_table()
-                self.set_entry(t, self.idx(va, lvl), (nt << 12) | XEN_TABLE)
-                t = nt
+        table = self.idle
+        for upper in range(4, level, -1):
+            entry = self.get_entry(table, self.idx(va, upper))
+            if not entry & P:
+                new_table = self.xen_table()
+                self.set_entry(table, self.idx(va, upper), (new_table << 12) | XEN_TABLE)
+                table = new_table
             else:
-                assert not e & PS
-                t = (e & FRAME_MASK) >> 12
-        return t
+                assert not entry & PS
+                table = (entry & FRAME_MASK) >> 12
+        return table
 
-    def xmap(self, va, ma, size, flags):
+    def xen_map(self, va, ma, size, flags):
         level = {PAGE: 1, 1 << 21: 2}[size]
-        t = self.xen_path(va, level)
-        assert not self.get_entry(t, self.idx(va, level)) & P, hex(va)
-        self.set_entry(t, self.idx(va, level), ma | flags | (PS if level == 2 else 0))
-        return t
+        table = self.xen_path(va, level)
+        assert not self.get_entry(table, self.idx(va, level)) & P, hex(va)
+        self.set_entry(table, self.idx(va, level), ma | flags | (PS if level == 2 else 0))
+        return table
 
     def walk(self, root_mfn, va):
         """The CPU's 4-level walk over this builder's memory."""
-        t = root_mfn << 12
+        table_ma = root_mfn << 12
         for level in (4, 3, 2, 1):
-            e = self.r64(t + self.idx(va, level) * 8)
+            entry = self.read_u64(table_ma + self.idx(va, level) * 8)
             name = f"L{level}"
-            if e is None:
+            if entry is None:
                 return {"va": va, "ma": None, "stop": "not-in-dump", "level": name, "page_size": None}
-            if not e & P:
+            if not entry & P:
                 return {"va": va, "ma": None, "stop": "not-present", "level": name, "page_size": None}
-            frame = e & FRAME_MASK
-            if level in (2, 3) and e & PS:
+            frame = entry & FRAME_MASK
+            if level in (2, 3) and entry & PS:
                 size = 1 << (12 + 9 * (level - 1))
                 return {"va": va, "ma": (frame & ~(size - 1)) + (va & (size - 1)), "stop": None,
                         "level": name, "page_size": size}
             if level == 1:
                 return {"va": va, "ma": frame + (va & 0xFFF), "stop": None, "level": name,
                         "page_size": PAGE}
-            t = frame
+            table_ma = frame
         raise AssertionError
 
     # -- encodings ----------------------------------------------------------------------------------
-    def type_info(self, f):
-        if f["state"] == "free":
+    def type_info(self, frame):
+        if frame["state"] == "free":
             return 0
-        v = self.tl["codes"][f["type"]] << self.tl["shift"]
-        v |= (PGT_pinned if f["pinned"] else 0) | (PGT_validated if f["validated"] else 0)
-        assert f["tcount"] <= PGT_count_mask
-        return v | f["tcount"]
+        value = self.type_layout["codes"][frame["type"]] << self.type_layout["shift"]
+        value |= (PGT_pinned if frame["pinned"] else 0) | (PGT_validated if frame["validated"] else 0)
+        assert frame["tcount"] <= PGT_count_mask
+        return value | frame["tcount"]
 
-    def count_info(self, f):
-        v = STATES[f["state"]] << self.cl["state_shift"]
-        v |= (PGC_allocated if f["allocated"] else 0) | (PGC_xen_heap if f["xen_heap"] else 0)
-        v |= self.cl["broken"] if f["broken"] else 0
-        if f.get("need_scrub"):
-            v |= self.cl["need_scrub"]
-        assert f["gen"] <= self.cl["count_mask"]
-        return v | f["gen"]
+    def count_info(self, frame):
+        value = STATES[frame["state"]] << self.count_layout["state_shift"]
+        value |= (PGC_allocated if frame["allocated"] else 0) | (PGC_xen_heap if frame["xen_heap"] else 0)
+        value |= self.count_layout["broken"] if frame["broken"] else 0
+        if frame.get("need_scrub"):
+            value |= self.count_layout["need_scrub"]
+        assert frame["gen"] <= self.count_layout["count_mask"]
+        return value | frame["gen"]
 
     def pickled(self, name):
-        return self.dm_off(self.domains[name]["maddr"]) >> 12
+        return self.directmap_offset(self.domains[name]["maddr"]) >> 12
 
-    def ptype(self, typ):
-        return self.tl["codes"][typ] << self.tl["shift"]
+    def type_bits(self, typ):
+        return self.type_layout["codes"][typ] << self.type_layout["shift"]
 
 
 # =================================================================================================
 class Guest:
     """A 64-bit PV guest: frames, P2M, page tables with machine frame numbers."""
 
-    def __init__(self, host, name, npfn, mfn_of, vcpus, max_pages, missing=()):
-        self.h, self.name, self.npfn, self.vcpus, self.max_pages = host, name, npfn, vcpus, max_pages
+    def __init__(self, host, name, npfn, mfn_of, vcpus, missing=()):
+        self.host, self.name, self.npfn, self.vcpus = host, name, npfn, vcpus
         self.p2m = {}
         for pfn in range(npfn):
             if pfn in missing:
@@ -323,506 +339,657 @@ class Guest:
             host.frames[mfn]["m2p"] = pfn
             self.p2m[pfn] = mfn
         self.tables = {}
+        self.l4 = None                      # set by pin_and_run
 
     def mfn(self, pfn):
         return self.p2m[pfn]
 
     def table(self, pfn, level):
         mfn = self.mfn(pfn)
-        self.h.page(mfn)
+        self.host.page(mfn)
         self.tables[mfn] = level
-        self.h.frames[mfn]["role"] += f" (L{level})"
+        self.host.frames[mfn]["role"] += f" (L{level})"
         return mfn
 
-    def link(self, parent, idx, child, flags=GUEST_TABLE, legit=True):
-        """parent[idx] -> child as a next-level table."""
-        self.h.set_entry(parent, idx, (child << 12) | flags)
-        self.h.ref(child, f"l{self.tables[parent] - 1}", legit)
+    def link(self, parent, index, child, flags=GUEST_TABLE, legit=True):
+        """parent[index] -> child as a next-level table."""
+        self.host.set_entry(parent, index, (child << 12) | flags)
+        self.host.ref(child, f"l{self.tables[parent] - 1}", legit)
 
-    def map(self, l1, idx, target, rw, user=False, legit=True):
+    def link_path(self, l4, indices, l3, l2, l1):
+        """l4[i4] -> l3, l3[i3] -> l2, l2[i2] -> l1 for ``indices`` (i4, i3, i2): legitimate entries."""
+        i4, i3, i2 = indices
+        self.link(l4, i4, l3)
+        self.link(l3, i3, l2)
+        self.link(l2, i2, l1)
+
+    def map(self, l1, index, target, rw, user=False, legit=True):
         flags = P | US | A | (RW | D if rw else 0) | (0 if user else GUEST_KERNEL)
-        self.h.set_entry(l1, idx, (target << 12) | flags)
-        self.h.ref(target, "writable" if rw else None, legit)
+        self.host.set_entry(l1, index, (target << 12) | flags)
+        self.host.ref(target, "writable" if rw else None, legit)
         return (target << 12) | flags
 
     def xen_slots(self, l4, perdomain_l3):
         """init_xen_l4_slots / init_guest_l4_table: slots 256..271 copied from idle_pg_table, then
         258 = linear self map, 260 = per-domain L3 (no references taken)."""
-        h = self.h
-        for s in range(256, 272):
-            h.set_entry(l4, s, h.get_entry(h.idle, s))
-        h.set_entry(l4, 258, (l4 << 12) | XEN_TABLE)
-        h.set_entry(l4, 260, (perdomain_l3 << 12) | XEN_TABLE)
+        host = self.host
+        for slot in range(256, 272):
+            host.set_entry(l4, slot, host.get_entry(host.idle, slot))
+        host.set_entry(l4, 258, (l4 << 12) | XEN_TABLE)
+        host.set_entry(l4, 260, (perdomain_l3 << 12) | XEN_TABLE)
 
     def pin_and_run(self, l4):
-        f = self.h.frames[l4]
-        self.h.ref(l4, "l4")                # MMUEXT_PIN_L4_TABLE
-        f["pinned"] = True
+        self.host.ref(l4, "l4")             # MMUEXT_PIN_L4_TABLE
+        self.host.frames[l4]["pinned"] = True
         for _ in range(self.vcpus):         # each vcpu's arch.guest_table
-            self.h.ref(l4, "l4")
+            self.host.ref(l4, "l4")
         self.l4 = l4
 
 
+def _directmap_indices(host):
+    return (host.idx(GUEST_DM, 4), 0, 0)
+
+
+def _kernel_text_indices(host):
+    return (host.idx(GUEST_KTEXT, 4), host.idx(GUEST_KTEXT, 3), host.idx(GUEST_KTEXT, 2))
+
+
+@dataclass
+class Dom0Tables:
+    """dom0's page tables (mfns; its pfns 0-9): the L4 and one L3-L2-L1 path each for the direct map
+    (GUEST_DM), the kernel text (GUEST_KTEXT) and vmalloc (GUEST_VMALLOC: the P2M array)."""
+    l4: int
+    l3_directmap: int
+    l2_directmap: int
+    l1_directmap: int
+    l3_text: int
+    l2_text: int
+    l1_text: int
+    l3_vmalloc: int
+    l2_vmalloc: int
+    l1_vmalloc: int
+
+
+@dataclass
+class HostDump:
+    """What the steps of :func:`build` hand on to each other and to :func:`write`, filled in step by
+    step (each field says which step sets it)."""
+    key: str
+    host: Host
+    frame_table_backing: dict = field(default_factory=dict)   # frame table: page index -> mfn
+    m2p_backing: dict = field(default_factory=dict)           # M2P: page index -> mfn
+    perdomain_l3: dict = field(default_factory=dict)          # xen heap: "d0"/"d1" -> mfn
+    shared_info: dict = field(default_factory=dict)           # xen heap: "d0"/"d1" -> mfn
+    cow_mfn: int = None                                       # dom_cow
+    dom0: Guest = None                                        # guests
+    domu: Guest = None
+    dom0_extra: dict = field(default_factory=dict)            # guests: dom0 pfn 64-71 -> mfn
+    dom0_tables: Dom0Tables = None                            # dom0 tables
+    foreign_p2m_mfn: int = None                               # injected violations: d1 frames
+    foreign_ref_mfn: int = None
+    table_mapped_rw_entry: int = None                         # ... and the L1 entries written
+    foreign_ref_entry: int = None
+    dom0_p2m: list = None                                     # dom0 P2M: the list's entries
+    p2m_faults: list = None                                   # ... what a check must report
+    free_chunks: list = None                                  # free frames: (mfn, order, need_scrub)
+    tot_pages: dict = None                                    # domain structs
+    values: dict = None                                       # Xen variables: what they hold
+    symbols: dict = field(default_factory=dict)               # ... name -> Xen virtual address
+    string_maddr: dict = field(default_factory=dict)          # ... rodata string -> machine address
+    map_types: dict = None                                    # ... System.map type letters
+    vmcoreinfo_symbols: dict = None                           # VMCOREINFO_XEN
+    vmcoreinfo_lines: list = None
+    vmcoreinfo_text: str = None
+    frames: list = None                                       # frame truth: every non-free frame
+    census: dict = None
+    free_frames: int = None
+    free_ranges: list = None
+    violations: list = None                                   # violation records
+    frame_table_fault: int = None                             # walks: the VA Xen faults on
+    walks: list = None
+    guest_walks: list = None
+    cpus: list = None                                         # crash notes
+    crash_info: bytes = None
+
+    def per_cpu_notes(self, cpu, regs):
+        notes = [("Xen", 0x1000002, struct.pack("<4Q", regs["cr0"], regs["cr2"], regs["cr3"], regs["cr4"]))]
+        if cpu == 0:
+            notes.append(("Xen", 0x1000001, self.crash_info))
+        return notes
+
+
 # =================================================================================================
-def build(key):
-    h = Host(key)
-    cfg = h.cfg
-    vx = h.vx
-    img = XEN_PHYS_START
-    # ---- Xen image: one 2 MiB page; frames anonymous (not heap) ---------------------------------
-    for mfn in range(img >> 12, (img + IMG_SIZE) >> 12):
-        h.claim(mfn, "xen image")
-    h.idle = (img + IDLE_PG_TABLE) >> 12
-    for off in (0, RODATA, DATA, IDLE_PG_TABLE, L3_XENMAP, L2_XENMAP):
-        h.page((img + off) >> 12)
-    text = h.page(img >> 12)
-    text[:] = bytes([0x0F, 0x0B] * (PAGE // 2))                     # ud2 ...
-    h.set_entry(h.idle, 261, ((img + L3_XENMAP)) | XEN_TABLE)
-    h.set_entry(img + L3_XENMAP >> 12, h.idx(vx, 3), (img + L2_XENMAP) | XEN_TABLE)
-    h.xmap(vx, img, 1 << 21, P | RW | A | D | G)                      # RWX 2 MiB (4.6-style)
-    h.set_entry(h.idle, 258, (h.idle << 12) | XEN_TABLE)              # LINEAR_PT: self map
+# build(): the steps, in the order they touch memory and frames
+def _xen_image(dump):
+    """Xen's image: one 2 MiB page (frames anonymous, not heap) holding ud2 text, idle_pg_table
+    (with its linear slot 258) and the l3/l2_xenmap tables that map the image itself."""
+    host, image = dump.host, XEN_PHYS_START
+    for mfn in range(image >> 12, (image + IMG_SIZE) >> 12):
+        host.claim(mfn, "xen image")
+    host.idle = (image + IDLE_PG_TABLE) >> 12
+    for offset in (0, RODATA, DATA, IDLE_PG_TABLE, L3_XENMAP, L2_XENMAP):
+        host.page((image + offset) >> 12)
+    host.page(image >> 12)[:] = bytes([0x0F, 0x0B] * (PAGE // 2))    # ud2 ...
+    host.set_entry(host.idle, 261, (image + L3_XENMAP) | XEN_TABLE)
+    host.set_entry((image + L3_XENMAP) >> 12, host.idx(host.virt_start, 3), (image + L2_XENMAP) | XEN_TABLE)
+    host.xen_map(host.virt_start, image, 1 << 21, P | RW | A | D | G)  # RWX 2 MiB (4.6-style)
+    host.set_entry(host.idle, 258, (host.idle << 12) | XEN_TABLE)      # LINEAR_PT: self map
 
-    # ---- direct map: 2 MiB pages over all RAM ------------------------------------------------
-    for base, n in h.ram:
-        for ma in range(base << 12, (base + n) << 12, 1 << 21):
-            h.xmap(h.dm_va(ma), ma, 1 << 21, XEN_DATA)
 
-    # ---- frame table (indexed by pdx), 4 KiB pages, backing frames from the boot allocator ----
-    ft_pool = iter(range(0x1800, 0x1900))
-    ft_pages = sorted({h.pfn_to_pdx(m) * PAGE_INFO_SIZE >> 12 for b, n in h.ram for m in range(b, b + n)})
-    ft_backing = {}
-    for pg in ft_pages:
-        mfn = h.claim(next(ft_pool), "frame table", write=True)
-        ft_backing[pg] = mfn
-        h.xmap(FRAMETABLE + (pg << 12), mfn << 12, PAGE, XEN_DATA)
+def _direct_map(dump):
+    """2 MiB pages over all RAM."""
+    host = dump.host
+    for base, count in host.ram:
+        for ma in range(base << 12, (base + count) << 12, 1 << 21):
+            host.xen_map(host.directmap_va(ma), ma, 1 << 21, XEN_DATA)
 
-    # ---- M2P (indexed by mfn): RW view (slot 261), RO view (slot 256) sharing the L1s --------------
-    m2p_pool = iter(range(0x1A00, 0x1B00))
-    m2p_pages = sorted({m * 8 >> 12 for b, n in h.ram for m in range(b, b + n)})
-    m2p_backing = {}
-    for pg in m2p_pages:
-        mfn = h.claim(next(m2p_pool), "M2P")
-        m2p_backing[pg] = mfn
-        h.page(mfn)[:] = b"\xff" * PAGE
-        h.xmap(RDWR_MPT + (pg << 12), mfn << 12, PAGE, P | RW | US | A | D | G | NX)
-    assert all(pg >> 18 == 0 for pg in m2p_pages)          # all in the first GiB of the M2P
-    ro_l3, ro_l2 = h.xen_table(), h.xen_table()
-    h.set_entry(h.idle, 256, (ro_l3 << 12) | P | US | A)  # RO, user (guest-visible)
-    h.set_entry(ro_l3, 0, (ro_l2 << 12) | P | US | A)
-    rw_l2 = h.xen_path(RDWR_MPT, 2)
-    for i in range(512):                                   # RO L2 entries -> the RW view's L1s
-        e = h.get_entry(rw_l2, i)
-        if e & P:
-            h.set_entry(ro_l2, i, (e & FRAME_MASK) | P | US | A)
 
-    # ---- domains: struct domain pages in the xenheap -------------------------------------------
-    h.domains = {}
+def _frame_table(dump):
+    """The frame table (indexed by pdx): 4 KiB pages, backing frames from the boot allocator."""
+    host = dump.host
+    pool = iter(range(0x1800, 0x1900))
+    pages = sorted({host.pfn_to_pdx(mfn) * PAGE_INFO_SIZE >> 12
+                    for base, count in host.ram for mfn in range(base, base + count)})
+    for page in pages:
+        mfn = host.claim(next(pool), "frame table", write=True)
+        dump.frame_table_backing[page] = mfn
+        host.xen_map(FRAMETABLE + (page << 12), mfn << 12, PAGE, XEN_DATA)
+
+
+def _m2p(dump):
+    """The M2P (indexed by mfn, all ~0 for now): RW view (slot 261), RO view (slot 256) sharing the L1s."""
+    host = dump.host
+    pool = iter(range(0x1A00, 0x1B00))
+    pages = sorted({mfn * 8 >> 12 for base, count in host.ram for mfn in range(base, base + count)})
+    for page in pages:
+        mfn = host.claim(next(pool), "M2P")
+        dump.m2p_backing[page] = mfn
+        host.page(mfn)[:] = b"\xff" * PAGE
+        host.xen_map(RDWR_MPT + (page << 12), mfn << 12, PAGE, P | RW | US | A | D | G | NX)
+    assert all(page >> 18 == 0 for page in pages)          # all in the first GiB of the M2P
+    ro_l3, ro_l2 = host.xen_table(), host.xen_table()
+    host.set_entry(host.idle, 256, (ro_l3 << 12) | P | US | A)  # RO, user (guest-visible)
+    host.set_entry(ro_l3, 0, (ro_l2 << 12) | P | US | A)
+    rw_l2 = host.xen_path(RDWR_MPT, 2)
+    for index in range(512):                               # RO L2 entries -> the RW view's L1s
+        entry = host.get_entry(rw_l2, index)
+        if entry & P:
+            host.set_entry(ro_l2, index, (entry & FRAME_MASK) | P | US | A)
+
+
+def _xen_heap(dump):
+    """struct domain pages, per-domain L3s, shared_info pages, a trace buffer, stacks (xenheap); the
+    M2P shared read-only with dom_xen; the first MiB owned by dom_io."""
+    host = dump.host
     for name in ("dom_xen", "dom_io", "dom_cow", "d0", "d1"):
-        mfn = h.claim(next(h.heap_pool), f"struct domain {name}", xen_heap=True, write=True)
-        h.domains[name] = {"maddr": mfn << 12, "va": h.dm_va(mfn << 12)}
-    perdomain = {n: h.claim(next(h.heap_pool), f"per-domain L3 {n}", write=True) for n in ("d0", "d1")}
-    shared_info = {}
-    for n in ("d0", "d1"):
-        mfn = h.claim(next(h.heap_pool), f"shared_info {n}", xen_heap=True, write=True)
-        h.share(mfn, n, writable=True)
-        shared_info[n] = mfn
-    conring = h.claim(next(h.heap_pool), "xenheap page shared with dom_xen (trace buffer)",
-                      xen_heap=True, write=True)
-    h.share(conring, "dom_xen", writable=True)
-    for pg, mfn in m2p_backing.items():                     # M2P shared read-only with dom_xen
-        h.share(mfn, "dom_xen", writable=False)
-    for mfn in range(0, 0x100):                             # first MiB: I/O, owned by dom_io
-        h.claim(mfn, "legacy I/O (first MiB)")
-        h.share(mfn, "dom_io", writable=True)
-    stacks = (0x1E07F58, 0x1E0FD88)                         # per-CPU stacks (xenheap, kept empty)
-    for c, sp in enumerate(stacks):
-        h.claim(sp >> 12, f"xen stack cpu{c}", xen_heap=True, write=True)
+        mfn = host.claim(next(host.heap_pool), f"struct domain {name}", xen_heap=True, write=True)
+        host.domains[name] = {"maddr": mfn << 12, "va": host.directmap_va(mfn << 12)}
+    dump.perdomain_l3 = {name: host.claim(next(host.heap_pool), f"per-domain L3 {name}", write=True)
+                         for name in ("d0", "d1")}
+    for name in ("d0", "d1"):
+        mfn = host.claim(next(host.heap_pool), f"shared_info {name}", xen_heap=True, write=True)
+        host.share(mfn, name, writable=True)
+        dump.shared_info[name] = mfn
+    trace_buffer = host.claim(next(host.heap_pool), "xenheap page shared with dom_xen (trace buffer)",
+                              xen_heap=True, write=True)
+    host.share(trace_buffer, "dom_xen", writable=True)
+    for mfn in dump.m2p_backing.values():
+        host.share(mfn, "dom_xen", writable=False)
+    for mfn in range(0, 0x100):
+        host.claim(mfn, "legacy I/O (first MiB)")
+        host.share(mfn, "dom_io", writable=True)
+    for cpu, stack_pointer in enumerate(XEN_STACKS):
+        host.claim(stack_pointer >> 12, f"xen stack cpu{cpu}", xen_heap=True, write=True)
 
-    # ---- dom_cow: one shared page -------------------------------------------------------------
-    cow_mfn = 0x1000800 if cfg["pdx_hole"] else 0x3C00
-    h.claim(cow_mfn, "mem-sharing shared page", owner="dom_cow")
-    f = h.frames[cow_mfn]
-    f.update(type="shared", tcount=1, validated=True, m2p=SHARED_M2P)
 
-    # ---- dom0 (2 vcpus, 64 pfns, pfn 60 is a foreign frame in its P2M) -------------------------
-    d0 = Guest(h, "d0", 64, lambda p: 0x2000 + (p * 37 + 11) % 64, vcpus=2, max_pages=256,
-               missing=(60,))
-    # dom0 pfns 64-71 (P2M faults below): frames 0x2040.., M2P = pfn; pfn 69 is non-RAM (identity)
-    d0_extra = {}
-    for i, (pfn, what) in enumerate(((64, "M2P entry stale: says pfn 0x41"), (65, None),
-                                     (66, "P2M entry bit 36 flipped: beyond max_page; M2P orphan"),
-                                     (67, None), (68, "P2M entry overwritten with pfn 0x43's: M2P orphan"),
-                                     (70, "P2M entry overwritten with INVALID: M2P orphan"), (71, None))):
-        mfn = h.claim(0x2040 + i, f"d0 pfn {pfn:#x}" + (f" ({what})" if what else ""), owner="d0")
-        h.frames[mfn]["m2p"] = pfn
-        d0_extra[pfn] = mfn
-    hi = 0x1000000 if cfg["pdx_hole"] else 0x3000
-    d1 = Guest(h, "d1", 32, lambda p: hi + (p * 13 + 5) % 32, vcpus=1, max_pages=64)
-    g = d0
-    L4, L3dm, L2dm, L1dm = g.table(0, 4), g.table(1, 3), g.table(2, 2), g.table(3, 1)
-    L3k, L2k, L1k = g.table(4, 3), g.table(5, 2), g.table(6, 1)
-    L3v, L2v, L1v = g.table(7, 3), g.table(8, 2), g.table(9, 1)
-    d0_tables = set(range(10))
-    P2M, W, FLL, FL = 10, 11, 12, 13
-    for pfn in (P2M, W, FLL, FL, 14):
-        h.page(g.mfn(pfn))
-    g.xen_slots(L4, perdomain["d0"])
-    g.link(L4, h.idx(GUEST_DM, 4), L3dm)
-    g.link(L3dm, 0, L2dm)
-    g.link(L2dm, 0, L1dm)
-    g.link(L4, h.idx(GUEST_KTEXT, 4), L3k)
-    g.link(L3k, h.idx(GUEST_KTEXT, 3), L2k)
-    g.link(L2k, h.idx(GUEST_KTEXT, 2), L1k)
-    g.link(L4, h.idx(GUEST_VMALLOC, 4), L3v)
-    g.link(L3v, 0, L2v)
-    g.link(L2v, 0, L1v)
+def _dom_cow(dump):
+    """dom_cow: one mem-sharing shared page."""
+    host = dump.host
+    dump.cow_mfn = 0x1000800 if host.cfg["pdx_hole"] else 0x3C00
+    host.claim(dump.cow_mfn, "mem-sharing shared page", owner="dom_cow")
+    host.frames[dump.cow_mfn].update(type="shared", tcount=1, validated=True, m2p=SHARED_M2P)
+
+
+def _guests(dump):
+    """dom0 (2 vcpus, 64 pfns; pfn 60 is a foreign frame in its P2M; pfns 64-71 for the P2M faults)
+    and domU d1 (1 vcpu, 32 pfns): their frames, with the M2P's pfn."""
+    host = dump.host
+    dump.dom0 = Guest(host, "d0", 64, lambda pfn: 0x2000 + (pfn * 37 + 11) % 64, vcpus=2, missing=(60,))
+    for i, (pfn, oddity) in enumerate(D0_EXTRA):
+        mfn = host.claim(0x2040 + i, f"d0 pfn {pfn:#x}" + (f" ({oddity})" if oddity else ""), owner="d0")
+        host.frames[mfn]["m2p"] = pfn
+        dump.dom0_extra[pfn] = mfn
+    high = 0x1000000 if host.cfg["pdx_hole"] else 0x3000
+    dump.domu = Guest(host, "d1", 32, lambda pfn: high + (pfn * 13 + 5) % 32, vcpus=1)
+
+
+def _dom0_tables(dump):
+    """dom0's page tables: direct map of its pfns (tables and pfns 16-23 read-only, 56-59 unmapped),
+    kernel text (pfns 16-23), vmalloc (the P2M array page); pinned, one guest_table per vcpu."""
+    host, dom0 = dump.host, dump.dom0
+    tables = dump.dom0_tables = Dom0Tables(
+        l4=dom0.table(0, 4), l3_directmap=dom0.table(1, 3), l2_directmap=dom0.table(2, 2),
+        l1_directmap=dom0.table(3, 1), l3_text=dom0.table(4, 3), l2_text=dom0.table(5, 2),
+        l1_text=dom0.table(6, 1), l3_vmalloc=dom0.table(7, 3), l2_vmalloc=dom0.table(8, 2),
+        l1_vmalloc=dom0.table(9, 1))
+    table_pfns = set(range(10))
+    for pfn in (D0_P2M, D0_WRITABLE, D0_FRAME_LIST_LIST, D0_FRAME_LIST, 14):
+        host.page(dom0.mfn(pfn))
+    dom0.xen_slots(tables.l4, dump.perdomain_l3["d0"])
+    dom0.link_path(tables.l4, _directmap_indices(host),
+                   tables.l3_directmap, tables.l2_directmap, tables.l1_directmap)
+    dom0.link_path(tables.l4, _kernel_text_indices(host), tables.l3_text, tables.l2_text, tables.l1_text)
+    dom0.link_path(tables.l4, (host.idx(GUEST_VMALLOC, 4), 0, 0),
+                   tables.l3_vmalloc, tables.l2_vmalloc, tables.l1_vmalloc)
     for pfn in range(64):
-        if pfn in g.p2m and not 56 <= pfn <= 59:
-            g.map(L1dm, pfn, g.mfn(pfn), rw=pfn not in d0_tables and not 16 <= pfn <= 23)
-    for i, pfn in enumerate(range(16, 24)):
-        g.map(L1k, i, g.mfn(pfn), rw=False)
-    g.map(L1v, 0, g.mfn(P2M), rw=True)
-    g.pin_and_run(L4)
+        if pfn in dom0.p2m and not 56 <= pfn <= 59:
+            dom0.map(tables.l1_directmap, pfn, dom0.mfn(pfn),
+                     rw=pfn not in table_pfns and not 16 <= pfn <= 23)
+    for index, pfn in enumerate(range(16, 24)):
+        dom0.map(tables.l1_text, index, dom0.mfn(pfn), rw=False)
+    dom0.map(tables.l1_vmalloc, 0, dom0.mfn(D0_P2M), rw=True)
+    dom0.pin_and_run(tables.l4)
 
-    # ---- domU (1 vcpu, 32 pfns, a user process) ------------------------------------------------
-    u = d1
-    uL4, uL3dm, uL2dm, uL1dm = u.table(0, 4), u.table(1, 3), u.table(2, 2), u.table(3, 1)
-    uL3k, uL2k, uL1k = u.table(4, 3), u.table(5, 2), u.table(6, 1)
-    uL3u, uL2u, uL1u = u.table(12, 3), u.table(13, 2), u.table(14, 1)
-    u_tables = {0, 1, 2, 3, 4, 5, 6, 12, 13, 14}
-    uP2M = 7
-    h.page(u.mfn(uP2M))
-    u.xen_slots(uL4, perdomain["d1"])
-    u.link(uL4, h.idx(GUEST_DM, 4), uL3dm)
-    u.link(uL3dm, 0, uL2dm)
-    u.link(uL2dm, 0, uL1dm)
-    u.link(uL4, h.idx(GUEST_KTEXT, 4), uL3k)
-    u.link(uL3k, h.idx(GUEST_KTEXT, 3), uL2k)
-    u.link(uL2k, h.idx(GUEST_KTEXT, 2), uL1k)
-    u.link(uL4, 0, uL3u)
-    u.link(uL3u, 0, uL2u)
-    u.link(uL2u, 2, uL1u)                                    # 0x400000
+
+def _domu_tables(dump):
+    """d1's page tables (direct map, kernel text, a user process at 0x400000), its P2M array, and
+    one frame being offlined."""
+    host, domu = dump.host, dump.domu
+    l4 = domu.table(0, 4)
+    l3_directmap, l2_directmap, l1_directmap = domu.table(1, 3), domu.table(2, 2), domu.table(3, 1)
+    l3_text, l2_text, l1_text = domu.table(4, 3), domu.table(5, 2), domu.table(6, 1)
+    l3_user, l2_user, l1_user = domu.table(12, 3), domu.table(13, 2), domu.table(14, 1)
+    table_pfns = {0, 1, 2, 3, 4, 5, 6, 12, 13, 14}
+    host.page(domu.mfn(D1_P2M))
+    domu.xen_slots(l4, dump.perdomain_l3["d1"])
+    domu.link_path(l4, _directmap_indices(host), l3_directmap, l2_directmap, l1_directmap)
+    domu.link_path(l4, _kernel_text_indices(host), l3_text, l2_text, l1_text)
+    domu.link_path(l4, (0, 0, 2), l3_user, l2_user, l1_user)                # 0x400000
     for pfn in range(32):
-        u.map(uL1dm, pfn, u.mfn(pfn), rw=pfn not in u_tables and not 8 <= pfn <= 11 and pfn != 15)
-    for i, pfn in enumerate(range(8, 12)):
-        u.map(uL1k, i, u.mfn(pfn), rw=False)
-    u.map(uL1u, 0, u.mfn(15), rw=False, user=True)
-    u.map(uL1u, 1, u.mfn(16), rw=True, user=True)
-    u.map(uL1u, 2, u.mfn(17), rw=True, user=True)
-    u.pin_and_run(uL4)
-    h.frames[u.mfn(30)]["state"] = "offlining"
-    for pfn in range(u.npfn):                                # domU P2M array
-        h.w64((u.mfn(uP2M) << 12) + pfn * 8, u.mfn(pfn))
+        domu.map(l1_directmap, pfn, domu.mfn(pfn),
+                 rw=pfn not in table_pfns and not 8 <= pfn <= 11 and pfn != 15)
+    for index, pfn in enumerate(range(8, 12)):
+        domu.map(l1_text, index, domu.mfn(pfn), rw=False)
+    domu.map(l1_user, 0, domu.mfn(15), rw=False, user=True)
+    domu.map(l1_user, 1, domu.mfn(16), rw=True, user=True)
+    domu.map(l1_user, 2, domu.mfn(17), rw=True, user=True)
+    domu.pin_and_run(l4)
+    host.frames[domu.mfn(30)]["state"] = "offlining"
+    for pfn in range(domu.npfn):                                # domU P2M array
+        host.write_u64((domu.mfn(D1_P2M) << 12) + pfn * 8, domu.mfn(pfn))
 
-    # ---- injected violations (no references taken) --------------------------------------------
-    V = []
-    foreign_p2m = u.mfn(20)
-    foreign_ref = u.mfn(21)
-    # (1) W: writable page (type count 1) referenced by dom0's L2_dm[1] as an L1 table (RW entry)
-    g.link(L2dm, 1, g.mfn(W), legit=False)
-    # (2) L2_v[390] -> L2_dm (an L2 page): linear p.t. with write perms
-    g.link(L2v, 390, L2dm, legit=False)
-    # (4) L1_v[2] maps L1_k (an L1 table) read-write
-    e4 = g.map(L1v, 2, L1k, rw=True, legit=False)
-    # (5) L1_v[1] maps a domU frame (read-only)
-    e5 = g.map(L1v, 1, foreign_ref, rw=False, legit=False)
-    # dom0 P2M array (3): pfn 60 -> a domU frame; the other pfns < 64 -> dom0's own frames
-    d0_p2m = [g.p2m.get(pfn, foreign_p2m) for pfn in range(64)]
-    # P2M faults, one per class of a P2M/M2P cross-check (pfns 64-73; Linux entry encoding):
-    x = d0_extra
-    h.frames[x[64]]["m2p"] = 65                 # mismatch: P2M[64] -> x64, whose M2P says 65 (-> x65)
-    beyond = x[66] ^ (1 << 36)                  # beyond-max: a bit flip, mfn >= max_page
-    assert beyond >= h.max_page
-    d0_p2m += [x[64], x[65], beyond,
-               x[67], x[67],                    # duplicate: P2M[68] names pfn 67's frame too
-               IDENTITY_FRAME_BIT | 69,         # identity: non-RAM 1:1 pfn (informational)
-               INVALID_P2M,                     # invalid-in-range: below pfn 71, a dom0 frame
-               x[71],
-               INVALID_P2M, INVALID_P2M]        # trailing INVALID (as Linux pads the list): no finding
-    for pfn, e in enumerate(d0_p2m):
-        h.w64((g.mfn(P2M) << 12) + pfn * 8, e)
-    d1_raw = h.pickled("d1")
-    p2m_faults = [  # what a P2M <-> M2P check must report for the whole list (pfn, mfn, other)
-        ("foreign", 60, foreign_p2m, d1_raw),                     # other: raw owner of the frame
-        ("mismatch", 64, x[64], 65),                              # other: the M2P's pfn
-        ("beyond-max", 66, beyond, h.max_page),                   # other: max_page
-        ("duplicate", 67, x[67], 2), ("duplicate", 68, x[67], 2),  # other: pfns sharing the mfn
-        ("identity", 69, 69, IDENTITY_FRAME_BIT | 69),            # other: the raw entry
-        ("invalid-in-range", 70, INVALID_P2M, 72),                # other: end of the populated range
-        ("m2p-orphan", 66, x[66], beyond),                        # pfn: the frame's M2P; other: P2M[pfn]
-        ("m2p-orphan", 68, x[68], x[67]),
-        ("m2p-orphan", 70, x[70], INVALID_P2M),
+
+def _inject_violations(dump):
+    """dom0's violating entries (no references taken: Xen would have refused them)."""
+    dom0, tables = dump.dom0, dump.dom0_tables
+    dump.foreign_p2m_mfn = dump.domu.mfn(20)
+    dump.foreign_ref_mfn = dump.domu.mfn(21)
+    # writable-as-table: a writable page (type count 1) referenced by L2_dm[1] as an L1 table (RW entry)
+    dom0.link(tables.l2_directmap, 1, dom0.mfn(D0_WRITABLE), legit=False)
+    # linear-rw: L2_v[390] -> L2_dm (an L2 page): linear p.t. with write perms
+    dom0.link(tables.l2_vmalloc, 390, tables.l2_directmap, legit=False)
+    # table-mapped-rw: L1_v[2] maps L1_k (an L1 table) read-write
+    dump.table_mapped_rw_entry = dom0.map(tables.l1_vmalloc, 2, tables.l1_text, rw=True, legit=False)
+    # foreign-reference: L1_v[1] maps a domU frame (read-only)
+    dump.foreign_ref_entry = dom0.map(tables.l1_vmalloc, 1, dump.foreign_ref_mfn, rw=False, legit=False)
+
+
+def _dom0_p2m(dump):
+    """dom0's P2M list (Linux entry encoding): pfn 60 -> a domU frame (foreign-p2m), the other pfns
+    < 64 -> dom0's own frames, then one fault of every class of a P2M/M2P cross-check (pfns 64-73);
+    and its 3-level frame list (crash: CRASH_INFO dom0_pfn_to_mfn_frame_list_list)."""
+    host, dom0, extra = dump.host, dump.dom0, dump.dom0_extra
+    p2m = [dom0.p2m.get(pfn, dump.foreign_p2m_mfn) for pfn in range(64)]
+    host.frames[extra[64]]["m2p"] = 65          # mismatch: P2M[64] -> x64, whose M2P says 65 (-> x65)
+    beyond = extra[66] ^ (1 << 36)              # beyond-max: a bit flip, mfn >= max_page
+    assert beyond >= host.max_page
+    p2m += [extra[64], extra[65], beyond,
+            extra[67], extra[67],               # duplicate: P2M[68] names pfn 67's frame too
+            IDENTITY_FRAME_BIT | 69,            # identity: non-RAM 1:1 pfn (informational)
+            INVALID_P2M,                        # invalid-in-range: below pfn 71, a dom0 frame
+            extra[71],
+            INVALID_P2M, INVALID_P2M]           # trailing INVALID (as Linux pads the list): no finding
+    for pfn, entry in enumerate(p2m):
+        host.write_u64((dom0.mfn(D0_P2M) << 12) + pfn * 8, entry)
+    dump.dom0_p2m = p2m
+    dump.p2m_faults = [  # what a P2M <-> M2P check must report for the whole list (pfn, mfn, other)
+        ("foreign", 60, dump.foreign_p2m_mfn, host.pickled("d1")),   # other: raw owner of the frame
+        ("mismatch", 64, extra[64], 65),                               # other: the M2P's pfn
+        ("beyond-max", 66, beyond, host.max_page),                     # other: max_page
+        ("duplicate", 67, extra[67], 2), ("duplicate", 68, extra[67], 2),  # other: pfns sharing the mfn
+        ("identity", 69, 69, IDENTITY_FRAME_BIT | 69),                 # other: the raw entry
+        ("invalid-in-range", 70, INVALID_P2M, 72),                     # other: end of the populated range
+        ("m2p-orphan", 66, extra[66], beyond),                         # pfn: the frame's M2P; other: P2M[pfn]
+        ("m2p-orphan", 68, extra[68], extra[67]),
+        ("m2p-orphan", 70, extra[70], INVALID_P2M),
     ]
-    # dom0's 3-level frame list (crash: CRASH_INFO dom0_pfn_to_mfn_frame_list_list)
-    h.w64(g.mfn(FLL) << 12, g.mfn(FL))
-    h.w64(g.mfn(FL) << 12, g.mfn(P2M))
-    # W's contents: pattern words (bit 0 clear, so as PTEs they are not present)
-    wpa = g.mfn(W) << 12
-    for i in range(0, PAGE, 8):
-        h.w64(wpa + i, (0x5E << 56) | (0x0D << 48) | (wpa + i))
-    for n, gg in (("d0", g), ("d1", u)):                     # shared_info.arch
-        si = shared_info[n] << 12
-        h.w64(si + 0xC10, len(d0_p2m) if n == "d0" else gg.npfn)  # max_pfn (P2M list size)
-        h.w64(si + 0xC18, g.mfn(FLL) if n == "d0" else 0)     # pfn_to_mfn_frame_list_list
-        if n == "d0":
-            h.w64(si + 0xC28, L4 << 12)                      # p2m_cr3
-            h.w64(si + 0xC30, GUEST_VMALLOC)                 # p2m_vaddr
+    host.write_u64(dom0.mfn(D0_FRAME_LIST_LIST) << 12, dom0.mfn(D0_FRAME_LIST))
+    host.write_u64(dom0.mfn(D0_FRAME_LIST) << 12, dom0.mfn(D0_P2M))
 
-    # ---- offlined / broken frames; free frames ------------------------------------------------
-    h.claim(0x3F00, "offlined", state="offlined")
-    h.claim(0x3F01, "offlined (broken)", state="offlined")
-    h.frames[0x3F01]["broken"] = True
-    free_runs = []
-    for base, n in h.ram:
+
+def _guest_data(dump):
+    """The writable page's contents (pattern words with bit 0 clear, so as PTEs they are not
+    present) and each guest's shared_info.arch."""
+    host, dom0 = dump.host, dump.dom0
+    writable_ma = dom0.mfn(D0_WRITABLE) << 12
+    for offset in range(0, PAGE, 8):
+        host.write_u64(writable_ma + offset, (0x5E << 56) | (0x0D << 48) | (writable_ma + offset))
+    for name, guest in (("d0", dom0), ("d1", dump.domu)):
+        arch = dump.shared_info[name] << 12
+        host.write_u64(arch + 0xC10, len(dump.dom0_p2m) if name == "d0" else guest.npfn)  # max_pfn
+        host.write_u64(arch + 0xC18, dom0.mfn(D0_FRAME_LIST_LIST) if name == "d0" else 0)  # frame_list_list
+        if name == "d0":
+            host.write_u64(arch + 0xC28, dump.dom0_tables.l4 << 12)              # p2m_cr3
+            host.write_u64(arch + 0xC30, GUEST_VMALLOC)                          # p2m_vaddr
+
+
+def _free_runs(host):
+    """Runs [first, end, need_scrub] of unclaimed frames (4.17: 0x3800-0x38ff need scrubbing)."""
+    runs = []
+    for base, count in host.ram:
         run = None
-        for mfn in range(base, base + n):
-            if mfn in h.frames:
+        for mfn in range(base, base + count):
+            if mfn in host.frames:
                 run = None
                 continue
-            scrub = cfg["count"] == "C3" and 0x3800 <= mfn < 0x3900
+            scrub = host.cfg["count"] == "C3" and 0x3800 <= mfn < 0x3900
             if run and run[2] == scrub and run[1] == mfn:
                 run[1] += 1
             else:
                 run = [mfn, mfn + 1, scrub]
-                free_runs.append(run)
+                runs.append(run)
+    return runs
+
+
+def _offlined_and_free(dump):
+    """Two offlined frames (one broken); every frame still unclaimed is free, in buddy chunks."""
+    host = dump.host
+    host.claim(0x3F00, "offlined", state="offlined")
+    host.claim(0x3F01, "offlined (broken)", state="offlined")
+    host.frames[0x3F01]["broken"] = True
     chunks = []
-    for s, e, scrub in free_runs:
-        while s < e:
+    for first, end, scrub in _free_runs(host):
+        while first < end:
             order = 0
-            while order < MAX_ORDER and s % (2 << order) == 0 and s + (2 << order) <= e:
+            while order < MAX_ORDER and first % (2 << order) == 0 and first + (2 << order) <= end:
                 order += 1
-            chunks.append((s, order, scrub))
-            s += 1 << order
+            chunks.append((first, order, scrub))
+            first += 1 << order
+    dump.free_chunks = chunks
 
-    # ---- domain structs ---------------------------------------------------------------------------
-    off = cfg["domain_offsets"]
-    owned = {n: 0 for n in DOMID}
-    for f in h.frames.values():
-        if f["owner"] and not f["xen_heap"]:
-            owned[f["owner"]] += 1
-    tot = {n: (owned[n] if n in ("d0", "d1") else 0) for n in DOMID}
-    maxp = {"d0": 256, "d1": 64, "dom_xen": 0, "dom_io": 0, "dom_cow": 0}
-    for n, d in h.domains.items():
-        pa = d["maddr"]
-        h.mem.write(pa + off["domain_id"], struct.pack("<H", DOMID[n]))
-        if n in shared_info:
-            h.w64(pa + off["shared_info"], h.dm_va(shared_info[n] << 12))
-        h.mem.write(pa + off["tot_pages"], struct.pack("<I", tot[n]))
-        h.mem.write(pa + off["max_pages"], struct.pack("<I", maxp[n]))
-    h.w64(h.domains["d0"]["maddr"] + off["next_in_list"], h.domains["d1"]["va"])
-    h.w64(h.domains["d1"]["maddr"] + off["next_in_list"], 0)
 
-    # ---- Xen variables and strings --------------------------------------------------------------
-    pdx = h.pdx or {"hole_shift": 0, "bottom_mask": U64, "top_mask": 0, "hole_mask": 0,
-                    "ma_va_bottom_mask": U64, "ma_top_mask": 0}
-    max_pdx = h.pfn_to_pdx(h.max_page - 1) + 1
-    values = {"max_page": h.max_page, "domain_list": h.domains["d0"]["va"],
-              "dom_xen": h.domains["dom_xen"]["va"], "dom_io": h.domains["dom_io"]["va"],
-              "dom_cow": h.domains["dom_cow"]["va"], "pfn_pdx_bottom_mask": pdx["bottom_mask"],
-              "ma_va_bottom_mask": pdx["ma_va_bottom_mask"], "pfn_top_mask": pdx["top_mask"],
-              "ma_top_mask": pdx["ma_top_mask"], "pfn_hole_mask": pdx["hole_mask"],
-              "pfn_pdx_hole_shift": pdx["hole_shift"], "max_pdx": max_pdx,
-              "xen_phys_start": XEN_PHYS_START, "total_pages": sum(n for _, n in h.ram)}
-    symbols = {}
-    for name, o, size in DATA_VARS:
-        h.mem.write(img + DATA + o, values[name].to_bytes(size, "little"))
-        symbols[name] = vx + DATA + o
+def _domain_structs(dump):
+    """struct domain contents (invented offsets): id, shared_info, page counts, domain_list links."""
+    host, offsets = dump.host, dump.host.cfg["domain_offsets"]
+    owned = {name: 0 for name in DOMID}
+    for frame in host.frames.values():
+        if frame["owner"] and not frame["xen_heap"]:
+            owned[frame["owner"]] += 1
+    dump.tot_pages = {name: (owned[name] if name in ("d0", "d1") else 0) for name in DOMID}
+    for name, domain in host.domains.items():
+        ma = domain["maddr"]
+        host.mem.write(ma + offsets["domain_id"], struct.pack("<H", DOMID[name]))
+        if name in dump.shared_info:
+            host.write_u64(ma + offsets["shared_info"], host.directmap_va(dump.shared_info[name] << 12))
+        host.mem.write(ma + offsets["tot_pages"], struct.pack("<I", dump.tot_pages[name]))
+        host.mem.write(ma + offsets["max_pages"], struct.pack("<I", MAX_PAGES[name]))
+    host.write_u64(host.domains["d0"]["maddr"] + offsets["next_in_list"], host.domains["d1"]["va"])
+    host.write_u64(host.domains["d1"]["maddr"] + offsets["next_in_list"], 0)
+
+
+def _xen_variables(dump):
+    """Xen's variables (.data), version strings (.rodata), _frame_table and the image's symbols."""
+    host, cfg, image, virt = dump.host, dump.host.cfg, XEN_PHYS_START, dump.host.virt_start
+    pdx = host.pdx or {"hole_shift": 0, "bottom_mask": U64, "top_mask": 0, "hole_mask": 0,
+                       "ma_va_bottom_mask": U64, "ma_top_mask": 0}
+    dump.values = {
+        "max_page": host.max_page, "domain_list": host.domains["d0"]["va"],
+        "dom_xen": host.domains["dom_xen"]["va"], "dom_io": host.domains["dom_io"]["va"],
+        "dom_cow": host.domains["dom_cow"]["va"], "pfn_pdx_bottom_mask": pdx["bottom_mask"],
+        "ma_va_bottom_mask": pdx["ma_va_bottom_mask"], "pfn_top_mask": pdx["top_mask"],
+        "ma_top_mask": pdx["ma_top_mask"], "pfn_hole_mask": pdx["hole_mask"],
+        "pfn_pdx_hole_shift": pdx["hole_shift"], "max_pdx": host.pfn_to_pdx(host.max_page - 1) + 1,
+        "xen_phys_start": XEN_PHYS_START, "total_pages": sum(count for _, count in host.ram)}
+    for name, offset, size in DATA_VARS:
+        host.mem.write(image + DATA + offset, dump.values[name].to_bytes(size, "little"))
+        dump.symbols[name] = virt + DATA + offset
     strings = {"xen_extra_version": cfg["extra"], "xen_changeset": "unavailable",
                "xen_compiler": cfg["compiler"], "xen_compile_date": cfg["compile_date"],
                "xen_compile_time": cfg["compile_date"].split()[3]}
-    str_ma = {}
-    for name, o in RODATA_STRINGS:
-        h.mem.write(img + RODATA + o, strings[name].encode() + b"\0")
-        str_ma[name] = img + RODATA + o
-    h.w64(img + RODATA, FRAMETABLE)                                   # static const _frame_table
-    symbols["_frame_table"] = vx + RODATA
-    for name, o in TEXT_FUNCS:
-        symbols[name] = vx + o
-    symbols.update(idle_pg_table=vx + IDLE_PG_TABLE, l3_xenmap=vx + L3_XENMAP,
-                   l2_xenmap=vx + L2_XENMAP, _end=vx + IMG_END)
-    map_types = {n: "T" for n, _ in TEXT_FUNCS}
-    map_types.update({"_frame_table": "r", "_end": "B"})
-    vmci_syms = {"frame_table": symbols["_frame_table"], "max_page": symbols["max_page"],
-                 "domain_list": symbols["domain_list"], "dom_xen": symbols["dom_xen"],
-                 "dom_io": symbols["dom_io"], "pgd_l4": symbols["idle_pg_table"]}
-    vmci_lines = [("PAGESIZE", "4096")] + \
-        [(f"SYMBOL({n})", f"{vmci_syms[n]:x}") for n in ("domain_list", "frame_table", "max_page")] + \
-        [("SIZE(page_info)", str(PAGE_INFO_SIZE)), ("SIZE(domain)", str(cfg["domain_size"])),
+    for name, offset in RODATA_STRINGS:
+        host.mem.write(image + RODATA + offset, strings[name].encode() + b"\0")
+        dump.string_maddr[name] = image + RODATA + offset
+    host.write_u64(image + RODATA, FRAMETABLE)                       # static const _frame_table
+    dump.symbols["_frame_table"] = virt + RODATA
+    for name, offset in TEXT_FUNCS:
+        dump.symbols[name] = virt + offset
+    dump.symbols.update(idle_pg_table=virt + IDLE_PG_TABLE, l3_xenmap=virt + L3_XENMAP,
+                        l2_xenmap=virt + L2_XENMAP, _end=virt + IMG_END)
+    dump.map_types = {name: "T" for name, _ in TEXT_FUNCS}
+    dump.map_types.update({"_frame_table": "r", "_end": "B"})
+
+
+def _vmcoreinfo(dump):
+    """VMCOREINFO_XEN: the lines and order of Xen's crash_save_vmcoreinfo()."""
+    symbols, offsets = dump.symbols, dump.host.cfg["domain_offsets"]
+    names = dump.vmcoreinfo_symbols = {
+        "frame_table": symbols["_frame_table"], "max_page": symbols["max_page"],
+        "domain_list": symbols["domain_list"], "dom_xen": symbols["dom_xen"],
+        "dom_io": symbols["dom_io"], "pgd_l4": symbols["idle_pg_table"]}
+    dump.vmcoreinfo_lines = [("PAGESIZE", "4096")] + \
+        [(f"SYMBOL({name})", f"{names[name]:x}") for name in ("domain_list", "frame_table", "max_page")] + \
+        [("SIZE(page_info)", str(PAGE_INFO_SIZE)), ("SIZE(domain)", str(dump.host.cfg["domain_size"])),
          ("OFFSET(page_info.count_info)", "8"), ("OFFSET(page_info._domain)", "24"),
-         ("OFFSET(domain.domain_id)", str(off["domain_id"])),
-         ("OFFSET(domain.next_in_list)", str(off["next_in_list"]))] + \
-        [(f"SYMBOL({n})", f"{vmci_syms[n]:x}") for n in ("dom_xen", "dom_io", "pgd_l4")]
-    vmci_text = "".join(f"{k}={v}\n" for k, v in vmci_lines)
+         ("OFFSET(domain.domain_id)", str(offsets["domain_id"])),
+         ("OFFSET(domain.next_in_list)", str(offsets["next_in_list"]))] + \
+        [(f"SYMBOL({name})", f"{names[name]:x}") for name in ("dom_xen", "dom_io", "pgd_l4")]
+    dump.vmcoreinfo_text = "".join(f"{key}={value}\n" for key, value in dump.vmcoreinfo_lines)
 
-    # ---- M2P contents and the frame table -----------------------------------------------------
+
+def _page_infos(dump):
+    """Write every RAM frame's page_info (frame table) and M2P entry; returns per frame
+    (mfn, pdx, frame, count_info, type_info, domain_raw)."""
+    host = dump.host
+    heads = {first: order for first, order, _ in dump.free_chunks}
+    scrubbed = {mfn for first, order, scrub in dump.free_chunks if scrub
+                for mfn in range(first, first + (1 << order))}
+
     def raw_domain(mfn):
-        f = h.frames.get(mfn)
-        if f is None:
+        frame = host.frames.get(mfn)
+        if frame is None:
             return heads.get(mfn, 0)
-        return h.pickled(f["owner"]) if f["owner"] else 0
+        return host.pickled(frame["owner"]) if frame["owner"] else 0
 
-    heads = {s: o for s, o, _ in chunks}
-    scrub_set = {m for s, o, sc in chunks if sc for m in range(s, s + (1 << o))}
-    free_f = {"owner": None, "xen_heap": False, "allocated": False, "gen": 0, "type": "none",
-              "tcount": 0, "validated": False, "pinned": False, "state": "free", "broken": False,
-              "m2p": INVALID_M2P}
-    all_frames = []
-    for base, n in h.ram:
-        for mfn in range(base, base + n):
-            f = h.frames.get(mfn) or dict(free_f, need_scrub=mfn in scrub_set)
-            ci, ti, dr = h.count_info(f), h.type_info(f), raw_domain(mfn)
-            pdxv = h.pfn_to_pdx(mfn)
-            ftpa = (ft_backing[pdxv * PAGE_INFO_SIZE >> 12] << 12) + (pdxv * PAGE_INFO_SIZE & 0xFFF)
-            h.mem.write(ftpa, struct.pack("<QQQII", 0, ci, ti, dr, 0))
-            m2pa = (m2p_backing[mfn * 8 >> 12] << 12) + (mfn * 8 & 0xFFF)
-            h.w64(m2pa, f["m2p"])
-            all_frames.append((mfn, pdxv, f, ci, ti, dr))
+    out = []
+    for base, count in host.ram:
+        for mfn in range(base, base + count):
+            frame = host.frames.get(mfn) or dict(FREE_FRAME, need_scrub=mfn in scrubbed)
+            count_info, type_info, domain_raw = host.count_info(frame), host.type_info(frame), raw_domain(mfn)
+            pdx = host.pfn_to_pdx(mfn)
+            offset = pdx * PAGE_INFO_SIZE
+            page_info_ma = (dump.frame_table_backing[offset >> 12] << 12) + (offset & 0xFFF)
+            host.mem.write(page_info_ma, struct.pack("<QQQII", 0, count_info, type_info, domain_raw, 0))
+            m2p_ma = (dump.m2p_backing[mfn * 8 >> 12] << 12) + (mfn * 8 & 0xFFF)
+            host.write_u64(m2p_ma, frame["m2p"])
+            out.append((mfn, pdx, frame, count_info, type_info, domain_raw))
+    return out
 
-    # ---- truth -----------------------------------------------------------------------------------
-    frames_out, census = [], {}
-    for mfn, pdxv, f, ci, ti, dr in all_frames:
-        if f["state"] == "free":
+
+def _frame_truth(dump, page_infos):
+    """The manifest's frames (every non-free one), census and free ranges."""
+    host = dump.host
+    frames, census = [], {}
+    for mfn, pdx, frame, count_info, type_info, domain_raw in page_infos:
+        if frame["state"] == "free":
             continue
-        owner_name = f["owner"] or "anonymous"
-        census.setdefault(owner_name, {}).setdefault(f["type"], 0)
-        census[owner_name][f["type"]] += 1
-        frames_out.append({"mfn": mfn, "pdx": pdxv, "count_info": ci, "type_info": ti,
-                           "domain_raw": dr, "owner": DOMID[f["owner"]] if f["owner"] else None,
-                           "type": f["type"], "type_count": f["tcount"], "validated": f["validated"],
-                           "pinned": f["pinned"], "count": f["gen"], "state": f["state"],
-                           "xen_heap": f["xen_heap"], "m2p": f["m2p"], "role": f["role"]})
-    nfree = sum(1 << o for _, o, _ in chunks)
-    census["free"] = {"none": nfree}
-    free_ranges = []
-    for s, o, sc in chunks:
-        fr = dict(free_f, need_scrub=sc)
-        free_ranges.append({"mfn": s, "pages": 1 << o, "order": o, "pdx": h.pfn_to_pdx(s),
-                            "count_info": h.count_info(fr), "type_info": 0, "domain_raw_head": o,
-                            "need_scrub": sc})
-    nframes = sum(n for _, n in h.ram)
-    assert len(frames_out) + nfree == nframes
+        owner_name = frame["owner"] or "anonymous"
+        census.setdefault(owner_name, {}).setdefault(frame["type"], 0)
+        census[owner_name][frame["type"]] += 1
+        frames.append({"mfn": mfn, "pdx": pdx, "count_info": count_info, "type_info": type_info,
+                       "domain_raw": domain_raw, "owner": DOMID[frame["owner"]] if frame["owner"] else None,
+                       "type": frame["type"], "type_count": frame["tcount"], "validated": frame["validated"],
+                       "pinned": frame["pinned"], "count": frame["gen"], "state": frame["state"],
+                       "xen_heap": frame["xen_heap"], "m2p": frame["m2p"], "role": frame["role"]})
+    free_frames = sum(1 << order for _, order, _ in dump.free_chunks)
+    census["free"] = {"none": free_frames}
+    dump.free_ranges = []
+    for first, order, scrub in dump.free_chunks:
+        head = dict(FREE_FRAME, need_scrub=scrub)
+        dump.free_ranges.append({"mfn": first, "pages": 1 << order, "order": order,
+                                 "pdx": host.pfn_to_pdx(first), "count_info": host.count_info(head),
+                                 "type_info": 0, "domain_raw_head": order, "need_scrub": scrub})
+    assert len(frames) + free_frames == sum(count for _, count in host.ram)
+    dump.frames, dump.census, dump.free_frames = frames, census, free_frames
 
-    # ---- violations -------------------------------------------------------------------------------
-    tstr = lambda t: f"{t:016x}"  # noqa: E731
-    m4 = "%05x" if key == "4.17" else "%x"
-    fm = lambda v: m4 % v  # noqa: E731
-    Wm = g.mfn(W)
-    ti_W = h.type_info(h.frames[Wm])
-    ti_L1k = h.type_info(h.frames[L1k])
-    bad_type = lambda saw, exp, mfn: (f"Bad type (saw {tstr(saw)} != exp {tstr(exp)}) for mfn "  # noqa: E731
-                                      f"{fm(mfn)} (pfn {fm(h.frames[mfn]['m2p'])})")
-    e5_owner = "l1e_owner=0, pg_owner=0" if key == "4.6" else "l1e_owner d0, pg_owner d0"
-    viol = [
-        {"kind": "writable-as-table", "domain": 0, "l4_mfn": L4,
-         "path": [[4, h.idx(GUEST_DM, 4)], [3, 0], [2, 1]], "mfn": Wm, "target_mfn": Wm, "table_mfn": L2dm,
-         "entry": h.get_entry(L2dm, 1), "va": GUEST_DM + (1 << 21),
-         "details": f"dom0 pfn {W:#x}: type writable, validated, type count 1 (one RW mapping in the "
-                    f"direct map), also referenced by dom0 L2 mfn {L2dm:#x} slot 1 as an L1 table",
-         "xen_would_say": bad_type(ti_W, h.ptype("l1"), Wm)},
-        {"kind": "linear-rw", "domain": 0, "l4_mfn": L4,
-         "path": [[4, h.idx(GUEST_VMALLOC, 4)], [3, 0], [2, 390]], "mfn": L2v, "target_mfn": L2dm,
-         "table_mfn": L2v,
-         "entry": h.get_entry(L2v, 390), "va": GUEST_VMALLOC + (390 << 21),
-         "details": f"L2 mfn {L2v:#x} (dom0 pfn 8) slot 390 points with RW at L2 mfn {L2dm:#x} "
-                    "(dom0 pfn 2): a linear page table with write permission",
+
+def _violations(dump):
+    """The manifest's records of the injected violations, with what Xen would say about each."""
+    host, tables, dom0 = dump.host, dump.dom0_tables, dump.dom0
+    mfn_format = "%05x" if dump.key == "4.17" else "%x"
+
+    def mfn_text(value):
+        return mfn_format % value
+
+    def bad_type(saw, expected, mfn):
+        return (f"Bad type (saw {saw:016x} != exp {expected:016x}) for mfn {mfn_text(mfn)} "
+                f"(pfn {mfn_text(host.frames[mfn]['m2p'])})")
+
+    writable = dom0.mfn(D0_WRITABLE)
+    foreign_ref, foreign_entry = dump.foreign_ref_mfn, dump.foreign_ref_entry
+    owners = "l1e_owner=0, pg_owner=0" if dump.key == "4.6" else "l1e_owner d0, pg_owner d0"
+    vmalloc_l4 = [4, host.idx(GUEST_VMALLOC, 4)]
+    dump.violations = [
+        {"kind": "writable-as-table", "domain": 0, "l4_mfn": tables.l4,
+         "path": [[4, host.idx(GUEST_DM, 4)], [3, 0], [2, 1]], "mfn": writable, "target_mfn": writable,
+         "table_mfn": tables.l2_directmap,
+         "entry": host.get_entry(tables.l2_directmap, 1), "va": GUEST_DM + (1 << 21),
+         "details": f"dom0 pfn {D0_WRITABLE:#x}: type writable, validated, type count 1 (one RW mapping "
+                    f"in the direct map), also referenced by dom0 L2 mfn {tables.l2_directmap:#x} slot 1 "
+                    "as an L1 table",
+         "xen_would_say": bad_type(host.type_info(host.frames[writable]), host.type_bits("l1"), writable)},
+        {"kind": "linear-rw", "domain": 0, "l4_mfn": tables.l4,
+         "path": [vmalloc_l4, [3, 0], [2, 390]], "mfn": tables.l2_vmalloc, "target_mfn": tables.l2_directmap,
+         "table_mfn": tables.l2_vmalloc,
+         "entry": host.get_entry(tables.l2_vmalloc, 390), "va": GUEST_VMALLOC + (390 << 21),
+         "details": f"L2 mfn {tables.l2_vmalloc:#x} (dom0 pfn 8) slot 390 points with RW at L2 mfn "
+                    f"{tables.l2_directmap:#x} (dom0 pfn 2): a linear page table with write permission",
          "xen_would_say": "Attempt to create linear p.t. with write perms"},
-        {"kind": "foreign-p2m", "domain": 0, "l4_mfn": L4, "path": None, "mfn": foreign_p2m,
-         "target_mfn": foreign_p2m,
+        {"kind": "foreign-p2m", "domain": 0, "l4_mfn": tables.l4, "path": None, "mfn": dump.foreign_p2m_mfn,
+         "target_mfn": dump.foreign_p2m_mfn,
          "table_mfn": None, "entry": None, "va": GUEST_VMALLOC + 60 * 8,
-         "details": f"dom0 P2M[60] = mfn {foreign_p2m:#x}, owned by d1 (its pfn 20; M2P says 20)",
+         "details": f"dom0 P2M[60] = mfn {dump.foreign_p2m_mfn:#x}, owned by d1 (its pfn 20; M2P says 20)",
          "xen_would_say": None},
-        {"kind": "table-mapped-rw", "domain": 0, "l4_mfn": L4,
-         "path": [[4, h.idx(GUEST_VMALLOC, 4)], [3, 0], [2, 0], [1, 2]], "mfn": L1k, "target_mfn": L1k,
-         "table_mfn": L1v,
-         "entry": e4, "va": GUEST_VMALLOC + 0x2000,
-         "details": f"dom0 L1 mfn {L1v:#x} slot 2 maps L1 table mfn {L1k:#x} (dom0 pfn 6) read-write",
-         "xen_would_say": bad_type(ti_L1k, h.ptype("writable"), L1k)},
-        {"kind": "foreign-reference", "domain": 0, "l4_mfn": L4,
-         "path": [[4, h.idx(GUEST_VMALLOC, 4)], [3, 0], [2, 0], [1, 1]], "mfn": foreign_ref,
+        {"kind": "table-mapped-rw", "domain": 0, "l4_mfn": tables.l4,
+         "path": [vmalloc_l4, [3, 0], [2, 0], [1, 2]], "mfn": tables.l1_text,
+         "target_mfn": tables.l1_text, "table_mfn": tables.l1_vmalloc,
+         "entry": dump.table_mapped_rw_entry, "va": GUEST_VMALLOC + 0x2000,
+         "details": f"dom0 L1 mfn {tables.l1_vmalloc:#x} slot 2 maps L1 table mfn {tables.l1_text:#x} "
+                    "(dom0 pfn 6) read-write",
+         "xen_would_say": bad_type(host.type_info(host.frames[tables.l1_text]), host.type_bits("writable"),
+                                   tables.l1_text)},
+        {"kind": "foreign-reference", "domain": 0, "l4_mfn": tables.l4,
+         "path": [vmalloc_l4, [3, 0], [2, 0], [1, 1]], "mfn": foreign_ref,
          "target_mfn": foreign_ref,
-         "table_mfn": L1v, "entry": e5, "va": GUEST_VMALLOC + 0x1000,
-         "details": f"dom0 L1 mfn {L1v:#x} slot 1 maps mfn {foreign_ref:#x}, owned by d1 (its pfn 21)",
-         "xen_would_say": f"Error getting mfn {fm(foreign_ref)} (pfn {fm(21)}) from L1 entry "
-                          f"{e5:016x} for {e5_owner}"},
+         "table_mfn": tables.l1_vmalloc, "entry": foreign_entry, "va": GUEST_VMALLOC + 0x1000,
+         "details": f"dom0 L1 mfn {tables.l1_vmalloc:#x} slot 1 maps mfn {foreign_ref:#x}, owned by d1 "
+                    "(its pfn 21)",
+         "xen_would_say": f"Error getting mfn {mfn_text(foreign_ref)} (pfn {mfn_text(21)}) from L1 entry "
+                          f"{foreign_entry:016x} for {owners}"},
     ]
 
-    # ---- walks ----------------------------------------------------------------------------------------
-    ft_fault = FRAMETABLE + 0x4000 * PAGE_INFO_SIZE                  # pdx 0x4000: not mapped
-    rec = 0xFFFF000000000000 | 258 << 39 | 258 << 30 | 258 << 21 | 258 << 12
-    xwalk_vas = [DIRECTMAP + 0x1234, h.domains["d0"]["va"], DIRECTMAP + 0x4000000,
-                 FRAMETABLE + h.pfn_to_pdx(Wm) * PAGE_INFO_SIZE, ft_fault,
-                 RDWR_MPT + Wm * 8, RO_MPT + Wm * 8, vx, symbols["max_page"], symbols["idle_pg_table"],
-                 rec, PERDOMAIN, vx + IMG_SIZE]
-    if h.pdx:
-        xwalk_vas[3:3] = [h.dm_va(0x1000005008), FRAMETABLE + h.pfn_to_pdx(0x1000000) * PAGE_INFO_SIZE,
-                          RDWR_MPT + 0x1000000 * 8]
-    walks = [h.walk(h.idle, va) for va in xwalk_vas]
-    gwalks = []
-    for dom, gg, vas in ((0, g, [GUEST_DM + 14 * PAGE, GUEST_KTEXT + 0x10, GUEST_VMALLOC, GUEST_DM + (1 << 21),
-                                 GUEST_VMALLOC + 0x2000, RO_MPT + Wm * 8, LINEAR_PT]),
-                         (1, u, [0x400000, 0x401008, GUEST_DM + 16 * PAGE, 0x403000])):
+
+def _walks(dump):
+    """Walks through idle_pg_table (Xen's VAs, one into the unmapped frame-table page Xen faults
+    on) and through each guest's L4."""
+    host, dom0, symbols, virt = dump.host, dump.dom0, dump.symbols, dump.host.virt_start
+    writable = dom0.mfn(D0_WRITABLE)
+    fault = dump.frame_table_fault = FRAMETABLE + 0x4000 * PAGE_INFO_SIZE   # pdx 0x4000: not mapped
+    recursive = 0xFFFF000000000000 | 258 << 39 | 258 << 30 | 258 << 21 | 258 << 12
+    xen_vas = [DIRECTMAP + 0x1234, host.domains["d0"]["va"], DIRECTMAP + 0x4000000,
+               FRAMETABLE + host.pfn_to_pdx(writable) * PAGE_INFO_SIZE, fault,
+               RDWR_MPT + writable * 8, RO_MPT + writable * 8, virt, symbols["max_page"],
+               symbols["idle_pg_table"], recursive, PERDOMAIN, virt + IMG_SIZE]
+    if host.pdx:
+        xen_vas[3:3] = [host.directmap_va(0x1000005008),
+                        FRAMETABLE + host.pfn_to_pdx(0x1000000) * PAGE_INFO_SIZE, RDWR_MPT + 0x1000000 * 8]
+    dump.walks = [host.walk(host.idle, va) for va in xen_vas]
+    dump.guest_walks = []
+    for domain_id, guest, vas in (
+            (0, dom0, [GUEST_DM + 14 * PAGE, GUEST_KTEXT + 0x10, GUEST_VMALLOC, GUEST_DM + (1 << 21),
+                       GUEST_VMALLOC + 0x2000, RO_MPT + writable * 8, LINEAR_PT]),
+            (1, dump.domu, [0x400000, 0x401008, GUEST_DM + 16 * PAGE, 0x403000])):
         for va in vas:
-            w = h.walk(gg.l4, va)
-            w["domain"] = dom
-            gwalks.append(w)
-    wk = {w["va"]: w for w in walks}
-    assert wk[ft_fault]["stop"] == "not-present" and wk[ft_fault]["level"] == "L1"
-    assert wk[symbols["idle_pg_table"]]["ma"] == h.idle << 12 and wk[rec]["ma"] == h.idle << 12
-    assert wk[RO_MPT + Wm * 8]["ma"] == wk[RDWR_MPT + Wm * 8]["ma"]
-    assert h.r64(wk[RDWR_MPT + Wm * 8]["ma"]) == W
-    gw = {(w["domain"], w["va"]): w for w in gwalks}
-    assert gw[(0, GUEST_DM + 14 * PAGE)]["ma"] == g.mfn(14) << 12
-    assert gw[(0, GUEST_DM + (1 << 21))]["stop"] == "not-present"
+            walk = host.walk(guest.l4, va)
+            walk["domain"] = domain_id
+            dump.guest_walks.append(walk)
+    by_va = {walk["va"]: walk for walk in dump.walks}
+    assert by_va[fault]["stop"] == "not-present" and by_va[fault]["level"] == "L1"
+    assert by_va[symbols["idle_pg_table"]]["ma"] == host.idle << 12 and by_va[recursive]["ma"] == host.idle << 12
+    assert by_va[RO_MPT + writable * 8]["ma"] == by_va[RDWR_MPT + writable * 8]["ma"]
+    assert host.read_u64(by_va[RDWR_MPT + writable * 8]["ma"]) == D0_WRITABLE
+    guest_by_va = {(walk["domain"], walk["va"]): walk for walk in dump.guest_walks}
+    assert guest_by_va[(0, GUEST_DM + 14 * PAGE)]["ma"] == dom0.mfn(14) << 12
+    assert guest_by_va[(0, GUEST_DM + (1 << 21))]["stop"] == "not-present"
 
-    # ---- notes, registers ------------------------------------------------------------------------------
+
+def _crash_notes(dump):
+    """Both CPUs' registers at the crash (CPU 1 took the frame-table fault) and CRASH_INFO."""
+    host, symbols, strings = dump.host, dump.symbols, dump.string_maddr
     cr0, cr4 = 0x8005003B, 0x1526E0
-    cpus = [
-        {"rip": symbols["do_nmi_crash"] + 0x1F, "rsp": h.dm_va(stacks[0]), "cs": 0xE008, "ss": 0xE010,
-         "ds": 0, "rflags": 0x46, "cr0": cr0, "cr2": 0, "cr3": h.idle << 12, "cr4": cr4},
-        {"rip": symbols["kexec_crash_save_cpu"] + 0x4B, "rsp": h.dm_va(stacks[1]), "cs": 0xE008,
-         "ss": 0xE010, "ds": 0, "rflags": 0x46, "cr0": cr0, "cr2": ft_fault, "cr3": h.idle << 12,
-         "cr4": cr4},
+    dump.cpus = [
+        {"rip": symbols["do_nmi_crash"] + 0x1F, "rsp": host.directmap_va(XEN_STACKS[0]), "cs": 0xE008,
+         "ss": 0xE010, "ds": 0, "rflags": 0x46, "cr0": cr0, "cr2": 0, "cr3": host.idle << 12, "cr4": cr4},
+        {"rip": symbols["kexec_crash_save_cpu"] + 0x4B, "rsp": host.directmap_va(XEN_STACKS[1]),
+         "cs": 0xE008, "ss": 0xE010, "ds": 0, "rflags": 0x46, "cr0": cr0, "cr2": dump.frame_table_fault,
+         "cr3": host.idle << 12, "cr4": cr4},
     ]
-    crash_info = struct.pack("<10Q", cfg["major"], cfg["minor"], str_ma["xen_extra_version"],
-                             str_ma["xen_changeset"], str_ma["xen_compiler"], str_ma["xen_compile_date"],
-                             str_ma["xen_compile_time"], 0, XEN_PHYS_START, g.mfn(FLL))
+    dump.crash_info = struct.pack("<10Q", host.cfg["major"], host.cfg["minor"], strings["xen_extra_version"],
+                                  strings["xen_changeset"], strings["xen_compiler"],
+                                  strings["xen_compile_date"], strings["xen_compile_time"], 0,
+                                  XEN_PHYS_START, dump.dom0.mfn(D0_FRAME_LIST_LIST))
 
-    def per_cpu(i, c):
-        out = [("Xen", 0x1000002, struct.pack("<4Q", c["cr0"], c["cr2"], c["cr3"], c["cr4"]))]
-        if i == 0:
-            out.append(("Xen", 0x1000001, crash_info))
-        return out
 
-    info = {"h": h, "cfg": cfg, "cpus": cpus, "per_cpu": per_cpu, "vmci_text": vmci_text,
-            "vmci_lines": vmci_lines, "symbols": symbols, "map_types": map_types,
-            "vmci_syms": vmci_syms, "frames": frames_out, "census": census, "nfree": nfree,
-            "free_ranges": free_ranges, "violations": viol, "walks": walks, "gwalks": gwalks,
-            "d0": g, "d1": u, "d0_p2m": d0_p2m, "p2m_faults": p2m_faults, "tot": tot, "maxp": maxp,
-            "shared_info": shared_info,
-            "values": values, "pdx": h.pdx, "str_ma": str_ma, "ft_fault": ft_fault,
-            "tables": dict(L4=L4, L2dm=L2dm, L2v=L2v, L1v=L1v, L1k=L1k, W=Wm, P2M=g.mfn(P2M),
-                           FLL=g.mfn(FLL), uL4=uL4, cow=cow_mfn), "crash_info": crash_info}
-    return info
+def build(key):
+    """The Xen host of version ``key``, step by step; returns the :class:`HostDump`."""
+    dump = HostDump(key, Host(key))
+    _xen_image(dump)
+    _direct_map(dump)
+    _frame_table(dump)
+    _m2p(dump)
+    _xen_heap(dump)
+    _dom_cow(dump)
+    _guests(dump)
+    _dom0_tables(dump)
+    _domu_tables(dump)
+    _inject_violations(dump)
+    _dom0_p2m(dump)
+    _guest_data(dump)
+    _offlined_and_free(dump)
+    _domain_structs(dump)
+    _xen_variables(dump)
+    _vmcoreinfo(dump)
+    _frame_truth(dump, _page_infos(dump))
+    _violations(dump)
+    _walks(dump)
+    _crash_notes(dump)
+    return dump
 
 
 # =================================================================================================
-def _log_46(info):
-    """Xen 4.6 console excerpt with the seed's lines for the injected violations."""
-    h, t = info["h"], info["tables"]
-    fr = h.frames
-    W, L2v, L1k, L1v = t["W"], t["L2v"], t["L1k"], t["L1v"]
-    viol = {v["kind"]: v for v in info["violations"]}
-    fref = viol["foreign-reference"]
-    ti = lambda m: h.type_info(fr[m])  # noqa: E731
-    ci = lambda m: h.count_info(fr[m])  # noqa: E731
-    L, lines = [], []
+class _ConsoleLog:
+    """Console lines as Xen prints them; some tagged for the manifest (1-based line, mfn, kind)."""
 
-    def add(text, stamp=None, kind=None, mfn=None):
-        pre = "(XEN) " + (f"[{stamp}] " if stamp else "")
-        L.append(pre + text)
+    def __init__(self):
+        self.lines, self.tagged = [], []
+
+    def add(self, text, stamp=None, kind=None, mfn=None):
+        self.lines.append("(XEN) " + (f"[{stamp}] " if stamp else "") + text)
         if kind:
-            lines.append({"line_no": len(L), "mfn": mfn, "kind": kind})
+            self.tagged.append({"line_no": len(self.lines), "mfn": mfn, "kind": kind})
 
+
+def _log_46_boot(log, dump):
+    add = log.add
     add(" __  __            _  _    __    ___  ")
     add(" \\ \\/ /___ _ __   | || |  / /_  / _ \\ ")
     add("Xen version 4.6.0 (builder@example.org) (gcc (GCC) 4.8.5) debug=y Tue Oct 13 12:00:00 UTC 2015")
@@ -832,8 +999,8 @@ def _log_46(info):
     add("Xen-e820 RAM map:")
     add(" 0000000000000000 - 0000000004000000 (usable)")
     add(" 0000001000000000 - 0000001001000000 (usable)")
-    b0, b1 = h.pdx["bits"]
-    add(f"PFN compression on bits {b0}...{b1}")
+    low_bit, high_bit = dump.host.pdx["bits"]
+    add(f"PFN compression on bits {low_bit}...{high_bit}")
     add("Dom0 has maximum 2 VCPUs")
     add("Scrubbing Free RAM on 1 nodes using 2 CPUs")
     add("Std. Loglevel: All")
@@ -842,147 +1009,183 @@ def _log_46(info):
     add("Freed 316kB init memory.")
     add("grant_table.c:316:d0v0 Increased maptrack size to 2 frames", "   41.022817")
     add("traps.c:3290: GPF (0000): ffff82d0801a3f1c -> ffff82d08024c8e3", "   57.690204")
-    add(f"mm.c:{info['cfg']['line_bad_type']}:d0v1 Bad type (saw {ti(W):016x} != exp {h.ptype('l1'):016x}) "
-        f"for mfn {W:x} (pfn {fr[W]['m2p']:x})", "  123.456789", "writable-as-table", W)
+
+
+def _log_46_violations(log, dump):
+    """The seed's lines for the injected violations."""
+    add, host, tables = log.add, dump.host, dump.dom0_tables
+    frames = host.frames
+    writable, l2_vmalloc, l1_text = dump.dom0.mfn(D0_WRITABLE), tables.l2_vmalloc, tables.l1_text
+    violation = {record["kind"]: record for record in dump.violations}
+    bad_type_line = dump.host.cfg["line_bad_type"]
+
+    def type_info(mfn):
+        return host.type_info(frames[mfn])
+
+    add(f"mm.c:{bad_type_line}:d0v1 Bad type (saw {type_info(writable):016x} != exp "
+        f"{host.type_bits('l1'):016x}) for mfn {writable:x} (pfn {frames[writable]['m2p']:x})",
+        "  123.456789", "writable-as-table", writable)
     add("mm.c:1376:d0v1 Attempt to create linear p.t. with write perms", "  123.456802",
-        "writable-as-table", W)
+        "writable-as-table", writable)
     add("printk: 3 messages suppressed.", "  124.000117")
-    add("mm.c:1376:d0v1 Attempt to create linear p.t. with write perms", "  130.108322", "linear-rw", L2v)
-    add("mm.c:1520:d0v1 Failure in alloc_l2_table: entry 390", "  130.108330", "linear-rw", L2v)
-    add(f"mm.c:2283:d0v1 Error while validating mfn {L2v:x} (pfn {fr[L2v]['m2p']:x}) for type "
-        f"{h.ptype('l2'):016x}: caf=8000000000000003 taf={h.ptype('l2') | 1:016x}", "  130.108341",
-        "linear-rw", L2v)
-    add(f"mm.c:{info['cfg']['line_bad_type']}:d0v0 Bad type (saw {ti(L1k):016x} != exp "
-        f"{h.ptype('writable'):016x}) for mfn {L1k:x} (pfn {fr[L1k]['m2p']:x})", "  131.772150",
-        "table-mapped-rw", L1k)
-    e4 = viol["table-mapped-rw"]["entry"]
-    add(f"mm.c:901:d0v0 Error getting mfn {L1k:x} (pfn {fr[L1k]['m2p']:x}) from L1 entry {e4:016x} "
-        "for l1e_owner=0, pg_owner=0", "  131.772163", "table-mapped-rw", L1k)
-    fm = fref["mfn"]
-    add(f"mm.c:2084:d0v0 Error pfn {fm:x}: rd={h.domains['d0']['va']:016x}, "
-        f"od={h.domains['d1']['va']:016x}, caf={ci(fm):08x}, taf={ti(fm):016x}",
-        "  131.772170", "foreign-reference", fm)
-    add(f"mm.c:901:d0v0 Error getting mfn {fm:x} (pfn {fr[fm]['m2p']:x}) from L1 entry "
-        f"{fref['entry']:016x} for l1e_owner=0, pg_owner=0", "  131.772176", "foreign-reference", fm)
+    add("mm.c:1376:d0v1 Attempt to create linear p.t. with write perms", "  130.108322", "linear-rw",
+        l2_vmalloc)
+    add("mm.c:1520:d0v1 Failure in alloc_l2_table: entry 390", "  130.108330", "linear-rw", l2_vmalloc)
+    add(f"mm.c:2283:d0v1 Error while validating mfn {l2_vmalloc:x} (pfn {frames[l2_vmalloc]['m2p']:x}) "
+        f"for type {host.type_bits('l2'):016x}: caf=8000000000000003 taf={host.type_bits('l2') | 1:016x}",
+        "  130.108341", "linear-rw", l2_vmalloc)
+    add(f"mm.c:{bad_type_line}:d0v0 Bad type (saw {type_info(l1_text):016x} != exp "
+        f"{host.type_bits('writable'):016x}) for mfn {l1_text:x} (pfn {frames[l1_text]['m2p']:x})",
+        "  131.772150", "table-mapped-rw", l1_text)
+    entry = violation["table-mapped-rw"]["entry"]
+    add(f"mm.c:901:d0v0 Error getting mfn {l1_text:x} (pfn {frames[l1_text]['m2p']:x}) from L1 entry "
+        f"{entry:016x} for l1e_owner=0, pg_owner=0", "  131.772163", "table-mapped-rw", l1_text)
+    foreign = violation["foreign-reference"]
+    foreign_mfn = foreign["mfn"]
+    add(f"mm.c:2084:d0v0 Error pfn {foreign_mfn:x}: rd={host.domains['d0']['va']:016x}, "
+        f"od={host.domains['d1']['va']:016x}, caf={host.count_info(frames[foreign_mfn]):08x}, "
+        f"taf={type_info(foreign_mfn):016x}", "  131.772170", "foreign-reference", foreign_mfn)
+    add(f"mm.c:901:d0v0 Error getting mfn {foreign_mfn:x} (pfn {frames[foreign_mfn]['m2p']:x}) from L1 "
+        f"entry {foreign['entry']:016x} for l1e_owner=0, pg_owner=0", "  131.772176", "foreign-reference",
+        foreign_mfn)
     add("printk: 11 messages suppressed.", "  132.000021")
     add("d1v0: upcall vector f3", "  135.550912")
-    # the crash: Xen writes the page_info of pdx 0x4000, in the PDX hole (not mapped)
-    st = "  140.203311"
-    fa = info["ft_fault"]
-    rip = info["symbols"]["put_page"] + 0x5A
-    add("----[ Xen-4.6.0  x86_64  debug=y  Not tainted ]----", st)
-    add("CPU:    1", st)
-    add(f"RIP:    e008:[<{rip:016x}>] put_page+0x5a/0x1c0", st)
-    add("RFLAGS: 0000000000010246   CONTEXT: hypervisor (d0v1)", st)
-    add(f"cr0: 000000008005003b   cr4: 00000000001526e0   cr3: {h.idle << 12:016x}   cr2: {fa:016x}", st)
-    add("Xen call trace:", st)
-    add(f"   [<{rip:016x}>] put_page+0x5a/0x1c0", st)
-    add(f"   [<{info['symbols']['mod_l2_entry'] + 0x2F1:016x}>] mod_l2_entry+0x2f1/0x5b0", st)
-    add("", st)
-    add(f"Pagetable walk from {fa:016x}:", st, "pagetable-walk", None)
-    t_ = h.idle
+
+
+def _log_46_crash(log, dump):
+    """The crash: Xen writes the page_info of pdx 0x4000, in the PDX hole (not mapped)."""
+    add, host = log.add, dump.host
+    stamp = "  140.203311"
+    fault_va = dump.frame_table_fault
+    rip = dump.symbols["put_page"] + 0x5A
+    add("----[ Xen-4.6.0  x86_64  debug=y  Not tainted ]----", stamp)
+    add("CPU:    1", stamp)
+    add(f"RIP:    e008:[<{rip:016x}>] put_page+0x5a/0x1c0", stamp)
+    add("RFLAGS: 0000000000010246   CONTEXT: hypervisor (d0v1)", stamp)
+    add(f"cr0: 000000008005003b   cr4: 00000000001526e0   cr3: {host.idle << 12:016x}   cr2: {fault_va:016x}",
+        stamp)
+    add("Xen call trace:", stamp)
+    add(f"   [<{rip:016x}>] put_page+0x5a/0x1c0", stamp)
+    add(f"   [<{dump.symbols['mod_l2_entry'] + 0x2F1:016x}>] mod_l2_entry+0x2f1/0x5b0", stamp)
+    add("", stamp)
+    add(f"Pagetable walk from {fault_va:016x}:", stamp, "pagetable-walk", None)
+    table = host.idle
     for level in (4, 3, 2, 1):
-        i = h.idx(fa, level)
-        e = h.get_entry(t_, i)
-        mfn = (e & FRAME_MASK) >> 12
-        m2p = fr[mfn]["m2p"] if mfn in fr else INVALID_M2P
-        add(f" L{level}[0x{i:03x}] = {e:016x} {m2p:016x}", st, "pagetable-walk", mfn)
-        if not e & P:
+        index = host.idx(fault_va, level)
+        entry = host.get_entry(table, index)
+        mfn = (entry & FRAME_MASK) >> 12
+        m2p = host.frames[mfn]["m2p"] if mfn in host.frames else INVALID_M2P
+        add(f" L{level}[0x{index:03x}] = {entry:016x} {m2p:016x}", stamp, "pagetable-walk", mfn)
+        if not entry & P:
             break
-        t_ = mfn
-    add("", st)
-    add("****************************************", st)
-    add("Panic on CPU 1:", st)
-    add("FATAL PAGE FAULT", st, "fatal-page-fault", None)
-    add("[error_code=0002]", st, "fatal-page-fault", None)
-    add(f"Faulting linear address: {fa:016x}", st, "fatal-page-fault", None)
-    add("****************************************", st)
-    add("", st)
-    add("Reboot in five seconds...", st)
-    return "\n".join(L) + "\n", lines
+        table = mfn
+    add("", stamp)
+    add("****************************************", stamp)
+    add("Panic on CPU 1:", stamp)
+    add("FATAL PAGE FAULT", stamp, "fatal-page-fault", None)
+    add("[error_code=0002]", stamp, "fatal-page-fault", None)
+    add(f"Faulting linear address: {fault_va:016x}", stamp, "fatal-page-fault", None)
+    add("****************************************", stamp)
+    add("", stamp)
+    add("Reboot in five seconds...", stamp)
 
 
-def _map_text(info):
-    syms = info["symbols"]
-    types = info["map_types"]
-    rows = sorted((va, types.get(n, "D"), n) for n, va in syms.items())
-    return "".join(f"{va:016x} {t} {n}\n" for va, t, n in rows)
+def _log_46(dump):
+    """Xen 4.6 console excerpt: boot, the seed's lines for the injected violations, the crash."""
+    log = _ConsoleLog()
+    _log_46_boot(log, dump)
+    _log_46_violations(log, dump)
+    _log_46_crash(log, dump)
+    return "\n".join(log.lines) + "\n", log.tagged
 
 
-def write(key, out):
-    info = build(key)
-    h, cfg = info["h"], info["cfg"]
-    name = f"xen-{key}-host"
-    files = [name + ".core", name + ".json", name + ".map"]
-    res = write_elf_core(os.path.join(out, name + ".core"), machine="x86_64",
-                         segments=h.mem.segments(), cpus=info["cpus"], qemu_notes=False,
-                         per_cpu_notes=info["per_cpu"],
-                         extra_notes=[("VMCOREINFO_XEN", 0, info["vmci_text"].encode())],
-                         vaddr_of=h.dm_va)
-    assert res["memory"] == h.mem.ranges()
-    log = None
-    if key == "4.6":
-        text, lines = _log_46(info)
-        with open(os.path.join(out, name + ".log"), "w") as f:
-            f.write(text)
-        log = {"file": name + ".log", "lines": lines}
-        files.append(name + ".log")
-    with open(os.path.join(out, name + ".map"), "w") as f:
-        f.write(_map_text(info))
-    doms = []
-    off = cfg["domain_offsets"]
-    for n in ("d0", "d1", "dom_xen", "dom_io", "dom_cow"):
-        d = h.domains[n]
-        g = info.get(n) if n in ("d0", "d1") else None
-        doms.append({"id": DOMID[n], "name": n, "struct_va": d["va"], "struct_maddr": d["maddr"],
-                     "pickled": h.pickled(n), "tot_pages": info["tot"][n], "max_pages": info["maxp"][n],
-                     "l4_mfn": g.l4 if g else None, "cr3": (g.l4 << 12) if g else None,
-                     "vcpus": g.vcpus if g else None,
-                     "shared_info_maddr": (info["shared_info"][n] << 12) if n in info["shared_info"] else None,
-                     "next_in_list": {"d0": h.domains["d1"]["va"], "d1": 0}.get(n)})
-    d0 = info["d0"]
-    pdx = info["pdx"]
-    man = {
+def _map_text(dump):
+    rows = sorted((va, dump.map_types.get(name, "D"), name) for name, va in dump.symbols.items())
+    return "".join(f"{va:016x} {letter} {name}\n" for va, letter, name in rows)
+
+
+def _domain_records(dump):
+    host = dump.host
+    guests = {"d0": dump.dom0, "d1": dump.domu}
+    records = []
+    for name in ("d0", "d1", "dom_xen", "dom_io", "dom_cow"):
+        domain, guest = host.domains[name], guests.get(name)
+        records.append({
+            "id": DOMID[name], "name": name, "struct_va": domain["va"], "struct_maddr": domain["maddr"],
+            "pickled": host.pickled(name), "tot_pages": dump.tot_pages[name], "max_pages": MAX_PAGES[name],
+            "l4_mfn": guest.l4 if guest else None, "cr3": (guest.l4 << 12) if guest else None,
+            "vcpus": guest.vcpus if guest else None,
+            "shared_info_maddr": (dump.shared_info[name] << 12) if name in dump.shared_info else None,
+            "next_in_list": {"d0": host.domains["d1"]["va"], "d1": 0}.get(name)})
+    return records
+
+
+def _manifest(dump, name, log):
+    host, cfg, pdx, dom0 = dump.host, dump.host.cfg, dump.host.pdx, dump.dom0
+    crash_info_fields = ("xen_major_version", "xen_minor_version", "xen_extra_version", "xen_changeset",
+                         "xen_compiler", "xen_compile_date", "xen_compile_time", "tainted",
+                         "xen_phys_start", "dom0_pfn_to_mfn_frame_list_list")
+    m2p_sample_mfns = ([dom0.mfn(pfn) for pfn in (0, 2, 10, 11, 14)] +
+                       [dump.domu.mfn(pfn) for pfn in (0, 20, 21)] + [0x10, 0x3F00, dump.cow_mfn])
+    return {
         "core": name + ".core", "xen_version": cfg["version"],
         "layout": {"type": cfg["type"], "count": cfg["count"], "page_info_size": PAGE_INFO_SIZE,
                    "page_info_offsets": {"list": 0, "count_info": 8, "type_info": 16, "_domain": 24,
                                          "tlbflush_timestamp": 28}},
-        "max_page": h.max_page, "max_pdx": info["values"]["max_pdx"],
-        "ram": [[b, b + n] for b, n in h.ram],
-        "xen_phys_start": XEN_PHYS_START, "xen_virt_start": h.vx,
+        "max_page": host.max_page, "max_pdx": dump.values["max_pdx"],
+        "ram": [[base, base + count] for base, count in host.ram],
+        "xen_phys_start": XEN_PHYS_START, "xen_virt_start": host.virt_start,
         "directmap_virt_start": DIRECTMAP, "frametable_virt_start": FRAMETABLE,
         "m2p_virt_start": RDWR_MPT, "ro_m2p_virt_start": RO_MPT,
-        "pdx": None if pdx is None else {k: pdx[k] for k in ("hole_shift", "bottom_mask", "top_mask",
-                                                              "ma_va_bottom_mask", "ma_top_mask",
-                                                              "hole_mask")},
-        "idle_pg_table": h.idle << 12,
-        "symbols": dict(info["symbols"], frame_table=info["vmci_syms"]["frame_table"],
-                        pgd_l4=info["vmci_syms"]["pgd_l4"]),
-        "symbol_values": info["values"],
-        "vmcoreinfo_xen": {k: v for k, v in info["vmci_lines"]},
-        "crash_info": dict(zip(("xen_major_version", "xen_minor_version", "xen_extra_version",
-                                "xen_changeset", "xen_compiler", "xen_compile_date", "xen_compile_time",
-                                "tainted", "xen_phys_start", "dom0_pfn_to_mfn_frame_list_list"),
-                               struct.unpack("<10Q", info["crash_info"])),
+        "pdx": None if pdx is None else {key: pdx[key] for key in ("hole_shift", "bottom_mask", "top_mask",
+                                                                   "ma_va_bottom_mask", "ma_top_mask",
+                                                                   "hole_mask")},
+        "idle_pg_table": host.idle << 12,
+        "symbols": dict(dump.symbols, frame_table=dump.vmcoreinfo_symbols["frame_table"],
+                        pgd_l4=dump.vmcoreinfo_symbols["pgd_l4"]),
+        "symbol_values": dump.values,
+        "vmcoreinfo_xen": dict(dump.vmcoreinfo_lines),
+        "crash_info": dict(zip(crash_info_fields, struct.unpack("<10Q", dump.crash_info)),
                            extra_version_string=cfg["extra"]),
-        "cpus": [{k: c[k] for k in ("rip", "rsp", "cs", "ss", "rflags", "cr0", "cr2", "cr3", "cr4")}
-                 for c in info["cpus"]],
-        "domain_offsets": dict(off, size=cfg["domain_size"]),
-        "domains": doms,
-        "frames": info["frames"], "free_ranges": info["free_ranges"],
-        "census": info["census"], "free_frames": info["nfree"],
-        "violations": info["violations"], "log": log,
-        "p2m": {"domain": 0, "pfn_count": len(info["d0_p2m"]), "va": GUEST_VMALLOC,
-                "mfn": info["tables"]["P2M"],
-                "foreign": [{"pfn": 60, "mfn": info["violations"][2]["mfn"], "owner": 1}],
-                "faults": [{"class": c, "pfn": p, "mfn": m, "other": o} for c, p, m, o in info["p2m_faults"]],
-                "frame_list_list_mfn": info["tables"]["FLL"]},
-        "m2p_samples": [{"mfn": m, "pfn": h.frames[m]["m2p"]}
-                        for m in [d0.mfn(p) for p in (0, 2, 10, 11, 14)] +
-                        [info["d1"].mfn(p) for p in (0, 20, 21)] + [0x10, 0x3F00, info["tables"]["cow"]]],
-        "walks": info["walks"], "guest_walks": info["gwalks"],
+        "cpus": [{key: cpu[key] for key in ("rip", "rsp", "cs", "ss", "rflags", "cr0", "cr2", "cr3", "cr4")}
+                 for cpu in dump.cpus],
+        "domain_offsets": dict(cfg["domain_offsets"], size=cfg["domain_size"]),
+        "domains": _domain_records(dump),
+        "frames": dump.frames, "free_ranges": dump.free_ranges,
+        "census": dump.census, "free_frames": dump.free_frames,
+        "violations": dump.violations, "log": log,
+        "p2m": {"domain": 0, "pfn_count": len(dump.dom0_p2m), "va": GUEST_VMALLOC,
+                "mfn": dom0.mfn(D0_P2M),
+                "foreign": [{"pfn": 60, "mfn": dump.foreign_p2m_mfn, "owner": 1}],
+                "faults": [{"class": kind, "pfn": pfn, "mfn": mfn, "other": other}
+                           for kind, pfn, mfn, other in dump.p2m_faults],
+                "frame_list_list_mfn": dom0.mfn(D0_FRAME_LIST_LIST)},
+        "m2p_samples": [{"mfn": mfn, "pfn": host.frames[mfn]["m2p"]} for mfn in m2p_sample_mfns],
+        "walks": dump.walks, "guest_walks": dump.guest_walks,
     }
+
+
+def write(key, out):
+    dump = build(key)
+    host = dump.host
+    name = f"xen-{key}-host"
+    files = [name + ".core", name + ".json", name + ".map"]
+    result = write_elf_core(os.path.join(out, name + ".core"), machine="x86_64",
+                            segments=host.mem.segments(), cpus=dump.cpus, qemu_notes=False,
+                            per_cpu_notes=dump.per_cpu_notes,
+                            extra_notes=[("VMCOREINFO_XEN", 0, dump.vmcoreinfo_text.encode())],
+                            vaddr_of=host.directmap_va)
+    assert result["memory"] == host.mem.ranges()
+    log = None
+    if key == "4.6":
+        text, tagged = _log_46(dump)
+        with open(os.path.join(out, name + ".log"), "w") as f:
+            f.write(text)
+        log = {"file": name + ".log", "lines": tagged}
+        files.append(name + ".log")
+    with open(os.path.join(out, name + ".map"), "w") as f:
+        f.write(_map_text(dump))
     with open(os.path.join(out, name + ".json"), "w") as f:
-        json.dump(man, f, sort_keys=True, indent=1)
+        json.dump(_manifest(dump, name, log), f, sort_keys=True, indent=1)
         f.write("\n")
     return files

@@ -189,44 +189,44 @@ def busybox_bytes(start_code, va, n):
 # what crash and xenscope say about one dump (four crash sessions)
 # ---------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", params=KINDS)
-def seen(request, guest):
-    kind = request.param
-    g = guest
-    dump = g["dumps"][kind]
-    rnd = random.Random(kind)
-
-    # --- session 1: crash's own lists and symbols; xenscope's JSON, maps, pipes ---
-    s1 = [("mod", "mod"), ("ps", "ps"),
-          ("list", "list task_struct.tasks -h init_task"),
-          ("stext", "sym _stext"), ("etext", "sym _etext"),
-          ("pob", "p/x page_offset_base"), ("init_pgd", "p/x (unsigned long)init_mm.pgd"),
-          ("kmemv", "kmem -v"),
-          ("modules", "xen modules --json"), ("tasks", "xen tasks --json"), ("modcheck", "xen modcheck --json"),
-          ("maps", "xen maps")]
-    s1 += [(("pipe", i), "xen maps | grep -c .") for i in range(PIPE_TRIES)]
-    o1 = crash(g, kind, s1)
+def _lists_and_symbols(guest, kind):
+    """Session 1: crash's own lists and symbols; xenscope's JSON, maps, pipes."""
+    cmds = [("mod", "mod"), ("ps", "ps"),
+            ("list", "list task_struct.tasks -h init_task"),
+            ("stext", "sym _stext"), ("etext", "sym _etext"),
+            ("pob", "p/x page_offset_base"), ("init_pgd", "p/x (unsigned long)init_mm.pgd"),
+            ("kmemv", "kmem -v"),
+            ("modules", "xen modules --json"), ("tasks", "xen tasks --json"), ("modcheck", "xen modcheck --json"),
+            ("maps", "xen maps")]
+    cmds += [(("pipe", i), "xen maps | grep -c .") for i in range(PIPE_TRIES)]
+    out = crash(guest, kind, cmds)
 
     def num(key, pattern):
-        m = re.search(pattern, o1[key], re.M)
-        assert m, f"{key}:\n{o1[key]}"
+        m = re.search(pattern, out[key], re.M)
+        assert m, f"{key}:\n{out[key]}"
         return int(m.group(1), 16)
 
     stext = num("stext", r"^([0-9a-f]+) \(\w\) _stext")
     etext = num("etext", r"^([0-9a-f]+) \(\w\) _etext")
     pob = num("pob", r"^\$\d+ = 0x([0-9a-f]+)$")
     init_pgd = num("init_pgd", r"^\$\d+ = 0x([0-9a-f]+)$")
-    mods = parse_mod(o1["mod"])
-    listed = [int(x, 16) for x in o1["list"].split()]
-    assert len(listed) > 20 and all(x >> 47 for x in listed), o1["list"]
+    mods = parse_mod(out["mod"])
+    listed = [int(x, 16) for x in out["list"].split()]
+    assert len(listed) > 20 and all(x >> 47 for x in listed), out["list"]
     areas = [(int(a, 16), int(b, 16)) for a, b in
-             re.findall(r"^[0-9a-f]+\s+[0-9a-f]+\s+([0-9a-f]+) - ([0-9a-f]+)\s+\d+$", o1["kmemv"], re.M)]
-    assert len(areas) > 20, o1["kmemv"]
+             re.findall(r"^[0-9a-f]+\s+[0-9a-f]+\s+([0-9a-f]+) - ([0-9a-f]+)\s+\d+$", out["kmemv"], re.M)]
+    assert len(areas) > 20, out["kmemv"]
+    return dict(o1=out, stext=stext, etext=etext, pob=pob, init_pgd=init_pgd, mods=mods, listed=listed,
+                areas=areas)
 
-    # kernel samples, each with its class
+
+def _kernel_samples(guest, s, rnd):
+    """Kernel addresses to translate, each with its class; the ones whose text is compared with the
+    CLI's; a CR3 above everything the dump holds (the CLI's own reading of the dump)."""
+    stext, etext, pob, areas, mods = s["stext"], s["etext"], s["pob"], s["areas"], s["mods"]
     samples = [("text", stext), ("text", etext - 1)]
     samples += [("text", rnd.randrange(stext, etext)) for _ in range(12)]
-    for lo, hi in g["ram"]:
+    for lo, hi in guest["ram"]:
         samples += [("direct", pob + lo), ("direct", pob + hi - 1)]
         samples += [("direct", pob + rnd.randrange(lo, hi)) for _ in range(6)]
     for lo, hi in areas:
@@ -234,105 +234,136 @@ def seen(request, guest):
     for m in mods:
         samples += [("module", m["base"]), ("module", m["base"] + m["size"] - 1), ("module-end", m["base"] + m["size"])]
         samples += [("module", m["base"] + rnd.randrange(0, m["size"])) for _ in range(4)]
-    # the not-in-dump CR3: above everything the dump holds (the CLI's own reading of the dump)
-    info = cli("info", dump, "--json")
+    info = cli("info", s["dump"], "--json")
     assert info.returncode == 0, info.stderr
     top = max(e for _, e in json.loads(info.stdout)["memory"])
     absent = (top + (1 << 30)) & ~((1 << 30) - 1)
-    text_samples = {"text": stext, "direct": pob + g["ram"][-1][0] + 0x123000,
+    text_samples = {"text": stext, "direct": pob + guest["ram"][-1][0] + 0x123000,
                     "vmalloc": areas[len(areas) // 2][0] + 0x10, "module": mods[0]["base"] + 0x1234,
                     "module-end": mods[0]["base"] + mods[0]["size"],
                     "noncanonical": 0x8000000000000000, "noncanonical-low": 0x0000800000000000}
+    return dict(samples=samples, absent=absent, text_samples=text_samples)
 
-    # --- session 2: every task through crash's gdb; vtop and xen walk of the samples; errors ---
-    s2 = []
-    for a in listed:
-        T = f"((struct task_struct *)0x{a:x})"
-        R = f"(((struct pt_regs *)((char *){T}->stack + {THREAD_SIZE})) - 1)"
-        mm, am = f"{T}->mm", f"{T}->active_mm"
-        # (crash 8.0.2 hands a gdb line whose last argument is a ?: expression to gdb with its "> FILE":
-        # keep those away from the end; comm last, as it is the rest of the line)
-        s2.append((("task", a), 'gdb printf "%lx %d %lx %lx %lx %lx %lx %lx %lx %lx %lx %lx %lx %s\\n", '
-                   f"{T}, {T}->pid, {mm}, {am}, {T}->stack, "
-                   f"{mm} ? (unsigned long){mm}->pgd : 0, {am} ? (unsigned long){am}->pgd : 0, "
-                   f"{mm} ? {mm}->arg_start : 0, {mm} ? {mm}->arg_end : 0, "
-                   f"{mm} ? {mm}->start_code : 0, {mm} ? {mm}->end_code : 0, "
-                   f"{R}->ip, {R}->cs, {T}->comm"))
-    for i, (_, va) in enumerate(samples):
-        s2 += [(("vtop", i), f"vtop {va:x}"), (("walk", i), f"xen walk {va:x} --json")]
-    for name, va in text_samples.items():
-        s2.append((("text", name), f"xen walk {va:x}"))
-    s2 += [("absent-text", f"xen walk --cr3 {absent:x} {stext:x}"),
-           ("absent-json", f"xen walk --cr3 {absent:x} {stext:x} --json"),
-           ("absent-rd", f"rd -p -8 {absent:x} 8"),
-           ("bad", "xen walk zzz"), ("after-bad", f"xen walk {stext:x} --json"),
-           ("after-bad-vtop", f"vtop {stext:x}"),
-           ("noncanon-json", "xen walk 8000000000000000 --json")]
-    o2 = crash(g, kind, s2)
 
-    fields = ("task", "pid", "mm", "active_mm", "stack", "pgd", "active_pgd", "arg_start", "arg_end",
-              "start_code", "end_code", "ip", "cs")
+TASK_FIELDS = ("task", "pid", "mm", "active_mm", "stack", "pgd", "active_pgd", "arg_start", "arg_end",
+               "start_code", "end_code", "ip", "cs")
+
+
+def _task_command(address):
+    """crash's gdb printing TASK_FIELDS then comm of the task_struct at ``address``."""
+    task = f"((struct task_struct *)0x{address:x})"
+    regs = f"(((struct pt_regs *)((char *){task}->stack + {THREAD_SIZE})) - 1)"
+    mm, active_mm = f"{task}->mm", f"{task}->active_mm"
+    # (crash 8.0.2 hands a gdb line whose last argument is a ?: expression to gdb with its "> FILE":
+    # keep those away from the end; comm last, as it is the rest of the line)
+    return ('gdb printf "%lx %d %lx %lx %lx %lx %lx %lx %lx %lx %lx %lx %lx %s\\n", '
+            f"{task}, {task}->pid, {mm}, {active_mm}, {task}->stack, "
+            f"{mm} ? (unsigned long){mm}->pgd : 0, {active_mm} ? (unsigned long){active_mm}->pgd : 0, "
+            f"{mm} ? {mm}->arg_start : 0, {mm} ? {mm}->arg_end : 0, "
+            f"{mm} ? {mm}->start_code : 0, {mm} ? {mm}->end_code : 0, "
+            f"{regs}->ip, {regs}->cs, {task}->comm")
+
+
+def _tasks_and_kernel_walks(guest, kind, s):
+    """Session 2: every task through crash's gdb; vtop and xen walk of the samples; errors."""
+    stext, absent = s["stext"], s["absent"]
+    cmds = [(("task", address), _task_command(address)) for address in s["listed"]]
+    for i, (_, va) in enumerate(s["samples"]):
+        cmds += [(("vtop", i), f"vtop {va:x}"), (("walk", i), f"xen walk {va:x} --json")]
+    for name, va in s["text_samples"].items():
+        cmds.append((("text", name), f"xen walk {va:x}"))
+    cmds += [("absent-text", f"xen walk --cr3 {absent:x} {stext:x}"),
+             ("absent-json", f"xen walk --cr3 {absent:x} {stext:x} --json"),
+             ("absent-rd", f"rd -p -8 {absent:x} 8"),
+             ("bad", "xen walk zzz"), ("after-bad", f"xen walk {stext:x} --json"),
+             ("after-bad-vtop", f"vtop {stext:x}"),
+             ("noncanon-json", "xen walk 8000000000000000 --json")]
+    out = crash(guest, kind, cmds)
+
     members = []
-    for a in listed:
-        text = o2[("task", a)].rstrip("\n")
-        f = text.split(" ", len(fields))
-        assert len(f) == len(fields) + 1 and "\n" not in text, f"task {a:x}:\n{text}"
-        t = {k: int(v, 10 if k == "pid" else 16) for k, v in zip(fields, f)}
-        t["comm"] = f[-1]
-        assert t["task"] == a, text
-        members.append(t)
+    for address in s["listed"]:
+        text = out[("task", address)].rstrip("\n")
+        words = text.split(" ", len(TASK_FIELDS))
+        assert len(words) == len(TASK_FIELDS) + 1 and "\n" not in text, f"task {address:x}:\n{text}"
+        task = {k: int(v, 10 if k == "pid" else 16) for k, v in zip(TASK_FIELDS, words)}
+        task["comm"] = words[-1]
+        assert task["task"] == address, text
+        members.append(task)
     crash_pa, xen, vtext = [], [], []
-    for i, (_, va) in enumerate(samples):
-        vtext.append(f"crash> vtop {va:x}\n{o2[('vtop', i)]}\ncrash> xen walk {va:x} --json\n{o2[('walk', i)]}")
-        crash_pa.append(parse_vtop(va, o2[("vtop", i)]))
-        xen.append(parse_walk_json(o2[("walk", i)], f"xen walk {va:x} --json"))
-    sleeps = [t for t in members if t["comm"] == "sleep"]
-    assert sleeps, [(t["pid"], t["comm"]) for t in members]
+    for i, (_, va) in enumerate(s["samples"]):
+        vtext.append(f"crash> vtop {va:x}\n{out[('vtop', i)]}\ncrash> xen walk {va:x} --json\n{out[('walk', i)]}")
+        crash_pa.append(parse_vtop(va, out[("vtop", i)]))
+        xen.append(parse_walk_json(out[("walk", i)], f"xen walk {va:x} --json"))
+    sleeps = [task for task in members if task["comm"] == "sleep"]
+    assert sleeps, [(task["pid"], task["comm"]) for task in members]
+    return dict(o2=out, members=members, crash_pa=crash_pa, xen=xen, vtext=vtext, sleeps=sleeps)
 
-    # --- session 3: task stacks; vtop of every page directory; the sleeps' user addresses on it ---
+
+def _user_reads(sleeps):
+    """(task, what, va, n) per page-bounded piece of each sleep's arguments, the syscall instruction
+    before its saved user RIP and 32 bytes of text there."""
+    user = []
+    for task in sleeps:
+        for what, va, n in (("args", task["arg_start"], task["arg_end"] - task["arg_start"]),
+                            ("syscall", task["ip"] - 2, 2), ("text", task["ip"], 32)):
+            for piece_va, piece_n in chunks(va, n):
+                user.append((task, what, piece_va, piece_n))
+    return user
+
+
+def _stacks_and_user_walks(guest, kind, s):
+    """Session 3: task stacks; vtop of every page directory; the sleeps' user addresses on it.
+    The stack samples join ``samples``, ``crash_pa``, ``xen`` and ``vtext``."""
+    members, pob = s["members"], s["pob"]
     stack_samples = []
-    for t in members:
-        if t["stack"] >> 44 == 0xffffc:           # VMAP_STACK: a vmalloc area, a guard page after it
-            stack_samples += [("stack", t["stack"]), ("stack", t["stack"] + THREAD_SIZE - 1),
-                              ("stack-guard", t["stack"] + THREAD_SIZE)]
+    for task in members:
+        if task["stack"] >> 44 == 0xffffc:           # VMAP_STACK: a vmalloc area, a guard page after it
+            stack_samples += [("stack", task["stack"]), ("stack", task["stack"] + THREAD_SIZE - 1),
+                              ("stack-guard", task["stack"] + THREAD_SIZE)]
     pgds = sorted({t["pgd"] for t in members if t["pgd"]} | {t["active_pgd"] for t in members if t["active_pgd"]}
-                  | {init_pgd})
-    s3 = [(("pgd", p), f"vtop {p:x}") for p in pgds]
+                  | {s["init_pgd"]})
+    cmds = [(("pgd", pgd), f"vtop {pgd:x}") for pgd in pgds]
     for i, (_, va) in enumerate(stack_samples):
-        s3 += [(("vtop", i), f"vtop {va:x}"), (("walk", i), f"xen walk {va:x} --json")]
+        cmds += [(("vtop", i), f"vtop {va:x}"), (("walk", i), f"xen walk {va:x} --json")]
     guard = next(v for c, v in stack_samples if c == "stack-guard")
-    s3.append(("guard-text", f"xen walk {guard:x}"))
-    user = []                               # (task, what, va, n)
-    for t in sleeps:
-        for what, va, n in (("args", t["arg_start"], t["arg_end"] - t["arg_start"]),
-                            ("syscall", t["ip"] - 2, 2), ("text", t["ip"], 32)):
-            for cva, cn in chunks(va, n):
-                user.append((t, what, cva, cn))
-    for i, (t, _, va, _) in enumerate(user):
+    cmds.append(("guard-text", f"xen walk {guard:x}"))
+    user = _user_reads(s["sleeps"])
+    for i, (task, _, va, _) in enumerate(user):
         # the walk's CR3: mm->pgd through the direct map; the test checks it is crash's vtop of mm->pgd
-        s3.append((("uwalk", i), f"xen walk --cr3 {t['pgd'] - pob:x} {va:x} --json"))
-    uva0 = sleeps[0]["arg_start"]
-    s3 += [("kctx-json", f"xen walk {uva0:x} --json"), ("kctx-text", f"xen walk {uva0:x}")]
-    o3 = crash(g, kind, s3)
-    cr3_of = {p: parse_vtop(p, o3[("pgd", p)]) for p in pgds}
+        cmds.append((("uwalk", i), f"xen walk --cr3 {task['pgd'] - pob:x} {va:x} --json"))
+    uva0 = s["sleeps"][0]["arg_start"]
+    cmds += [("kctx-json", f"xen walk {uva0:x} --json"), ("kctx-text", f"xen walk {uva0:x}")]
+    out = crash(guest, kind, cmds)
+    cr3_of = {pgd: parse_vtop(pgd, out[("pgd", pgd)]) for pgd in pgds}
     for i, (_, va) in enumerate(stack_samples):
-        samples.append(stack_samples[i])
-        vtext.append(f"crash> vtop {va:x}\n{o3[('vtop', i)]}\ncrash> xen walk {va:x} --json\n{o3[('walk', i)]}")
-        crash_pa.append(parse_vtop(va, o3[("vtop", i)]))
-        xen.append(parse_walk_json(o3[("walk", i)], f"xen walk {va:x} --json"))
-    uwalks = [parse_walk_json(o3[("uwalk", i)], f"xen walk --cr3 ... {va:x}") for i, (_, _, va, _) in enumerate(user)]
+        s["samples"].append(stack_samples[i])
+        s["vtext"].append(f"crash> vtop {va:x}\n{out[('vtop', i)]}\ncrash> xen walk {va:x} --json\n{out[('walk', i)]}")
+        s["crash_pa"].append(parse_vtop(va, out[("vtop", i)]))
+        s["xen"].append(parse_walk_json(out[("walk", i)], f"xen walk {va:x} --json"))
+    uwalks = [parse_walk_json(out[("uwalk", i)], f"xen walk --cr3 ... {va:x}") for i, (_, _, va, _) in enumerate(user)]
+    return dict(o3=out, cr3_of=cr3_of, user=user, uwalks=uwalks, uva0=uva0)
 
-    # --- session 4: the bytes crash reads at the physical addresses of those user walks ---
-    s4 = [(("rd", i), f"rd -p -8 {w['pa']:x} {n}") for i, ((_, _, _, n), w) in enumerate(zip(user, uwalks))
-          if w["pa"] is not None]
-    o4 = crash(g, kind, s4) if s4 else {}
-    ubytes = {i: parse_rd(uwalks[i]["pa"], user[i][3], o4[("rd", i)])
-              for i in range(len(user)) if ("rd", i) in o4}
 
-    return dict(kind=kind, dump=dump, o1=o1, o2=o2, o3=o3, stext=stext, etext=etext, pob=pob,
-                init_pgd=init_pgd, mods=mods, listed=listed, members=members, areas=areas, samples=samples,
-                crash_pa=crash_pa, xen=xen, vtext=vtext, text_samples=text_samples, absent=absent, sleeps=sleeps,
-                cr3_of=cr3_of, user=user, uwalks=uwalks, ubytes=ubytes, uva0=uva0)
+def _user_bytes(guest, kind, s):
+    """Session 4: the bytes crash reads at the physical addresses of those user walks."""
+    user, uwalks = s["user"], s["uwalks"]
+    cmds = [(("rd", i), f"rd -p -8 {w['pa']:x} {n}") for i, ((_, _, _, n), w) in enumerate(zip(user, uwalks))
+            if w["pa"] is not None]
+    out = crash(guest, kind, cmds) if cmds else {}
+    return dict(ubytes={i: parse_rd(uwalks[i]["pa"], user[i][3], out[("rd", i)])
+                        for i in range(len(user)) if ("rd", i) in out})
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def seen(request, guest):
+    kind = request.param
+    s = dict(kind=kind, dump=guest["dumps"][kind])
+    s.update(_lists_and_symbols(guest, kind))
+    s.update(_kernel_samples(guest, s, random.Random(kind)))
+    s.update(_tasks_and_kernel_walks(guest, kind, s))
+    s.update(_stacks_and_user_walks(guest, kind, s))
+    s.update(_user_bytes(guest, kind, s))
+    return s
 
 
 def root_pgd(t):

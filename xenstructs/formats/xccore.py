@@ -164,13 +164,6 @@ def _arch_shared_info(word):
 
 ARCH_SHARED_INFO = {8: _arch_shared_info(C.Int64ul), 4: _arch_shared_info(C.Int32ul)}
 
-# Pre-ELF format (Xen 3.0.x): xc_core_header_t of six 32-bit words at offset 0.
-OldCoreHeader = C.Struct(
-    "xch_magic" / C.Int32ul, "xch_nr_vcpus" / C.Int32ul, "xch_nr_pages" / C.Int32ul,
-    "xch_ctxt_offset" / C.Int32ul, "xch_index_offset" / C.Int32ul, "xch_pages_offset" / C.Int32ul,
-)
-
-
 def pfn_from_cr3(cr3, guest_width):
     """Frame number in a PV ``ctrlreg[3]``/``p2m_cr3``: ``cr3 >> 12`` (64-bit) or the rotated
     32-bit ``xen_cr3_to_pfn``: ``(cr3 >> 12) | (cr3 << 20)`` in 32-bit arithmetic."""
@@ -178,10 +171,3 @@ def pfn_from_cr3(cr3, guest_width):
         return cr3 >> 12
     cr3 &= 0xFFFFFFFF
     return ((cr3 >> 12) | (cr3 << 20)) & 0xFFFFFFFF
-
-
-def cr3_from_pfn(pfn, guest_width):
-    """Inverse of :func:`pfn_from_cr3` (``xen_pfn_to_cr3``)."""
-    if guest_width == 8:
-        return pfn << 12
-    return ((pfn << 12) | (pfn >> 20)) & 0xFFFFFFFF

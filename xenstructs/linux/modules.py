@@ -116,11 +116,3 @@ def for_each_module(kernel, max_entries=MAX_ENTRIES, strict=False):
     out = Walked(module_from_address(k, n - off) for n in nodes)
     out.error = nodes.error
     return out
-
-
-def find_module(kernel, name):
-    """The :class:`Module` named ``name``, or None."""
-    for m in for_each_module(kernel):
-        if m.name == name:
-            return m
-    return None

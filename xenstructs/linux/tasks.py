@@ -104,11 +104,3 @@ def for_each_task(kernel, max_entries=MAX_ENTRIES, strict=False):
         out.append(task_from_address(k, node - off))
     out.error = nodes.error
     return out
-
-
-def find_task(kernel, pid):
-    """The :class:`Task` with ``pid`` (first match), or None."""
-    for t in for_each_task(kernel):
-        if t.pid == pid:
-            return t
-    return None

@@ -500,11 +500,6 @@ def p2m_from_symbols(target, paging, syms):
     return p2m_from_linux(target, paging, va, size)
 
 
-def m2p_from_host(host):
-    """Xen's whole M2P as a uint64 array indexed by mfn (``XenHost.m2p_array(0, max_page)``)."""
-    return host.m2p_array(0, host.max_page)
-
-
 def m2p_reader(host):
     """A sparse M2P source for :func:`check`: reads only the M2P pages holding the asked mfns
     (translated together with :func:`translate_many`); unmapped parts read as invalid."""
