@@ -17,7 +17,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from builder.elfcore import VADDR_BASE, write_elf_core  # noqa: E402
+from builder.elfcore_writer import VADDR_BASE, write_elf_core  # noqa: E402
 from builder.pagetables import PageTables, PhysMem, coalesce, A, RW, US, P, PS, XD  # noqa: E402
 from builder import xenhost  # noqa: E402
 from builder import kernelcores  # noqa: E402

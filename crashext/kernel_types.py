@@ -16,7 +16,7 @@ def _size_of(C):
 def kernel(C, target, args):
     """A Kernel over crash's types (``Front.kernel`` of crash), or None in hypervisor mode (no
     Linux kernel there)."""
-    from xenstructs.commands.kernel import resolve_args
+    from xenstructs.commands.linux import resolve_args
     from xenstructs.linux.kernel import Kernel
     if getattr(target, "hypervisor", False) or C.struct_size("task_struct") is None:
         return None

@@ -53,7 +53,7 @@ def has_kernel_types():
 def kernel(target, args):
     """``Front.kernel`` of gdb: a Kernel over gdb's types, or None to let the command ask for
     --vmlinux/--profile."""
-    from xenstructs.commands.kernel import resolve_args
+    from xenstructs.commands.linux import resolve_args
     from xenstructs.linux.kernel import Kernel
     from xenstructs.linux.profile import Profile, Symbols
     if not has_kernel_types():

@@ -1,5 +1,5 @@
 """The SMAP seed, rebuilt as a synthetic 32-bit PAE PV guest (an xl dump-core file written by the
-builder's own writer, cores/builder/xccore.py, independent of xenstructs): vCPU 0 stopped in
+builder's own writer, cores/builder/xccore_writer.py, independent of xenstructs): vCPU 0 stopped in
 clear_user (rep stosb) at c0617233 writing 0x805f3a0, whose PTE 0x800000007fffe067 allows a
 user write; the guest's CR4 view has no SMAP; Xen's real CR4 does.
 
@@ -16,7 +16,7 @@ import pytest
 from conftest import TOP
 
 sys.path.insert(0, TOP)
-from cores.builder.xccore import write_xc_core  # noqa: E402
+from cores.builder.xccore_writer import write_xc_core  # noqa: E402
 
 P, RW, US, A, D = 1, 2, 4, 0x20, 0x40
 NX = 1 << 63

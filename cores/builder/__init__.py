@@ -3,4 +3,4 @@
 Independent of ``xenstructs`` on purpose: this is the truth the walker is tested against.
 """
 
-from .elfcore import write_elf_core  # noqa: F401
+from .elfcore_writer import write_elf_core  # noqa: F401

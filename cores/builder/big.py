@@ -8,7 +8,7 @@ pages (from 4 GiB up) are not.
 
 import numpy as np
 
-from .elfcore import VADDR_BASE, write_elf_core
+from .elfcore_writer import VADDR_BASE, write_elf_core
 
 PAGE = 0x1000
 VA_BASE = 0xFFFFC90000000000            # vmalloc-like area: PML4 slot 402, PDPT slots 0..

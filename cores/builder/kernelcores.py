@@ -23,7 +23,7 @@ import struct
 import subprocess
 import tempfile
 
-from .elfcore import write_elf_core
+from .elfcore_writer import write_elf_core
 from .pagetables import PageTables, PhysMem, P, RW
 
 PAGE = 0x1000

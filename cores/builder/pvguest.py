@@ -25,7 +25,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from .xccore import write_xc_core
+from .xccore_writer import write_xc_core
 
 PAGE = 0x1000
 P, RW, US, PWT, PCD, A, D, PS, G = 1, 2, 4, 8, 0x10, 0x20, 0x40, 0x80, 0x100

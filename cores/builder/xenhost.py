@@ -24,7 +24,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from .elfcore import write_elf_core
+from .elfcore_writer import write_elf_core
 from .pagetables import PhysMem
 
 PAGE = 0x1000

@@ -233,6 +233,6 @@ from . import xen  # noqa: E402,F401
 from . import xenlog  # noqa: E402,F401
 from . import p2m  # noqa: E402,F401
 from . import fault  # noqa: E402,F401
-from . import kernel  # noqa: E402,F401
+from . import linux  # noqa: E402,F401
 from . import stack  # noqa: E402,F401
 from . import check  # noqa: E402,F401
