@@ -9,8 +9,8 @@ oops excerpt says. Options win over the log, the log over the dump.
 
 from .. import decode as D
 from ..errors import XenscopeError
-from ..fault import (ENTRY_ORDER, GUEST_TEXT, FaultState, explain, parse_hex_bytes, parse_version,
-                     read_log)
+from ..fault import ENTRY_ORDER, GUEST_TEXT, FaultState, explain, parse_hex_bytes, read_log
+from ..xen.release import parse_version
 from . import UsageError, address, command, number, tabulate
 from . import front_target as _front_target
 

@@ -32,8 +32,8 @@ from .insn import disassemble, parse_hex_bytes
 from .logparse import parse_log, read_log
 from .rules import RULES, Verdict
 from .state import ENTRY_ORDER, GUEST_TEXT, GUESTS, Explanation, FaultState
-from .versions import FIX_COMMIT, parse_version, xen_clears_smep_smap_for_pv32
+from .versions import FIX_COMMIT, xen_clears_smep_smap_for_pv32
 
 __all__ = ["Access", "ENTRY_ORDER", "Explanation", "FIX_COMMIT", "FaultState", "GUESTS", "GUEST_TEXT", "RULES",
-           "Verdict", "disassemble", "explain", "parse_hex_bytes", "parse_log", "parse_version", "read_log",
+           "Verdict", "disassemble", "explain", "parse_hex_bytes", "parse_log", "read_log",
            "xen_clears_smep_smap_for_pv32"]

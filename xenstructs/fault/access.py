@@ -12,15 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..xen.release import FLAT_RING1_CS, FLAT_RING3_CS, FLAT_RING3_CS32, FLAT_RING3_CS64, HYPERVISOR_CS
 from .insn import code_bits, decode_at_ip
 from .state import GUEST_TEXT, PF_I, PF_SS, PF_U, PF_W, PFEC_IMPLICIT
 
-# Known selectors (xen-facts §2.2; __HYPERVISOR_CS 0xe008): selector -> (guest kind or "xen", what it is)
-CS_NAMES = {0xe019: ("pv32", "FLAT_RING1_CS: 32-bit PV kernel, ring 1"),
-            0xe02b: ("pv32", "FLAT_RING3_CS (32-bit PV user, ring 3)"),
-            0xe033: ("pv64", "FLAT_RING3_CS64: 64-bit PV guest, ring 3"),
-            0xe023: ("pv64", "FLAT_RING3_CS32: 64-bit PV guest's compat user code, ring 3"),
-            0xe008: ("xen", "__HYPERVISOR_CS: Xen itself, ring 0")}
+# Xen's flat code selectors (reference §2.2): selector -> (guest kind or "xen", what it is)
+CS_NAMES = {FLAT_RING1_CS: ("pv32", "FLAT_RING1_CS: 32-bit PV kernel, ring 1"),
+            FLAT_RING3_CS: ("pv32", "FLAT_RING3_CS (32-bit PV user, ring 3)"),
+            FLAT_RING3_CS64: ("pv64", "FLAT_RING3_CS64: 64-bit PV guest, ring 3"),
+            FLAT_RING3_CS32: ("pv64", "FLAT_RING3_CS32: 64-bit PV guest's compat user code, ring 3"),
+            HYPERVISOR_CS: ("xen", "__HYPERVISOR_CS: Xen itself, ring 0")}
 
 
 @dataclass

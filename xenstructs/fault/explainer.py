@@ -6,11 +6,11 @@ from dataclasses import replace
 
 from .. import decode
 from ..errors import XenscopeError
+from ..xen.release import parse_version
 from .access import infer_access, who_accessed
 from .context import build_context, infer_mode
 from .rules import FIRED, NOT_EVALUATED, RULES
 from .state import GUESTS, PF_I, PF_P, PF_W, PV_GUESTS, Explanation, FaultState, Findings
-from .versions import parse_version
 from .walk import walk_dict, walk_view
 
 _STATE_FIELDS = ("cr2", "error", "ip", "cs", "cr0", "cr3", "cr4", "guest_cr4", "efer", "eflags", "mode", "pkru",

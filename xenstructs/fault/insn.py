@@ -7,14 +7,15 @@ import re
 from typing import Optional
 
 from ..errors import XenscopeError
+from ..xen.release import FLAT_RING1_CS, FLAT_RING3_CS, FLAT_RING3_CS32, FLAT_RING3_CS64, HYPERVISOR_CS
 
 # Mnemonics that write memory without an explicit written memory operand in capstone's detail
 _WRITERS = ("stos", "movs", "push", "call", "enter", "cmpxchg", "xadd", "xchg", "fxsave", "xsave",
             "sgdt", "sidt", "fnsave", "fnstenv", "fsave", "fstenv", "wrss", "wruss", "maskmov",
             "movnt")
 _STACK_WRITERS = ("push", "call", "enter")
-_CODE32_SELECTORS = (0xe019, 0xe02b, 0xe023)
-_CODE64_SELECTORS = (0xe033, 0xe008)
+_CODE32_SELECTORS = (FLAT_RING1_CS, FLAT_RING3_CS, FLAT_RING3_CS32)
+_CODE64_SELECTORS = (FLAT_RING3_CS64, HYPERVISOR_CS)
 
 
 def parse_hex_bytes(text):
