@@ -10,7 +10,7 @@ error code's U bit to the guest's mode when it reflects the fault).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from ..xen.release import FLAT_RING1_CS, FLAT_RING3_CS, FLAT_RING3_CS32, FLAT_RING3_CS64, HYPERVISOR_CS
 from .insn import code_bits, decode_at_ip
@@ -28,6 +28,9 @@ CS_NAMES = {FLAT_RING1_CS: ("pv32", "FLAT_RING1_CS: 32-bit PV kernel, ring 1"),
 class Access:
     """The faulting access as the CPU made it.
 
+    ``actor`` is who made it: ``"xen"`` (CS is Xen's own selector), the guest kind, or None when
+    nothing says; ``actor_reason`` says why.
+
     ``user`` is the privilege the CPU checked (for a 64-bit PV kernel: user, whatever the guest-visible
     error code says; ``guest_kernel`` then tells kernel from user); None when neither the error code nor
     CS is known. ``kind`` is ``read``, ``write`` or ``fetch`` (None: unknown).
@@ -35,6 +38,8 @@ class Access:
     error: Optional[int]                # the error code, when known
     guest: Optional[str]                # pv32 pv64 hvm, given or inferred from CS; None: native or Xen
     cpl: Optional[int]                  # CS & 3
+    actor: Optional[str]                # "xen", pv32 pv64 hvm, or None
+    actor_reason: Optional[str]
     user: Optional[bool]
     implicit: bool                      # an implicit supervisor access (descriptor tables, TSS...)
     guest_kernel: Optional[bool]        # 64-bit PV only: the guest kernel (not its user space) made it
@@ -63,11 +68,18 @@ class Access:
                 "source": "; ".join(self.reasons) or None}
 
 
-def who_accessed(state, findings):
-    """The guest kind (given, or inferred from a Xen PV selector in CS) and the CPL.
+class Who(NamedTuple):
+    """:func:`who_accessed`: the guest kind, the CPL, and who made the access (``actor``), with why."""
+    guest: Optional[str]
+    cpl: Optional[int]
+    actor: Optional[str]
+    actor_reason: Optional[str]
 
-    :return: ``(guest, cpl)``; an inferred guest is recorded in ``state.sources["guest"]``.
-    """
+
+def who_accessed(state, findings) -> Who:
+    """The guest kind (given, or inferred from a Xen PV selector in CS), the CPL, and who made the
+    access: Xen when CS is ``__HYPERVISOR_CS``, else the guest. An inferred guest is recorded in
+    ``state.sources["guest"]``."""
     guest = state.guest
     cs = state.cs
     cpl = cs & 3 if cs is not None else None
@@ -83,12 +95,15 @@ def who_accessed(state, findings):
             findings.notes.append(f"CS {cs:#x} is {text}: the fault is Xen's own")
     if cs is None:
         findings.missing.append("CS unknown: CPL not known (give --cs)")
-    return guest, cpl
+    if cs in CS_NAMES and CS_NAMES[cs][0] == "xen":
+        return Who(guest, cpl, "xen", f"CS {cs:#x} is {CS_NAMES[cs][1]}")
+    return Who(guest, cpl, guest, state.sources.get("guest") if guest else None)
 
 
-def infer_access(state, guest, cpl, mode, code, findings) -> Access:
+def infer_access(state, who, mode, code, findings) -> Access:
     """The :class:`Access` of ``state``, given who made it (:func:`who_accessed`) and the paging mode
     (for the code size); ``code`` is the instruction bytes at IP, or None."""
+    guest, cpl = who.guest, who.cpl
     user, implicit, guest_kernel, reasons = _privilege(state, guest, cpl, findings)
     decoded = None
     if code:
@@ -96,7 +111,8 @@ def infer_access(state, guest, cpl, mode, code, findings) -> Access:
     kind, shadow, kind_reasons = _kind(state, decoded, findings)
     if user is None:
         findings.missing.append("privilege unknown: neither an error code nor CS")
-    return Access(error=state.error, guest=guest, cpl=cpl, user=user, implicit=implicit,
+    return Access(error=state.error, guest=guest, cpl=cpl, actor=who.actor, actor_reason=who.actor_reason,
+                  user=user, implicit=implicit,
                   guest_kernel=guest_kernel, kind=kind, shadow_stack=shadow, instruction=decoded,
                   reasons=reasons + kind_reasons)
 

@@ -28,9 +28,10 @@ def explain(state: FaultState, walk=None, insn=None) -> Explanation:
     """
     _validate(state)
     findings = Findings()
-    guest, cpl = who_accessed(state, findings)
+    who = who_accessed(state, findings)
+    guest, cpl = who.guest, who.cpl
     mode = infer_mode(state, guest, findings)
-    access = infer_access(state, guest, cpl, mode, insn if insn is not None else state.insn, findings)
+    access = infer_access(state, who, mode, insn if insn is not None else state.insn, findings)
     view = walk_view(state, walk)
     context = build_context(state, guest, mode, view, findings)
     verdicts = []
