@@ -303,7 +303,7 @@ def _check_faults(target, ctx, opts, path):
     fields, _ = read_log(log)
     if not any(k in fields for k in ("cr2", "error")):
         return CheckResult("faults", "n.a.", f"{log}: no page fault in the log")
-    from .faultcase import FaultInputs, explain_fault
+    from .fault.case import FaultInputs, explain_fault
     r = explain_fault(target, FaultInputs(log=log))
     s = r.get("state", {})
     err = r.get("error") or {}

@@ -2,12 +2,12 @@
 
 The target is optional: ``xenscope fault [DUMP] [options]``; without a DUMP, gdb and crash use
 their own target. Gathering the inputs (options, then ``--log FILE``, then the dump) is
-:func:`xenstructs.faultcase.explain_fault`'s.
+:func:`xenstructs.fault.case.explain_fault`'s.
 """
 
 from .. import decode
 from ..fault import ENTRY_ORDER, GUEST_TEXT
-from ..faultcase import ENTRY_NAMES, FaultInputs, explain_fault
+from ..fault.case import ENTRY_NAMES, FaultInputs, explain_fault
 from . import address, arg, command, exclusive, group, number, tabulate
 
 ARGUMENTS = (

@@ -1,7 +1,7 @@
 """Gather one page fault's inputs and explain it: options, then a console/oops log, then a dump.
 
 The ``fault`` command and ``xenscope check`` both call :func:`explain_fault`. Options win over the
-log, the log over the dump (:meth:`~xenstructs.fault.FaultState.give` keeps the first value given).
+log, the log over the dump (:meth:`~xenstructs.fault.state.FaultState.give` keeps the first value given).
 With a dump the vCPU's registers (CR0/CR2/CR3/CR4, EFER, RIP, RFLAGS, CS) come from it, CR2 is
 walked under its CR3 and the instruction at IP is read through the walk of IP.
 """
@@ -9,9 +9,12 @@ walked under its CR3 and the instruction at IP is read through the walk of IP.
 from dataclasses import dataclass, fields
 from typing import Optional
 
-from .errors import UsageError, XenscopeError
-from .fault import FaultState, explain, parse_hex_bytes, read_log
-from .xen.release import parse_version
+from ..errors import UsageError, XenscopeError
+from ..xen.release import parse_version
+from .explainer import explain
+from .insn import parse_hex_bytes
+from .logparse import read_log
+from .state import FaultState
 
 ENTRY_NAMES = (("pte", "PTE"), ("pde", "PDE"), ("pdpte", "PDPTE"), ("pml4e", "PML4E"), ("pml5e", "PML5E"))
 REGISTERS = ("cr2", "error", "ip", "cs", "cr3", "cr4", "guest_cr4", "cr0", "efer", "eflags", "pkru")
@@ -107,8 +110,8 @@ def _add_registers(state, target, cpu_number):
 def _add_target(state, target, given, notes):
     """Registers from the target, then the walk of CR2 and the instruction bytes at IP:
     ``(walk, context)``, both None when nothing could be walked."""
-    from .context import resolve
-    from .paging import read_virt, walk
+    from ..context import resolve
+    from ..paging import read_virt, walk
     pv_image = _add_registers(state, target, given.cpu)
     if state.entries:
         notes.append("page-table entries given as options: the dump's walk of CR2 is not used")
