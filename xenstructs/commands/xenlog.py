@@ -24,7 +24,7 @@ def log_cmd(p):
 
 
 def _log_run(target, args):
-    from ..xen.log import annotate_file
+    from ..xen.console import annotate_file
     if args.limit is not None and args.limit < 0:
         from . import UsageError
         raise UsageError("xen log: --limit must be >= 0")
@@ -69,7 +69,7 @@ def _ctx_text(c):
 
 
 def _log_render(r, args):
-    from ..xen.log import KIND_TEXT
+    from ..xen.console import KIND_TEXT
     out = [f"layout: {r['layout']['name']} ({r['layout']['why']})", ""]
     limit = DEFAULT_LIMIT if args.limit is None else args.limit
     entries = r["entries"]
