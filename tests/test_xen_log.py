@@ -1,4 +1,4 @@
-"""``xen log``: the Xen console-log annotator (xenstructs/xen/log.py, commands/xenlog.py).
+"""``xen log``: the Xen console-log annotator (xenstructs/xen/console/, commands/xenlog.py).
 
 Sample lines are written from Xen's format strings (file named in each comment; tags RELEASE-4.4.0,
 4.6.0, 4.9.0, 4.13.0, 4.19.0 and master of xen-project/xen); decoded values from
@@ -15,7 +15,7 @@ import time
 import pytest
 
 from xenstructs.cli import run as cli_run
-from xenstructs.xen.log import annotate_file, annotate_lines, decode_flags24, parse_message, strip_prefix, split_context
+from xenstructs.xen.console import annotate_file, annotate_lines, decode_flags24, parse_message, strip_prefix, split_context
 
 HERE = os.path.dirname(__file__)
 LOGS = os.path.join(HERE, "data", "xenlogs")

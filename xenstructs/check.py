@@ -295,7 +295,7 @@ def _check_modcheck(target, ctx, opts):
 
 
 def _check_faults(target, ctx, opts, path):
-    from .fault import read_log
+    from .xen.console import read_log
     log = opts.log or (_sibling(path, ".log") if opts.siblings else None)
     if not log:
         return CheckResult("faults", "n.a.", "no log or error code (a dump holds none): give --log, "

@@ -42,7 +42,7 @@ def _ctx_text(c):
 
 
 def _log_render(r, args):
-    from ..xen.log import KIND_TEXT
+    from ..xen.console import KIND_TEXT
     out = [f"layout: {r['layout']['name']} ({r['layout']['why']})", ""]
     limit = DEFAULT_LIMIT if args.limit is None else args.limit
     entries = r["entries"]
@@ -101,7 +101,7 @@ def _log_render(r, args):
                       "always shown)")],
          render=_log_render)
 def log_cmd(target, args):
-    from ..xen.log import annotate_file
+    from ..xen.console import annotate_file
     if args.limit is not None and args.limit < 0:
         from . import UsageError
         raise UsageError("--limit must be >= 0")

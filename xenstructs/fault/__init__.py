@@ -22,15 +22,15 @@ several rules are in :mod:`.conditions`.
 
 Files: ``state.py`` (FaultState, Explanation, error-code bits), ``access.py``, ``walk.py``,
 ``context.py``, ``conditions.py``, ``rules.py``, ``explainer.py`` (:func:`explain`), ``insn.py``
-(hex bytes, capstone), ``versions.py`` (the Xen releases that matter), ``logparse.py`` (console and
-oops excerpts), ``case.py`` (:func:`~.case.explain_fault`: one fault's inputs gathered from options, a
-log and a dump, as the ``fault`` command and ``xenscope check`` use it). Pure Python: no gdb. Capstone (installed with pwntools) is imported only to disassemble.
+(hex bytes, capstone), ``versions.py`` (the Xen releases that matter), ``case.py`` (:func:`~.case.explain_fault`: one fault's inputs gathered from options, a
+log and a dump, as the ``fault`` command and ``xenscope check`` use it). Console and oops excerpts
+are read by :mod:`xenstructs.xen.console.faultlog`. Pure Python: no gdb. Capstone (installed with pwntools) is imported only to disassemble.
 """
 
 from .access import Access
 from .explainer import explain
 from .insn import disassemble, parse_hex_bytes
-from .logparse import parse_log, read_log
+from ..xen.console.faultlog import parse_log, read_log
 from .rules import RULES, Verdict
 from .state import ENTRY_ORDER, GUEST_TEXT, GUESTS, Explanation, FaultState
 from .versions import FIX_COMMIT, xen_clears_smep_smap_for_pv32

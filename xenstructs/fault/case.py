@@ -13,7 +13,7 @@ from ..errors import UsageError, XenscopeError
 from ..xen.release import parse_version
 from .explainer import explain
 from .insn import parse_hex_bytes
-from .logparse import read_log
+from ..xen.console.faultlog import read_log
 from .state import FaultState
 
 ENTRY_NAMES = (("pte", "PTE"), ("pde", "PDE"), ("pdpte", "PDPTE"), ("pml4e", "PML4E"), ("pml5e", "PML5E"))

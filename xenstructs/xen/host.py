@@ -11,7 +11,6 @@ Addresses are named by space: ``va`` Xen virtual, ``maddr`` machine address, ``m
 Facts: ../shared/reference/xen-facts.md §1.4-1.5 (owners, PDX), §2.1 (layout), §5.1 (notes).
 """
 
-import re
 import struct
 from dataclasses import dataclass, field
 
@@ -19,6 +18,7 @@ from ..context import resolve
 from ..errors import NotInDump, XenscopeError
 from ..paging import walk
 from . import layouts
+from .console.lines import banner_version
 from .release import (DIRECTMAP_PV_SIZE, RDWR_MPT_VIRT_START, directmap_start, frame_table_start,
                       xen_virt_start_of)
 
@@ -239,7 +239,8 @@ class XenHost:
         return None
 
     def _banner_version(self):
-        """``Xen version X.Y.Z`` from the console ring buffer (symbol ``conring``) when known."""
+        """The version of Xen's banner (or a register dump's header) in the console ring buffer
+        (symbol ``conring``) when known: :func:`.console.lines.banner_version`."""
         va = self.symbols.get("conring")
         if va is None:
             return None
@@ -248,8 +249,7 @@ class XenHost:
             buf = self.read_va(ptr, 16384) if ptr >> 47 else self.read_va(va, 16384)
         except XenscopeError:
             return None
-        m = re.search(rb"Xen version (\d+\.\d+[.\w+~-]*)", buf)
-        return m.group(1).decode() if m else None
+        return banner_version(buf.decode("ascii", "replace"))
 
     def _xen_paging(self, cpu):
         """Xen's page tables: any CPU's CR3 (Xen's idle table or a PV guest's L4, which carries

@@ -14,9 +14,8 @@ so the exact point release decides:
 
 Pure Python; never imports gdb.
 """
-from dataclasses import dataclass, field
 
-import construct
+from dataclasses import dataclass, field
 
 from ..errors import XenscopeError
 from .release import NEWEST_KNOWN, parse_version
@@ -419,6 +418,7 @@ _STRUCTS = {}
 
 def page_info_struct(layout):
     """A construct Struct for one ``struct page_info`` (32 bytes, or 48 with BIGMEM)."""
+    import construct          # here, not at the top: loading the commands (gdb start-up) stays cheap
     big = layout.bigmem if isinstance(layout, Layout) else bool(layout)
     if big not in _STRUCTS:
         word = construct.Int64ul if big else construct.Int32ul
