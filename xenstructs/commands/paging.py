@@ -248,7 +248,7 @@ def _maps_render(r, args):
 @command("maps", "List an address space: ranges of equal rights (info mem style) or every page (--pages, "
                  "info tlb style).",
          arguments=[
-             arg("--range", type=va_range, dest="va_range", metavar="A-B",
+             arg("--range", type=va_range, dest="va_range", metavar="A-B", default=(0, None),
                  help="only pages starting in [A, B) (hex; or A+SIZE)"),
              arg("--pages", action="store_true", help="one line per page, like QEMU's info tlb"),
              arg("--ignore-pa", action="store_true",
@@ -261,7 +261,7 @@ def _maps_render(r, args):
          render=_maps_render)
 def maps(target, args):
     ctx = _context(target, args)
-    start, end = args.va_range if args.va_range else (0, None)
+    start, end = args.va_range
     m = enumerate_mappings(target, ctx.paging, start, end)
     res = {"mode": ctx.paging.mode, "cr3": ctx.cr3, "root_pa": ctx.paging.root,
            "tables": m.tables, "page_count": len(m),

@@ -95,7 +95,8 @@ def _frames_render(r, args):
              arg("--pinned", action="store_true", help="only pinned page tables"),
              arg("--state", choices=STATES, help="allocation state"),
              arg("--summary", action="store_true", help="census: pages per owner x type, per state"),
-             arg("--range", type=va_range, dest="mfn_range", metavar="A-B", help="only mfns in [A, B)"),
+             arg("--range", type=va_range, dest="mfn_range", metavar="A-B", default=(0, None),
+                 help="only mfns in [A, B)"),
              arg("--limit", type=number, default=100, help="list at most N frames (default 100; 0: all)"),
              XEN],
          render=_frames_render)
@@ -103,7 +104,7 @@ def frames(target, args):
     import numpy as np
     from ..xen.frames import census, classify, owner_names, select
     h = host_of(target, args)
-    start, end = args.mfn_range if args.mfn_range else (0, None)
+    start, end = args.mfn_range
     arr = h.frame_arrays(start, None if end is None else max(0, end - start))
     cols = classify(h, arr)
     res = {"xen": h.describe(), "max_page": h.max_page}
