@@ -453,3 +453,17 @@ def test_the_issue_seed_lines_exactly():
     assert taf["type"] == "l2" and taf["count"] == 1 and "validated" not in taf["flags"]
     story = " ".join(res["summary"]["story"])
     assert "0x8df82b" in story and "writable" in story
+
+
+def test_hand_edited_slot_with_leading_zero_is_read_not_raised():
+    # Xen prints "slot %#x" (0x7, or 0); a hand-edited log may say 07: still hex, never a ValueError
+    from xenstructs.xen.console import parse_message
+    assert parse_message("Failure in alloc_l2_table: slot 07")[1]["slot"] == 7
+    assert parse_message("Failure in alloc_l2_table: slot 0x1f")[1]["slot"] == 0x1f
+
+
+def test_every_hypervisor_slot_address_has_a_region():
+    # Xen's config.h: 0xffff804000000000-0xffff807fffffffff is "Reserved (guest accessible)"
+    from xenstructs.xen.release import region_of
+    assert "reserved" in region_of(0xFFFF804000000000)
+    assert all(region_of(0xFFFF800000000000 + k * (1 << 36)) for k in range(0x800))

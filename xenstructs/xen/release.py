@@ -107,6 +107,7 @@ def directmap_start(bigmem=False):
 # (start, end, what) for a default (non-BIGMEM) build; XEN_VIRT_START depends on the release.
 REGIONS = (
     (RO_MPT_VIRT_START, RO_MPT_VIRT_END, "Xen's read-only M2P (guest-visible)"),
+    (RO_MPT_VIRT_END, PCI_MCFG_VIRT_START, "reserved (guest-accessible, the rest of slot 256)"),
     (PCI_MCFG_VIRT_START, LINEAR_PT_VIRT_START, "the PCI MMCFG area"),
     (LINEAR_PT_VIRT_START, SH_LINEAR_PT_VIRT_START, "the guest linear page-table slot"),
     (SH_LINEAR_PT_VIRT_START, PERDOMAIN_VIRT_START, "the shadow linear page-table slot"),

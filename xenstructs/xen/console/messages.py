@@ -148,7 +148,7 @@ def _validate_error(fields, pages):
 # slot %#x" (4.13), promote_lN_table (4.14+)
 @message("table_failure", "Failure in alloc/promote_lN_table", "Failure",
          r"Failure(?: (-?\d+))? in (alloc|promote)_l([1-4])_table: (?:entry (-?\d+)|slot (0x[0-9a-fA-F]+|\d+))",
-         lambda g: _with_rc({"level": int(g[2]), "slot": int(g[3]) if g[3] is not None else int(g[4], 0),
+         lambda g: _with_rc({"level": int(g[2]), "slot": int(g[3]) if g[3] is not None else int(g[4], 16),
                              "function": f"{g[1]}_l{g[2]}_table"}, g[0]))
 def _table_failure(fields, pages):
     level, slot = fields["level"], fields["slot"]

@@ -160,7 +160,7 @@ def flags_hints(names, level):
     elif any(name in names for name in ("PWT", "PCD")) and level == 3:
         hints.append("PWT/PCD in a 32-bit PAE guest's L3 (PDPT) entry are forbidden")
     if "PSE" in names and level in (3, 4):
-        hints.append(f"PSE in an L{level} entry: Xen gives PV guests no {'1 GiB' if level == 3 else ''} superpages")
+        hints.append(f"PSE in an L{level} entry: Xen gives PV guests no {'1 GiB ' if level == 3 else ''}superpages")
     if "G" in names and level >= 3:
         hints.append(f"G in an L{level} entry is not allowed")
     if any(name.startswith(("GNTTAB", "GUEST_KERNEL", "PKEY", "bit 5", "bit 6")) for name in names):
