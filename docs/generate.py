@@ -23,6 +23,8 @@ GALLERY = [
     ("A Xen frame (4.6 host dump, the seed's writable page)",
      ["page", "cores/xen-4.6-host.core", "0x2022", "--xen-syms", "cores/xen-4.6-host.map"]),
     ("Frame census", ["frames", "cores/xen-4.17-host.core", "--summary", "--xen-syms", "cores/xen-4.17-host.map"]),
+    ("Who maps a frame (the reverse map: the seed's writable page and a table)",
+     ["refs", "cores/xen-4.6-host.core", "0x2022", "0x2015", "--xen-syms", "cores/xen-4.6-host.map"]),
     ("PV page-table audit", ["pt-audit", "cores/xen-4.6-host.core", "--domain", "0", "--xen-syms",
                              "cores/xen-4.6-host.map"]),
     ("Annotate a Xen log", ["log", "cores/xen-4.6-host.log", "--limit", "4"]),

@@ -101,6 +101,8 @@ def _cases():
         ("frames", XEN17[0], ["--type", "l4"] + XEN17[1]),
         ("domains", XEN17[0], XEN17[1]),
         ("m2p", XEN17[0], [f"{mfn:x}"] + XEN17[1]),
+        ("refs", XEN6[0], [f"{v['target_mfn']:x}" for v in manifest("xen-4.6-host.json")["violations"]
+                            if v.get("target_mfn")] + XEN6[1]),
         ("pt-audit", XEN17[0], XEN17[1]),
         ("pt-audit", XEN6[0], XEN6[1]),
         ("p2m-check", XEN17[0], p2m_args),

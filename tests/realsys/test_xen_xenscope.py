@@ -202,3 +202,21 @@ def test_xen_commands_inside_crash_agree_with_the_cli(xen):
     assert got["problems"] == 0 and got["pfns"] == P2M_PREFIX
     info = r.outputs[-1]
     assert "minimal mode" in info and "readmem(PHYSADDR)" in info and "QEMU CPU note" in info, info
+
+
+def test_refs_of_dom0s_l4_on_the_real_host(xen):
+    """The reverse map of dom0's L4 (its CR3 as Xen's debug key printed it): Xen's own linear slot
+    258 (init_xen_l4_slots writes it in every PV L4) is found and noted; dom0's direct map maps the
+    table read-only (a PV guest may not write its page tables: Xen would refuse the RW reference);
+    the whole host is searched in well under the issue's one second per host (vectorised)."""
+    import time
+    from xenstructs.xen.refs import reverse_map
+    l4 = xen["cr3"] >> 12
+    t0 = time.perf_counter()
+    r = reverse_map(xen["host"], [l4])
+    seconds = time.perf_counter() - t0
+    linear = [x for x in r["references"] if x["linear"]]
+    assert [(x["table_mfn"], x["slot"]) for x in linear] == [(l4, 258)]
+    guest = [x for x in r["references"] if x["level"] == 1 and x["domain"] == 0]
+    assert guest and not any(x["writable"] for x in guest), guest
+    assert r["tables"] > 100 and seconds < 3, (r["tables"], seconds)

@@ -251,3 +251,56 @@ def pt_audit(target, args):
     return {"xen": h.describe(), "domains": out}
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# refs
+# ---------------------------------------------------------------------------------------------
+
+def _refs_render(r, args):
+    x = r["xen"]
+    out = [f"Xen {x['version'] or '?'}; {r['tables']} page-table frames searched"]
+    for frame in r["frames"]:
+        owner = frame["owner_name"] or "-"
+        pfn = "-" if frame["m2p"] is None else f"{frame['m2p']:#x}"
+        out.append(f"mfn {frame['mfn']:#x}: owner {owner}, M2P pfn {pfn}, {frame['type']['text']}; "
+                   f"{frame['references']} reference(s)" + (" (and Xen's direct map)" if frame["direct_map"] else ""))
+    rows = []
+    for ref in r["references"][:args.limit or None]:
+        where = "Xen" if ref["level"] is None else f"L{ref['level']} {ref['table_mfn']:#x}[{ref['slot']}]"
+        rights = ("RW" if ref["writable"] else "RO") + (" US" if ref["user"] else "")
+        vas = "linear slot" if ref["linear"] else ", ".join(f"{va:#x}" for va in ref["vas"]) or "-"
+        rows.append((f"{ref['mfn']:#x}", ref["domain_name"], where, f"{ref['entry']:#018x}", rights, vas))
+    if rows:
+        out.append(tabulate(rows, headers=("mfn", "domain", "entry at", "value", "rights", "maps va"),
+                            tablefmt="simple", disable_numparse=True))
+    if args.limit and len(r["references"]) > args.limit:
+        out.append(f"... {len(r['references']) - args.limit} more (use --limit 0)")
+    if r["tables_not_in_dump"]:
+        out.append(f"note: {len(r['tables_not_in_dump'])} page-table frame(s) are not in the dump (not searched)")
+    return "\n".join(out)
+
+
+@command("refs", "The reverse map: every page-table entry (any level, any domain, Xen's own) that names "
+                 "these machine frames, with its rights and the address it maps.",
+         arguments=[arg("mfn", type=address, nargs="+", help="machine frame number(s) (hex)"),
+                    arg("--writable", action="store_true", help="only entries with RW set"),
+                    arg("--limit", type=number, default=100, help="references listed (default 100; 0: all)"),
+                    XEN],
+         render=_refs_render)
+def refs(target, args):
+    from ..xen.refs import reverse_map
+    if len(args.mfn) > MAX_LIST:
+        raise XenscopeError(f"at most {MAX_LIST} mfns")
+    h = host_of(target, args)
+    found = reverse_map(h, args.mfn, writable_only=args.writable)
+    frames = []
+    for mfn in dict.fromkeys(args.mfn):
+        try:
+            page = h.page(mfn)
+        except XenscopeError as e:
+            page = {"owner_name": None, "m2p": None, "type": {"text": str(e)}}
+        frames.append({"mfn": mfn, "owner_name": page["owner_name"], "m2p": page["m2p"], "type": page["type"],
+                       "references": sum(ref["mfn"] == mfn for ref in found["references"]),
+                       "direct_map": mfn in found["xen_direct_map"]})
+    return {"xen": h.describe(), "frames": frames, **found}
