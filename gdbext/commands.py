@@ -128,6 +128,8 @@ def evaluate(text):
         if code not in (gdb.TYPE_CODE_INT, gdb.TYPE_CODE_PTR, gdb.TYPE_CODE_ENUM, gdb.TYPE_CODE_BOOL,
                         gdb.TYPE_CODE_CHAR, gdb.TYPE_CODE_FLAGS):
             raise argparse.ArgumentTypeError(f"{text!r} is a {v.type}, not an address or number")
+        if code == gdb.TYPE_CODE_INT and v.type.strip_typedefs().is_signed and int(v) < 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is negative ({int(v)}): an address or count is >= 0")
         try:
             n = int(v.cast(gdb.lookup_type("unsigned long long")))
         except gdb.error:                   # flags types (cr0, efer) do not cast
@@ -185,6 +187,20 @@ class Cr3Param(_Param):
     def __init__(self):
         super().__init__("cr3", gdb.PARAM_STRING)
         self.value = ""
+        self._good = ""
+
+    def get_set_string(self):
+        """Refuse a value that is not an address now, not at the next command (keep the last good one)."""
+        if self.value.strip():
+            from xenstructs.commands.execute import using
+            try:
+                with using(_front()):
+                    _library().address(self.value)
+            except Exception as e:
+                bad, self.value = self.value, self._good
+                raise gdb.GdbError(f"xen cr3: {bad.strip()!r}: {e}")
+        self._good = self.value
+        return ""
 
 
 class _FileParam(_Param):

@@ -191,23 +191,44 @@ def output(cmd, result, args):
 # Argument types. Expressions (``$rip``, ``&init_mm``) are the active front's to evaluate.
 # ---------------------------------------------------------------------------------------------
 
+U64_MAX = (1 << 64) - 1
+_HEX = frozenset("0123456789abcdefABCDEF")
+_SHOWN = 40                                   # characters of a bad value quoted in a message
+
+
+def _shown(text):
+    """A bad value as it is quoted in one error line: repr, and cut when long."""
+    return repr(text if len(text) <= _SHOWN else text[:_SHOWN] + "...")
+
+
 def address(text):
     """An address or entry value: hex with or without ``0x`` (as crash takes them), or, where the
-    host evaluates expressions (gdb), any expression it can evaluate (``$cr2``, ``&init_mm``)."""
+    host evaluates expressions (gdb), any expression it can evaluate (``$cr2``, ``&init_mm``).
+    ASCII hex digits only (``_`` and ``` ` ``` separators allowed), 0 .. 2^64-1."""
     t = text.strip().replace("_", "").replace("`", "")
-    try:
-        return int(t, 16) if not t.lower().startswith("0x") else int(t, 0)
-    except ValueError:
+    digits = t[2:] if t[:2].lower() == "0x" else t
+    if not digits or not set(digits) <= _HEX:
         from .execute import active_front
-        return active_front().evaluate(text)
+        value = active_front().evaluate(text)
+    else:
+        value = int(digits, 16)
+    if not 0 <= value <= U64_MAX:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is out of range (0 .. 2^64-1)")
+    return value
 
 
 def number(text):
-    """A count: decimal, or hex with ``0x``."""
-    try:
-        return int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    """A count or index: decimal, or hex with ``0x``; ASCII digits only, 0 .. 2^64-1."""
+    t = text.strip()
+    hexa = t[:2].lower() == "0x"
+    digits = t[2:] if hexa else t
+    allowed = _HEX if hexa else frozenset("0123456789")
+    if not digits or not set(digits) <= allowed:
+        raise argparse.ArgumentTypeError(f"not a number: {_shown(text)} (a count: decimal, or hex with 0x)")
+    value = int(digits, 16 if hexa else 10)
+    if value > U64_MAX:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is out of range (0 .. 2^64-1)")
+    return value
 
 
 def va_range(text):
@@ -221,9 +242,11 @@ def va_range(text):
             a, b = text.split("-", 1)
             start, end = address(a), address(b)
     except (ValueError, argparse.ArgumentTypeError):
-        raise argparse.ArgumentTypeError(f"not a range A-B or A+SIZE: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a range A-B or A+SIZE: {_shown(text)}")
     if end <= start:
-        raise argparse.ArgumentTypeError(f"empty range {text!r}: the end must be above the start")
+        raise argparse.ArgumentTypeError(f"empty range {_shown(text)}: the end must be above the start")
+    if end > U64_MAX + 1:
+        raise argparse.ArgumentTypeError(f"range {_shown(text)} ends beyond 2^64")
     return start, end
 
 

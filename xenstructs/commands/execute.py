@@ -20,10 +20,21 @@ from ..errors import NoRegister, XenscopeError
 from . import HelpShown, UsageError, output
 
 
+MAX_ERROR = 2000                   # characters of an error line (a 20 MB input line is not echoed)
+
+
+def one_line(text, limit=MAX_ERROR):
+    """``text`` as one printable line: control characters (a newline in a path) escaped, cut at
+    ``limit`` characters."""
+    out = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text[:limit + 1])
+    return out if len(out) <= limit else out[:limit] + "..."
+
+
 class CommandFailed(Exception):
     """A command failed: ``text`` is the one line a host shows, ``status`` the CLI's exit status."""
 
     def __init__(self, text, status=2):
+        text = one_line(text)
         super().__init__(text)
         self.text, self.status = text, status
 
@@ -51,7 +62,8 @@ class Front:
 
     def evaluate(self, text):
         """An address argument that is not plain hex (gdb evaluates expressions)."""
-        raise argparse.ArgumentTypeError(f"not a hex number: {text!r}")
+        from . import _shown
+        raise argparse.ArgumentTypeError(f"not a hex number: {_shown(text)}")
 
     def session_target(self):
         """A debugger's own target (gdb's inferior, crash's dump); the CLI has none."""
@@ -90,6 +102,22 @@ _UNSET = object()
 def active_front():
     """The front of the command that is running (the CLI's outside :func:`execute`)."""
     return _ACTIVE.get() or _CLI
+
+
+class using:
+    """``with using(front):`` makes ``front`` the active one outside a command (a host checking a
+    setting with the commands' own argument types, e.g. gdb's ``set xen cr3 $cr3``)."""
+
+    def __init__(self, front):
+        self.front = front
+
+    def __enter__(self):
+        self.token = _ACTIVE.set(self.front)
+        return self.front
+
+    def __exit__(self, *exc):
+        _ACTIVE.reset(self.token)
+        return False
 
 
 def execute(cmd, argv, front):
