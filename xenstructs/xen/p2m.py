@@ -207,7 +207,7 @@ class _Chunks:
         self.p2m, self.m2p, self.max_mfn, self.ocode, self.mark = p2m, m2p, max_mfn, ocode, mark
         self.ar = np.arange(min(CHUNK, len(p2m)), dtype=U64)
         # tables at least max_mfn long need no bounds check per lookup
-        self.m2p_bounded = not callable(m2p) and len(m2p) >= max_mfn
+        self.m2p_bounded = not callable(m2p) and len(m2p) >= max(max_mfn, 1)     # index 0 stands in for beyond-max
         self.ocode_bounded = ocode is not None and len(ocode) >= max_mfn
 
     def __call__(self, a):
