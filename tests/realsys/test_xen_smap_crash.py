@@ -21,7 +21,7 @@ import time
 import pytest
 
 from gdbutil import run_cli
-from realsys.xenhost import CRASHED, boot_xen_host
+from realsys.xenhost import CRASHED, boot_xen_host, qemu_page_faults
 
 MEM_MB = 512
 HEX = r"([0-9a-f]+)"
@@ -78,8 +78,7 @@ def _printed(console):
 
 def _qemu_page_faults(qemu_log):
     """QEMU's own record of every #PF: ``[(error code, cpl, cs, ip, cr2)]``."""
-    return [(int(e, 16), int(cpl), int(cs, 16), int(ip, 16), int(cr2, 16)) for e, cpl, cs, ip, cr2 in
-            re.findall(r"v=0e e=" + HEX + r" i=\d cpl=(\d) IP=" + HEX + ":" + HEX + r" .*?CR2=" + HEX, qemu_log)]
+    return [(f["error"], f["cpl"], f["cs"], f["ip"], f["cr2"]) for f in qemu_page_faults(qemu_log)]
 
 
 def test_the_system_crashed_as_described(crash):

@@ -280,6 +280,16 @@ def parse_q(text):
     return {"domains": doms, "xen_pages": xen_pages}
 
 
+def qemu_page_faults(text):
+    """Every #PF in QEMU's interrupt log (``-d int`` / HMP ``log int``), as QEMU raised it:
+    ``[{"error", "cpl", "cs", "ip", "sp", "cr2"}]`` (the error code as the CPU pushed it)."""
+    rx = re.compile(r"v=0e e=([0-9a-f]+) i=\d cpl=(\d) IP=([0-9a-f]+):([0-9a-f]+) pc=[0-9a-f]+ "
+                    r"SP=[0-9a-f]+:([0-9a-f]+) CR2=([0-9a-f]+)")
+    return [{"error": int(m.group(1), 16), "cpl": int(m.group(2)), "cs": int(m.group(3), 16),
+             "ip": int(m.group(4), 16), "sp": int(m.group(5), 16), "cr2": int(m.group(6), 16)}
+            for m in rx.finditer(text)]
+
+
 # ---------------------------------------------------------------- the host
 
 class XenHost:
