@@ -184,7 +184,7 @@ _SYNC_SHORT = {"no-handler": "Xen giving up on a guest with no handler, not an a
 
 def _sync_text(sync, unhandled):
     """Why a domain_crash_sync line that is not a fixup is no access by Xen."""
-    head = f"'domain_crash_sync ... fault at {sync['symbol']}' (line {sync['line_no']}) "
+    head = f"line {sync['line_no']}: 'domain_crash_sync ... fault at {sync['symbol']}' "
     if sync["path"] == "no-handler":
         return (head + f"is where create_bounce_frame gave up delivering the event: no handler registered "
                 f"('Unhandled' at line {unhandled['line_no']}); no access by Xen faulted (a faulting store of the "
@@ -206,7 +206,7 @@ def crash_story(crash):
     story = [f"line {crash['line_no']}: " + _head(crash) + "."]
     sync = crash["domain_crash_sync"]
     if sync is not None and access["by"] == "guest":
-        story.append(f"line {sync['line_no']}: " + _sync_text(sync, crash["unhandled"]) + ".")
+        story.append(_sync_text(sync, crash["unhandled"]) + ".")
     unhandled = crash["unhandled"]
     if unhandled is not None and unhandled.get("walk") is not None:
         story.append(_walk_sentence(unhandled, access))
@@ -218,6 +218,9 @@ def crash_story(crash):
     if frame is not None:
         story.append(_frame_sentence(frame, access))
     story.append("the access that ended in the crash was made by " + _by_text(crash) + ": " + access["why"] + ".")
+    allowed = _allowed_at_cpl3(crash)
+    if allowed:
+        story.append(allowed)
     cr4 = registers.get("cr4")
     if cr4 is not None:
         bits = [name for name in ("SMEP", "SMAP") if name in decode_cr4(cr4)["flags"]]
@@ -238,8 +241,28 @@ def _head(crash):
            else crash["vcpu"] or "the domain")
     cs = registers.get("cs")
     regs = (f"; the register dump is {crash['vcpu'] or 'the guest'}'s (CONTEXT: {crash['context']}): RIP "
-            f"{cs or 0:04x}:{registers.get('rip', 0):#x}" + (f", ring {cs & 3}" if cs is not None else ""))
+            f"{cs or 0:04x}:{registers.get('rip', 0):016x}" + (f", ring {cs & 3}" if cs is not None else ""))
     return f"Xen {crash['version']} crashed {who}{regs}; cr0, cr3 and cr4 are the CPU's"
+
+
+def _allowed_at_cpl3(crash):
+    """For a guest's own #PF at CPL 3 whose logged walk allows a user access: what can make it fault."""
+    access, unhandled = crash["access"], crash["unhandled"]
+    cs, error = crash["registers"].get("cs"), (unhandled or {}).get("error_code")
+    walk = (unhandled or {}).get("walk")
+    if access["by"] != "guest" or cs is None or cs & 3 != 3 or error is None or not walk or not walk["levels"]:
+        return None
+    entries = [decode_pte(level["entry"], level["level"]) for level in walk["levels"]]
+    needs = ["US"] + (["RW"] if error & 2 else [])
+    if not all(entry["present"] and all(flag in entry["flags"] for flag in needs) for entry in entries):
+        return None
+    if error & 0x10 and any("XD" in entry["flags"] for entry in entries):
+        return None
+    smap = "SMAP" in decode_cr4(crash["registers"].get("cr4", 0))["flags"]
+    return ("every level allows this access as a user access at CPL 3: the CPU faulted it as a supervisor "
+            "access (implicit: descriptor tables, TSS, or an emulator's IRET frame reads)"
+            + (", which CR4.SMAP=1 forbids on a user page whatever EFLAGS.AC" if smap else "")
+            + ", or the tables changed after the fault; `xenscope fault --log` runs the rules.")
 
 
 def _by_text(crash):
