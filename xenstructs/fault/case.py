@@ -88,18 +88,23 @@ def _add_log(state, path, notes):
         notes.append(f"{path}: no page-fault lines recognised")
 
 
-def _add_registers(state, target, cpu_number):
+def _add_registers(state, target, cpu_number, notes):
     """The dump's registers of ``cpu_number``; True when the image is a PV guest's."""
     cpu = target.cpu(cpu_number)
     regs, source = cpu.regs, cpu.source
     pv_image = getattr(target, "m2p", None) is not None
     where = f"CPU {cpu_number} of the dump"
-    for reg, name in (("cr0", "cr0"), ("cr2", "cr2"), ("cr3", "cr3"), ("efer", "efer"), ("rip", "ip"),
-                      ("cs", "cs"), ("rflags", "eflags")):
+    names = (("cr0", "cr0"), ("cr2", "cr2"), ("cr3", "cr3"), ("efer", "efer"), ("rip", "ip"), ("cs", "cs"),
+             ("rflags", "eflags"), ("eflags", "eflags"))
+    if state.accessor is not None:
+        # a log's crash block named the faulting context: the dump's CPU ran on after the crash
+        names = tuple(pair for pair in names if pair[1] not in ("ip", "cs", "eflags"))
+        if regs.get("rip") is not None and state.ip != regs["rip"]:
+            notes.append(f"the dump's RIP {regs['rip']:#x} (CPU {cpu_number}) is not used: the log's crash block "
+                         f"gives the faulting context (the dump was taken after it)")
+    for reg, name in names:
         if regs.get(reg) is not None:
             state.give(name, regs[reg], f"{source.get(reg, 'registers')} ({where})")
-    if regs.get("eflags") is not None:
-        state.give("eflags", regs["eflags"], f"{source.get('eflags', 'registers')} ({where})")
     if regs.get("cr4") is not None:
         # a PV guest's image holds the guest's view of CR4; a host dump or an HVM guest the real one
         if pv_image:
@@ -114,7 +119,7 @@ def _add_target(state, target, given, notes):
     ``(walk, context)``, both None when nothing could be walked."""
     from ..context import resolve
     from ..paging import read_virt, walk
-    pv_image = _add_registers(state, target, given.cpu)
+    pv_image = _add_registers(state, target, given.cpu, notes)
     if any(state.sources.get(name, "").startswith("--") for name in state.entries):
         notes.append("page-table entries given as options: the dump's walk of CR2 is not used")
         return None, None
