@@ -39,3 +39,15 @@ def test_xen_command_on_a_linux_core_is_a_gdb_error():
                 "echo still-running\\n")
     assert "still-running" in r.stdout and "Traceback" not in r.output
     assert [ln for ln in r.stderr.splitlines() if ln.startswith("xen frames:")], r.stderr
+
+
+def test_crash_log_and_fault_in_gdb_equal_cli():
+    """A real Xen crash block (tests/data/xenlogs/tcg-smap-4.17.7.log): ``xen log`` and
+    ``xen fault --log`` in gdb give the CLI's JSON."""
+    log = os.path.join(TOP, "tests", "data", "xenlogs", "tcg-smap-4.17.7.log")
+    for cmd in (f"log {log} --json", f"fault --log {log} --json"):
+        a = gdb_json("xen " + cmd)
+        r = run_cli(*cmd.split())
+        assert r.returncode == 0, r.stderr
+        assert a == json.loads(r.stdout), cmd
+    assert a["access"]["actor"] == "pv64" and a["assumed"][0]["fires"] == ["smap"]

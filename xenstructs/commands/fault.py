@@ -50,6 +50,19 @@ def _h(v):
 _MARK = {"fired": "FIRED", "passed": "passed", "not-evaluated": "not evaluated"}
 
 
+def _actor_text(access):
+    """``Xen (CPL 0) on behalf of a 64-bit PV guest: <why>`` / ``a 64-bit PV guest (CPL 3): <why>``."""
+    actor, cpl = access.get("actor"), access.get("cpl")
+    if actor == "xen":
+        who = "Xen" + (f" on behalf of a {GUEST_TEXT[access['on_behalf_of']]}" if access.get("on_behalf_of") else "")
+    elif actor is not None:
+        who = f"the {GUEST_TEXT.get(actor, actor)}"
+    else:
+        who = "not known (native code, or give --cs / a log)"
+    where = f" (CPL {cpl})" if cpl is not None else ""
+    return who + where + (f": {access['actor_reason']}" if access.get("actor_reason") else "")
+
+
 def _fault_render(r, args):
     s = r["state"]
     out = []
@@ -57,6 +70,8 @@ def _fault_render(r, args):
     if r["cpl"] is not None:
         head += f" (CPL {r['cpl']})"
     ctx = [GUEST_TEXT.get(s["guest"], s["guest"])] if s["guest"] else []
+    if r["access"].get("actor") == "xen":
+        ctx = ["Xen's own access" + (f" for a {ctx[0]}" if ctx else "")]
     if s["xen"]:
         ctx.append(f"Xen {s['xen']}")
     if s["mode"]:
@@ -66,7 +81,10 @@ def _fault_render(r, args):
     out.append(head)
     e = r["error"]
     if e:
-        out.append(f"error code {e['value']:#x} [{' '.join(e['flags']) or '-'}]: {e['text']}")
+        reflected = any(item["input"] == "privilege" and "rewrites" in item["why"]
+                        for item in r["access"].get("assumed") or [])
+        out.append(f"error code {e['value']:#x} [{' '.join(e['flags']) or '-'}]: {e['text']}"
+                   + (" (as Xen reflected it to the guest: U is the guest's mode, not the CPU's)" if reflected else ""))
     else:
         out.append("error code unknown (not in dumps: give --error)")
     a = r["access"]
@@ -79,6 +97,10 @@ def _fault_render(r, args):
     if a["source"]:
         acc += f"  ({a['source']})"
     out.append(acc)
+    out.append("made by: " + _actor_text(a))
+    for item in r.get("assumed") or []:
+        fires = (f"the {', '.join(item['fires'])} rule fires" if item["fires"] else "no rule fires either")
+        out.append(f"assumed: {item['input']} = {item['assumed']} ({item['why']}); with {item['alternative']}: {fires}")
     regs = []
     for name in ("cr0", "cr4", "guest_cr4", "efer", "eflags", "pkru"):
         if s[name] is not None:

@@ -20,7 +20,8 @@ Adding a rule is one function ``rule(access, walk, context) -> Verdict`` in :mod
 row in the table ``RULES`` at the end of that file (xenstructs/fault/rules.py); conditions shared by
 several rules are in :mod:`.conditions`.
 
-Files: ``state.py`` (FaultState, Explanation, error-code bits), ``access.py``, ``walk.py``,
+Files: ``state.py`` (FaultState, Explanation, error-code bits), ``access.py``, ``assumptions.py`` (when
+no rule fires: the inputs assumed and the rules that fire with the other value), ``walk.py``,
 ``context.py``, ``conditions.py``, ``rules.py``, ``explainer.py`` (:func:`explain`), ``insn.py``
 (hex bytes, capstone), ``versions.py`` (the Xen releases that matter), ``case.py`` (:func:`~.case.explain_fault`: one fault's inputs gathered from options, a
 log and a dump, as the ``fault`` command and ``xenscope check`` use it). Console and oops excerpts

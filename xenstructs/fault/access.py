@@ -5,6 +5,12 @@ fetch, a shadow-stack access or not; and the reasons for each belief.
 Xen PV specifics (reference §2.2, §7.4): a 32-bit PV kernel runs in ring 1, so its accesses are
 supervisor accesses; a 64-bit PV kernel runs in ring 3, so the CPU sees user accesses (Xen resets the
 error code's U bit to the guest's mode when it reflects the fault).
+
+Who made it (:func:`who_accessed`), first evidence wins: a log that says so (``state.accessor``: Xen's
+crash block, :mod:`xenstructs.xen.console.crashstory`), CS = ``__HYPERVISOR_CS``, RIP in Xen's text
+range, CPL 0 on a PV host (PV kernels run in ring 1 or 3); else the guest. An access Xen made (on a
+guest's behalf or for itself) is judged at CPL 0 with the real CR4: SMAP and SMEP apply to the
+guest's pages (US=1 at every level of a 64-bit PV guest's).
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
-from ..xen.release import FLAT_RING1_CS, FLAT_RING3_CS, FLAT_RING3_CS32, FLAT_RING3_CS64, HYPERVISOR_CS
+from ..xen.release import (FLAT_RING1_CS, FLAT_RING3_CS, FLAT_RING3_CS32, FLAT_RING3_CS64, HYPERVISOR_CS,
+                           in_xen_text)
 from .insn import code_bits, decode_at_ip
-from .state import GUEST_TEXT, PF_I, PF_SS, PF_U, PF_W, PFEC_IMPLICIT
+from .state import GUEST_TEXT, PF_I, PF_SS, PF_U, PF_W, PFEC_IMPLICIT, PV_GUESTS
 
 # Xen's flat code selectors (reference §2.2): selector -> (guest kind or "xen", what it is)
 CS_NAMES = {FLAT_RING1_CS: ("pv32", "FLAT_RING1_CS: 32-bit PV kernel, ring 1"),
@@ -47,6 +54,8 @@ class Access:
     shadow_stack: Optional[bool]        # None: error code unknown
     instruction: Optional[dict] = None  # :func:`~.insn.disassemble` of the bytes at IP
     reasons: list = field(default_factory=list)   # what the privilege and the kind were taken from
+    on_behalf_of: Optional[str] = None  # the guest kind an access by Xen was made for, when known
+    assumed: list = field(default_factory=list)   # [(input, value, why)]: inputs taken, not known
 
     @property
     def privilege(self) -> str:
@@ -65,7 +74,9 @@ class Access:
     def to_dict(self):
         return {"kind": self.kind, "shadow_stack": self.shadow_stack, "user": self.user,
                 "implicit": self.implicit, "guest_kernel": self.guest_kernel,
-                "source": "; ".join(self.reasons) or None}
+                "source": "; ".join(self.reasons) or None, "actor": self.actor, "actor_reason": self.actor_reason,
+                "cpl": self.cpl, "on_behalf_of": self.on_behalf_of,
+                "assumed": [{"input": name, "value": value, "why": why} for name, value, why in self.assumed]}
 
 
 class Who(NamedTuple):
@@ -78,8 +89,8 @@ class Who(NamedTuple):
 
 def who_accessed(state, findings) -> Who:
     """The guest kind (given, or inferred from a Xen PV selector in CS), the CPL, and who made the
-    access: Xen when CS is ``__HYPERVISOR_CS``, else the guest. An inferred guest is recorded in
-    ``state.sources["guest"]``."""
+    access, with why (module docstring: the evidence, in order). An inferred guest is recorded in
+    ``state.sources["guest"]``; an access by Xen is at CPL 0."""
     guest = state.guest
     cs = state.cs
     cpl = cs & 3 if cs is not None else None
@@ -92,33 +103,57 @@ def who_accessed(state, findings) -> Who:
         elif guest is not None and kind not in (guest, "xen"):
             findings.notes.append(f"CS {cs:#x} is {text}, which does not fit a {GUEST_TEXT[guest]}")
         elif kind == "xen":
-            findings.notes.append(f"CS {cs:#x} is {text}: the fault is Xen's own")
-    if cs is None:
+            findings.notes.append(f"CS {cs:#x} is {text}: the access is Xen's own")
+    if cs is None and state.accessor != "xen":
         findings.missing.append("CS unknown: CPL not known (give --cs)")
-    if cs in CS_NAMES and CS_NAMES[cs][0] == "xen":
-        return Who(guest, cpl, "xen", f"CS {cs:#x} is {CS_NAMES[cs][1]}")
+    reason = _xen_evidence(state, guest, cpl)
+    if reason is not None:
+        if cpl not in (None, 0):
+            findings.notes.append(f"{reason}, yet CS {cs:#x} says CPL {cpl}: judged at CPL 0 (Xen's)")
+        return Who(guest, 0, "xen", reason)
+    if state.accessor == "guest" and guest is not None:
+        return Who(guest, cpl, guest, state.sources.get("accessor"))
     return Who(guest, cpl, guest, state.sources.get("guest") if guest else None)
+
+
+def _xen_evidence(state, guest, cpl):
+    """Why the access is Xen's, or None: a log, CS, RIP in Xen's text, or CPL 0 on a PV host."""
+    if state.accessor == "xen":
+        return state.sources.get("accessor") or "the log says Xen made it"
+    if state.cs == HYPERVISOR_CS:
+        return f"CS {state.cs:#x} is {CS_NAMES[HYPERVISOR_CS][1]}"
+    if in_xen_text(state.ip):
+        return (f"RIP {state.ip:#x} is in Xen's text (from XEN_VIRT_START: 0xffff82d040000000 in 4.14+, "
+                f"0xffff82d080000000 before): Xen's own code, at CPL 0")
+    if cpl == 0 and guest in PV_GUESTS:
+        return (f"CPL 0 (CS {state.cs:#x}) on a PV host: only Xen runs in ring 0 (a PV kernel runs in ring "
+                f"{1 if guest == 'pv32' else 3})")
+    return None
 
 
 def infer_access(state, who, mode, code, findings) -> Access:
     """The :class:`Access` of ``state``, given who made it (:func:`who_accessed`) and the paging mode
     (for the code size); ``code`` is the instruction bytes at IP, or None."""
-    guest, cpl = who.guest, who.cpl
-    user, implicit, guest_kernel, reasons = _privilege(state, guest, cpl, findings)
+    cpl = who.cpl
+    guest = None if who.actor == "xen" else who.guest     # Xen's access: no PV-guest privilege rules
+    assumed = []
+    user, implicit, guest_kernel, reasons = _privilege(state, guest, cpl, findings, assumed)
     decoded = None
     if code:
-        decoded = decode_at_ip(code, state.ip, state.bits or code_bits(state.cs, guest, mode), findings)
+        decoded = decode_at_ip(code, state.ip, state.bits or code_bits(state.cs, who.guest, mode), findings)
     kind, shadow, kind_reasons = _kind(state, decoded, findings)
     if user is None:
         findings.missing.append("privilege unknown: neither an error code nor CS")
     return Access(error=state.error, guest=guest, cpl=cpl, actor=who.actor, actor_reason=who.actor_reason,
                   user=user, implicit=implicit,
                   guest_kernel=guest_kernel, kind=kind, shadow_stack=shadow, instruction=decoded,
-                  reasons=reasons + kind_reasons)
+                  reasons=reasons + kind_reasons, on_behalf_of=who.guest if who.actor == "xen" else None,
+                  assumed=assumed)
 
 
-def _privilege(state, guest, cpl, findings):
-    """``(user, implicit, guest_kernel, reasons)`` from the error code's U bit, else from the CPL."""
+def _privilege(state, guest, cpl, findings, assumed):
+    """``(user, implicit, guest_kernel, reasons)`` from the error code's U bit, else from the CPL;
+    an input taken rather than known goes to ``assumed``."""
     error = state.error
     implicit = bool(error is not None and error & PFEC_IMPLICIT)
     guest_kernel = None
@@ -130,9 +165,12 @@ def _privilege(state, guest, cpl, findings):
             guest_kernel = not user
             if not user:
                 findings.notes.append(
-                    "64-bit PV kernel: the CPU made a user access (ring 3); Xen resets the error code's U "
-                    "bit to the guest's mode when it reflects the fault, so U=0 here means guest kernel mode")
+                    "64-bit PV kernel: taken as a user access (it runs in ring 3); Xen resets the error code's U "
+                    "bit to the guest's mode when it reflects the fault, so U=0 here says guest kernel mode, not "
+                    "what the CPU checked")
             user = True
+            assumed.append(("privilege", "user", "the guest runs at CPL 3 and the error code's U bit is the guest's "
+                                                 "mode (Xen rewrites it when it reflects the fault), not the CPU's"))
         elif not user and cpl == 3:
             implicit = True
             findings.notes.append("U=0 at CPL 3: an implicit supervisor access (descriptor table, TSS, "
@@ -141,9 +179,11 @@ def _privilege(state, guest, cpl, findings):
             findings.notes.append(f"the error code says a user access (U=1) but CS says CPL {cpl}: they disagree")
     elif cpl is not None:
         user = cpl == 3
-        reasons.append(f"CPL {cpl} from CS {state.cs:#x}")
+        reasons.append(f"CPL {cpl}" + (f" from CS {state.cs:#x}" if state.cs is not None else " (Xen's)"))
         if guest == "pv64" and state.ip is not None:
             guest_kernel = state.ip >> 63 == 1
+        if user:
+            assumed.append(("privilege", "user", "no error code: taken from CPL 3"))
     else:
         user = None
     if guest == "pv64" and cpl is not None and cpl != 3:
@@ -159,6 +199,8 @@ def _kind(state, decoded, findings):
         return kind, bool(error & PF_SS), []
     findings.missing.append("error code unknown (it is not in dumps: give --error): access kind and "
                             "the U, RSVD, PK, SS bits inferred or unknown")
+    if state.kind is not None:
+        return state.kind, None, [state.sources.get("kind", f"a {state.kind}")]
     if state.cr2 is not None and state.ip is not None and 0 <= state.cr2 - state.ip < 16:
         return "fetch", None, ["CR2 is at IP: an instruction fetch"]
     if decoded is not None:

@@ -3,7 +3,9 @@
 The ``fault`` command and ``xenscope check`` both call :func:`explain_fault`. Options win over the
 log, the log over the dump (:meth:`~xenstructs.fault.state.FaultState.give` keeps the first value given).
 With a dump the vCPU's registers (CR0/CR2/CR3/CR4, EFER, RIP, RFLAGS, CS) come from it, CR2 is
-walked under its CR3 and the instruction at IP is read through the walk of IP.
+walked under CR3 (an option, else the log's register dump, else the dump's CPU) and the instruction at
+IP is read through the walk of IP. Page-table entries: options, else the dump's walk, else the log's
+page walk (compared with the dump's walk when both exist).
 """
 
 from dataclasses import dataclass, fields
@@ -14,7 +16,7 @@ from ..xen.release import parse_version
 from .explainer import explain
 from .insn import parse_hex_bytes
 from ..xen.console.faultlog import read_log
-from .state import FaultState
+from .state import ENTRY_ORDER, FaultState
 
 ENTRY_NAMES = (("pte", "PTE"), ("pde", "PDE"), ("pdpte", "PDPTE"), ("pml4e", "PML4E"), ("pml5e", "PML5E"))
 REGISTERS = ("cr2", "error", "ip", "cs", "cr3", "cr4", "guest_cr4", "cr0", "efer", "eflags", "pkru")
@@ -86,18 +88,23 @@ def _add_log(state, path, notes):
         notes.append(f"{path}: no page-fault lines recognised")
 
 
-def _add_registers(state, target, cpu_number):
+def _add_registers(state, target, cpu_number, notes):
     """The dump's registers of ``cpu_number``; True when the image is a PV guest's."""
     cpu = target.cpu(cpu_number)
     regs, source = cpu.regs, cpu.source
     pv_image = getattr(target, "m2p", None) is not None
     where = f"CPU {cpu_number} of the dump"
-    for reg, name in (("cr0", "cr0"), ("cr2", "cr2"), ("cr3", "cr3"), ("efer", "efer"), ("rip", "ip"),
-                      ("cs", "cs"), ("rflags", "eflags")):
+    names = (("cr0", "cr0"), ("cr2", "cr2"), ("cr3", "cr3"), ("efer", "efer"), ("rip", "ip"), ("cs", "cs"),
+             ("rflags", "eflags"), ("eflags", "eflags"))
+    if state.accessor is not None:
+        # a log's crash block named the faulting context: the dump's CPU ran on after the crash
+        names = tuple(pair for pair in names if pair[1] not in ("ip", "cs", "eflags"))
+        if regs.get("rip") is not None and state.ip != regs["rip"]:
+            notes.append(f"the dump's RIP {regs['rip']:#x} (CPU {cpu_number}) is not used: the log's crash block "
+                         f"gives the faulting context (the dump was taken after it)")
+    for reg, name in names:
         if regs.get(reg) is not None:
             state.give(name, regs[reg], f"{source.get(reg, 'registers')} ({where})")
-    if regs.get("eflags") is not None:
-        state.give("eflags", regs["eflags"], f"{source.get('eflags', 'registers')} ({where})")
     if regs.get("cr4") is not None:
         # a PV guest's image holds the guest's view of CR4; a host dump or an HVM guest the real one
         if pv_image:
@@ -112,22 +119,27 @@ def _add_target(state, target, given, notes):
     ``(walk, context)``, both None when nothing could be walked."""
     from ..context import resolve
     from ..paging import read_virt, walk
-    pv_image = _add_registers(state, target, given.cpu)
-    if state.entries:
+    pv_image = _add_registers(state, target, given.cpu, notes)
+    if any(state.sources.get(name, "").startswith("--") for name in state.entries):
         notes.append("page-table entries given as options: the dump's walk of CR2 is not used")
         return None, None
     if state.cr2 is None:
         notes.append("CR2 unknown: nothing to walk (give --cr2)")
         return None, None
     try:
-        ctx = resolve(target, cr3=given.cr3, mode=given.mode, cpu=given.cpu, efer=given.efer,
+        # CR3 as the fault had it: an option, else the log's register dump, else the dump's CPU
+        ctx = resolve(target, cr3=state.cr3, mode=given.mode, cpu=given.cpu, efer=given.efer,
                       cr4=given.guest_cr4 if pv_image and given.guest_cr4 is not None else given.cr4,
                       maxphyaddr=state.maxphyaddr)
     except XenscopeError as e:
         notes.append(f"no walk of CR2: {e}")
         return None, None
+    if state.cr3 is not None:
+        ctx.sources["cr3"] = state.sources.get("cr3", ctx.sources.get("cr3"))
     state.give("mode", ctx.paging.mode, ctx.sources.get("mode", "the dump"))
     fault_walk = walk(target, ctx.paging, state.cr2)
+    if state.entries:
+        notes.append(_compare_with_log(state, fault_walk))
     if state.insn is None and state.ip is not None:
         where = f"CPU {given.cpu} of the dump"
         for n in (16, 0x1000 - (state.ip & 0xFFF)):
@@ -140,6 +152,24 @@ def _add_target(state, target, given, notes):
         if state.insn is None:
             notes.append(f"the bytes at IP {state.ip:#x} are not readable in the dump")
     return fault_walk, ctx
+
+
+def _compare_with_log(state, fault_walk):
+    """The log's page walk (Xen's, at fault time) against the dump's walk of CR2 (now): one note;
+    the rules then use the dump's walk (the log's entries are dropped from ``state``)."""
+    in_dump = {level.name: level.entry for level in fault_walk.levels if level.entry is not None}
+    logged = dict(state.entries)
+    for name in logged:
+        state.sources.pop(name, None)
+    state.entries.clear()
+    differ = [f"{name} log {value:#x}, dump {in_dump.get(name, 0):#x}" if name in in_dump else f"{name} not in the dump"
+              for name, value in logged.items() if in_dump.get(name) != value]
+    names = ", ".join(name for name in ENTRY_ORDER if name in logged)
+    if not differ:
+        return (f"the dump's walk of CR2 has the entries the log's page walk printed ({names}): the tables did "
+                "not change after the fault")
+    return (f"the dump's walk of CR2 differs from the log's page walk at fault time ({'; '.join(differ)}): the "
+            "rules use the dump's (the tables as dumped)")
 
 
 def explain_fault(target=None, given=None):

@@ -55,8 +55,8 @@ def supervisor_access(access) -> Condition:
         return None, "privilege unknown (no error code, no CS)"
     if access.user:
         if access.guest == "pv64":
-            return False, ("the 64-bit PV kernel runs in ring 3: the CPU saw a user access, "
-                           "so SMEP/SMAP never apply to it")
+            return False, ("the 64-bit PV kernel runs in ring 3: its explicit accesses are user accesses, "
+                           "to which SMEP/SMAP do not apply")
         return False, "a user-mode access (U=1): applies to supervisor accesses only"
     where = f"CPL {access.cpl}" if access.cpl is not None else "CPL unknown"
     ring1 = (" (the 32-bit PV kernel runs in ring 1: its accesses are supervisor accesses)"

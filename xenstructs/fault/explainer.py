@@ -8,13 +8,14 @@ from .. import decode
 from ..errors import XenscopeError
 from ..xen.release import parse_version
 from .access import infer_access, who_accessed
+from .assumptions import alternatives, assumed_cause, emulator_note
 from .context import build_context, infer_mode
 from .rules import FIRED, NOT_EVALUATED, RULES
 from .state import GUESTS, PF_I, PF_P, PF_W, PV_GUESTS, Explanation, FaultState, Findings
 from .walk import walk_dict, walk_view
 
 _STATE_FIELDS = ("cr2", "error", "ip", "cs", "cr0", "cr3", "cr4", "guest_cr4", "efer", "eflags", "mode", "pkru",
-                 "xen", "maxphyaddr", "bits")
+                 "xen", "maxphyaddr", "bits", "accessor", "kind")
 
 
 def explain(state: FaultState, walk=None, insn=None) -> Explanation:
@@ -45,8 +46,12 @@ def explain(state: FaultState, walk=None, insn=None) -> Explanation:
     findings.notes.extend(_guest_cr4_notes(state, guest))
     _compare_with_error_code(access.instruction, state.error)
     rules = [{"rule": name, "status": verdict.status, "why": verdict.why} for name, verdict in verdicts]
-    cause, spurious = _cause(verdicts, rules, access, view, context)
-    return Explanation(rules=rules, cause=cause, spurious=spurious,
+    found = [] if any(verdict.status == FIRED for _, verdict in verdicts) else alternatives(access, view, context)
+    note = emulator_note(access, found)
+    if note:
+        findings.notes.append(note)
+    cause, spurious = _cause(verdicts, rules, access, view, context, found)
+    return Explanation(rules=rules, cause=cause, spurious=spurious, assumed=found,
                        error=decode.decode_pf(state.error) if state.error is not None else None, cpl=cpl,
                        walk=walk_dict(view, state, walk), access=access.to_dict(), missing=findings.unique_missing(),
                        notes=findings.notes, insn=access.instruction, state=_state_dict(state, guest, context.nxe))
@@ -64,9 +69,10 @@ def _validate(state):
         parse_version(state.xen)
 
 
-def _cause(verdicts, rules, access, walk, context):
+def _cause(verdicts, rules, access, walk, context, found):
     """``(cause, spurious)``: the first rule that fired; else what a rule says instead (Xen cleared
-    SMAP); else a spurious fault when every rule passed on a complete walk; else what is not known."""
+    SMAP); else the rule an assumed input would make fire (``found``: :func:`.assumptions.alternatives`);
+    else a spurious fault when every rule passed on a complete walk; else what is not known."""
     where = context.where
     fired = [(name, verdict) for name, verdict in verdicts if verdict.status == FIRED]
     otherwise = next((verdict.otherwise for _, verdict in verdicts if verdict.otherwise), None)
@@ -76,6 +82,9 @@ def _cause(verdicts, rules, access, walk, context):
         return verdict.cause or f"The {name} rule fires{where}: {verdict.why}.", False
     if otherwise:
         return otherwise, False
+    instead = assumed_cause(access, found, where)
+    if instead:
+        return instead, False
     if not unevaluated and walk is not None and walk.complete:
         cause = (f"Spurious fault{where}: the page tables allow this {access.text} now (every rule passes), so the "
                  "CPU faulted on a stale TLB entry or the mapping was fixed up after the fault (lazy fixup such "

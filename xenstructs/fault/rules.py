@@ -251,6 +251,10 @@ def _smap_cause(access, walk, context):
     elif access.cpl is not None:
         who = f"code at CPL {access.cpl} "
     ac = "with EFLAGS.AC=0 " if context.eflags is not None and not context.eflags & EFLAGS_AC else ""
+    if access.implicit:
+        ac = "(an implicit supervisor access: EFLAGS.AC ignored) "
+    elif access.actor == "xen":
+        who = "Xen (CPL 0) " + (f"for the {access.on_behalf_of} guest " if access.on_behalf_of else "")
     last = leaf(walk)
     allows = f" that its {last[0]} allows ({last[0]} {last[1]:#x})" if last is not None else ""
     tail = ""

@@ -35,6 +35,8 @@ class FaultState:
     pkru: Optional[int] = None
     xen: Optional[str] = None          # Xen version, e.g. "4.5.0"
     guest: Optional[str] = None        # pv32 pv64 hvm (None: native, or Xen itself)
+    accessor: Optional[str] = None     # who made the access when a log says so: "xen" or "guest"
+    kind: Optional[str] = None         # read / write / fetch when a log says so and no error code does
     maxphyaddr: Optional[int] = None
     entries: dict = field(default_factory=dict)   # entry name (PML5E..PTE) -> value
     insn: Optional[bytes] = None       # instruction bytes at IP
@@ -70,6 +72,7 @@ class Explanation:
     notes: list
     insn: Optional[dict]
     state: dict
+    assumed: list = field(default_factory=list)   # :func:`~.assumptions.alternatives` when no rule fired
 
     def rule(self, name):
         return next(r for r in self.rules if r["rule"] == name)
@@ -80,7 +83,8 @@ class Explanation:
     def to_dict(self):
         return {"rules": self.rules, "cause": self.cause, "spurious": self.spurious,
                 "error": self.error, "cpl": self.cpl, "walk": self.walk, "access": self.access,
-                "missing": self.missing, "notes": self.notes, "insn": self.insn, "state": self.state}
+                "missing": self.missing, "notes": self.notes, "insn": self.insn, "state": self.state,
+                "assumed": self.assumed}
 
 
 @dataclass

@@ -94,6 +94,12 @@ def xen_virt_start_of(va):
     return XEN_VIRT_START_NEW if va < XEN_VIRT_START_OLD else XEN_VIRT_START_OLD
 
 
+def in_xen_text(va):
+    """True for an address in Xen's text/data range: from ``XEN_VIRT_START`` (4.14+: 0xffff82d040000000;
+    4.4-4.13: 0xffff82d080000000) up to the frame table. Code there is Xen's own, at CPL 0."""
+    return va is not None and XEN_VIRT_START_NEW <= va < FRAMETABLE_VIRT_START
+
+
 def frame_table_start(bigmem=False):
     """``FRAMETABLE_VIRT_START`` of a default or CONFIG_BIGMEM build."""
     return FRAMETABLE_VIRT_START_BIGMEM if bigmem else FRAMETABLE_VIRT_START

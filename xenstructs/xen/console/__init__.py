@@ -13,6 +13,8 @@ domain/vcpu, and "the likely story"), and read a fault from it (``xenscope fault
   :func:`annotate_lines`.
 * :mod:`.story` -- the likely story: rules over the annotator's summary.
 * :mod:`.faultlog` -- :func:`parse_log` / :func:`read_log`, the fault-log reader of ``fault --log``.
+* :mod:`.crash`, :mod:`.crashstory` -- Xen's crash blocks (the register dump, ``domain_crash_sync``,
+  ``Unhandled``, the fixup's page walk): whose registers, who made the access, its story.
 
 Adding a message kind is one declaration in :mod:`.messages`: an ``@message(kind, summary name,
 keyword, regex, fields)`` decorator on the function that explains it, e.g.::

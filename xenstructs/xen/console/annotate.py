@@ -17,6 +17,7 @@ from collections import Counter
 from ...errors import XenscopeError
 from .. import layouts
 from .lines import banner_version, clean_line, iter_lines, split_context, strip_prefix, suppressed_count
+from .crash import CrashReader
 from .messages import BY_KIND, hex_int, parse_message
 from .sentences import PageInfo
 from .story import likely_story
@@ -58,12 +59,14 @@ class Annotator:
         self._recent = []         # last few (line_no, kind, fields, context) for chaining
         self._last_fatal = None
         self.banner = None
+        self.crash = CrashReader()        # crash blocks: register dumps and what led to them (.crash)
 
     # -- per line ---------------------------------------------------------------------------
     def feed(self, line_no, raw):
         self.lines = line_no
         line = clean_line(raw)
         body = strip_prefix(line)
+        self.crash.feed(line_no, body)
         if "suppressed" in body:
             count = suppressed_count(body)
             if count is not None:
@@ -198,13 +201,15 @@ class Annotator:
 
     # -- summary --------------------------------------------------------------------------------
     def finish(self):
+        crashes = self.crash.finish()
         summary = {"lines": self.lines, "messages": sum(self.by_kind.values()),
                    "by_kind": dict(self.by_kind), "by_mfn": self._mfn_rows(), "by_context": self._context_rows(),
                    "suppressed": self.suppressed, "suppressed_lines": self.suppressed_lines,
                    "entries_dropped": self.dropped, "mfns_not_tracked": self.mfns_overflow,
                    "xen_version_in_log": self.banner,
                    "walks": [self._walk_result(walk) for walk in self.walks],
-                   "story": self.story()}
+                   "crashes": crashes,
+                   "story": self.story() + [line for crash in crashes for line in crash["story"]]}
         return {"layout": self.layout_info, "entries": self.entries, "summary": summary}
 
     def _mfn_rows(self):

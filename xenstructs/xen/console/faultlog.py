@@ -9,7 +9,8 @@ matched by the same regexes as the annotator's.
 import re
 
 from ...errors import XenscopeError
-from .lines import BANNER, MAX_LINE, strip_prefix
+from .crash import CrashReader
+from .lines import BANNER, MAX_LINE, clean_line, strip_prefix
 from .messages import BY_KIND, HEX
 
 _XEN_WALK_LEVEL = {4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
@@ -182,6 +183,38 @@ def _code(log, groups, match, line):
             pass
 
 
+# --- Xen's crash block (register dump, domain_crash_sync, Unhandled: .crash, .crashstory) --------
+
+def add_crash(log, crashes):
+    """The fault of the first crash block with a page fault (else the first): who made the access
+    (``accessor``), and the inputs it names. When Xen made it on the guest's behalf (a bounce-frame
+    fixup), the block's RIP/CS/RFLAGS/cr2 are the guest's, not the faulting access's: its own inputs
+    replace what the line patterns read."""
+    if not crashes:
+        return
+    crash = next((crash for crash in crashes if "cr2" in crash["access"]["fault"]), crashes[0])
+    access = crash["access"]
+    fault, sources = access["fault"], access["sources"]
+    replace = access["by"] == "xen" and crash["context"] != "hypervisor"
+    if replace:
+        for name in ("cr2", "ip", "cs", "eflags", "error", "insn", "oops_error", *_XEN_WALK_LEVEL.values()):
+            log.fields.pop(name, None)
+        log.notes.append(f"log line {crash['line_no']}: the register dump is the guest's; the access explained is "
+                         f"Xen's own store (the fixup's page walk), not the guest's registers")
+    for name, value in fault.items():
+        if replace or name not in log.fields:
+            log.fields[name] = (value, sources[name])
+    if access["walk"] is not None and (replace or not any(level in log.fields for level in _XEN_WALK_LEVEL.values())):
+        for level in access["walk"]["levels"]:
+            log.fields[_XEN_WALK_LEVEL[level["level"]]] = (level["entry"], f"log line {access['walk']['line_no']}: "
+                                                                           f"Xen page walk L{level['level']}")
+    log.fields["accessor"] = (access["by"], f"log line {crash['line_no']}: {access['why']}")
+    if access.get("guest") and "guest" not in log.fields:
+        log.fields["guest"] = (access["guest"], f"log line {crash['line_no']}: the crash block's CS "
+                                                f"{crash['registers'].get('cs', 0):#x}")
+    log.notes.extend(f"log line {crash['line_no']}: {note}" for note in access["notes"])
+
+
 def parse_log(lines):
     """Read a Xen console or guest oops excerpt; return ``(fields, notes)``.
 
@@ -190,15 +223,18 @@ def parse_log(lines):
     caller: ``fields["linux_cr4"]`` holds a guest-printed CR4, ``fields["cr4"]`` a Xen-printed one.
     """
     log = _Excerpt()
+    crashes = CrashReader()
     for line_no, raw in enumerate(lines, 1):
         if len(raw) > MAX_LINE:
             continue
         log.line_no = line_no
         line = strip_prefix(raw.rstrip("\n"))
+        crashes.feed(line_no, strip_prefix(clean_line(raw)))
         for _kind, regex, every, read in _LOG_RX:
             for match in (regex.finditer(line) if every else [regex.search(line)]):
                 if match:
                     read(log, match.groups(), match, line)
+    add_crash(log, crashes.finish())
     fields = log.fields
     if "error" not in fields and "oops_error" in fields and "cr2" in fields:
         fields["error"] = fields["oops_error"]

@@ -22,7 +22,7 @@ tried in declaration order; the first regex that matches wins.
 import re
 from typing import Callable, NamedTuple, Optional
 
-from ...decode import decode_pf
+from ...decode import decode_cr0, decode_cr4, decode_pf
 from .sentences import (PAGE_TABLES, TYPE_NOUN, count_state, decode_flags24, decode_pte, domain_name,
                         entry_text, flags_hints, level_name, pfn_text, rc_text, request_text, type_state,
                         va_region)
@@ -424,5 +424,147 @@ def _fatal_trap(fields, pages):
                 + (f" (error code {error_code:#x})" if error_code is not None else "")
                 + ": the hypervisor panics.")
 
+
+
+# --- a crash: Xen's register dump and what leads to it (x86_64/traps.c show_registers, traps.c,
+# x86_64/entry.S, common/domain.c; the same text 4.4 ... 4.20). The rest of the block (general
+# registers, stack words, call-trace entries) is read by :mod:`.crash`.
+
+# traps.c asm_domain_crash_synchronous(): printk("domain_crash_sync called from entry.S: fault at %p %pS")
+@message("domain_crash_sync", "domain_crash_sync (entry.S)", "domain_crash_sync",
+         r"domain_crash_sync called from entry\.S: fault at (?:0x)?" + HEX + r"(?: (\S+))?",
+         lambda g: {"address": hex_int(g[0]), "symbol": g[1]})
+def _domain_crash_sync(fields, pages):
+    symbol = fields.get("symbol") or "?"
+    if symbol.split("#")[-1].startswith(("domain_crash_page_fault_", "compat_crash_page_fault")):
+        what = ("the fixup of a page fault Xen took writing the exception frame on the guest's stack "
+                "(the page walk just before names the address)")
+    elif "create_bounce_frame" in symbol:
+        what = ("where create_bounce_frame gave up delivering an event to the guest (no handler, or a bad "
+                "stack pointer), or, before Xen 4.14, the store that faulted (then a page walk precedes)")
+    else:
+        what = "where Xen's entry code gave up on the guest"
+    return {}, (f"Xen crashes the current domain from its entry code; 'fault at {fields['address']:#x} {symbol}' "
+                f"is {what}.")
+
+
+# common/domain.c __domain_crash()
+@message("domain_crashed", "Domain crashed", "crashed",
+         r"Domain (\d+) (?:\(vcpu#(\d+)\) crashed|reported crashed by domain (\d+)) on cpu#(\d+):",
+         lambda g: {"domain": int(g[0]), "vcpu": int(g[1]) if g[1] else None,
+                    "by": int(g[2]) if g[2] else None, "cpu": int(g[3])})
+def _domain_crashed(fields, pages):
+    if fields["by"] is not None:
+        return {}, f"d{fields['by']} reported d{fields['domain']} crashed (CPU {fields['cpu']}): no register dump follows."
+    return {}, (f"Xen crashes d{fields['domain']} (its vCPU {fields['vcpu']} was running on CPU {fields['cpu']}); "
+                f"the register dump that follows is that vCPU's, as saved when it entered Xen.")
+
+
+# x86_64/traps.c print_xen_info(): "----[ Xen-%d.%d%s  x86_64  debug=%c  %s ]----" (4.20: build info)
+@message("crash_header", "Register dump header", "----[ Xen-",
+         r"----\[ Xen-(\d+\.\d+\S*)\s+(\S+)\s+(?:debug=([yn])\s+)?(.*?)\s*\]----",
+         lambda g: {"version": g[0], "arch": g[1], "debug": g[2], "taint": g[3]})
+def _crash_header(fields, pages):
+    build = {"y": "a debug build", "n": "a release build", None: "build type not printed"}[fields["debug"]]
+    return {}, f"a register dump from Xen {fields['version']} ({fields['arch']}, {build}, {fields['taint']})."
+
+
+@message("crash_cpu", "Register dump CPU", "CPU:", r"^CPU:    (\d+)$", lambda g: {"cpu": int(g[0])})
+def _crash_cpu(fields, pages):
+    return {}, f"on physical CPU {fields['cpu']}."
+
+
+# "RIP:    %04x:[<%016lx>]" and " %pS" for Xen's own context
+@message("crash_rip", "Register dump RIP", "RIP:",
+         r"^RIP:    " + HEX + r":\[<" + HEX + r">\](?: (\S+))?",
+         lambda g: {"cs": hex_int(g[0]), "rip": hex_int(g[1]), "symbol": g[2]})
+def _crash_rip(fields, pages):
+    cs = fields["cs"]
+    ring = f"ring {cs & 3}" + (" (Xen)" if cs & 3 == 0 else "")
+    where = f" in {fields['symbol']}" if fields.get("symbol") else ""
+    return {}, f"RIP {fields['rip']:#x}{where}, CS {cs:#x} ({ring})."
+
+
+@message("crash_rflags", "Register dump RFLAGS/CONTEXT", "RFLAGS:",
+         r"^RFLAGS: " + HEX + r"\s+(?:EM: (\d)\s+)?CONTEXT: (hypervisor|pv guest|hvm guest)(?: \((\S+)\))?",
+         lambda g: {"rflags": hex_int(g[0]), "event_mask": int(g[1]) if g[1] else None, "context": g[2],
+                    "vcpu": g[3]})
+def _crash_rflags(fields, pages):
+    ac = int(bool(fields["rflags"] & (1 << 18)))
+    whose = {"hypervisor": "Xen's own registers (it was running in hypervisor context)",
+             "pv guest": f"the PV guest vCPU {fields['vcpu'] or '?'}'s registers (saved when it entered Xen)",
+             "hvm guest": f"the HVM guest vCPU {fields['vcpu'] or '?'}'s registers"}[fields["context"]]
+    return {}, f"RFLAGS {fields['rflags']:#x} (AC={ac}, IF={int(bool(fields['rflags'] & 0x200))}): {whose}."
+
+
+# "r15: %016lx   cr0: %016lx   cr4: %016lx": read from the CPU, except in HVM context
+@message("crash_cr0_cr4", "Register dump CR0/CR4", "cr4:",
+         r"\bcr0: " + HEX + r"\s+cr4: " + HEX,
+         lambda g: {"cr0": hex_int(g[0]), "cr4": hex_int(g[1])})
+def _crash_cr0_cr4(fields, pages):
+    cr0, cr4 = decode_cr0(fields["cr0"]), decode_cr4(fields["cr4"])
+    return {}, (f"CR0 {fields['cr0']:#x} ({' '.join(cr0['flags'])}), CR4 {fields['cr4']:#x} "
+                f"({' '.join(cr4['flags'])}): the CPU's own values (for an HVM vCPU: the guest's).")
+
+
+# "cr3: %016lx   cr2: %016lx": cr2 is the vCPU's (a PV guest's last fault address) in guest context
+@message("crash_cr3_cr2", "Register dump CR3/CR2", "cr2:",
+         r"\bcr3: " + HEX + r"\s+cr2: " + HEX,
+         lambda g: {"cr3": hex_int(g[0]), "cr2": hex_int(g[1])})
+def _crash_cr3_cr2(fields, pages):
+    return {}, (f"CR3 {fields['cr3']:#x} (the page-table root loaded), CR2 {fields['cr2']:#x} (in guest context: "
+                f"the guest's last page-fault address, not necessarily Xen's).")
+
+
+@message("crash_segments", "Register dump segments", "ss:",
+         r"^ds: " + HEX + r"\s+es: " + HEX + r"\s+fs: " + HEX + r"\s+gs: " + HEX + r"\s+ss: " + HEX
+         + r"\s+cs: " + HEX,
+         lambda g: {"ds": hex_int(g[0]), "es": hex_int(g[1]), "fs": hex_int(g[2]), "gs": hex_int(g[3]),
+                    "ss": hex_int(g[4]), "cs": hex_int(g[5])})
+def _crash_segments(fields, pages):
+    return {}, f"SS {fields['ss']:#x}, CS {fields['cs']:#x}."
+
+
+@message("xen_call_trace", "Xen call trace", "Xen call trace:", r"^Xen call trace:", lambda g: {})
+def _xen_call_trace(fields, pages):
+    return {}, "Xen's own call chain follows (innermost first): the crash happened in hypervisor context."
+
+
+# traps.c show_guest_stack(): "Guest stack trace from rsp=%p:", compat "esp=%08lx:"
+@message("guest_stack", "Guest stack trace", "Guest stack trace from",
+         r"Guest stack trace from (?:[er]?sp|ss:sp)\s*=\s*(?:([0-9a-fA-F]{4}):)?" + HEX,
+         lambda g: {"ss": hex_int(g[0]) if g[0] else None, "sp": hex_int(g[1])})
+def _guest_stack(fields, pages):
+    return {}, (f"the guest's stack words from {fields['sp']:#x} follow (read by Xen; a bounce frame Xen wrote "
+                f"for the event shows up at its top).")
+
+
+@message("hwdom_crashed", "Hardware domain crashed", "Hardware Dom0 crashed",
+         r"Hardware Dom0 crashed: (.*)", lambda g: {"what": g[0].strip()})
+def _hwdom_crashed(fields, pages):
+    return {}, f"dom0 is the hardware domain: its crash takes the host down ({fields['what']})."
+
+
+@message("panic", "Panic", "Panic on CPU", r"^Panic on CPU (\d+):", lambda g: {"cpu": int(g[0])})
+def _panic(fields, pages):
+    return {}, f"Xen panics on CPU {fields['cpu']}; the reason is on the next lines."
+
+
+# Xen touching guest memory elsewhere: domain.c load_segments(), pv/iret.c do_iret(), show_guest_stack()
+@message("guest_frame_fault", "Fault writing/reading a guest frame", "while",
+         r"(error while creating (?:compat )?failsafe callback frame|Fault while reading IRET context from "
+         r"guest stack|Fault while accessing guest memory)",
+         lambda g: {"what": g[0]})
+def _guest_frame_fault(fields, pages):
+    what = fields["what"]
+    if what.startswith("error"):
+        why = ("Xen could not write the failsafe callback frame on the guest's kernel stack (a segment reload "
+               "failed at context switch, and the stack is unmapped or read-only): the domain is crashed")
+    elif what.startswith("Fault while reading IRET"):
+        why = ("the guest's HYPERVISOR_iret frame at its stack pointer could not be read (copy_from_guest "
+               "faulted): the domain is crashed")
+    else:
+        why = "Xen could not read the guest's stack while dumping it (unmapped): the words stop here"
+    return {}, why + "."
 
 KIND_TEXT = {declared.kind: declared.text for declared in MESSAGES if declared.text is not None}
