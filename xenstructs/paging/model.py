@@ -14,6 +14,8 @@ STOP_REASONS = {
     "loop": "page table loop (a table is its own ancestor; enumeration does not re-enter it)",
     "non-canonical": "virtual address is not canonical",
     "out-of-range": "virtual address beyond the mode's width",
+    "too-many-mappings": "too many mappings: shared tables? (enumeration stopped at its bound, see MAX_TABLES "
+                         "and mapping_limit; the listing is incomplete from here)",
 }
 
 # Per mode: entry size, the VA shift of each level (top down), index bits of each level, VA width.
@@ -24,6 +26,13 @@ GEOMETRY = {
     "5level": (8, (48, 39, 30, 21, 12), (9, 9, 9, 9, 9), 57),
 }
 MAX_TABLES = 1 << 20            # enumeration reads at most 1 M tables (4 GiB): absurd tables stop
+# Pages one enumeration may list (each costs ~80 bytes at peak: va, pa, size, entry, rights, the
+# sort): a fixed allowance (2 M pages, ~160 MiB) plus 4 per 4 KiB page the dump holds (a tree of
+# tables has one leaf per entry; a PV guest maps its RAM once in 4 KiB pages in the direct map);
+# without a memory map (live stubs) 64 M.
+MAX_MAPPINGS_FIXED = 1 << 21
+MAPPINGS_PER_PAGE = 4
+MAX_MAPPINGS_LIVE = 1 << 26
 
 
 @dataclass
