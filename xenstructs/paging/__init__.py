@@ -18,5 +18,6 @@ from .model import GEOMETRY, MAX_TABLES, STOP_REASONS, Paging, canonical, reserv
 from .walk import Level, Walk, read_virt, translate, walk
 
 __all__ = ["GEOMETRY", "MAX_TABLES", "STOP_CODES", "STOP_REASONS", "Level", "Mappings", "Paging", "Range",
-           "Ranges", "Translations", "Walk", "canonical", "coalesce", "enumerate_mappings", "first_mappings", "mapping_limit", "read_entries",
-           "read_virt", "reserved_mask", "root_from_cr3", "translate", "translate_many", "walk"]
+           "Ranges", "Translations", "Walk", "canonical", "coalesce", "enumerate_mappings", "first_mappings",
+           "mapping_limit", "read_entries", "read_virt", "reserved_mask", "root_from_cr3", "translate",
+           "translate_many", "walk"]

@@ -429,6 +429,10 @@ def p2m_from_linux(target, paging, p2m_list_va, size):
     so the walk is the guest's own view. :return: uint64 array indexed by pfn."""
     if size <= 0 or size > MAX_ENTRIES:
         raise XenscopeError(f"P2M size {size} out of range (1..{MAX_ENTRIES})")
+    held = target.held_bytes()
+    if held is not None and size * 8 > held:
+        raise XenscopeError(f"P2M list of {size:#x} entries ({size * 8 >> 20} MiB) is larger than the "
+                            f"{held >> 20} MiB of memory the dump holds: a corrupt size?")
     if p2m_list_va & 7:
         raise XenscopeError(f"P2M list va {p2m_list_va:#x} is not 8-byte aligned")
     raw = _read_va_pages(target, paging, p2m_list_va, size * 8, "P2M list")
