@@ -179,3 +179,35 @@ def test_large_possible_max_page_changes_no_answer(manifest, tmp_path):
     path = _with_max_page(manifest, tmp_path, 1 << 32)
     census = ok_json(limited("frames", path, "--summary", "--json", "--xen-syms", MAP)[0])["census"]
     assert census["by_owner"] == {k: v for k, v in manifest["census"].items() if k != "free"}
+
+
+# -- compressed DWARF: the size a section inflates to is a claim ---------------------------------
+
+def _compressed_object(tmp_path):
+    """A small ELF object whose DWARF gcc compressed (SHF_COMPRESSED, zlib), and where its
+    .debug_info's Elf64_Chdr.ch_size lies in the file (found with readelf, not with xenstructs)."""
+    src = tmp_path / "t.c"
+    src.write_text("struct page_info { unsigned long a, count_info; };\nstruct page_info x;\n")
+    obj = tmp_path / "t.o"
+    subprocess.run(["gcc", "-g", "-c", "-gz=zlib", str(src), "-o", str(obj)], check=True)
+    out = subprocess.run(["readelf", "-S", "-W", str(obj)], capture_output=True, text=True, check=True).stdout
+    line = next(ln for ln in out.splitlines() if ln.split("]")[-1].split()[:1] == [".debug_info"])
+    fields = line.split("]")[-1].split()
+    assert "C" in fields[6], line                       # the compressed flag
+    return obj, int(fields[3], 16) + 8                   # ch_type, ch_reserved, then ch_size
+
+
+@pytest.mark.parametrize("claim", [1 << 40, 16], ids=["huge-claim", "inflates-past-its-claim"])
+def test_compressed_dwarf_is_bounded(tmp_path, claim):
+    sys.path.insert(0, TOP)
+    from xenstructs.errors import XenscopeError
+    from xenstructs.formats.dwarf import dwarf_of
+    obj, at = _compressed_object(tmp_path)
+    with dwarf_of(str(obj), "no DWARF") as (_, dwarf):          # intact: read as usual
+        assert sum(1 for _ in dwarf.iter_CUs()) == 1
+    with open(obj, "r+b") as f:
+        f.seek(at)
+        f.write(struct.pack("<Q", claim))
+    with pytest.raises(XenscopeError, match=r"\.debug_info (claims|inflates)"):
+        with dwarf_of(str(obj), "no DWARF"):
+            pass
