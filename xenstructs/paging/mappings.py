@@ -11,8 +11,8 @@ if TYPE_CHECKING:                # annotations only: numpy is imported where it 
 
 from .. import decode
 from ..errors import NotInDump
-from .model import (GEOMETRY, MAPPINGS_PER_PAGE, MAX_MAPPINGS_FIXED, MAX_MAPPINGS_LIVE, MAX_TABLES, TABLE_CHUNK,
-                    canonical, reserved_mask)
+from .model import (GEOMETRY, MAPPINGS_PER_PAGE, MAX_MAPPINGS_FIXED, MAX_MAPPINGS_LIVE, MAX_TABLES,
+                    SHARED_ALLOWANCE, TABLE_CHUNK, canonical, reserved_mask)
 
 
 @dataclass
@@ -45,14 +45,15 @@ def _bit(arr, n):
 
 
 def mapping_limit(target):
-    """How many pages one enumeration may list: :data:`MAX_MAPPINGS_FIXED` plus
-    :data:`MAPPINGS_PER_PAGE` per 4 KiB page of memory the target holds (a tree of tables cannot
-    name more leaves than its entries; only shared lower tables can), :data:`MAX_MAPPINGS_LIVE`
-    when the target has no memory map (live stubs)."""
+    """How many pages one enumeration may list at most: :data:`MAX_MAPPINGS_FIXED`, or
+    :data:`MAPPINGS_PER_PAGE` per 4 KiB page of memory the target holds when that is more,
+    :data:`MAX_MAPPINGS_LIVE` when the target has no memory map (live stubs). Within it, an
+    enumeration also stops past 512 pages per distinct table read plus :data:`SHARED_ALLOWANCE`
+    (a tree of tables has at most one leaf per entry: only shared tables go past it)."""
     held = target.held_bytes()
     if held is None:
         return MAX_MAPPINGS_LIVE
-    return MAX_MAPPINGS_FIXED + MAPPINGS_PER_PAGE * (held >> 12)
+    return max(MAX_MAPPINGS_FIXED, MAPPINGS_PER_PAGE * (held >> 12))
 
 
 def enumerate_mappings(target, paging, va_start=0, va_end=None, max_mappings=None):
@@ -88,6 +89,7 @@ class _Enumeration:
         self.max_mappings = max(0, max_mappings)
         self.out, self.problems = [], []
         self.ntables = self.nmaps = self.pending = 0
+        self.distinct = set()            # table addresses read: a tree has at most 512 leaves per table
         self.stopped = False
 
     def run(self):
@@ -129,6 +131,7 @@ class _Enumeration:
                                       "loop", None))
                 continue
             self.ntables += 1
+            self.distinct.add(tpa)
             try:
                 raws.append(self.t.read_phys(tpa, n * self.esize) if n * self.esize < 4096
                             else self.t.read_table(tpa))
@@ -223,7 +226,7 @@ class _Enumeration:
     def _leaves(self, name, span, ename, ent, cva, rw, us, nx):
         """Keep the leaves of a chunk, up to the mapping limit (past it: stop)."""
         import numpy as np
-        room = self.max_mappings - self.nmaps
+        room = min(self.max_mappings, SHARED_ALLOWANCE + 512 * len(self.distinct)) - self.nmaps
         if len(ent) > room:
             self._stop(int(cva[room]), ename)
             ent, cva, rw, us, nx = ent[:room], cva[:room], rw[:room], us[:room], nx[:room]

@@ -26,10 +26,13 @@ GEOMETRY = {
     "5level": (8, (48, 39, 30, 21, 12), (9, 9, 9, 9, 9), 57),
 }
 MAX_TABLES = 1 << 20            # enumeration reads at most 1 M tables (4 GiB): absurd tables stop
-# Pages one enumeration may list (each costs ~80 bytes at peak: va, pa, size, entry, rights, the
-# sort): a fixed allowance (2 M pages, ~160 MiB) plus 4 per 4 KiB page the dump holds (a tree of
-# tables has one leaf per entry; a PV guest maps its RAM once in 4 KiB pages in the direct map);
-# without a memory map (live stubs) 64 M.
+# Pages one enumeration may list (each costs ~100 bytes at peak, ~500 more as an output line):
+# - at most 512 per distinct table read plus SHARED_ALLOWANCE: a tree of tables has one leaf per
+#   entry at most, only tables shared by many entries (a DAG) go past it;
+# - and at most MAX_MAPPINGS_FIXED (2 M; sparse synthetic dumps map much memory they do not hold),
+#   or MAPPINGS_PER_PAGE per 4 KiB page the dump holds when that is more; 64 M without a memory
+#   map (live stubs).
+SHARED_ALLOWANCE = 1 << 16
 MAX_MAPPINGS_FIXED = 1 << 21
 MAPPINGS_PER_PAGE = 4
 MAX_MAPPINGS_LIVE = 1 << 26
@@ -74,7 +77,7 @@ def canonical(va, mode):
     return va
 
 
-TABLE_CHUNK = 4096               # tables decoded together (16 MiB of entries at most)
+TABLE_CHUNK = 1024               # tables decoded together (4 MiB of entries, ~25 MiB of work arrays)
 PAGE = 4096
 
 
