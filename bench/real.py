@@ -15,6 +15,7 @@ VMCOREINFO) and on that dump measures:
     ``Program.read(va, 1)``). Every answer is checked against ``info tlb``.
 (b) ``maps`` of the whole address space: xenscope ``enumerate_mappings`` + ``coalesce`` seconds
     against QEMU ``info tlb`` seconds, and the page count / (va, pa) set against ``info tlb``.
+(c) peak RSS of every command on the dump (bench/memory.py), held to RAM / 4 + 200 MiB.
 
 Exit status 0 when every check agrees.
 """
@@ -205,6 +206,9 @@ def main():
         ok &= random_translations(args, target, context.paging, dump, tlb_va, tlb_pa, drgn, drgn_follow_phys)
         ok &= whole_maps(args, target, context, tlb_va, tlb_pa, t_tlb)
         target.close()
+        print("\n(c) peak RSS of every command on this dump (bench/memory.py):", flush=True)
+        import memory as bench_memory
+        ok &= bench_memory.main([dump]) == 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{'all checks agree' if ok else 'DISAGREEMENT (see above)'}")

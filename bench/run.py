@@ -18,6 +18,10 @@
     core through crash's readmem() against the CLI's own reader. Targets: <= 0.5 s and <= 3x.
 (e) ``modcheck`` (bench/modcheck.py): 1000 task page directories x 2000 module pages built in memory,
     fast path against the exhaustive per-page walk (2-level, PAE, 4-level). Target: fast <= 1 s.
+(g) peak RSS (bench/memory.py) of every command on every bundled core (Xen host cores with and
+    without their .map), each run a child process measured with wait4(); bound: the RAM the dump
+    holds / 4 + 200 MiB. (c) measures the real kernel dump the same way. With --quick: the Xen
+    host cores only.
 """
 
 import argparse
@@ -125,6 +129,10 @@ def main():
     r = subprocess.run([sys.executable, os.path.join(HERE, "crash.py")] + (["--quick"] if a.quick else []),
                        timeout=900)
     ok &= r.returncode == 0
+    print("(g) peak RSS of every command on every bundled core (bench/memory.py):", flush=True)
+    import memory as bench_memory
+    cores = [c for c in bench_memory.bundled() if not a.quick or os.path.basename(c).startswith("xen-")]
+    ok &= bench_memory.main(cores) == 0
     return 0 if ok else 1
 
 

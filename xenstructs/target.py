@@ -155,6 +155,16 @@ class Target:
             return None
         return any(s <= addr < e for s, e in ranges)
 
+    def held_bytes(self):
+        """Bytes of memory the target holds (the sum of :meth:`phys_ranges`), None when it has no
+        memory map (live stubs): what bounds on work and memory are scaled by. Computed once."""
+        held = getattr(self, "_held_bytes", False)
+        if held is False:
+            ranges = self.phys_ranges()
+            held = sum(end - start for start, end in ranges) if ranges else None
+            self._held_bytes = held
+        return held
+
     def in_memory(self, addr):
         """True if ``addr`` lies in a known physical range (always True when ranges are unknown)."""
         return self.holds(addr) is not False

@@ -225,7 +225,7 @@ def _maps_render(r, args):
                 for p in r["pages"][:lim]]
         out.append(tabulate(rows, headers=("va", "pa", "size", "rights", "entry"), tablefmt="simple",
                             disable_numparse=True))
-        shown, total = len(rows), len(r["pages"])
+        shown, total = len(rows), r["page_count"]
     else:
         rows = [(f"{g['va_start']:#018x}-{g['va_end']:#018x}", f"{g['size']:#x}",
                  "-" if g["pa_start"] is None else f"{g['pa_start']:#x}", g["pages"],
@@ -233,10 +233,13 @@ def _maps_render(r, args):
                 for g in r["ranges"][:lim]]
         out.append(tabulate(rows, headers=("va range", "size", "pa start", "pages", "rights"),
                             tablefmt="simple", disable_numparse=True))
-        shown, total = len(rows), len(r["ranges"])
-    if shown < total:
+        shown, total = len(rows), r.get("range_count", len(r["ranges"]))
+    if r.get("stopped_at") is not None:
+        out.append(f"... --limit {args.limit}: listing stopped at va {r['stopped_at']:#x} (use --limit 0 for all)")
+    elif shown < total:
         out.append(f"... {total - shown} more (use --limit 0)")
-    out.append(f"{r['page_count']} pages, {r['tables']} tables read, {r['mode']}, cr3 {r['cr3']:#x}; "
+    what = "pages enumerated" if r.get("stopped_at") is not None else "pages"
+    out.append(f"{r['page_count']} {what}, {r['tables']} tables read, {r['mode']}, cr3 {r['cr3']:#x}; "
                "rights: u/s user/supervisor, w writable, x executable")
     for pr in r["problems"]:
         ent = "" if pr["entry"] is None else f" (entry {pr['entry']:#x})"
@@ -256,27 +259,40 @@ def _maps_render(r, args):
                       "pages are not contiguous (how QEMU's info mem merges)"),
              arg("--ignore-nx", action="store_true",
                  help="merge pages whose only difference is NX (with --ignore-pa: exactly QEMU's info mem)"),
-             arg("--limit", type=number, default=0, help="print at most N lines (0: all)"),
+             arg("--limit", type=number, default=0,
+                 help="list at most N lines (0: all); the enumeration stops once they are known"),
              PAGING],
          render=_maps_render)
 def maps(target, args):
+    from ..paging import first_mappings
+    if args.limit < 0:
+        raise UsageError(f"--limit {args.limit}: give N >= 0 (0: all)")
     ctx = _context(target, args)
     start, end = args.va_range
-    m = enumerate_mappings(target, ctx.paging, start, end)
+    stopped = None
+    if args.limit:
+        def enough(m):                   # the first N lines are certain (a range may go on: N + 1)
+            return len(m) >= args.limit if args.pages else \
+                len(coalesce(m, ignore_pa=args.ignore_pa, ignore_nx=args.ignore_nx)) > args.limit
+        m, stopped = first_mappings(target, ctx.paging, start, end, enough)
+    else:
+        m = enumerate_mappings(target, ctx.paging, start, end)
     res = {"mode": ctx.paging.mode, "cr3": ctx.cr3, "root_pa": ctx.paging.root,
-           "tables": m.tables, "page_count": len(m),
+           "tables": m.tables, "page_count": len(m), "stopped_at": stopped,
            "problems": [{"va_start": a, "va_end": b, "level": lvl, "reason": why, "entry": ent}
                         for a, b, lvl, why, ent in m.problems]}
+    lim = args.limit or None
     if args.pages:
         res["pages"] = [{"va": va, "pa": pa, "size": sz, "entry": en, "writable": w, "user": u, "nx": x}
-                        for va, pa, sz, en, w, u, x in zip(m.va.tolist(), m.pa.tolist(), m.size.tolist(),
-                                                           m.entry.tolist(), m.rw.tolist(), m.us.tolist(),
-                                                           m.nx.tolist())]
+                        for va, pa, sz, en, w, u, x in zip(*(col[:lim].tolist() for col in (
+                            m.va, m.pa, m.size, m.entry, m.rw, m.us, m.nx)))]
     else:
+        ranges = coalesce(m, ignore_pa=args.ignore_pa, ignore_nx=args.ignore_nx)
         res["ranges"] = [{"va_start": r.va_start, "va_end": r.va_end, "size": r.va_end - r.va_start,
                           "pa_start": r.pa_start, "pages": r.pages, "writable": r.writable,
                           "user": r.user, "nx": None if args.ignore_nx else r.nx}
-                         for r in coalesce(m, ignore_pa=args.ignore_pa, ignore_nx=args.ignore_nx)]
+                         for _, r in zip(range(lim or len(ranges)), ranges)]
+        res["range_count"] = len(ranges)
     return res
 
 

@@ -69,6 +69,9 @@ def list_for_each(kernel, head, what="list", max_entries=MAX_ENTRIES, strict=Fal
     :return: :class:`Walked` of node addresses; ``.error`` is the :class:`ListError`, if any
     :raises ListError: instead, when ``strict``
     """
+    held = kernel.target.held_bytes()
+    if held is not None:                 # every node is two distinct pointers the dump holds
+        max_entries = min(max_entries, held // (2 * kernel.ptr_size))
     out = Walked()
     seen = {head}
     prev = head

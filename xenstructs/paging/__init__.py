@@ -12,11 +12,12 @@ Where a walk stops it says why (:data:`STOP_REASONS`). A hole in the dump (``not
 reported as ``not-present``.
 """
 
-from .mappings import Mappings, Range, Ranges, coalesce, enumerate_mappings
+from .mappings import Mappings, Range, Ranges, coalesce, enumerate_mappings, first_mappings, mapping_limit
 from .many import STOP_CODES, Translations, read_entries, translate_many
 from .model import GEOMETRY, MAX_TABLES, STOP_REASONS, Paging, canonical, reserved_mask, root_from_cr3
 from .walk import Level, Walk, read_virt, translate, walk
 
 __all__ = ["GEOMETRY", "MAX_TABLES", "STOP_CODES", "STOP_REASONS", "Level", "Mappings", "Paging", "Range",
-           "Ranges", "Translations", "Walk", "canonical", "coalesce", "enumerate_mappings", "read_entries",
-           "read_virt", "reserved_mask", "root_from_cr3", "translate", "translate_many", "walk"]
+           "Ranges", "Translations", "Walk", "canonical", "coalesce", "enumerate_mappings", "first_mappings",
+           "mapping_limit", "read_entries", "read_virt", "reserved_mask", "root_from_cr3", "translate",
+           "translate_many", "walk"]

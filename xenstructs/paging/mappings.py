@@ -10,8 +10,9 @@ if TYPE_CHECKING:                # annotations only: numpy is imported where it 
     import numpy as np
 
 from .. import decode
-from ..errors import NotInDump, XenscopeError
-from .model import GEOMETRY, MAX_TABLES, TABLE_CHUNK, canonical, reserved_mask
+from ..errors import NotInDump
+from .model import (GEOMETRY, MAPPINGS_PER_PAGE, MAX_MAPPINGS_FIXED, MAX_MAPPINGS_LIVE, MAX_TABLES,
+                    SHARED_ALLOWANCE, TABLE_CHUNK, canonical, reserved_mask)
 
 
 @dataclass
@@ -43,120 +44,241 @@ def _bit(arr, n):
     return ((arr >> np.uint64(n)) & np.uint64(1)).astype(bool)
 
 
-def enumerate_mappings(target, paging, va_start=0, va_end=None):
+def mapping_limit(target):
+    """How many pages one enumeration may list at most: :data:`MAX_MAPPINGS_FIXED`, or
+    :data:`MAPPINGS_PER_PAGE` per 4 KiB page of memory the target holds when that is more,
+    :data:`MAX_MAPPINGS_LIVE` when the target has no memory map (live stubs). Within it, an
+    enumeration also stops past 512 pages per distinct table read plus :data:`SHARED_ALLOWANCE`
+    (a tree of tables has at most one leaf per entry: only shared tables go past it)."""
+    held = target.held_bytes()
+    if held is None:
+        return MAX_MAPPINGS_LIVE
+    return max(MAX_MAPPINGS_FIXED, MAPPINGS_PER_PAGE * (held >> 12))
+
+
+def enumerate_mappings(target, paging, va_start=0, va_end=None, max_mappings=None):
     """List every mapped page whose span meets ``[va_start, va_end)`` (canonical addresses).
 
     Level by level, the tables of a level are read whole (one read each) and decoded together as
-    one numpy array, in chunks of :data:`TABLE_CHUNK` tables: no Python loop per entry. Tables
-    are bounded by :data:`MAX_TABLES`; a table found among its own ancestors (a recursive entry)
-    is reported as a ``loop`` problem and not entered again.
+    one numpy array, in chunks of :data:`TABLE_CHUNK` tables: no Python loop per entry. A table
+    found among its own ancestors (a recursive entry) is reported as a ``loop`` problem and not
+    entered again. Work is bounded as it goes: at most :data:`MAX_TABLES` table reads (counted
+    before the next level's arrays are built) and ``max_mappings`` pages (default
+    :func:`mapping_limit`); past either, enumeration stops with a ``too-many-mappings`` problem
+    (tables shared by many entries make a DAG whose mappings multiply) and returns what it has.
     """
-    import numpy as np          # imported here so that loading the commands (gdb start-up) stays cheap
-    mode = paging.mode
-    esize, shifts, widths, bits = GEOMETRY[mode]
-    names = decode.LEVELS[mode]
-    if va_end is None or va_end > 1 << 64:
-        va_end = 1 << 64
-    dtype = np.dtype("<u4") if esize == 4 else np.dtype("<u8")
-    fmask = decode.frame_mask(mode, paging.maxphyaddr)
-    sign = np.uint64(1 << (bits - 1)) if bits > 32 else None
-    ext = np.uint64(((1 << 64) - 1) & ~((1 << bits) - 1)) if bits > 32 else None
-    out = []
-    problems = []
-    ntables = 0
+    return _Enumeration(target, paging, va_start, va_end,
+                        mapping_limit(target) if max_mappings is None else max_mappings).run()
 
-    # items of the current level: table pa, raw va base, inherited rights, ancestor tables
-    items = (np.array([paging.root], np.uint64), np.zeros(1, np.uint64), np.ones(1, bool),
-             np.ones(1, bool), np.zeros(1, bool), np.zeros((1, 0), np.uint64))
-    for li, name in enumerate(names):
-        shift, n = shifts[li], 1 << widths[li]
-        span = 1 << shift
+
+class _Enumeration:
+    """One bounded breadth-first enumeration (see :func:`enumerate_mappings`)."""
+
+    def __init__(self, target, paging, va_start, va_end, max_mappings):
+        import numpy as np          # imported here so that loading the commands (gdb start-up) stays cheap
+        self.t, self.paging, self.mode = target, paging, paging.mode
+        self.esize, self.shifts, self.widths, self.bits = GEOMETRY[self.mode]
+        self.names = decode.LEVELS[self.mode]
+        self.va_start = va_start
+        self.va_end = 1 << 64 if va_end is None or va_end > 1 << 64 else va_end
+        self.dtype = np.dtype("<u4") if self.esize == 4 else np.dtype("<u8")
+        self.fmask = decode.frame_mask(self.mode, paging.maxphyaddr)
+        bits = self.bits
+        self.sign = np.uint64(1 << (bits - 1)) if bits > 32 else None
+        self.ext = np.uint64(((1 << 64) - 1) & ~((1 << bits) - 1)) if bits > 32 else None
+        self.max_mappings = max(0, max_mappings)
+        self.out, self.problems = [], []
+        self.ntables = self.nmaps = self.pending = 0
+        self.distinct = set()            # table addresses read: a tree has at most 512 leaves per table
+        self.stopped = False
+
+    def run(self):
+        import numpy as np
+        # items of the current level: table pa, raw va base, inherited rights, ancestor tables
+        items = (np.array([self.paging.root], np.uint64), np.zeros(1, np.uint64), np.ones(1, bool),
+                 np.ones(1, bool), np.zeros(1, bool), np.zeros((1, 0), np.uint64))
+        for li in range(len(self.names)):
+            items = self._level(li, items)
+            if items is None or self.stopped:
+                break
+        if self.out:
+            cols = [np.concatenate([c[k] for c in self.out]) for k in range(7)]
+            self.out = None
+            order = np.argsort(cols[0], kind="stable")       # runs are already sorted per level
+            cols = [c[order] for c in cols]
+        else:
+            cols = [np.zeros(0, np.uint64)] * 4 + [np.zeros(0, bool)] * 3
+        self.problems.sort(key=lambda p: p[0])
+        return Mappings(self.mode, *cols, problems=self.problems, tables=self.ntables)
+
+    def _stop(self, va, ename):
+        """Too many mappings: record the problem once (from ``va`` to the end of the range)."""
+        if not self.stopped:
+            self.stopped = True
+            self.problems.append((_va_of(self.mode, va), _va_of(self.mode, self.va_end - 1) + 1, ename,
+                                  "too-many-mappings", None))
+
+    def _read(self, li, tabs, base, anc):
+        """Read a chunk's tables: (raw bytes list, indexes kept); loops and holes become problems."""
+        n, span = 1 << self.widths[li], 1 << self.shifts[li]
+        ename = decode.ENTRY_NAMES[self.names[li]]
+        raws, keep = [], []
+        for k, tpa in enumerate(tabs.tolist()):
+            lo = int(base[k])
+            if tpa in anc[k].tolist():
+                prev = decode.ENTRY_NAMES[self.names[li - 1]]
+                self.problems.append((_va_of(self.mode, lo), _va_of(self.mode, lo + n * span - 1) + 1, prev,
+                                      "loop", None))
+                continue
+            self.ntables += 1
+            self.distinct.add(tpa)
+            try:
+                raws.append(self.t.read_phys(tpa, n * self.esize) if n * self.esize < 4096
+                            else self.t.read_table(tpa))
+            except NotInDump:
+                self.problems.append((_va_of(self.mode, lo), _va_of(self.mode, lo + n * span - 1) + 1, ename,
+                                      "not-in-dump", None))
+                continue
+            keep.append(k)
+        return raws, keep
+
+    def _level(self, li, items):
+        """Every table of level ``li``: leaves into ``out``, the next level's items returned."""
+        import numpy as np
+        nxt = []
+        self.pending = 0                 # the next level's tables, counted before they are built
+        for c0 in range(0, len(items[0]), TABLE_CHUNK):
+            got = self._chunk(li, *(x[c0:c0 + TABLE_CHUNK] for x in items))
+            if got is not None:
+                nxt.append(got)
+            if self.stopped:
+                break
+        if not nxt or li + 1 >= len(self.names):
+            return None
+        return tuple(np.concatenate([x[k] for x in nxt]) for k in range(6))
+
+    def _entries(self, li, raws, base):
+        """The chunk's entries as a (tables x entries) array, their raw and canonical vas."""
+        import numpy as np
+        n, shift = 1 << self.widths[li], self.shifts[li]
+        arr = np.frombuffer(b"".join(raws), dtype=self.dtype).astype(np.uint64).reshape(len(raws), n)
+        vas = base[:, None] + (np.arange(n, dtype=np.uint64) << np.uint64(shift))[None, :]
+        cva = np.where(vas & self.sign, vas | self.ext, vas) if self.bits > 32 else vas
+        return arr, vas, cva
+
+    def _rights(self, name, arr, rw, us, nx):
+        import numpy as np
+        n = arr.shape[1]
+        if self.mode == "pae" and name == "PDPT":            # PAE PDPTEs carry no rights
+            return np.repeat(rw[:, None], n, 1), np.repeat(us[:, None], n, 1), np.repeat(nx[:, None], n, 1)
+        e_nx = nx[:, None] | (_bit(arr, 63) & self.paging.nxe) if self.esize == 8 else np.repeat(nx[:, None], n, 1)
+        return rw[:, None] & _bit(arr, 1), us[:, None] & _bit(arr, 2), e_nx
+
+    def _chunk(self, li, tabs, base, rw, us, nx, anc):
+        """One chunk of tables of level ``li``; returns the next level's items for it (or None)."""
+        import numpy as np
+        name = self.names[li]
+        span = 1 << self.shifts[li]
         ename = decode.ENTRY_NAMES[name]
         leaf_level = name == "PT"
-        can_be_large = (name == "PD" and not (mode == "2level" and not paging.cr4 & decode.CR4_PSE)) or \
-                       (name == "PDPT" and mode in ("4level", "5level"))
-        rsv_tab = np.uint64(reserved_mask(paging, name, False))
-        rsv_big = np.uint64(reserved_mask(paging, name, True)) if can_be_large or leaf_level else None
-        nxt = []
-        tabs_all, base_all, rw_all, us_all, nx_all, anc_all = items
-        for c0 in range(0, len(tabs_all), TABLE_CHUNK):
-            sl = slice(c0, c0 + TABLE_CHUNK)
-            tabs, base, rw, us, nx, anc = (tabs_all[sl], base_all[sl], rw_all[sl], us_all[sl],
-                                           nx_all[sl], anc_all[sl])
-            raws, keep = [], []
-            for k, tpa in enumerate(tabs.tolist()):
-                lo = int(base[k])
-                if tpa in anc[k].tolist():
-                    prev = decode.ENTRY_NAMES[names[li - 1]]
-                    problems.append((_va_of(mode, lo), _va_of(mode, lo + n * span - 1) + 1, prev, "loop", None))
-                    continue
-                ntables += 1
-                if ntables > MAX_TABLES:
-                    raise XenscopeError(f"more than {MAX_TABLES} page tables: the tables are absurd or loop")
-                try:
-                    raws.append(target.read_phys(tpa, n * esize) if n * esize < 4096 else target.read_table(tpa))
-                except NotInDump:
-                    problems.append((_va_of(mode, lo), _va_of(mode, lo + n * span - 1) + 1, ename, "not-in-dump", None))
-                    continue
-                keep.append(k)
-            if not keep:
-                continue
-            keep = np.array(keep)
-            tabs, base, rw, us, nx, anc = tabs[keep], base[keep], rw[keep], us[keep], nx[keep], anc[keep]
-            arr = np.frombuffer(b"".join(raws), dtype=dtype).astype(np.uint64).reshape(len(keep), n)
-            vas = base[:, None] + (np.arange(n, dtype=np.uint64) << np.uint64(shift))[None, :]
-            cva = np.where(vas & sign, vas | ext, vas) if bits > 32 else vas
-            present = _bit(arr, 0) & (cva + np.uint64(span - 1) >= np.uint64(va_start))
-            if va_end < 1 << 64:
-                present &= cva < np.uint64(va_end)
-            if not present.any():
-                continue
-            if mode == "pae" and name == "PDPT":            # PAE PDPTEs carry no rights
-                e_rw = np.repeat(rw[:, None], n, 1)
-                e_us = np.repeat(us[:, None], n, 1)
-                e_nx = np.repeat(nx[:, None], n, 1)
-            else:
-                e_rw = rw[:, None] & _bit(arr, 1)
-                e_us = us[:, None] & _bit(arr, 2)
-                e_nx = nx[:, None] | (_bit(arr, 63) & paging.nxe) if esize == 8 else np.repeat(nx[:, None], n, 1)
-            if leaf_level:
-                large = present
-            elif can_be_large:
-                large = present & _bit(arr, 7)
-            else:
-                large = np.zeros_like(present)
-            bad = present & ~large & ((arr & rsv_tab) != 0)
-            if rsv_big is not None:
-                bad |= large & ((arr & rsv_big) != 0)
-            if bad.any():
-                for r, c in zip(*np.nonzero(bad)):
-                    problems.append((int(cva[r, c]), int(cva[r, c]) + span, ename, "reserved", int(arr[r, c])))
-            leaf = large & ~bad
-            if leaf.any():
-                ent = arr[leaf]
-                if mode == "2level" and name == "PD":
-                    pa = (ent & np.uint64(0xFFC00000)) | (((ent >> np.uint64(13)) & np.uint64(0xFF)) << np.uint64(32))
-                else:
-                    pa = ent & np.uint64(fmask & ~(span - 1))
-                out.append((cva[leaf], pa, np.full(len(ent), span, np.uint64), ent,
-                            e_rw[leaf], e_us[leaf], e_nx[leaf]))
-            down = present & ~large & ~bad
-            if down.any() and li + 1 < len(names):
-                r, c = np.nonzero(down)
-                nxt.append((arr[r, c] & np.uint64(fmask), vas[r, c], e_rw[r, c], e_us[r, c], e_nx[r, c],
-                            np.concatenate([anc[r], tabs[r][:, None]], axis=1)))
-        if not nxt:
-            break
-        items = tuple(np.concatenate([x[k] for x in nxt]) for k in range(6))
+        can_be_large = (name == "PD" and not (self.mode == "2level" and not self.paging.cr4 & decode.CR4_PSE)) or \
+                       (name == "PDPT" and self.mode in ("4level", "5level"))
+        raws, keep = self._read(li, tabs, base, anc)
+        if not keep:
+            return None
+        keep = np.array(keep)
+        tabs, base, rw, us, nx, anc = tabs[keep], base[keep], rw[keep], us[keep], nx[keep], anc[keep]
+        arr, vas, cva = self._entries(li, raws, base)
+        del raws
+        present = _bit(arr, 0) & (cva + np.uint64(span - 1) >= np.uint64(self.va_start))
+        if self.va_end < 1 << 64:
+            present &= cva < np.uint64(self.va_end)
+        if not present.any():
+            return None
+        e_rw, e_us, e_nx = self._rights(name, arr, rw, us, nx)
+        if leaf_level:
+            large = present
+        elif can_be_large:
+            large = present & _bit(arr, 7)
+        else:
+            large = np.zeros_like(present)
+        rsv_tab = np.uint64(reserved_mask(self.paging, name, False))
+        bad = present & ~large & ((arr & rsv_tab) != 0)
+        if can_be_large or leaf_level:
+            bad |= large & ((arr & np.uint64(reserved_mask(self.paging, name, True))) != 0)
+        if bad.any():
+            for r, c in zip(*np.nonzero(bad)):
+                self.problems.append((int(cva[r, c]), int(cva[r, c]) + span, ename, "reserved", int(arr[r, c])))
+        leaf = large & ~bad
+        if leaf.any():
+            self._leaves(name, span, ename, arr[leaf], cva[leaf], e_rw[leaf], e_us[leaf], e_nx[leaf])
+        down = present & ~large & ~bad
+        if self.stopped or not down.any() or li + 1 >= len(self.names):
+            return None
+        r, c = np.nonzero(down)
+        self.pending += len(r)
+        if self.ntables + self.pending > MAX_TABLES:
+            self._stop(int(cva[r[0], c[0]]), ename)
+            return None
+        return (arr[r, c] & np.uint64(self.fmask), vas[r, c], e_rw[r, c], e_us[r, c], e_nx[r, c],
+                np.concatenate([anc[r], tabs[r][:, None]], axis=1))
 
-    if out:
-        cols = [np.concatenate([c[k] for c in out]) for k in range(7)]
-        order = np.argsort(cols[0], kind="stable")       # runs are already sorted per level
-        cols = [c[order] for c in cols]
-    else:
-        cols = [np.zeros(0, np.uint64)] * 4 + [np.zeros(0, bool)] * 3
-    problems.sort(key=lambda p: p[0])
-    return Mappings(mode, *cols, problems=problems, tables=ntables)
+    def _leaves(self, name, span, ename, ent, cva, rw, us, nx):
+        """Keep the leaves of a chunk, up to the mapping limit (past it: stop)."""
+        import numpy as np
+        room = min(self.max_mappings, SHARED_ALLOWANCE + 512 * len(self.distinct)) - self.nmaps
+        if len(ent) > room:
+            self._stop(int(cva[room]), ename)
+            ent, cva, rw, us, nx = ent[:room], cva[:room], rw[:room], us[:room], nx[:room]
+        self.nmaps += len(ent)
+        if self.mode == "2level" and name == "PD":
+            pa = (ent & np.uint64(0xFFC00000)) | (((ent >> np.uint64(13)) & np.uint64(0xFF)) << np.uint64(32))
+        else:
+            pa = ent & np.uint64(self.fmask & ~(span - 1))
+        self.out.append((cva, pa, np.full(len(ent), span, np.uint64), ent, rw, us, nx))
+
+
+FIRST_WINDOW = 1 << 21           # first_mappings: the first window (one page table's span), then doubled
+
+
+def first_mappings(target, paging, va_start, va_end, enough):
+    """Enumerate ``[va_start, va_end)`` in growing windows (2 MiB, then doubling) until
+    ``enough(mappings)`` says the lines wanted are certain: the work of ``maps --limit N`` follows N,
+    not the size of the address space.
+
+    :return: ``(Mappings of the windows enumerated, va where it stopped or None when it reached
+             va_end)``; a ``too-many-mappings`` problem in a window also stops it there.
+    """
+    import numpy as np
+    end = 1 << 64 if va_end is None or va_end > 1 << 64 else va_end
+    parts, problems, seen, tables = [], [], set(), 0
+    lo, width, stop = va_start, FIRST_WINDOW, None
+    while lo < end:
+        hi = min(end, lo + width)
+        m = enumerate_mappings(target, paging, lo, hi)
+        parts.append(m)
+        tables += m.tables
+        for p in m.problems:
+            if p[:4] not in seen:
+                seen.add(p[:4])
+                problems.append(p)
+        merged = _merge(paging.mode, parts, problems, tables)
+        if any(p[3] == "too-many-mappings" for p in m.problems):
+            return merged, None
+        if hi < end and enough(merged):
+            stop = hi
+            break
+        lo, width = hi, min(width * 2, 1 << 64)
+    if not parts:
+        z = np.zeros(0, np.uint64)
+        return Mappings(paging.mode, z, z, z, z, *(np.zeros(0, bool),) * 3, problems=[], tables=0), None
+    return _merge(paging.mode, parts, problems, tables), stop
+
+
+def _merge(mode, parts, problems, tables):
+    import numpy as np
+    cols = [np.concatenate([getattr(m, k) for m in parts]) for k in ("va", "pa", "size", "entry", "rw", "us", "nx")]
+    return Mappings(mode, *cols, problems=sorted(problems, key=lambda p: p[0]), tables=tables)
 
 
 def _va_of(mode, va):

@@ -14,6 +14,8 @@ STOP_REASONS = {
     "loop": "page table loop (a table is its own ancestor; enumeration does not re-enter it)",
     "non-canonical": "virtual address is not canonical",
     "out-of-range": "virtual address beyond the mode's width",
+    "too-many-mappings": "too many mappings: shared tables? (enumeration stopped at its bound, see MAX_TABLES "
+                         "and mapping_limit; the listing is incomplete from here)",
 }
 
 # Per mode: entry size, the VA shift of each level (top down), index bits of each level, VA width.
@@ -24,6 +26,16 @@ GEOMETRY = {
     "5level": (8, (48, 39, 30, 21, 12), (9, 9, 9, 9, 9), 57),
 }
 MAX_TABLES = 1 << 20            # enumeration reads at most 1 M tables (4 GiB): absurd tables stop
+# Pages one enumeration may list (each costs ~100 bytes at peak, ~500 more as an output line):
+# - at most 512 per distinct table read plus SHARED_ALLOWANCE: a tree of tables has one leaf per
+#   entry at most, only tables shared by many entries (a DAG) go past it;
+# - and at most MAX_MAPPINGS_FIXED (2 M; sparse synthetic dumps map much memory they do not hold),
+#   or MAPPINGS_PER_PAGE per 4 KiB page the dump holds when that is more; 64 M without a memory
+#   map (live stubs).
+SHARED_ALLOWANCE = 1 << 16
+MAX_MAPPINGS_FIXED = 1 << 21
+MAPPINGS_PER_PAGE = 4
+MAX_MAPPINGS_LIVE = 1 << 26
 
 
 @dataclass
@@ -65,7 +77,7 @@ def canonical(va, mode):
     return va
 
 
-TABLE_CHUNK = 4096               # tables decoded together (16 MiB of entries at most)
+TABLE_CHUNK = 1024               # tables decoded together (4 MiB of entries, ~25 MiB of work arrays)
 PAGE = 4096
 
 

@@ -34,6 +34,8 @@ MAX_VCPUS = 1 << 16
 MAX_CONTEXT_SIZE = 1 << 20        # one .xen_prstatus entry
 MAX_FRAME = 1 << 40               # pfn/mfn of a 52-bit physical address space
 MAX_P2M_ARRAY = 1 << 28           # p2m_array() entries (2 GiB of uint64) at most
+P2M_SPREAD = 4                    # ... and at most 4 pfns per page the dump holds (ballooned, sparse guests)
+P2M_HOLE = 1 << 20                # ... plus the 4 GiB below-4G hole's pfns
 INVALID = xc_format.XC_CORE_INVALID
 OLD_MAGICS = {struct.pack("<I", xc_format.XC_CORE_MAGIC): "PV",
               struct.pack("<I", xc_format.XC_CORE_MAGIC_HVM): "HVM"}
@@ -508,9 +510,10 @@ class XcCoreTarget(Target):
         """numpy uint64 array indexed by pfn (up to the highest pfn + 1): mfn, or ~0 (INVALID)."""
         self._need_p2m("p2m_array")
         n = int(self._pfn_keys[-1]) + 1 if self._pfn_keys.size else 0
-        if n > MAX_P2M_ARRAY:
-            raise XenscopeError(f"p2m_array would have {n} entries (limit {MAX_P2M_ARRAY}); "
-                                "use p2m() per pfn")
+        limit = min(MAX_P2M_ARRAY, P2M_SPREAD * self._pfn_keys.size + P2M_HOLE)
+        if n > limit:
+            raise XenscopeError(f"p2m_array would have {n} entries for the {self._pfn_keys.size} pages the dump "
+                                f"holds (limit {limit}: {P2M_SPREAD} per page plus a 4 GiB hole); use p2m() per pfn")
         out = np.full(n, INVALID, dtype=np.uint64)
         out[self._pfn_keys] = self._pfn_mfn
         return out

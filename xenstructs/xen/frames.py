@@ -40,6 +40,21 @@ def classify(host, arr):
     return out
 
 
+class FrameIndex:
+    """Position of an mfn in columns sorted by mfn (:meth:`XenHost.frame_arrays`'s order), found
+    by binary search: no Python object per frame."""
+
+    def __init__(self, mfns):
+        self.mfns = mfns
+
+    def get(self, mfn, default=None):
+        import numpy as np
+        if not 0 <= mfn < 1 << 64:
+            return default
+        i = int(np.searchsorted(self.mfns, np.uint64(mfn)))
+        return i if i < len(self.mfns) and int(self.mfns[i]) == mfn else default
+
+
 def owner_names(host, raw_values):
     """``{raw owner value: name}`` for the distinct raw owners (``anonymous`` for 0)."""
     names = {}
@@ -111,6 +126,6 @@ def census(host, cols):
     # reference count of count_info says whether something still holds the page
     bad_free = free & (cols["count"] != 0)
     return {"by_owner": table, "allocated_by_owner": alloc, "states": states, "frames": int(present.sum()),
-            "missing": int((~present).sum()),
+            "missing": int(cols.get("missing", 0)) + int((~present).sum()),
             "free_with_references": [int(m) for m in cols["mfn"][bad_free][:100].tolist()],
             "free_with_references_count": int(bad_free.sum())}

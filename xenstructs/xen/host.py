@@ -19,8 +19,9 @@ from ..errors import NotInDump, XenscopeError
 from ..paging import walk
 from . import layouts
 from .console.lines import banner_version
-from .release import (DIRECTMAP_PV_SIZE, RDWR_MPT_VIRT_START, directmap_start, frame_table_start,
-                      xen_virt_start_of)
+from .frametable import masks_consistent
+from .release import (DIRECTMAP_PV_SIZE, RDWR_MPT_VIRT_START, directmap_start, frame_table_size,
+                      frame_table_start, xen_virt_start_of)
 
 INVALID_M2P_ENTRY = (1 << 64) - 1
 SHARED_M2P_ENTRY = (1 << 64) - 2
@@ -308,17 +309,33 @@ class XenHost:
             try:
                 vals = [self.read_u64(self.symbols[n]) for n in names]
                 vals[2] &= 0xFFFFFFFF
-                return Pdx(*vals, source="Xen's pfn_pdx_* masks read from memory")
             except XenscopeError:
-                pass
+                return Pdx()
+            found = Pdx(*vals, source="Xen's pfn_pdx_* masks read from memory")
+            if masks_consistent(found):
+                return found
+            return Pdx(source="identity (Xen's pfn_pdx_* masks read from memory do not have Xen's shape: ignored)")
         return Pdx()
 
     # -- frames -----------------------------------------------------------------------------------
     @property
     def max_page(self):
+        """Xen's ``max_page``, refused when no x86 machine or Xen frame table could have it."""
         if self._max_page is None:
-            self._max_page = self.read_u64(self.symbol("max_page"))
+            self._max_page = self._checked_max_page(self.read_u64(self.symbol("max_page")))
         return self._max_page
+
+    def _checked_max_page(self, value):
+        from .frametable import MAX_FRAMES, valid_below
+        if not 0 < value <= MAX_FRAMES:
+            raise XenscopeError(f"max_page {value:#x} read from the dump is absurd (x86 machine frames stop at "
+                                f"{MAX_FRAMES:#x}): a corrupt image?")
+        need = valid_below(self.pdx, value) * self.layout.page_info_size
+        room = frame_table_size(self.layout.bigmem)
+        if need > room:
+            raise XenscopeError(f"max_page {value:#x} read from the dump is absurd: its frame table would take "
+                                f"{need >> 30} GiB, more than Xen's {room >> 30} GiB frame-table area")
+        return value
 
     def page_info_va(self, mfn):
         return self.frametable + self.pdx.pfn_to_pdx(mfn) * self.layout.page_info_size
@@ -342,50 +359,10 @@ class XenHost:
         return res
 
     def frame_arrays(self, start=0, count=None):
-        """``count_info``, ``type_info`` and raw owner of the valid frames in
-        ``[start, start+count)`` as numpy arrays, plus ``mfn``, ``pdx`` and ``present`` (False where
-        the frame table page is not in the dump). The frame table is read a page at a time through
-        Xen's page tables and decoded with numpy: no Python loop per frame."""
-        import numpy as np
-        size = self.layout.page_info_size
-        end = self.max_page if count is None else min(self.max_page, start + count)
-        mfn = np.arange(start, max(start, end), dtype=np.uint64)
-        p = self.pdx
-        if p.hole_shift:
-            valid = (mfn & np.uint64(~(p.bottom_mask | p.top_mask) & ((1 << 64) - 1))) == 0
-            mfn = mfn[valid]
-            pdx = (mfn & np.uint64(p.bottom_mask)) | ((mfn & np.uint64(p.top_mask)) >> np.uint64(p.hole_shift))
-        else:
-            pdx = mfn.copy()
-        n = len(mfn)
-        if n == 0:
-            z = np.zeros(0, np.uint64)
-            return {"mfn": z, "pdx": z, "count_info": z, "type_info": z, "domain": z,
-                    "present": np.zeros(0, bool)}
-        off = pdx * np.uint64(size)
-        first, last = int(off[0]) >> 12, (int(off[-1]) + size - 1) >> 12
-        if last - first + 1 > (1 << 20):
-            raise XenscopeError("frame table range too large (more than 4 GiB): give --count")
-        buf = np.zeros((last - first + 1) * 4096, np.uint8)
-        have = np.zeros(last - first + 1, bool)
-        for pg in np.unique(off >> np.uint64(12)).tolist():
-            try:
-                data = self.read_va(self.frametable + (pg << 12), 4096)
-            except XenscopeError:
-                continue
-            k = pg - first
-            buf[k * 4096:(k + 1) * 4096] = np.frombuffer(data, np.uint8)
-            have[k] = True
-        rel = (off - np.uint64(first << 12)).astype(np.int64)
-        rec = buf[rel[:, None] + np.arange(size)]
-        present = have[rel >> 12] & have[(rel + size - 1) >> 12]
-        o = self.layout.offsets
-
-        def word(at, width):
-            return rec[:, at:at + width].copy().view("<u8" if width == 8 else "<u4").ravel().astype(np.uint64)
-        return {"mfn": mfn, "pdx": pdx, "count_info": word(o["count_info"], 8),
-                "type_info": word(o["type_info"], 8),
-                "domain": word(o["domain"], self.layout.domain_width), "present": present}
+        """The frame table's records of the frames in ``[start, start+count)`` that Xen maps and
+        the dump holds, as numpy columns: :func:`.frametable.frame_arrays`."""
+        from .frametable import frame_arrays
+        return frame_arrays(self, start, count)
 
     # -- M2P ---------------------------------------------------------------------------------------
     def m2p(self, mfn):
@@ -463,14 +440,14 @@ class XenHost:
         """Domains found as owners of frames in use (when domain_list cannot be walked, or for
         domains it does not list, like dom_cow): only owner values that name a xen-heap page."""
         import numpy as np
-        from .frames import STATES, classify
+        from .frames import STATES, FrameIndex, classify
         try:
             cols = classify(self, self.frame_arrays())
         except XenscopeError:
             return []
         inuse = cols["present"] & (cols["state"] != STATES.index("free"))
         raws, counts = np.unique(cols["domain"][inuse], return_counts=True)
-        index = {int(m): i for i, m in enumerate(cols["mfn"].tolist())}
+        index = FrameIndex(cols["mfn"])
         best = {}
         for raw, n in zip(raws.tolist(), counts.tolist()):
             if not raw or self.directmap + (raw << 12) in seen:

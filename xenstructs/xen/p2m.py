@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import NotInDump, XenscopeError
+from . import p2m_owners
+from .p2m_owners import OWN_OTHER, FrameOwners, owner_codes
 
 U64 = np.uint64
 INVALID_P2M_ENTRY = (1 << 64) - 1
@@ -43,7 +45,7 @@ IDENTITY_FRAME_BIT = 1 << 62
 MFN_MASK = (1 << 62) - 1
 INVALID_M2P_ENTRY = (1 << 64) - 1
 SHARED_M2P_ENTRY = (1 << 64) - 2
-UNKNOWN_OWNER = (1 << 64) - 1          # in ``owners``: frame whose owner is not known (page_info not in the dump)
+UNKNOWN_OWNER = p2m_owners.UNKNOWN_OWNER   # in ``owners``: a frame whose owner is not known
 PAGE = 4096
 MAX_ENTRIES = 1 << 32                  # a P2M list longer than 16 TiB of guest memory is refused
 
@@ -185,7 +187,6 @@ def _lookup(table, idx, fill, bounded=False):
 
 
 CHUNK = 1 << 18                        # entries classified together (temporaries stay in cache)
-OWN_ME, OWN_OTHER, OWN_UNKNOWN = 0, 1, 2
 
 
 def _entry_masks(e):
@@ -203,12 +204,12 @@ class _Chunks:
     Fast path: ``max_mfn`` < 2**62, so ``entry < max_mfn`` alone says "names an existing frame,
     no flag bit"; only the other entries (usually few) are decoded one class at a time."""
 
-    def __init__(self, p2m, m2p, max_mfn, ocode, mark):
-        self.p2m, self.m2p, self.max_mfn, self.ocode, self.mark = p2m, m2p, max_mfn, ocode, mark
+    def __init__(self, p2m, m2p, max_mfn, codes):
+        self.p2m, self.m2p, self.max_mfn, self.codes = p2m, m2p, max_mfn, codes
         self.ar = np.arange(min(CHUNK, len(p2m)), dtype=U64)
         # tables at least max_mfn long need no bounds check per lookup
         self.m2p_bounded = not callable(m2p) and len(m2p) >= max(max_mfn, 1)     # index 0 stands in for beyond-max
-        self.ocode_bounded = ocode is not None and len(ocode) >= max_mfn
+        self.ocode_bounded = codes is not None and codes.covers(max_mfn)
 
     def __call__(self, a):
         e = self.p2m[a:a + CHUNK]
@@ -233,22 +234,19 @@ class _Chunks:
         if len(bad):
             cand &= ok
         fo = z
-        if self.ocode is not None:
-            other = _lookup(self.ocode, mc, OWN_UNKNOWN, self.ocode_bounded) == OWN_OTHER
+        if self.codes is not None:
+            other = self.codes.code(mc, self.ocode_bounded) == OWN_OTHER
             if len(bad):
                 other &= ok
             if other.any():
                 fo = np.flatnonzero(other)
                 cand[fo] = False
-            used = mc[ok] if len(bad) else mc
-            if not self.ocode_bounded:
-                used = used[used < U64(len(self.mark))]
-            self.mark[used.view(np.int64)] = True
+            self.codes.use(mc[ok] if len(bad) else mc, self.ocode_bounded)
         mi = np.flatnonzero(cand)
         if len(fb) or len(fo):
             fbm = e[fb] & U64(MFN_MASK)
-            if self.ocode is not None and len(fb):
-                self.mark[fbm[fbm < U64(len(self.mark))].view(np.int64)] = True
+            if self.codes is not None and len(fb):
+                self.codes.use(fbm)
             fall = np.union1d(fo, fb)
             res["foreign"] = fall + a
             fm = np.where(ok[fall], e[fall], e[fall] & U64(MFN_MASK))
@@ -276,7 +274,8 @@ def check(p2m, m2p, max_mfn, owners=None, me=None, populated=None, xenheap=None,
                 sparse sources (mfns beyond an array read as ``INVALID_M2P_ENTRY``)
     :param max_mfn: first mfn that does not exist (Xen's ``max_page``)
     :param owners: optional uint64 array of raw page owners indexed by mfn (0: none/free,
-                   :data:`UNKNOWN_OWNER`: not known); enables owner checks and ``m2p-orphan``
+                   :data:`UNKNOWN_OWNER`: not known), or a sparse :class:`FrameOwners`; enables
+                   owner checks and ``m2p-orphan``
     :param me: this domain's raw owner value (with ``owners``)
     :param populated: ``N`` (pfns [0, N)) or ``(start, end)``: where INVALID entries are findings;
                       default: below the highest pfn whose entry names a frame
@@ -294,20 +293,12 @@ def check(p2m, m2p, max_mfn, owners=None, me=None, populated=None, xenheap=None,
     n = len(p2m)
     max_mfn = int(max_mfn)
     m2p = m2p if callable(m2p) else np.asarray(m2p, U64)
-    ocode = mark = None
+    codes = None
     if owners is not None:
         if me is None:
             raise XenscopeError("check(): owners given without me (the domain's raw owner value)")
-        owners = np.asarray(owners, U64)
-        ocode = (owners != U64(me)).view(np.uint8)       # OWN_ME 0, OWN_OTHER 1
-        unknown = np.flatnonzero(owners == U64(UNKNOWN_OWNER)) if U64(me) != U64(UNKNOWN_OWNER) else []
-        if len(unknown):
-            ocode[unknown] = OWN_UNKNOWN
-        mark = np.zeros(len(owners), bool)
-        if xenheap is not None:
-            xh = np.asarray(xenheap, bool)[:len(mark)]
-            mark[:len(xh)] |= xh                    # "accounted for": never orphans
-    job = _Chunks(p2m, m2p, max_mfn, ocode, mark)
+        codes = owner_codes(owners, me, xenheap)
+    job = _Chunks(p2m, m2p, max_mfn, codes)
     starts = range(0, n, CHUNK)
     nw = _workers() if n > CHUNK else 1
     if nw > 1:
@@ -331,8 +322,8 @@ def check(p2m, m2p, max_mfn, owners=None, me=None, populated=None, xenheap=None,
         pe = p2m[part]
         pmfn, _, pfb, _, pnamed = _entry_masks(pe)
         pok = pnamed & ~pfb & (pmfn < U64(max_mfn))
-        if ocode is not None:
-            pok &= _lookup(ocode, np.where(pok, pmfn, U64(0)), OWN_UNKNOWN) != OWN_OTHER
+        if codes is not None:
+            pok &= codes.code(np.where(pok, pmfn, U64(0))) != OWN_OTHER
         pok &= np.isin(pmfn, mm)
         part = part[pok]
     grp = np.unique(np.concatenate([mi, part]))
@@ -364,7 +355,7 @@ def check(p2m, m2p, max_mfn, owners=None, me=None, populated=None, xenheap=None,
     fo_mfn = col(fo, "mfn")
     fo_bit = (p2m[fo] >> U64(63)).astype(bool)
     fo_back = cat("foreign_back", U64)
-    fo_other = _lookup(owners, fo_mfn, UNKNOWN_OWNER) if owners is not None else fo_back
+    fo_other = codes.raw(fo_mfn) if codes is not None else fo_back
     f["foreign"] = Findings(col(fo, "pfn"), fo_mfn, fo_other, extra={"foreign_bit": fo_bit, "m2p": fo_back})
     idn = cat("identity")
     f["identity"] = Findings(col(idn, "pfn"), col(idn, "mfn"), p2m[idn])
@@ -373,16 +364,16 @@ def check(p2m, m2p, max_mfn, owners=None, me=None, populated=None, xenheap=None,
     f["mismatch"] = Findings(col(mis, "pfn"), col(mis, "mfn"), mis_back)
     f["invalid-in-range"] = Findings(col(invi, "pfn"), np.full(len(invi), INVALID_P2M_ENTRY, U64),
                                      np.full(len(invi), hi, U64))
-    f["m2p-orphan"] = _orphans(p2m, m2p, ocode, mark, partial) if owners is not None else _empty()
+    f["m2p-orphan"] = _orphans(p2m, m2p, codes, partial) if codes is not None else _empty()
     return P2MReport(pfns=n, max_mfn=max_mfn, populated_end=max(0, hi), have_owners=owners is not None,
                      findings={c: f[c] for c in CLASSES})
 
 
-def _orphans(p2m, m2p, ocode, mark, partial):
+def _orphans(p2m, m2p, codes, partial):
     """Frames owned by the domain that no P2M entry maps: ``pfn`` = their M2P value, ``other`` =
     the P2M entry at that pfn (~0 beyond the list)."""
     n = len(p2m)
-    owned = np.flatnonzero((ocode == OWN_ME) & ~mark).astype(U64)
+    owned = codes.orphans()
     ob = _lookup(m2p, owned, INVALID_M2P_ENTRY)
     at = np.full(len(owned), INVALID_P2M_ENTRY, U64)
     ok = ob < U64(n)
@@ -438,6 +429,10 @@ def p2m_from_linux(target, paging, p2m_list_va, size):
     so the walk is the guest's own view. :return: uint64 array indexed by pfn."""
     if size <= 0 or size > MAX_ENTRIES:
         raise XenscopeError(f"P2M size {size} out of range (1..{MAX_ENTRIES})")
+    held = target.held_bytes()
+    if held is not None and size * 8 > held:
+        raise XenscopeError(f"P2M list of {size:#x} entries ({size * 8 >> 20} MiB) is larger than the "
+                            f"{held >> 20} MiB of memory the dump holds: a corrupt size?")
     if p2m_list_va & 7:
         raise XenscopeError(f"P2M list va {p2m_list_va:#x} is not 8-byte aligned")
     raw = _read_va_pages(target, paging, p2m_list_va, size * 8, "P2M list")
@@ -527,20 +522,21 @@ def m2p_reader(host):
 
 
 def owners_from_host(host):
-    """Raw owners indexed by mfn for :func:`check`: frames in use carry their owner, free frames
-    0, frames whose page_info is not in the dump :data:`UNKNOWN_OWNER`.
+    """The frames' owners for :func:`check` as a sparse :class:`FrameOwners` (only the frames whose
+    page_info the dump holds): frames in use carry their owner, free frames 0, frames whose
+    page_info is not in the dump :data:`UNKNOWN_OWNER`, mfns PDX compression cannot represent 0.
 
-    :return: ``(owners, xenheap, cols)``: ``xenheap`` (bool by mfn) marks PGC_xen_heap frames in use
-             (for ``check(xenheap=...)``); ``cols`` are :func:`frames.classify`'s columns."""
+    :return: ``(owners, xenheap, cols)``: ``xenheap`` is None (PGC_xen_heap frames in use are in
+             ``owners.xenheap``); ``cols`` are :func:`frames.classify`'s columns."""
     from .frames import STATES, classify
     cols = classify(host, host.frame_arrays())
-    owners = np.zeros(host.max_page, U64)
-    inuse = cols["present"] & (cols["state"] != STATES.index("free"))
-    owners[cols["mfn"][inuse].astype(np.intp)] = cols["domain"][inuse]
-    owners[cols["mfn"][~cols["present"]].astype(np.intp)] = U64(UNKNOWN_OWNER)
-    xenheap = np.zeros(host.max_page, bool)
-    xenheap[cols["mfn"][inuse & cols["xen_heap"]].astype(np.intp)] = True
-    return owners, xenheap, cols
+    present = cols["present"]
+    inuse = present & (cols["state"] != STATES.index("free"))
+    raw = np.where(inuse, cols["domain"], U64(0))[present]
+    p = host.pdx
+    hole = ((1 << 64) - 1) & ~(p.bottom_mask | p.top_mask) if p.hole_shift else 0
+    owners = FrameOwners(cols["mfn"][present], raw, (inuse & cols["xen_heap"])[present], host.max_page, hole)
+    return owners, None, cols
 
 
 def inverse_m2p(p2m):

@@ -93,13 +93,13 @@ def _guest_paging(target, h, opts, src, cols):
     import numpy as np
     from ..context import resolve
     from .frames import TYPES
+    from .p2m_owners import owner_of
     if opts.cr3 is not None:
         cr3, why = opts.cr3, "--cr3 option"
     else:
         cr3 = why = None
         cpu_cr3 = target.cpu(opts.cpu).regs.get("cr3")
-        if cpu_cr3 is not None and src.owners is not None and (cpu_cr3 >> 12) < len(src.owners) \
-                and int(src.owners[cpu_cr3 >> 12]) == src.me:
+        if cpu_cr3 is not None and owner_of(src.owners, cpu_cr3 >> 12) == src.me:
             cr3, why = cpu_cr3, f"CPU {opts.cpu}'s CR3 (an L4 of d{opts.domain})"
         elif cols is not None:
             l4 = np.flatnonzero(cols["present"] & cols["pinned"] & (cols["domain"] == np.uint64(src.me))

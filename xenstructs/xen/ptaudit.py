@@ -67,13 +67,13 @@ def _frame_info(cols, index, mfn):
 def audit_domain(host, cols, domid):
     """Audit the PV page tables of domain ``domid`` (cols: :func:`frames.classify` output)."""
     import numpy as np
-    from .frames import STATES, TYPES
+    from .frames import STATES, TYPES, FrameIndex
     lay = host.layout
     doms = {d.id: d for d in host.domains()}
     if domid not in doms:
         raise XenscopeError(f"domain {domid} not found (domains: {', '.join(str(i) for i in sorted(doms))})")
     me = doms[domid].pickled
-    index = {int(m): i for i, m in enumerate(cols["mfn"].tolist())}
+    index = FrameIndex(cols["mfn"])
     owned = (cols["domain"] == np.uint64(me)) & (cols["state"] != STATES.index("free")) & cols["present"]
     roots = []
     for lvl in (4, 3, 2, 1):

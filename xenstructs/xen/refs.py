@@ -41,10 +41,12 @@ def _read_tables(target, mfns):
     """The tables as an ``(n, 512)`` uint64 array; rows of tables not in the dump are zero (and
     their indexes returned)."""
     import numpy as np
-    if len(mfns) > MAX_TABLES:
+    held = target.held_bytes()
+    limit = MAX_TABLES if held is None else min(MAX_TABLES, held >> 12)
+    if len(mfns) > limit:
         from ..errors import XenscopeError
-        raise XenscopeError(f"{len(mfns)} frames typed as page tables: more than {MAX_TABLES}, "
-                            "the frame table is not trustworthy")
+        raise XenscopeError(f"{len(mfns)} frames typed as page tables: more than {limit} (the pages the dump "
+                            f"holds, at most {MAX_TABLES}), the frame table is not trustworthy")
     out = np.zeros((len(mfns), ENTRIES), np.uint64)
     missing = []
     for row, mfn in enumerate(mfns.tolist()):

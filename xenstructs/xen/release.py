@@ -87,6 +87,8 @@ DIRECTMAP_PV_SIZE = 10 << 39                      # slots 262-271: the direct ma
 FRAMETABLE_VIRT_START = DIRECTMAP_VIRT_START - (128 << 30)    # 0xffff82e000000000
 DIRECTMAP_VIRT_START_BIGMEM = pml4_addr(265)      # 0xffff848000000000 (CONFIG_BIGMEM)
 FRAMETABLE_VIRT_START_BIGMEM = pml4_addr(262)     # 1.5 TiB before it
+FRAMETABLE_SIZE = 128 << 30                       # 2^32 page_info: 16 TiB of RAM
+FRAMETABLE_SIZE_BIGMEM = DIRECTMAP_VIRT_START_BIGMEM - FRAMETABLE_VIRT_START_BIGMEM   # slots 262-264
 
 
 def xen_virt_start_of(va):
@@ -103,6 +105,11 @@ def in_xen_text(va):
 def frame_table_start(bigmem=False):
     """``FRAMETABLE_VIRT_START`` of a default or CONFIG_BIGMEM build."""
     return FRAMETABLE_VIRT_START_BIGMEM if bigmem else FRAMETABLE_VIRT_START
+
+
+def frame_table_size(bigmem=False):
+    """Bytes of virtual space for the frame table (``FRAMETABLE_SIZE``) of a default or BIGMEM build."""
+    return FRAMETABLE_SIZE_BIGMEM if bigmem else FRAMETABLE_SIZE
 
 
 def directmap_start(bigmem=False):
