@@ -265,8 +265,6 @@ def _maps_render(r, args):
          render=_maps_render)
 def maps(target, args):
     from ..paging import first_mappings
-    if args.limit < 0:
-        raise UsageError(f"--limit {args.limit}: give N >= 0 (0: all)")
     ctx = _context(target, args)
     start, end = args.va_range
     stopped = None
