@@ -63,8 +63,8 @@ def smap(tmp_path):
 
 def test_symbolization_exact(smap):
     s = TextSymbols.from_files([smap])
-    assert s.name(0xFFFFFFFF81001243) == "clear_user+0x43"
-    assert s.name(0xFFFFFFFF81001000) == "do_syscall_64+0x0"
+    assert s.name(0xFFFFFFFF81001243) == "clear_user+0x43/0x100"
+    assert s.name(0xFFFFFFFF81001000) == "do_syscall_64+0x0/0x200"
     assert s.name(0xFFFFFFFF81003000) is None            # _etext bounds the text
     assert s.name(0xFFFFFFFF80FFFFFF) is None
     assert "some_data" not in s.names and s.name(0xFFFFFFFF81002010) is None    # D: not text, ends schedule
@@ -75,7 +75,7 @@ def test_scan_finds_return_addresses(smap):
     t, pg = target(words, sp_off=0x100)
     r = scan_stack(t, pg, STACK_VA + 0x100, "x86_64", TextSymbols.from_files([smap]))
     got = [(e["va"] - STACK_VA, e["symbol"]) for e in r["entries"]]
-    assert got == [(0x108, "clear_user+0x43"), (0x118, "do_syscall_64+0x10")]
+    assert got == [(0x108, "clear_user+0x43/0x100"), (0x118, "do_syscall_64+0x10/0x200")]
     assert r["stack_end"] == STACK_VA + 0x4000 and r["words"] == (0x4000 - 0x100) // 8
 
 
@@ -134,8 +134,8 @@ def test_command_text_and_json(smap, monkeypatch):
     args = cmd.parser("xen stack").parse_args(["--symbols", smap])
     res = cmd.run(t, args)
     text = cmd.render(res, args)
-    assert text.splitlines()[0].endswith("schedule+0x5")
-    assert "clear_user+0x43" in text and "Xen 64-bit PV bounce frame: rcx 0xaaaa" in text
+    assert text.splitlines()[0].endswith("schedule+0x5/0xd00")
+    assert "clear_user+0x43/0x100" in text and "Xen 64-bit PV bounce frame: rcx 0xaaaa" in text
     json.dumps(res)
     assert all(isinstance(e["va"], int) for e in res["entries"])
 
