@@ -344,3 +344,28 @@ def scan_stack(target, paging, sp, machine="x86_64", symbols=None, depth=None, t
         entries.append({"va": start + width * i, "value": w, "symbol": sym})
     return {"stack_start": start, "stack_end": end, "words": cnt, "width": width, "thread_size": ts,
             "entries": entries, "frames": frames, "note": note}
+
+
+# x86_64 struct pt_regs, from its first word: the registers an exception entry saved
+PT_REGS64 = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi",
+             "rdi", "orig_ax", "rip", "cs", "rflags", "rsp", "ss")
+EXCEPTION_ORIG_AX = (1 << 64) - 1       # Linux sets orig_ax to -1 after an exception's entry
+
+
+def kernel_exception_frame(target, paging, sp):
+    """The innermost exception taken in kernel mode on an x86_64 Linux stack, above ``sp``: a frame
+    with ``__KERNEL_CS`` whose orig_ax is -1 (the exception entry stores the error code it pushed
+    there, passes it on in a register and writes -1 over it; an interrupt leaves its negated vector,
+    a syscall a user CS). The oops and panic paths run on the stack that took the fault, so a CPU
+    stopped in them has the fault's frame here. Returns :func:`scan_stack`'s frame dict with
+    ``registers`` (every pt_regs field by name), or None. Whether it is the fault's is the
+    caller's to check (its rip fetches, or its instruction addresses, CR2)."""
+    for frame in scan_stack(target, paging, sp, "x86_64")["frames"]:
+        if frame["cs"] == 0x10 and frame["orig_ax"] == EXCEPTION_ORIG_AX:
+            try:
+                raw = read_virt(target, frame["pt_regs_va"], 8 * len(PT_REGS64), paging, None)
+            except XenscopeError:
+                return None
+            frame["registers"] = dict(zip(PT_REGS64, struct.unpack(f"<{len(PT_REGS64)}Q", raw)))
+            return frame
+    return None

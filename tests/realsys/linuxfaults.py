@@ -28,7 +28,8 @@ from .linux import kernel_files, boot_linux
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "faultmod")
-CLASSES = ("smap", "smep", "nx", "rodata", "notpresent", "reserved")
+# class -> extra kernel arguments: -cpu max has LA57, so half the classes boot 4-level (no5lvl)
+CLASSES = {"smap": "", "smep": "no5lvl", "nx": "", "rodata": "no5lvl", "notpresent": "", "reserved": "no5lvl"}
 GO = "XENSCOPE-FAULT-GO"
 MARK = "XENSCOPE-FAULTMOD"
 PVPANIC = ("kernel/drivers/misc/pvpanic/pvpanic.ko", "kernel/drivers/misc/pvpanic/pvpanic-mmio.ko")
@@ -152,12 +153,103 @@ def provoke(name, workdir, extra_append="", timeout=300):
                      marker=_marker(console, name), seconds=time.time() - t0)
 
 
-def system_map():
-    """Debian's System.map of the booted kernel (from the image package)."""
-    return kernel_files("x86_64")[2]
+def debug_system_map():
+    """Debian's real System.map of the booted kernel (the image package ships a stub): extracted
+    once from its -dbg package, which lists it before the vmlinux (tar stops there)."""
+    release = kernel_files("x86_64")[3]
+    out = os.path.join(V.CACHE, "system-map", f"System.map-{release}")
+    if os.path.exists(out):
+        return out
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    member = f"./usr/lib/debug/boot/System.map-{release}"
+    tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", V.deb(f"linux-image-{release}-dbg")],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    with open(out + ".tmp", "wb") as f:
+        subprocess.run(["tar", "-x", "-O", "--occurrence=1", member], stdin=tar.stdout, stdout=f, check=True)
+    tar.stdout.close()
+    tar.wait()
+    if os.path.getsize(out + ".tmp") == 0:
+        raise RuntimeError(f"no {member} in the -dbg package")
+    os.rename(out + ".tmp", out)
+    return out
+
+
+def provoke_all(workdir, jobs=2):
+    """Every class of :data:`CLASSES`, ``jobs`` guests side by side; ``{name: FaultCase}``."""
+    from concurrent.futures import ThreadPoolExecutor
+    faultmod_ko()                      # build once, before the guests race for it
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {name: pool.submit(provoke, name, workdir, extra) for name, extra in CLASSES.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def cleanup(cases):
     for case in cases:
         for path in glob.glob(os.path.splitext(case.dump)[0] + ".*"):
             os.unlink(path)
+
+
+# --- what the kernel printed: the truth, read without xenscope -----------------------------
+
+_STAMP = re.compile(r"^\[\s*\d+\.\d+\]\s?")
+_FRAME = re.compile(r"^\s*(\? )?(\S+\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[\w+\])?)\s*$")
+_KERNEL_LINES = {
+    "address": re.compile(r"BUG: (?:unable to handle page fault for address|kernel NULL pointer dereference, "
+                          r"address): ([0-9a-f]+)"),
+    "access": re.compile(r"#PF: (supervisor|user) (read access|write access|instruction fetch) in (kernel|user) mode"),
+    "error": re.compile(r"#PF: error_code\(0x([0-9a-f]+)\) - (.+)$"),
+    "walk": re.compile(r"^(PGD [0-9a-f]+.*)$"),
+    "rip": re.compile(r"^RIP: ([0-9a-f]{4}):(.+)$"),
+    "rsp": re.compile(r"^RSP: ([0-9a-f]{4}):([0-9a-f]+) EFLAGS: ([0-9a-f]+)"),
+    "cr": re.compile(r"^CR2: ([0-9a-f]+) CR3: ([0-9a-f]+) CR4: ([0-9a-f]+)"),
+    "special": re.compile(r"^(kernel tried to execute NX-protected page|unable to execute userspace code \(SMEP\?\))"),
+    "panic": re.compile(r"^Kernel panic - not syncing: (.+)$"),
+}
+
+
+def kernel_report(console):
+    """The first oops on ``console`` as the kernel printed it: the faulting address, the access
+    line, the error code and the kernel's class text, the page-table dump (``{"PGD": v, ...}``),
+    RIP (``cs``, ``rip`` text), RSP and EFLAGS, CR2/CR3/CR4, the NX/SMEP line, the panic reason
+    and the Call Trace (``[(unreliable, "func+0xoff/0xsize [mod]")]``, in the kernel's order)."""
+    out, inside = {"trace": []}, False
+    for raw in console.splitlines():
+        line = _STAMP.sub("", raw.rstrip())
+        if line.startswith("Call Trace:") and "trace_done" not in out:
+            inside = True
+            continue
+        if inside:
+            if "</TASK>" in line:
+                inside, out["trace_done"] = False, True
+            elif _FRAME.match(line):
+                m = _FRAME.match(line)
+                out["trace"].append((bool(m.group(1)), m.group(2)))
+            continue
+        for name, regex in _KERNEL_LINES.items():
+            m = regex.search(line)
+            if m and name not in out:
+                out[name] = m.groups()
+    walk = out.get("walk", ("",))[0].split()
+    out["entries"] = {walk[i]: int(walk[i + 1], 16) for i in range(0, len(walk) - 1, 2)}
+    return out
+
+
+def kernel_class(report):
+    """The fault class from the kernel's own lines alone (what it printed, not what we injected):
+    its NX/SMEP line, the error code's P/RSVD/W bits, and a supervisor read of a user address with
+    P=1 (SMAP: the kernel prints no line of its own for it)."""
+    error = int(report["error"][0], 16)
+    special = report.get("special", ("",))[0]
+    if special.startswith("unable to execute userspace code"):
+        return "smep"
+    if special.startswith("kernel tried to execute NX-protected"):
+        return "nx"
+    if error & 0x8:
+        return "reserved"
+    if not error & 0x1:
+        return "notpresent"
+    if error & 0x2:
+        return "rodata"
+    if int(report["address"][0], 16) < (1 << 63):
+        return "smap"
+    raise AssertionError(f"no class for the kernel's lines {report}")
