@@ -133,4 +133,6 @@ def decode_at_ip(code, ip, bits, findings):
     decoded = disassemble(code, ip or 0, bits)
     if decoded is None:
         findings.notes.append(f"the bytes at IP ({bytes(code).hex()}) do not decode as an instruction")
+    elif ip is None:
+        decoded["ip"] = None          # bytes from a log whose IP is unknown (a symbolic RIP line)
     return decoded
