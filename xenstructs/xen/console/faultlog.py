@@ -8,6 +8,7 @@ matched by the same regexes as the annotator's.
 
 import re
 
+from ...decode import CR4_LA57
 from ...errors import XenscopeError
 from .lines import BANNER, MAX_LINE, strip_prefix
 from .messages import BY_KIND, HEX
@@ -15,7 +16,8 @@ from .messages import BY_KIND, HEX
 _XEN_WALK_LEVEL = {4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
 _LINUX_LEVEL = {"PGD": "PML4E", "PUD": "PDPTE", "PMD": "PDE", "PTE": "PTE"}
 _PAE_LEVEL = {"pdpt": "PDPTE", "pde": "PDE", "pte": "PTE"}
-_LINUX_DUMP_ENTRY = re.compile(r"\b(PGD|PUD|PMD|PTE) " + HEX)
+_LINUX_DUMP_ENTRY = re.compile(r"\b(PGD|P4D|PUD|PMD|PTE) " + HEX)
+_LINUX_CR_64 = re.compile(r"\bCR2: ([0-9a-f]{16}) CR3: ([0-9a-f]{16}) CR4: ([0-9a-f]{16})")
 
 _LOG_RX = []                  # (kind, regex, every match on the line?, read), in reading order
 
@@ -168,7 +170,7 @@ def _pgd_dump(log, groups, match, line):
     """Linux's dump_pagetable(): ``PGD v P4D v PUD v PMD v PTE v`` on x86_64 (up to the first entry
     not present or large), ``PGD v PUD ...`` before 4.12. x86_64 prints the P4D always: the PGD
     again with 4-level paging (folded), the PML4E under a PGD that is the PML5E with 5-level."""
-    found = _LINUX_DUMP_ENTRY_P4D.findall(line)
+    found = _LINUX_DUMP_ENTRY.findall(line)
     values = dict(found)
     five = "P4D" in values and values["P4D"] != values["PGD"]
     names = dict(_LINUX_LEVEL, PGD="PML5E", P4D="PML4E") if five else dict(_LINUX_LEVEL, P4D=None)
@@ -179,11 +181,6 @@ def _pgd_dump(log, groups, match, line):
         log.put("mode", "5level" if five else "4level",
                 f"x86_64 oops page-table dump: P4D {'differs from' if five else 'equals'} PGD "
                 f"({'5-level paging' if five else '4-level paging: the P4D is folded'})")
-
-
-_LINUX_DUMP_ENTRY_P4D = re.compile(r"\b(PGD|P4D|PUD|PMD|PTE) " + HEX)
-_LINUX_CR_64 = re.compile(r"\bCR2: ([0-9a-f]{16}) CR3: ([0-9a-f]{16}) CR4: ([0-9a-f]{16})")
-_CR4_LA57 = 1 << 12
 
 
 @pattern("linux_rip", r"\bRIP: ([0-9a-f]{4}):(?:0x([0-9a-f]+)\s*$|(\S+(?: \[\w+\])?))")
@@ -209,7 +206,7 @@ def _linux_cs(log, groups, match, line):
 @pattern("linux_cr_64", _LINUX_CR_64)
 def _linux_cr_64(log, groups, match, line):
     """x86_64's ``CR2: .. CR3: .. CR4: ..`` (16 digits each): long mode, LA57 from CR4."""
-    five = bool(int(groups[2], 16) & _CR4_LA57)
+    five = bool(int(groups[2], 16) & CR4_LA57)
     log.put("mode", "5level" if five else "4level",
             f"x86_64 oops register dump: CR4.LA57={int(five)}")
 
