@@ -3,7 +3,11 @@
 The ``fault`` command and ``xenscope check`` both call :func:`explain_fault`. Options win over the
 log, the log over the dump (:meth:`~xenstructs.fault.state.FaultState.give` keeps the first value given).
 With a dump the vCPU's registers (CR0/CR2/CR3/CR4, EFER, RIP, RFLAGS, CS) come from it, CR2 is
-walked under its CR3 and the instruction at IP is read through the walk of IP.
+walked under its CR3 and the instruction at IP is read through the walk of IP. A Linux CPU stopped
+after its fault (dumped on panic) holds the fault's pt_regs on its stack: when its instruction
+fetches or addresses CR2, its RIP, CS and RFLAGS come before the CPU's later ones. Entries an oops
+printed are compared with the dump's walk (the walk is used when they agree). EFER, not in QEMU's
+notes, gets NXE=1 when the walk of the CPU's own stack has bit 63 set.
 """
 
 from dataclasses import dataclass, fields
@@ -201,7 +205,8 @@ def _add_fault_frame(state, target, ctx, cpu, notes):
         notes.append(f"{where} (rip {frame['rip']:#x}) neither fetches nor addresses CR2 {cr2:#x}: not taken as "
                      "this fault's")
         return None
-    for name, value, what in (("ip", frame["rip"], "ip"), ("cs", frame["cs"], "cs"), ("eflags", frame["rflags"], "flags")):
+    for name, value, what in (("ip", frame["rip"], "ip"), ("cs", frame["cs"], "cs"),
+                              ("eflags", frame["rflags"], "flags")):
         known = getattr(state, name)
         if known is not None and known != value:
             notes.append(f"{where} has {name} {value:#x}, not {known:#x} ({state.sources[name]})")
@@ -264,7 +269,9 @@ def explain_fault(target=None, given=None):
     """Explain the fault that ``given`` (:class:`FaultInputs`), its log and ``target`` describe.
 
     :returns: the ``fault`` command's JSON (:meth:`~xenstructs.fault.Explanation.to_dict` plus the
-        notes of the gathering and, with a dump, the walk's CR3 and sources)
+        notes of the gathering, ``exception_frame`` (the fault's pt_regs found on a Linux CPU's
+        stack: ``va``, ``pt_regs_va``, ``rip``, ``cs``, ``rflags``, ``rsp``, ``ss``; None) and,
+        with a dump, the walk's CR3 and sources)
     :raises UsageError: nothing to explain (no dump, no log, no CR2, error code or entries)
     """
     given = given or FaultInputs()
