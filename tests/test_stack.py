@@ -63,8 +63,8 @@ def smap(tmp_path):
 
 def test_symbolization_exact(smap):
     s = TextSymbols.from_files([smap])
-    assert s.name(0xFFFFFFFF81001243) == "clear_user+0x43"
-    assert s.name(0xFFFFFFFF81001000) == "do_syscall_64+0x0"
+    assert s.name(0xFFFFFFFF81001243) == "clear_user+0x43/0x100"
+    assert s.name(0xFFFFFFFF81001000) == "do_syscall_64+0x0/0x200"
     assert s.name(0xFFFFFFFF81003000) is None            # _etext bounds the text
     assert s.name(0xFFFFFFFF80FFFFFF) is None
     assert "some_data" not in s.names and s.name(0xFFFFFFFF81002010) is None    # D: not text, ends schedule
@@ -75,7 +75,7 @@ def test_scan_finds_return_addresses(smap):
     t, pg = target(words, sp_off=0x100)
     r = scan_stack(t, pg, STACK_VA + 0x100, "x86_64", TextSymbols.from_files([smap]))
     got = [(e["va"] - STACK_VA, e["symbol"]) for e in r["entries"]]
-    assert got == [(0x108, "clear_user+0x43"), (0x118, "do_syscall_64+0x10")]
+    assert got == [(0x108, "clear_user+0x43/0x100"), (0x118, "do_syscall_64+0x10/0x200")]
     assert r["stack_end"] == STACK_VA + 0x4000 and r["words"] == (0x4000 - 0x100) // 8
 
 
@@ -134,8 +134,8 @@ def test_command_text_and_json(smap, monkeypatch):
     args = cmd.parser("xen stack").parse_args(["--symbols", smap])
     res = cmd.run(t, args)
     text = cmd.render(res, args)
-    assert text.splitlines()[0].endswith("schedule+0x5")
-    assert "clear_user+0x43" in text and "Xen 64-bit PV bounce frame: rcx 0xaaaa" in text
+    assert text.splitlines()[0].endswith("schedule+0x5/0xd00")
+    assert "clear_user+0x43/0x100" in text and "Xen 64-bit PV bounce frame: rcx 0xaaaa" in text
     json.dumps(res)
     assert all(isinstance(e["va"], int) for e in res["entries"])
 
@@ -159,3 +159,53 @@ def test_cli_bad_sp_exits_2(capsys):
     rc, _ = _cli(["stack", core, "--sp", "0xffff000000000000"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err and "stack pointer" in err
+
+
+# Real shapes from Debian 6.1's oopses (tests/realsys/test_linux_faults.py checks them on the dumps):
+# a module's /proc/kallsyms lines, a kernel frame whose rip is a user page (SMEP), a 5-level stack.
+KALLSYMS_MODULE = """\
+ffffffffc021d000 t faultmod_write\t[faultmod]
+ffffffffc021d0f0 t report_kernel\t[faultmod]
+ffffffffc021d420 t faultmod_smep\t[faultmod]
+ffffffffc021d490 t faultmod_smap\t[faultmod]
+ffffffffc021f000 r CSWTCH.93\t[faultmod]
+"""
+
+
+def test_module_symbols_as_the_kernel_prints_them(smap, tmp_path):
+    ksyms = tmp_path / "faultmod.kallsyms"
+    ksyms.write_text(KALLSYMS_MODULE)
+    s = TextSymbols.from_files([smap, str(ksyms)])
+    assert s.name(0xFFFFFFFFC021D09F) == "faultmod_write+0x9f/0xf0 [faultmod]"
+    assert s.name(0xFFFFFFFFC021D4CC) == "faultmod_smap+0x3c/0x1b70 [faultmod]"    # up to CSWTCH.93
+    assert s.name(0xFFFFFFFFC021F008) is None and s.name(0xFFFFFFFFC0220000) is None
+    assert s.name(0xFFFFFFFF81001243) == "clear_user+0x43/0x100"                  # the kernel's still
+    # a return address at a function's first byte belongs to the call before it (%pB)
+    assert s.backtrace_name(0xFFFFFFFFC021D420) == "report_kernel+0x330/0x330 [faultmod]"
+    assert s.backtrace_name(0xFFFFFFFFC021D09F) == "faultmod_write+0x9f/0xf0 [faultmod]"
+
+
+def test_kernel_frame_with_a_user_rip_and_five_level_stacks():
+    from xenstructs.stack import _frame64
+    # SMEP: "RIP: 0010:0x7fc47d7f9000", "RSP: 0018:ffffc9000059bbf0 EFLAGS: 00000246"
+    words = [(1 << 64) - 1, 0x7FC47D7F9000, 0x10, 0x246, 0xFFFFC9000059BBF0, 0x18]
+    f = _frame64(words, 1, 0xFFFFC9000059BBC0, "4level")
+    assert f["rip"] == 0x7FC47D7F9000 and f["mode"] == "kernel" and f["orig_ax"] == (1 << 64) - 1
+    # 5-level: "RSP: 0018:ffa0000000013b60" is canonical only with 57-bit addresses
+    words = [(1 << 64) - 1, 0xFFFFFFFFC02184CC, 0x10, 0x246, 0xFFA0000000013B60, 0x18]
+    assert _frame64(words, 1, 0xFFA0000000013B00, "5level")["rsp"] == 0xFFA0000000013B60
+    assert _frame64(words, 1, 0xFFA0000000013B00, "4level") is None
+    words[4] = 0x7FFE508C9268                      # the kernel never runs on a user stack
+    assert _frame64(words, 1, 0xFFA0000000013B00, "5level") is None
+
+
+def test_kernel_exception_frame_with_its_registers(smap):
+    from xenstructs.stack import PT_REGS64, kernel_exception_frame
+    regs = dict.fromkeys(PT_REGS64, 0)
+    regs.update(rbx=0x7F49D5E28000, orig_ax=(1 << 64) - 1, rip=0xFFFFFFFF81001243, cs=0x10, rflags=0x246,
+                rsp=STACK_VA + 0x3000, ss=0x18)
+    irq = [0xAAAA] * 15 + [(1 << 64) - 0x21, 0xFFFFFFFF81001300, 0x10, 0x246, STACK_VA + 0x3000, 0x18]
+    words = irq + [regs[name] for name in PT_REGS64]      # an interrupt below, the exception above
+    t, pg = target(words, sp_off=0x200)
+    f = kernel_exception_frame(t, pg, STACK_VA + 0x200)
+    assert f["pt_regs_va"] == STACK_VA + 0x200 + 8 * len(irq) and f["registers"] == regs

@@ -19,8 +19,8 @@ import struct
 from dataclasses import dataclass, field
 
 from .errors import NotInDump, XenscopeError
-from .linux.memory_layout import (I386_PAGE_OFFSET, KERNEL_START_48, MODULES_END, START_KERNEL_MAP,
-                                  USER_END_48)
+from .linux.memory_layout import (I386_PAGE_OFFSET, KERNEL_START_48, KERNEL_START_57, MODULES_END,
+                                  START_KERNEL_MAP, USER_END_48, USER_END_57)
 from .paging import read_virt
 from .xen.release import (FLAT_RING1_CS, FLAT_RING3_CS, FLAT_RING3_CS32, FLAT_RING3_CS64,
                           HYPERVISOR_COMPAT_VIRT_START)
@@ -49,38 +49,79 @@ def _ok_flags(v, width):
 
 @dataclass
 class TextSymbols:
-    """Sorted text symbols; :meth:`lookup` gives ``(name, offset)`` for an address inside text."""
+    """Sorted symbols; :meth:`lookup` gives ``(name, offset, size, module)`` for an address inside text.
+
+    ``addrs`` holds every symbol's address, ``names`` the text symbol's name there (None for a
+    non-text symbol, which ends the text symbol before it), ``modules`` the module of a kallsyms
+    ``[module]`` symbol (None for the kernel's own). ``regions`` are the text ranges, ``[start,
+    end)``: the kernel's (its first text symbol to ``_etext``, or the last text symbol + 64 KiB) and
+    each module's (its first text symbol to its last symbol, or the page after its last text
+    symbol). A symbol's size, as the kernel's ``%pS`` prints it, runs to the next symbol of any kind
+    (or the end of its region).
+    """
     addrs: list = field(default_factory=list)
     names: list = field(default_factory=list)
-    end: int = 0                       # first address past text (_etext, or last symbol + 64 KiB)
+    modules: list = field(default_factory=list)
+    regions: list = field(default_factory=list)
     sources: list = field(default_factory=list)
 
-    def add(self, pairs, etext=None, source=""):
-        merged = dict(zip(self.addrs, self.names))
-        for a, n in pairs:                 # n None: a non-text symbol, which ends the one before
-            if merged.get(a) is None:
-                merged[a] = n
+    def add(self, pairs, etext=None, source="", module=None):
+        """Add ``(address, name or None)`` pairs (None: a non-text symbol) of the kernel (``module``
+        None, text ending at ``etext``) or of one module."""
+        merged = {a: (n, m) for a, n, m in zip(self.addrs, self.names, self.modules)}
+        for a, n in pairs:
+            if merged.get(a, (None,))[0] is None:
+                merged[a] = (n, module)
         self.addrs = sorted(merged)
-        self.names = [merged[a] for a in self.addrs]
-        text = [a for a, n in merged.items() if n is not None]
+        self.names = [merged[a][0] for a in self.addrs]
+        self.modules = [merged[a][1] for a in self.addrs]
+        text = sorted(a for a, n in pairs if n is not None)
         if text:
-            self.end = max(self.end, etext if etext else max(text) + 0x10000)
+            if module is None:
+                last = etext if etext else text[-1] + 0x10000
+            else:
+                last = max(a for a, _ in pairs)
+                last = last if last > text[-1] else (text[-1] | 0xFFF) + 1
+            self.regions = sorted(self.regions + [(text[0], last)])
         self.sources.append(source)
 
     def __len__(self):
         return len(self.addrs)
 
+    def _region_end(self, addr):
+        i = bisect.bisect_right(self.regions, (addr, float("inf"))) - 1
+        if i < 0 or not self.regions[i][0] <= addr < self.regions[i][1]:
+            return None
+        return self.regions[i][1]
+
     def lookup(self, addr):
-        if not self.addrs or addr < self.addrs[0] or addr >= self.end:
+        """``(name, offset, size, module)`` of the text symbol holding ``addr``, or None."""
+        end = self._region_end(addr)
+        if end is None:
             return None
         i = bisect.bisect_right(self.addrs, addr) - 1
-        if self.names[i] is None:
+        if i < 0 or self.names[i] is None:
             return None
-        return self.names[i], addr - self.addrs[i]
+        start = self.addrs[i]
+        following = self.addrs[i + 1] if i + 1 < len(self.addrs) else end
+        return self.names[i], addr - start, min(following, end) - start, self.modules[i]
 
     def name(self, addr):
+        """``function+0xoff/0xsize`` (`` [module]`` for a module's symbol), as the kernel prints it."""
         hit = self.lookup(addr)
-        return None if hit is None else f"{hit[0]}+{hit[1]:#x}"
+        if hit is None:
+            return None
+        name, offset, size, module = hit
+        return f"{name}+{offset:#x}/{size:#x}" + (f" [{module}]" if module else "")
+
+    def backtrace_name(self, addr):
+        """:meth:`name` of a return address as the kernel's ``%pB`` prints it: the symbol holding
+        ``addr - 1`` (a call that ends its function returns to the next one's first byte)."""
+        hit = self.lookup(addr - 1) if addr else None
+        if hit is None:
+            return None
+        name, offset, size, module = hit
+        return f"{name}+{offset + 1:#x}/{size:#x}" + (f" [{module}]" if module else "")
 
     @classmethod
     def from_files(cls, paths):
@@ -101,22 +142,36 @@ class TextSymbols:
             self._load_map(path)
 
     def _load_map(self, path):
-        from .linux.profile import Symbols
-        syms = Symbols.from_file(path)          # errors, kallsyms-or-System.map like the rest
-        with open(path, "r", errors="replace") as f:
-            text = f.read(64 << 20)
-        pairs = []
+        """System.map or a saved /proc/kallsyms (whole, or only some modules' ``[module]`` lines)."""
+        try:
+            with open(path, "r", errors="replace") as f:
+                text = f.read(64 << 20)
+        except OSError as e:
+            raise XenscopeError(f"cannot read {path}: {e.strerror}") from None
+        kernel, modules, etext = [], {}, None
         for line in text.splitlines():
             parts = line.split()
-            if len(parts) < 3 or len(parts) > 3 and parts[3].startswith("["):
+            if len(parts) < 3 or len(parts) > 4 or len(parts) == 4 and not parts[3].startswith("["):
                 continue
             try:
-                pairs.append((int(parts[0], 16), parts[2] if parts[1] in ("T", "t") else None))
+                addr = int(parts[0], 16)
             except ValueError:
                 continue
-        if not any(n for _, n in pairs):
+            pair = (addr, parts[2] if parts[1] in ("T", "t") else None)
+            if len(parts) == 4:
+                modules.setdefault(parts[3].strip("[]"), []).append(pair)
+            elif parts[2] == "_etext" and etext is None:
+                etext = addr
+            elif not (parts[1] in ("U", "u", "w", "v", "A") and addr == 0):
+                kernel.append(pair)
+        if not any(n for _, n in kernel) and not any(n for pairs in modules.values() for _, n in pairs):
             raise XenscopeError(f"{path}: no text symbols (T/t lines)")
-        self.add(pairs, syms.get("_etext"), syms.source)
+        kind = "kallsyms" if modules or "kallsyms" in str(path) else "System.map"
+        if any(n for _, n in kernel):
+            self.add(kernel, etext, f"{kind} {path}")
+        for module, pairs in sorted(modules.items()):
+            if any(n for _, n in pairs):
+                self.add(pairs, source=f"{kind} {path} [{module}]", module=module)
 
     def _load_elf(self, path):
         from elftools.common.exceptions import ELFError
@@ -156,10 +211,17 @@ def _raw_text(machine, va):
     return I386_PAGE_OFFSET <= va < HYPERVISOR_COMPAT_VIRT_START
 
 
-def _frame64(words, i, base):
-    """An x86_64 iret frame at word ``i``, or None."""
+def _canonical(mode):
+    """``(user end, kernel start)``: the canonical halves of x86_64 addresses in paging ``mode``."""
+    return (USER_END_57, KERNEL_START_57) if mode == "5level" else (USER_END_48, KERNEL_START_48)
+
+
+def _frame64(words, i, base, mode=None):
+    """An x86_64 iret frame at word ``i``, or None. A kernel CS may come with any canonical rip
+    (a supervisor fetch from a user page or from data faults there: SMEP, NX, a NULL call)."""
     if i + 4 >= len(words):
         return None
+    user_end, kernel_start = _canonical(mode)
     rip, cs_slot, rflags, rsp, ss = words[i:i + 5]
     cs, mask = cs_slot & 0xFFFF, (cs_slot >> 32) & 0xFF
     if cs_slot & ~0xFF0000FFFF:
@@ -172,22 +234,24 @@ def _frame64(words, i, base):
         return None
     if not _ok_flags(rflags, 8) or (ss & ~0x3) not in (s & ~0x3 for s in SS64):
         return None
-    if cs == 0x10 and not rip >= KERNEL_START_48:
-        return None
-    if cs in (0x33, 0x23, 0x2B, FLAT_RING3_CS32) and rip >= USER_END_48:
-        return None
-    if not (rsp < USER_END_48 or rsp >= KERNEL_START_48):
+    if not (rip < user_end or rip >= kernel_start):
         return None                        # non-canonical
+    if cs in (0x33, 0x23, 0x2B, FLAT_RING3_CS32) and rip >= user_end:
+        return None
+    if not (rsp < user_end or rsp >= kernel_start):
+        return None                        # non-canonical
+    if cs == 0x10 and rsp < user_end:
+        return None                        # the kernel runs on kernel stacks
     va = base + 8 * i
     fr = {"kind": "pt_regs", "va": va, "pt_regs_va": va - 16 * 8, "rip": rip, "cs": cs,
           "cs_name": (CS64_KERNEL.get(cs) or CS64_USER.get(cs)), "mode": kind, "rflags": rflags,
-          "rsp": rsp, "ss": ss, "xen_pv": None}
+          "rsp": rsp, "ss": ss, "orig_ax": words[i - 1] if i >= 1 else None, "xen_pv": None}
     if cs in XEN_FLAT_CS64:
         # create_bounce_frame: rcx, r11 [, error code], rip ... (rcx lowest)
         pv = {"upcall_mask": mask}
         if i >= 2:
             pv.update(rcx_va=va - 16, rcx=words[i - 2], r11_va=va - 8, r11=words[i - 1])
-        fr["xen_pv"] = pv
+        fr["xen_pv"], fr["orig_ax"] = pv, None
         if kind == "kernel":
             fr["mode"] = "kernel (64-bit PV kernels run in ring 3: mode from the guest, not CS)"
     return fr
@@ -213,7 +277,7 @@ def _frame32(words, i, base):
     va = base + 4 * i
     fr = {"kind": "pt_regs", "va": va, "pt_regs_va": None, "rip": eip, "cs": cs,
           "cs_name": CS32_KERNEL.get(cs) or CS32_USER.get(cs), "mode": kind, "rflags": eflags,
-          "rsp": None, "ss": None, "xen_pv": None}
+          "rsp": None, "ss": None, "orig_ax": words[i - 1] if i >= 1 else None, "xen_pv": None}
     if kind == "user" and i + 4 < len(words):
         fr["rsp"], fr["ss"] = words[i + 3], words[i + 4]
     return fr
@@ -266,11 +330,11 @@ def scan_stack(target, paging, sp, machine="x86_64", symbols=None, depth=None, t
     words = list(struct.unpack(f"<{cnt}{'Q' if width == 8 else 'I'}", bytes(data[:cnt * width])))
     entries, frames = [], []
     for i, w in enumerate(words):
-        fr = _frame64(words, i, start) if width == 8 else _frame32(words, i, start)
+        fr = _frame64(words, i, start, paging.mode) if width == 8 else _frame32(words, i, start)
         if fr is not None:
             frames.append(fr)
         if symbols is not None and len(symbols):
-            sym = symbols.name(w)
+            sym = symbols.backtrace_name(w)
             if sym is None:
                 continue
         elif not _raw_text(machine, w):
@@ -280,3 +344,28 @@ def scan_stack(target, paging, sp, machine="x86_64", symbols=None, depth=None, t
         entries.append({"va": start + width * i, "value": w, "symbol": sym})
     return {"stack_start": start, "stack_end": end, "words": cnt, "width": width, "thread_size": ts,
             "entries": entries, "frames": frames, "note": note}
+
+
+# x86_64 struct pt_regs, from its first word: the registers an exception entry saved
+PT_REGS64 = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi",
+             "rdi", "orig_ax", "rip", "cs", "rflags", "rsp", "ss")
+EXCEPTION_ORIG_AX = (1 << 64) - 1       # Linux sets orig_ax to -1 after an exception's entry
+
+
+def kernel_exception_frame(target, paging, sp):
+    """The innermost exception taken in kernel mode on an x86_64 Linux stack, above ``sp``: a frame
+    with ``__KERNEL_CS`` whose orig_ax is -1 (the exception entry stores the error code it pushed
+    there, passes it on in a register and writes -1 over it; an interrupt leaves its negated vector,
+    a syscall a user CS). The oops and panic paths run on the stack that took the fault, so a CPU
+    stopped in them has the fault's frame here. Returns :func:`scan_stack`'s frame dict with
+    ``registers`` (every pt_regs field by name), or None. Whether it is the fault's is the
+    caller's to check (its rip fetches, or its instruction addresses, CR2)."""
+    for frame in scan_stack(target, paging, sp, "x86_64")["frames"]:
+        if frame["cs"] == 0x10 and frame["orig_ax"] == EXCEPTION_ORIG_AX:
+            try:
+                raw = read_virt(target, frame["pt_regs_va"], 8 * len(PT_REGS64), paging, None)
+            except XenscopeError:
+                return None
+            frame["registers"] = dict(zip(PT_REGS64, struct.unpack(f"<{len(PT_REGS64)}Q", raw)))
+            return frame
+    return None

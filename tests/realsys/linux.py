@@ -74,8 +74,11 @@ def _with_busybox(init, files, bb):
 
 
 def boot_linux(arch="x86_64", la57=False, kaslr=False, pti=False, mem=256, modules=(),
-               gdb_port=None, extra_append="", cpu=None, timeout=240, extra_init=""):
-    """Boot Debian's kernel for ``arch``; return the VM once the initramfs printed its marker."""
+               gdb_port=None, extra_append="", cpu=None, timeout=240, extra_init="", ready=READY,
+               qemu_args=()):
+    """Boot Debian's kernel for ``arch``; return the VM once the console printed ``ready`` (by
+    default the initramfs's marker, printed after ``extra_init``). ``modules``: paths relative to
+    the kernel's modules dir, or absolute; ``qemu_args``: more QEMU arguments."""
     qemu = ARCHES[arch][0]
     vmlinuz, _, _, _ = kernel_files(arch)
     v = None
@@ -94,9 +97,9 @@ def boot_linux(arch="x86_64", la57=False, kaslr=False, pti=False, mem=256, modul
             "-append", " ".join(append), "-device", "vmcoreinfo"]
     if gdb_port is not None:
         args += ["-gdb", f"tcp:127.0.0.1:{gdb_port}"]
-    v = V.VM(qemu, args, workdir=workdir)
+    v = V.VM(qemu, args + list(qemu_args), workdir=workdir)
     try:
-        v.boot_seconds = v.wait_for(READY, timeout=timeout)
+        v.boot_seconds = v.wait_for(ready, timeout=timeout)
     except BaseException:
         v.close()
         raise

@@ -49,15 +49,17 @@ def _render(r, args):
     return "\n".join(out)
 
 
-@command("stack", "Scan a vCPU's kernel stack from SP: candidate return addresses (name+0xoff with "
-                  "--symbols) and exception frames (pt_regs, Xen PV rcx/r11).",
+@command("stack", "Scan a vCPU's kernel stack from SP: candidate return addresses (function+0xoff/0xsize "
+                  "[module] with --symbols, as the kernel's Call Trace prints them) and exception frames "
+                  "(pt_regs, Xen PV rcx/r11).",
          arguments=[
              arg("--cpu", type=number, default=0, help="vCPU / CPU whose registers to use (default 0)"),
              arg("--sp", type=address, help="stack pointer (default: the CPU's rsp/esp; PV in user "
                                             "mode: kernel_sp)"),
              arg("--ip", type=address, help="instruction pointer for the first line (default: rip/eip)"),
              arg("--symbols", action="append", default=[], metavar="FILE",
-                 help="System.map, saved /proc/kallsyms or vmlinux (repeatable)"),
+                 help="System.map, saved /proc/kallsyms (or only its [module] lines) or vmlinux "
+                      "(repeatable)"),
              arg("--depth", type=number, help="scan at most N words (default: to the end of the stack)"),
              arg("--thread-size", type=number,
                  help="stack size, a power of two (default 16 KiB on x86_64, 8 KiB on i386)"),

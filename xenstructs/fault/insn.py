@@ -72,6 +72,44 @@ def disassemble(code, ip=0, bits=32):
             "writes_memory": writes, "reads_memory": reads, "why": why[0]}
 
 
+def memory_operands(code, ip, bits, registers):
+    """``(text, [(address or None, size)])``: the first instruction of ``code`` at ``ip`` and the
+    linear address of each explicit memory operand, computed from ``registers`` (``{"rax": ...}``,
+    64-bit names); None where it cannot be (an FS/GS base, a register not given). ``(None, [])``
+    when nothing decodes."""
+    import capstone
+    from capstone import x86
+    modes = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
+    decoder = capstone.Cs(capstone.CS_ARCH_X86, modes[bits])
+    decoder.detail = True
+    insn = next(iter(decoder.disasm(bytes(code), ip, 1)), None)
+    if insn is None:
+        return None, []
+    mask = (1 << bits) - 1
+    flat = (0, x86.X86_REG_CS, x86.X86_REG_DS, x86.X86_REG_ES, x86.X86_REG_SS)
+    out = []
+    for operand in insn.operands:
+        if operand.type != x86.X86_OP_MEM:
+            continue
+        mem = operand.mem
+        address = mem.disp if mem.segment in flat else None
+        for reg, scale in ((mem.base, 1), (mem.index, mem.scale)):
+            if reg == 0 or address is None:
+                continue
+            name = insn.reg_name(reg)
+            value = ip + insn.size if name in ("rip", "eip") else registers.get(_REG64.get(name, name))
+            if value is not None and name in _REG64:
+                value &= 0xFFFFFFFF
+            address = None if value is None else address + scale * value
+        out.append((None if address is None else address & mask, operand.size))
+    return f"{insn.mnemonic} {insn.op_str}".strip(), out
+
+
+# 32-bit register names capstone gives in 32-bit address computations, as pt_regs names them
+_REG64 = {"eax": "rax", "ebx": "rbx", "ecx": "rcx", "edx": "rdx", "esi": "rsi", "edi": "rdi", "ebp": "rbp",
+          "esp": "rsp"}
+
+
 def code_bits(cs: Optional[int], guest: Optional[str], mode: Optional[str]) -> Optional[int]:
     """The code size to decode with: from Xen's PV selectors, else the guest kind, else the paging
     mode (legacy paging: 32-bit code, IA-32e: 64-bit); None when nothing says."""
@@ -95,4 +133,6 @@ def decode_at_ip(code, ip, bits, findings):
     decoded = disassemble(code, ip or 0, bits)
     if decoded is None:
         findings.notes.append(f"the bytes at IP ({bytes(code).hex()}) do not decode as an instruction")
+    elif ip is None:
+        decoded["ip"] = None          # bytes from a log whose IP is unknown (a symbolic RIP line)
     return decoded

@@ -61,13 +61,18 @@ def present_rule(access, walk, context) -> Verdict:
             return _fired(why, "Not-present fault", context, notes=notes,
                           stops=f"not reached: the walk ends at the not-present {name}")
         why = "P=1 at " + ", ".join(name for name, _ in walk.levels) + walk.partial()
-        if error is not None and not error & PF_P:
+        if error is not None and not error & PF_P and error & PF_RSVD:
+            notes += (RSVD_WITHOUT_P,)
+        elif error is not None and not error & PF_P:
             why += "; the error code's P=0 says a level was not present at fault time: filled in since"
         return Verdict(PASSED, why, notes=notes)
     if error is None:
         return Verdict(NOT_EVALUATED, f"{NO_ENTRIES} and no error code")
     if error & PF_P:
         return Verdict(PASSED, f"from the error code (P=1); {NO_ENTRIES}")
+    if error & PF_RSVD:
+        return Verdict(PASSED, f"from the error code (RSVD=1: a reserved bit in a present entry); {NO_ENTRIES}",
+                       notes=(RSVD_WITHOUT_P,))
     return _fired(f"from the error code (P=0: not present); {NO_ENTRIES}", "Not-present fault", context,
                   stops="not reached: the page was not present (error code P=0)")
 
@@ -109,14 +114,50 @@ def reserved_rule(access, walk, context) -> Verdict:
             why += "; but the error code's RSVD=0: the CPU did not see them"
         return _fired(why, "Reserved-bit fault", context, " (a corrupt or foreign entry)", notes=notes,
                       stops=f"not reached: reserved bits in {name}")
+    candidates = _reserved_candidates(walk, context) if error is not None and error & PF_RSVD else []
+    if candidates:
+        return _fired("the error code's RSVD=1: the CPU found a reserved bit; " +
+                      "; ".join(text for _, text in candidates), "Reserved-bit fault", context,
+                      " (a corrupt or foreign entry)", notes=notes,
+                      stops=f"not reached: a reserved bit in {candidates[0][0]} (error code RSVD=1)")
     if nxe is None:
         return Verdict(NOT_EVALUATED, "EFER unknown: bit 63 may be reserved (NXE=0) (give --efer)", notes=notes)
+    high = _reserved_candidates(walk, context) if error is None else []
+    if high:
+        return Verdict(NOT_EVALUATED, "the error code (its RSVD bit) unknown and " + high[0][1], notes=notes,
+                       missing=("MAXPHYADDR unknown and an entry has address bits at or above 36: whether they are "
+                                "reserved is unknown (give --maxphyaddr or --error)",))
     why = "no reserved bits" + walk.partial()
     if context.maxphyaddr is None:
         why += "; MAXPHYADDR unknown: 52 used (bits between the real MAXPHYADDR and 51 not checked)"
     if error is not None and error & PF_RSVD:
         why += "; yet the error code's RSVD=1: the entry changed since the fault"
     return Verdict(PASSED, why, notes=notes)
+
+
+# The lowest MAXPHYADDR of a CPU with PAE or long mode (SDM vol. 3A §4.1.4: 36 bits).
+MIN_MAXPHYADDR = 36
+RSVD_WITHOUT_P = ("the error code has RSVD=1 with P=0, which the SDM does not allow (RSVD is set only with P=1, "
+                  "a reserved bit of a present entry): QEMU's TCG (7.0 and later) reports reserved-bit faults "
+                  "without P, and Linux then prints \"not-present page\"; taken as a reserved-bit fault")
+
+
+def _reserved_candidates(walk, context):
+    """When the error code says RSVD=1 but no bit is reserved under what is assumed (MAXPHYADDR 52,
+    EFER.NXE=1): ``[(entry name, text)]`` of the bits that would be, with what they need (address
+    bits 36-51, bit 63)."""
+    out = []
+    for name, value in walk.levels:
+        if not value & ENTRY_P:
+            break
+        high = value & ((1 << 52) - 1) & ~((1 << MIN_MAXPHYADDR) - 1)
+        if high and context.maxphyaddr is None:
+            bit = high.bit_length() - 1
+            out.append((name, f"{name} {value:#x} has address bit {bit} set: reserved if MAXPHYADDR <= {bit} "
+                               "(MAXPHYADDR unknown, 52 assumed: give --maxphyaddr)"))
+        if value >> 63 and context.nxe is None and not (context.mode == "pae" and name == "PDPTE"):
+            out.append((name, f"{name} {value:#x} has bit 63 set: reserved if EFER.NXE=0 (EFER unknown)"))
+    return out
 
 
 def write_rule(access, walk, context) -> Verdict:

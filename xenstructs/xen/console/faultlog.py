@@ -8,6 +8,7 @@ matched by the same regexes as the annotator's.
 
 import re
 
+from ...decode import CR4_LA57
 from ...errors import XenscopeError
 from .crash import CrashReader
 from .lines import BANNER, MAX_LINE, clean_line, strip_prefix
@@ -16,7 +17,8 @@ from .messages import BY_KIND, HEX
 _XEN_WALK_LEVEL = {4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
 _LINUX_LEVEL = {"PGD": "PML4E", "PUD": "PDPTE", "PMD": "PDE", "PTE": "PTE"}
 _PAE_LEVEL = {"pdpt": "PDPTE", "pde": "PDE", "pte": "PTE"}
-_LINUX_DUMP_ENTRY = re.compile(r"\b(PGD|PUD|PMD|PTE) " + HEX)
+_LINUX_DUMP_ENTRY = re.compile(r"\b(PGD|P4D|PUD|PMD|PTE) " + HEX)
+_LINUX_CR_64 = re.compile(r"\bCR2: ([0-9a-f]{16}) CR3: ([0-9a-f]{16}) CR4: ([0-9a-f]{16})")
 
 _LOG_RX = []                  # (kind, regex, every match on the line?, read), in reading order
 
@@ -121,7 +123,7 @@ pattern("pf_bracket", r"#PF\[(?:ec=|error_code=)?(?:0x)?" + HEX + r"\]")(_pf_err
 
 @pattern("linux_pf_text", r"#PF: (supervisor|user) (read|write|instruction fetch) access")
 def _linux_pf_text(log, groups, match, line):
-    log.notes.append(f"log line {log.line_no}: the guest said: {match.group(0)}")
+    log.notes.append(f"log line {log.line_no}: the kernel said: {match.group(0)}")
 
 
 @pattern("linux_oops", r"Oops: " + HEX + r" \[#\d+\]")
@@ -166,8 +168,59 @@ def _pae_dump(log, groups, match, line):
 
 @pattern("pgd_dump", r"^\s*PGD " + HEX)
 def _pgd_dump(log, groups, match, line):
-    for token, value in _LINUX_DUMP_ENTRY.findall(line):
-        log.put(_LINUX_LEVEL[token], int(value, 16), f"{token} (oops page-table dump)")
+    """Linux's dump_pagetable(): ``PGD v P4D v PUD v PMD v PTE v`` on x86_64 (up to the first entry
+    not present or large), ``PGD v PUD ...`` before 4.12. x86_64 prints the P4D always: the PGD
+    again with 4-level paging (folded), the PML4E under a PGD that is the PML5E with 5-level."""
+    found = _LINUX_DUMP_ENTRY.findall(line)
+    values = dict(found)
+    five = "P4D" in values and values["P4D"] != values["PGD"]
+    names = dict(_LINUX_LEVEL, PGD="PML5E", P4D="PML4E") if five else dict(_LINUX_LEVEL, P4D=None)
+    for token, value in found:
+        if names[token]:
+            log.put(names[token], int(value, 16), f"{token} (oops page-table dump)")
+    if "P4D" in values:
+        log.put("mode", "5level" if five else "4level",
+                f"x86_64 oops page-table dump: P4D {'differs from' if five else 'equals'} PGD "
+                f"({'5-level paging' if five else '4-level paging: the P4D is folded'})")
+
+
+@pattern("linux_rip", r"\bRIP: ([0-9a-f]{4}):(?:0x([0-9a-f]+)\s*$|(\S+(?: \[\w+\])?))")
+def _linux_rip(log, groups, match, line):
+    """The oops register dump's ``RIP: 0010:func+0x3c/0x50 [mod]`` (4.10+) or ``RIP: 0010:0x7f..``
+    (an address without a symbol: a jump into user memory or data)."""
+    if getattr(log, "linux_rip_seen", False):
+        return                # a later register dump (the user frame under the Call Trace, a 2nd oops)
+    log.linux_rip_seen = True
+    log.put("cs", int(groups[0], 16), "RIP line's CS (oops register dump)")
+    if groups[1]:
+        log.put("ip", int(groups[1], 16), "RIP line (oops register dump)")
+    elif "ip" not in log.fields:
+        log.notes.append(f"log line {log.line_no}: the kernel printed RIP {groups[0]}:{groups[2]} "
+                         "(a symbol: its address is not in the log)")
+
+
+@pattern("linux_cs", r"^\s*CS:\s+([0-9a-f]{4}) DS: ")
+def _linux_cs(log, groups, match, line):
+    log.put("cs", int(groups[0], 16), "CS (oops register dump)")
+
+
+@pattern("linux_cr_64", _LINUX_CR_64)
+def _linux_cr_64(log, groups, match, line):
+    """x86_64's ``CR2: .. CR3: .. CR4: ..`` (16 digits each): long mode, LA57 from CR4."""
+    five = bool(int(groups[2], 16) & CR4_LA57)
+    log.put("mode", "5level" if five else "4level",
+            f"x86_64 oops register dump: CR4.LA57={int(five)}")
+
+
+@pattern("linux_nx_smep", r"kernel tried to execute NX-protected page|unable to execute userspace code \(SMEP\?\)")
+def _linux_nx_smep(log, groups, match, line):
+    log.notes.append(f"log line {log.line_no}: the kernel said: {match.group(0)}")
+
+
+@pattern("linux_pf_class", r"#PF: error_code\(0x[0-9a-f]+\) - (.+?)\s*$")
+def _linux_pf_class(log, groups, match, line):
+    log.notes.append(f"log line {log.line_no}: the kernel classed the error code: {groups[0]} (from its P, "
+                     "RSVD and PK bits)")
 
 
 @pattern("code", r"\bCode: (.*)$")
