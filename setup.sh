@@ -15,7 +15,7 @@ syspy=/usr/bin/python3
 # kernel and busybox are downloaded with apt-get download, so the i386 architecture is enabled)
 # crash (with /usr/include/crash/defs.h), gcc and python3-dev build the crash extension.
 debs=(gdb python3 python3-venv python3-pip python3-libkdumpfile makedumpfile qemu-system-x86 busybox-static
-      crash gcc libc6-dev python3-dev)
+      crash gcc libc6-dev python3-dev make flex bison)
 
 say() { printf '== %s\n' "$*"; }
 
