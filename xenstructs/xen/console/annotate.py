@@ -59,6 +59,7 @@ class Annotator:
         self._walk = None
         self._last_fatal = None
         self.banner = None
+        self.release_build = False
 
     # -- per line ---------------------------------------------------------------------------
     def feed(self, line_no, raw):
@@ -76,6 +77,7 @@ class Annotator:
             version = banner_version(body)
             if version is not None:
                 self.banner = version
+                self.release_build = " debug=n" in body       # console.c prints debug=%c
                 return
         context, rest = split_context(body)
         parsed = parse_message(rest)

@@ -10,6 +10,7 @@ from .sentences import PAGE_TABLES, TYPE_NOUN, decode_flags24, decode_pte, rc_te
 MAX_ALL = 10                 # up to this many chains are all told
 MAX_TOLD = 5                 # else the first ones are told, the rest summarised
 MAX_REFS = 16                # PTEs listed per root page
+ADDRESS_MASK = 0x000FFFFFFFFFF000   # bits 12-51 of an entry
 GNTTAB_FLAG = 1 << 22        # 24-bit flags: PTE bit 62, Xen's _PAGE_GNTTAB (debug builds only)
 
 
@@ -206,7 +207,7 @@ def _entry_in_dump(host, node):
     """The entry at ``node``'s slot in the dump and the page it names now, as a dict."""
     entry = host.t.read_u64((node["mfn"] << 12) + node["slot"] * 8)
     decoded = decode_pte(entry, node["level"] or 1)
-    target = decoded["pfn"] if decoded["present"] else None
+    target = (entry & ADDRESS_MASK) >> 12 if decoded["present"] else None      # the frame it names
     found = {"table_mfn": node["mfn"], "level": node["level"], "slot": node["slot"], "entry": entry,
              "flags": decoded["flags"], "target_mfn": target, "target": None}
     if target is not None:

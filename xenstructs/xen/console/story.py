@@ -18,6 +18,11 @@ def likely_story(annotator):
     story = _bad_type_story(annotator)
     story += chains_story(annotator.chains, annotator.chain_builder.dropped)
     story += _source_story(annotator)
+    if annotator.release_build:
+        story.append(f"the banner says debug=n: a release build of Xen {annotator.banner}, in which gdprintk() "
+                     f"prints nothing (xen/include/xen/lib.h, NDEBUG): a refused pin, type change or "
+                     f"page-table update leaves no line in this log, so only a dump can tell those "
+                     f"(pt-audit, xen refs).")
     by_kind = annotator.by_kind
     told = Counter(leaf["kind"] for chain in annotator.chains for leaf in chain["leaves"])
     if by_kind.get("bad_flags", 0) > told["bad_flags"]:
