@@ -57,13 +57,18 @@ class ChainBuilder:
         self.chains = []
         self.dropped = 0
         self.gaps = []           # line numbers of "messages suppressed" notices
+        self.last_line = None    # of the last chain message, any context
 
     def gap(self, line_no):
         """Xen's rate limit dropped messages here: what each vcpu printed before it is told on its
         own (the messages that linked it to what follows may be the dropped ones)."""
         self.gaps.append(line_no)
         for key, state in self.contexts.items():
+            before = len(self.chains)
             self._flush(state, _key_context(key))
+            if state.last == self.last_line:         # its next message may be among the dropped
+                for chain in self.chains[before:]:
+                    chain["gap_after"] = line_no
 
     def feed(self, line_no, kind, fields, context):
         if kind not in CHAIN_KINDS:
@@ -72,6 +77,7 @@ class ChainBuilder:
             if kind in ("validate_error", "pin_error") or kind in REQUESTS:
                 self.dropped += 1
             return
+        self.last_line = line_no
         key = (str(context["domain"]), context["vcpu"]) if context else None
         state = self.contexts.setdefault(key, _Context())
         if line_no - state.last > WINDOW:
@@ -162,7 +168,7 @@ class ChainBuilder:
                  "root": leaves[0] if leaves else None, "leaves": leaves, "request": None,
                  "linear_lines": [] if path else [item["line_no"] for item in items
                                                   if item["kind"] == "linear_pt"],
-                 "gap_before": self._gap_before(lines[0]) if lines else None}
+                 "gap_before": self._gap_before(lines[0]) if lines else None, "gap_after": None}
         if request is not None:
             chain["request"] = {"kind": request.get("request", "pin"), "mfn": request["fields"]["mfn"],
                                 "line_no": request["line_no"], "rc": request["fields"].get("rc")}

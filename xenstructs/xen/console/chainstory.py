@@ -125,8 +125,13 @@ def _request_text(chain, pages):
     if request is not None and request["kind"] == "unpin":
         return f"unpinning mfn {request['mfn']:#x} (line {request['line_no']})"
     if request is None:
-        return ("a table update (no pin followed: mmu_update, a new baseptr, or a validation the log "
-                "does not show)" if chain["path"] else "a page-table update")
+        if chain["gap_after"]:
+            what = "a request whose next messages were suppressed (line " + str(chain["gap_after"]) + ")"
+        elif chain["path"]:
+            what = "a table validation (no pin followed: mmu_update, a new baseptr, or a pin not logged)"
+        else:
+            what = "a type change or page-table update (no table validation followed)"
+        return what
     level = chain["path"][0]["level"] if chain["path"] else None
     if level is None and chain["root"] and chain["root"]["kind"] == "bad_type":
         level = _level(_decode(pages, chain["root"]["fields"]["exp"]))
