@@ -29,7 +29,16 @@ PRINTED = (
     ("pin_error", r"Error (?P<rc>-\d+) while pinning mfn (?P<mfn>[0-9a-f]+)"),
     ("bad_flags", r"Bad L(?P<level>\d) flags (?P<flags>[0-9a-f]+)"),
     ("not_pinned", r"mfn (?P<mfn>[0-9a-f]+) not pinned"),
+    # get_page_from_l1e(): the frame's owner is not the one asked for; not declared in xenscope's
+    # messages.py (outside this test's part: reported), so xenscope decodes only the next line
+    ("owner_mismatch", r"pg_owner d(?P<pg_owner>\d+) l1e_owner d(?P<l1e_owner>\d+), but real_pg_owner d(?P<real>-?\d+)"),
+    ("l1e_ref_error", r"Error getting mfn (?P<mfn>[0-9a-f]+) \(pfn [0-9a-f]+\) from L1 entry (?P<entry>[0-9a-f]+) "
+                      r"for l1e_owner d(?P<l1e_owner>\d+), pg_owner d(?P<pg_owner>\d+)"),
 )
+DECIMAL = ("rc", "level", "slot", "pg_owner", "l1e_owner", "real")
+UNDECLARED = ("owner_mismatch",)
+# what each request got back from Xen (the module's rc), the same in both builds unless noted
+RESULT = {"p2m_wrong_mfn": 0, "domu_foreign_self": -16, "foreign_self": -16, "domu_foreign_dom0": -1}
 CONTEXT = re.compile(r"^\(XEN\) (?P<file>[\w/]+\.c):(?P<line>\d+):d(?P<domain>\d+)v(?P<vcpu>\d+) (?P<rest>.*)$")
 PGT_L = {1: 0x2000000000000000, 2: 0x4000000000000000, 3: 0x6000000000000000}   # 4.17 PGT_lN_page_table
 
@@ -43,8 +52,7 @@ def printed(lines):
         for kind, pattern in PRINTED:
             match = re.search(pattern, context["rest"])
             if match:
-                fields = {k: int(v, 0) if k in ("rc", "level", "slot") else int(v, 16)
-                          for k, v in match.groupdict().items()}
+                fields = {k: int(v, 0) if k in DECIMAL else int(v, 16) for k, v in match.groupdict().items()}
                 out.append((kind, fields, context["file"], int(context["line"])))
                 break
         else:
@@ -101,10 +109,13 @@ def test_xen_printed_each_refusal_and_the_module_saw_it_refused(xen_mmu_debug):
     assert kinds["bad_l2_flags"] == ["bad_flags", "table_failure", "validate_error", "pin_error"]
     assert kinds["unpin_not_pinned"] == ["not_pinned"]
     assert kinds["p2m_wrong_mfn"] == []                # Xen is not asked: the guest's own P2M
+    assert kinds["domu_foreign_self"] == kinds["foreign_self"] == ["owner_mismatch", "l1e_ref_error"]
+    assert kinds["domu_foreign_dom0"] == []            # refused by XSM (-EPERM) without a word
     for name, scenario in scenarios.items():
         report = scenario["report"]
-        assert report["scenario"] == name
-        assert report["result"] == (0 if name == "p2m_wrong_mfn" else -22), (name, report)
+        assert report["scenario"] == name.replace("domu_", "")
+        assert report["initial_domain"] == (0 if name.startswith("domu_") else 1)
+        assert report["result"] == RESULT.get(name, -22), (name, report)
 
 
 def test_the_printed_line_numbers_are_the_compiled_mm_c(xen_mmu_debug, debug_logs):
@@ -123,7 +134,8 @@ def test_the_printed_line_numbers_are_the_compiled_mm_c(xen_mmu_debug, debug_log
                 assert re.match(r"define_get_linear_pagetable\(l[234]\);", text), (line, text)
             else:
                 assert "gdprintk(" in text, (kind, line, text)
-            seen.add(line)
+            if kind not in UNDECLARED:
+                seen.add(line)
     match = whole["summary"]["source_lines"]
     assert match["checked"] == len(seen)
     assert {line["line"] for line in match["lines"]} == seen
@@ -135,17 +147,18 @@ def test_the_printed_line_numbers_are_the_compiled_mm_c(xen_mmu_debug, debug_log
 def _same_messages(scenario, result):
     """xenscope's entries of a scenario's excerpt: the same kinds, mfns, slots, levels, flags."""
     entries = [e for e in result["entries"]]
-    want = printed(scenario["xen_lines"])
+    want = [line for line in printed(scenario["xen_lines"]) if line[0] not in UNDECLARED]
     assert [e["kind"] for e in entries] == [kind for kind, *_ in want]
     for entry, (kind, fields, _, line) in zip(entries, want):
         for key in ("mfn", "slot", "level", "flags", "saw", "exp", "type", "rc"):
             if key in fields:
                 assert entry["fields"][key] == fields[key], (kind, key, entry, fields)
-        assert entry["context"]["line"] == line and entry["context"]["domain"] == 0
+        assert entry["context"]["line"] == line and entry["context"]["domain"] == scenario["domain"]
 
 
 @pytest.mark.parametrize("name", ["pin_writable_l1", "cascade_l2", "cascade_l3", "bad_l1_flags",
-                                  "bad_l1_flags_update", "bad_l2_flags", "unpin_not_pinned"])
+                                  "bad_l1_flags_update", "bad_l2_flags", "unpin_not_pinned",
+                                  "domu_foreign_self", "foreign_self"])
 def test_each_excerpt_is_decoded_as_xen_printed_it(debug_logs, name):
     run, _, parts = debug_logs
     _same_messages(run["scenarios"][name], parts[name])
@@ -247,9 +260,34 @@ def test_unpin_of_what_is_not_pinned(debug_logs):
         assert chain["request"]["kind"] == "unpin" and chain["root"]["kind"] == "not_pinned"
 
 
+def test_a_frame_of_another_domain(debug_logs):
+    """The domU maps a frame of dom0 as its own (DOMID_SELF), dom0 a frame of the domU: both refused
+    (-EBUSY) with "Error getting mfn"; the domU naming dom0 as the owner (foreigndom 0) is refused by
+    XSM (-EPERM) and Xen prints nothing."""
+    run, whole, parts = debug_logs
+    domid = run["domu"]["domid"]
+    assert domid > 0
+    cases = (("domu_foreign_self", domid, run["domu"]["targets"]["foreign_self"]),
+             ("foreign_self", 0, run["scenarios"]["domu_foreign_self"]["report"]["target_mfn"]))
+    for name, domain, frame in cases:
+        report = run["scenarios"][name]["report"]
+        assert report["foreign_mfn"] == frame and report["update_domid"] == 0x7FF0      # DOMID_SELF
+        for result in (whole, parts[name]):
+            chain = chain_for(result, frame)
+            assert chain["context"]["domain"] == domain and chain["path"] == []
+            root = chain["root"]
+            assert root["kind"] == "l1e_ref_error" and root["fields"]["mfn"] == frame
+            assert (root["fields"]["l1e_owner"], root["fields"]["pg_owner"]) == (domain, domain)
+            assert root["fields"]["entry"] >> 12 & 0xFFFFFFFFFF == frame
+    silent = run["scenarios"]["domu_foreign_dom0"]["report"]
+    assert silent["update_domid"] == 0 and silent["result"] == -1
+    assert [c["context"]["domain"] for c in whole["summary"]["chains"]].count(domid) == 1
+
+
 def test_the_whole_log_has_one_chain_per_refused_request(debug_logs):
     run, whole, _ = debug_logs
-    refused = [name for name in run["scenarios"] if name != "p2m_wrong_mfn"]
+    refused = [name for name, s in run["scenarios"].items() if s["xen_lines"]]
+    assert len(refused) == len(run["scenarios"]) - 2          # p2m_wrong_mfn, domu_foreign_dom0
     assert len(whole["summary"]["chains"]) == len(refused)
 
 
@@ -265,6 +303,11 @@ def test_with_the_dump_the_failing_entries_are_read_back(xen_mmu_debug):
         assert (found["table_mfn"], found["slot"], found["entry"]) == (report["b_mfn"], SLOT_N, report[entry_key])
         assert found["target_mfn"] == report["a_mfn"] and found["target"]["type"] == "writable"
     story = " ".join(result["summary"]["story"])
+    domid = run["domu"]["domid"]
+    for name, owner, asker in (("domu_foreign_self", 0, domid), ("foreign_self", domid, 0)):
+        frame = run["scenarios"][name]["report"]["foreign_mfn"]
+        assert chain_for(result, frame)["dump_owner"] == owner
+        assert f"mfn {frame:#x} belongs to d{owner}: d{asker} asked to map it as its own" in story
     try:
         from xenstructs.xen import refs
         have_refs = hasattr(refs, "references")

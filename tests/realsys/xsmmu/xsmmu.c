@@ -19,8 +19,10 @@
  *   bad_l1_flags_update  mmu_update of the direct-map L1 entry of a page with bit 62 added
  *   bad_l2_flags      an L2 page whose slot K has PSE (no superpages for PV); pin it as L2
  *   unpin_not_pinned  unpin a page that is not pinned
- *   foreign_self      mmu_update of the L1 entry of one of our pages to another domain's frame
- *                     (mfn= parameter, written before: echo "foreign_self MFN"), with DOMID_SELF
+ *   foreign_self MFN  mmu_update of the direct-map L1 entry of one of our pages to another
+ *                     domain's frame MFN, asking with DOMID_SELF (the frame is not ours)
+ *   foreign_dom0 MFN  the same, naming domain 0 as the frames' owner (foreigndom = 0): what an
+ *                     unprivileged domain has no permission for
  *   p2m_wrong_mfn     the P2M entry of one of our pfns changed to the mfn of another of our pages
  *                     (what __set_phys_to_machine does: set_phys_to_machine is not exported to
  *                     modules, xen_p2m_addr is)
@@ -212,7 +214,7 @@ static int unpin_not_pinned(void)
 	return mmuext("unpin", MMUEXT_UNPIN_TABLE, mfn_of(page));
 }
 
-static int foreign_self(unsigned long foreign_mfn)
+static int foreign(unsigned long foreign_mfn, domid_t owner)
 {
 	void *target = fresh_page();
 	u64 pte_ma;
@@ -227,7 +229,7 @@ static int foreign_self(unsigned long foreign_mfn)
 	say("foreign_mfn=%#lx\n", foreign_mfn);
 	return mmu_update("update", pte_ma,
 			  ((u64)foreign_mfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_ACCESSED |
-			  (_PAGE_NX & __supported_pte_mask), DOMID_SELF);
+			  (_PAGE_NX & __supported_pte_mask), owner);
 }
 
 static int p2m_wrong_mfn(void)
@@ -266,7 +268,9 @@ static int run(const char *name, unsigned long arg)
 	if (!strcmp(name, "unpin_not_pinned"))
 		return unpin_not_pinned();
 	if (!strcmp(name, "foreign_self"))
-		return foreign_self(arg);
+		return foreign(arg, DOMID_SELF);
+	if (!strcmp(name, "foreign_dom0"))
+		return foreign(arg, 0);
 	if (!strcmp(name, "p2m_wrong_mfn"))
 		return p2m_wrong_mfn();
 	return -ENOENT;
@@ -291,7 +295,7 @@ static ssize_t xs_write(struct file *file, const char __user *buf, size_t len, l
 	mutex_lock(&lock);
 	report_len = 0;
 	report[0] = 0;
-	say("scenario=%s\ndomid_self=%u\n", line, DOMID_SELF);
+	say("scenario=%s\ninitial_domain=%d\n", line, xen_initial_domain() ? 1 : 0);
 	rc = run(line, arg);
 	say("result=%d\n", rc);
 	mutex_unlock(&lock);

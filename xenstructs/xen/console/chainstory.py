@@ -258,7 +258,32 @@ def dump_story(chains, host, references=None):
             continue
         if chain["root"] is None:
             story.append(_unknown_root_text(chain, found))
-    return story + _writable_story(chains, host, references or _reverse_map())
+    return story + _owner_story(chains, host) + _writable_story(chains, host, references or _reverse_map())
+
+
+def _owner_story(chains, host):
+    """For an L1 entry refused because its frame is not the domain's: who owns the frame now."""
+    story = []
+    for chain in chains:
+        root = chain["root"]
+        if not root or root["kind"] != "l1e_ref_error":
+            continue
+        fields = root["fields"]
+        try:
+            owner = host.page(fields["mfn"])["owner"]
+        except XenscopeError as e:
+            story.append(f"line {root['line_no']}: mfn {fields['mfn']:#x} cannot be read in the dump ({e}).")
+            continue
+        chain["dump_owner"] = owner
+        if owner is None or owner == fields["pg_owner"]:
+            continue
+        asked = ("its own (DOMID_SELF)" if fields["pg_owner"] == fields["l1e_owner"]
+                 else f"d{fields['pg_owner']}'s")
+        story.append(f"line {root['line_no']}: in the dump, mfn {fields['mfn']:#x} belongs to d{owner}: "
+                     f"d{fields['l1e_owner']} asked to map it as {asked}, so Xen refused; mapping another "
+                     f"domain's frame needs that domain named as the pages' owner (foreigndom) by a domain "
+                     f"privileged over it, or a grant.")
+    return story
 
 
 def _writable_story(chains, host, references):
