@@ -13,7 +13,8 @@ venv=${XENSCOPE_VENV:-$here/.venv}
 syspy=/usr/bin/python3
 # the real-system test tier boots Debian's own kernels under QEMU (x86_64, and i386 PAE: its
 # kernel and busybox are downloaded with apt-get download, so the i386 architecture is enabled)
-# crash (with /usr/include/crash/defs.h), gcc and python3-dev build the crash extension.
+# crash (with /usr/include/crash/defs.h), gcc and python3-dev build the crash extension; make, flex
+# and bison build the debug Xen of the real-system tier (and make its test kernel module).
 debs=(gdb python3 python3-venv python3-pip python3-libkdumpfile makedumpfile qemu-system-x86 busybox-static
       crash gcc libc6-dev python3-dev make flex bison)
 

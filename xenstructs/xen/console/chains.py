@@ -50,6 +50,9 @@ class _Context:
 
 
 class ChainBuilder:
+    """Feed every decoded message (:meth:`feed`) and each suppression notice (:meth:`gap`) in log
+    order; :meth:`finish` returns the chains."""
+
     def __init__(self, level_of):
         """``level_of(type_info) -> 1..4 or None`` (the page_info layout's PGT_lN types)."""
         self.level_of = level_of
