@@ -15,9 +15,10 @@ syspy=/usr/bin/python3
 # kernel and busybox are downloaded with apt-get download, so the i386 architecture is enabled)
 # crash (with /usr/include/crash/defs.h), gcc and python3-dev build the crash extension.
 # make and gcc-12 (the compiler Debian builds its 6.1 kernels with) build the test tier's kernel
-# module against the booted kernel's linux-headers, which the tier fetches into its cache itself.
+# modules against the booted kernel's linux-headers, which the tier fetches into its cache itself;
+# flex and bison build the debug Xen of the real-system tier.
 debs=(gdb python3 python3-venv python3-pip python3-libkdumpfile makedumpfile qemu-system-x86 busybox-static
-      crash gcc libc6-dev python3-dev make gcc-12)
+      crash gcc libc6-dev python3-dev make gcc-12 flex bison)
 
 say() { printf '== %s\n' "$*"; }
 

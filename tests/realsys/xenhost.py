@@ -301,6 +301,7 @@ class XenHost:
         self.xen_syms_reason = files["xen_syms_reason"]
         self.xen_syms_symtab = files["xen_syms_symtab"]
         self.xen_map = files["xen_map"]
+        self.flavour = files.get("flavour", "release")
         text = self.console
         m = re.search(r"Xen version (\d+\.\d+\.\d+\S*) \(([^)]*)\)", text)
         self.xen_version = {"debian": files["version"], "banner": m.group(1) if m else None,
@@ -449,18 +450,42 @@ class XenHost:
         self.vm.close()
 
 
+def hypervisor_files(version=None, hypervisor=None):
+    """:func:`xen_files` of ``version``, with the hypervisor replaced when ``hypervisor`` is given.
+
+    ``hypervisor``: None (Debian's release build), or a dict with ``xen`` (the multiboot ELF to
+    boot) and optionally ``xen_syms`` (ELF, with DWARF for a build of our own), ``xen_map``,
+    ``flavour`` (e.g. the debug build of :func:`realsys.xendebug.debug_hypervisor`). Its
+    ``version`` must be the Debian version whose packages (config, -dbg) describe it.
+    """
+    files = dict(xen_files(version), flavour="release")
+    if hypervisor is None:
+        return files
+    if hypervisor.get("version", files["version"]) != files["version"]:
+        raise RuntimeError(f"hypervisor built from {hypervisor['version']} but booting the "
+                           f"packages of {files['version']}")
+    files.update(xen=hypervisor["xen"], flavour=hypervisor.get("flavour", "custom"),
+                 config=hypervisor.get("config", files["config"]))
+    if hypervisor.get("xen_syms"):
+        files.update(xen_syms=hypervisor["xen_syms"], xen_syms_symtab=hypervisor["xen_syms"],
+                     xen_syms_reason=None, xen_map=hypervisor.get("xen_map"))
+    return files
+
+
 def boot_xen_host(workdir=None, timeout=240, mem=512, version=None, xen_args=XEN_ARGS,
                   dom0_args=DOM0_ARGS, extra_files=None, extra_modules=(), extra_init="",
-                  qemu_args=(), cpu=CPU_MODEL, until=READY):
+                  qemu_args=(), cpu=CPU_MODEL, until=READY, hypervisor=None):
     """Boot Xen with a PV dom0; return a :class:`XenHost` once the console shows ``until``.
 
     ``extra_files``, ``extra_modules``, ``extra_init``: see :func:`dom0_initramfs` (e.g. a
     toolstack and its libraries); ``qemu_args`` are appended to QEMU's command line (e.g. a
     second disk: ``["-drive", "file=disk.img,if=virtio,format=raw"]``, or QEMU's own interrupt
     log ``["-d", "int", "-D", path]``); ``cpu`` is QEMU's ``-cpu`` model; ``until`` the console text
-    to wait for: dom0's shell (:data:`READY`), or :data:`CRASHED` for a boot that is meant to crash.
+    to wait for: dom0's shell (:data:`READY`), or :data:`CRASHED` for a boot that is meant to crash;
+    ``hypervisor``: boot another build of the same version (see :func:`hypervisor_files`; the
+    release by default).
     """
-    files = xen_files(version)
+    files = hypervisor_files(version, hypervisor)
     vmlinuz, _, _, _ = L.kernel_files("x86_64")
     workdir = workdir or V.tempfile.mkdtemp(prefix="xenscope-xen-")
     os.makedirs(workdir, exist_ok=True)

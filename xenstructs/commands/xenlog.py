@@ -19,6 +19,8 @@ def _add_dump(res, args):
                 row["page"] = host.page(row["mfn"])
             except XenscopeError as e:
                 row["page"] = {"mfn": row["mfn"], "error": str(e)}
+        from ..xen.console.chainstory import dump_story
+        res["summary"]["story"] += dump_story(res["summary"]["chains"], host)
     finally:
         target.close()
 

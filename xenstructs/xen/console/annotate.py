@@ -16,10 +16,13 @@ from collections import Counter
 
 from ...errors import XenscopeError
 from .. import layouts
+from .chains import ChainBuilder
+from .chainstory import describe_chains
 from .lines import banner_version, clean_line, iter_lines, split_context, strip_prefix, suppressed_count
 from .crash import CrashReader
 from .messages import BY_KIND, hex_int, parse_message
-from .sentences import PageInfo
+from .sentences import PAGE_TABLES, PageInfo
+from .sourcelines import MAX_OBSERVED, is_mm_c, match_lines
 from .story import likely_story
 
 MAX_MFNS = 20000           # frames tracked individually in the summary
@@ -27,10 +30,6 @@ MAX_CONTEXTS = 2000
 MAX_EVENTS = 200           # walks / faults kept for the story
 PER_MFN = 3                # entries kept per mfn once ``keep`` is reached
 MAX_BAD_TYPES = 50         # "Bad type" lines read to guess the layout
-CHAIN_LINES = 12           # a validation chain: messages at most this many lines apart
-# messages that can explain the "Error while validating" after them (one alloc_page_type call)
-CHAIN_CAUSES = ("bad_type", "linear_pt", "bad_flags", "table_failure", "l1e_ref_error", "page_ref", "io_map",
-                "get_page_error")
 FAULT_EVENTS = ("unhandled", "xen_smap", "guest_smap", "fault_address", "fatal_trap")
 
 
@@ -54,12 +53,15 @@ class Annotator:
         self.lines = 0
         self.walks = []           # [{"line_no","va","levels":[...]}]
         self.faults = []          # fatal_pf / unhandled / smap events
-        self.chains = []          # validation chains: linear/flags/bad_type -> failure -> validate
+        self.chain_builder = ChainBuilder(self._level_of)
+        self.chains = []          # causal chains (chains.py), filled by finish()
+        self.source_lines = set()  # (kind, level, line) of mm.c gdprintk lines
+        self.source_match = None
         self._walk = None
-        self._recent = []         # last few (line_no, kind, fields, context) for chaining
         self._last_fatal = None
         self.banner = None
         self.crash = CrashReader()        # crash blocks: register dumps and what led to them (.crash)
+        self.release_build = False
 
     # -- per line ---------------------------------------------------------------------------
     def feed(self, line_no, raw):
@@ -72,11 +74,13 @@ class Annotator:
             if count is not None:
                 self.suppressed += count
                 self.suppressed_lines += 1
+                self.chain_builder.gap(line_no)
                 return
         if self.banner is None and "Xen" in body:
             version = banner_version(body)
             if version is not None:
                 self.banner = version
+                self.release_build = " debug=n" in body       # console.c prints debug=%c
                 return
         context, rest = split_context(body)
         parsed = parse_message(rest)
@@ -90,7 +94,8 @@ class Annotator:
         self._track_mfn(line_no, kind, fields, context)
         self._track_context(line_no, kind, context)
         self._track_events(line_no, kind, fields, context)
-        self._track_chain(line_no, kind, fields, context)
+        self.chain_builder.feed(line_no, kind, fields, context)
+        self._track_source_line(kind, fields, context)
         entry = self._add_entry(line_no, line, kind, fields, context)
         if kind == "fatal_pf":
             event = {"line_no": line_no, "kind": kind, "context": context,
@@ -188,20 +193,27 @@ class Annotator:
             if len(self.faults) < MAX_EVENTS:
                 self.faults.append({"line_no": line_no, "kind": kind, "context": context, **fields})
 
-    def _track_chain(self, line_no, kind, fields, context):
-        """Validation chains: the message sequence of one __get_page_type / alloc_page_type call."""
-        self._recent = [msg for msg in self._recent if line_no - msg[0] <= CHAIN_LINES][-10:]
-        self._recent.append((line_no, kind, fields, context))
-        if kind == "validate_error" and len(self.chains) < 4:
-            before = [msg for msg in self._recent[:-1] if msg[1] in CHAIN_CAUSES]
-            self.chains.append({"line_no": line_no, "fields": fields, "context": context,
-                                "before": [(msg[0], msg[1], msg[2]) for msg in before]})
-        if kind == "pin_error" and self.chains and line_no - self.chains[-1]["line_no"] <= CHAIN_LINES:
-            self.chains[-1]["pin"] = (line_no, fields)
+    def _level_of(self, type_info):
+        """1..4 for a type_info of an L1..L4 page table in the chosen layout, else None."""
+        if self.layout is None:
+            return None
+        try:
+            kind = self.pages.type_info(type_info)["type"]
+        except XenscopeError:
+            return None
+        return int(kind[1]) if kind in PAGE_TABLES else None
+
+    def _track_source_line(self, kind, fields, context):
+        """(kind, level, line) of a gdprintk line printed from mm.c, for :func:`.sourcelines.match_lines`."""
+        if context and context.get("line") and is_mm_c(context.get("file")) \
+                and len(self.source_lines) < MAX_OBSERVED:
+            self.source_lines.add((kind, fields.get("level"), context["line"]))
 
     # -- summary --------------------------------------------------------------------------------
     def finish(self):
         crashes = self.crash.finish()
+        self.chains = describe_chains(self.chain_builder.finish(), self.pages)
+        self.source_match = match_lines(self.source_lines)
         summary = {"lines": self.lines, "messages": sum(self.by_kind.values()),
                    "by_kind": dict(self.by_kind), "by_mfn": self._mfn_rows(), "by_context": self._context_rows(),
                    "suppressed": self.suppressed, "suppressed_lines": self.suppressed_lines,
@@ -209,6 +221,8 @@ class Annotator:
                    "xen_version_in_log": self.banner,
                    "walks": [self._walk_result(walk) for walk in self.walks],
                    "crashes": crashes,
+                   "chains": self.chains, "chains_dropped": self.chain_builder.dropped,
+                   "source_lines": self.source_match,
                    "story": self.story() + [line for crash in crashes for line in crash["story"]]}
         return {"layout": self.layout_info, "entries": self.entries, "summary": summary}
 

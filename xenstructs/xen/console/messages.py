@@ -166,18 +166,19 @@ def _table_failure(fields, pages):
                 f"(see the message before this one).")
 
 
-# mm.c define_get_linear_pagetable(); "(feature disabled)" since XSA-240
+# mm.c define_get_linear_pagetable(); "(feature disabled)" since XSA-240. get_page_from_l2e/l3e/l4e
+# (4.4-4.20) call get_lN_linear_pagetable() only after get_page_and_type() of the entry's target at
+# the level below failed with -EINVAL; it prints "with write perms" when the entry has RW set.
 @message("linear_pt", "Attempt to create linear p.t.", "linear p.t.",
          r"Attempt to create linear p\.t\. (with write perms|\(feature disabled\))",
          lambda g: {"disabled": g[0].startswith("(")})
 def _linear_pt(fields, pages):
-    if fields["disabled"]:
-        return {}, ("an L2/L3/L4 entry points at a page table of its own level (a linear, or "
-                    "recursive, page table) and Xen runs with linear page tables disabled "
-                    "(pv-linear-pt=0): the entry is refused.")
-    return {}, ("an L2/L3/L4 entry points at a page table of its own level (a linear, or "
-                "recursive, page table) with RW set: Xen allows such entries only read-only, "
-                "so it is refused.")
+    why = ("linear page tables are disabled (pv-linear-pt=0)" if fields["disabled"] else
+           "the entry has RW set and linear mappings must be read-only")
+    return {}, ("Xen could not give the page this L2/L3/L4 entry points at the type of the level below "
+                "(-EINVAL: the message before says why), so it tried the entry as a linear (recursive) "
+                f"mapping of a table of its own level and refused that too: {why}. A consequence of the "
+                "failure before it, unless that failure saw a table of the entry's own level.")
 
 
 # mm.c do_mmuext_op(): "Error while pinning mfn %lx" (4.4-4.6), "Error %d while pinning" (4.7+)

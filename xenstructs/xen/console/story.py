@@ -9,20 +9,30 @@ from collections import Counter
 
 from ...decode import decode_pf
 from ...errors import XenscopeError
-from .sentences import PAGE_TABLES, TYPE_NOUN, decode_flags24, decode_pte, level_name, type_state, va_region
+from .chainstory import chains_story
+from .sentences import PAGE_TABLES, decode_pte, level_name, va_region
 
 
 def likely_story(annotator):
     """The story: a list of sentences (empty for an empty log)."""
     story = _bad_type_story(annotator)
-    story += _chains_story(annotator)
+    story += chains_story(annotator.chains, annotator.chain_builder.dropped)
+    story += _source_story(annotator)
+    if annotator.release_build:
+        story.append(f"the banner says debug=n: a release build of Xen {annotator.banner}, in which gdprintk() "
+                     f"prints nothing (xen/include/xen/lib.h, NDEBUG): a refused pin, type change or "
+                     f"page-table update leaves no line in this log, so only a dump can tell those "
+                     f"(pt-audit, xen refs).")
     by_kind = annotator.by_kind
-    if by_kind.get("bad_flags"):
-        story.append(f"{by_kind['bad_flags']} page-table entr{'y has' if by_kind['bad_flags'] == 1 else 'ies have'} "
+    told = Counter(leaf["kind"] for chain in annotator.chains for leaf in chain["leaves"])
+    if by_kind.get("bad_flags", 0) > told["bad_flags"]:
+        count = by_kind["bad_flags"] - told["bad_flags"]
+        story.append(f"{count} page-table entr{'y has' if count == 1 else 'ies have'} "
                      f"flags Xen forbids (see the decoded Bad Ln flags lines): the guest builds entries "
                      f"with bits Xen does not allow in PV page tables.")
-    if by_kind.get("l1e_ref_error"):
-        story.append(f"{by_kind['l1e_ref_error']} L1 entr{'y maps' if by_kind['l1e_ref_error'] == 1 else 'ies map'} "
+    if by_kind.get("l1e_ref_error", 0) > told["l1e_ref_error"]:
+        count = by_kind["l1e_ref_error"] - told["l1e_ref_error"]
+        story.append(f"{count} L1 entr{'y maps' if count == 1 else 'ies map'} "
                      f"frames the domain cannot take a reference on: mappings of frames it does not own "
                      f"(freed, granted away, or another domain's) or writable mappings of page tables.")
     story += fault_story(annotator.faults, annotator.walks)
@@ -39,12 +49,40 @@ def likely_story(annotator):
     return story
 
 
+def _source_story(annotator):
+    """Which Xen release's mm.c line numbers the log's gdprintk lines match."""
+    match = annotator.source_match
+    if not match:
+        return []
+    count = f"{match['checked']} distinct mm.c line number(s) of the decoded messages"
+    if match["releases"]:
+        where = ", ".join(f"{line['line']} {line['function']}" for line in match["lines"][:12])
+        banner = annotator.banner
+        agrees = ""
+        if banner:
+            release = banner.split("-")[0]
+            agrees = (f"; the banner's Xen {banner} is one of them" if release in match["releases"] else
+                      f"; but the banner says Xen {banner}")
+        return [f"{count} match the real mm.c of Xen {match['text']} (and no other release 4.4.0-4.20.x)"
+                f"{agrees}: {where}."]
+    best = match.get("best")
+    return [f"{count} match no Xen release's mm.c (4.4.0-4.20.x, from the real sources): a patched, "
+            f"unreleased or hand-written log"
+            + (f"; the closest, {best['text']}, has {best['matched']} of them." if best and best["matched"] > 1
+               else ".")]
+
+
 def _bad_type_pairs(annotator):
     """The mfns with a Bad type, as ``(record, saw, exp)`` in three groups: writable pages asked to
-    become page tables, page tables asked to become writable, tables asked for another level."""
+    become page tables, page tables asked to become writable, tables asked for another level. The
+    root pages of causal chains are told by their chain, not here."""
     writable_as_table, table_as_writable, table_as_table = [], [], []
+    in_chains = {chain["root"]["fields"].get("mfn") for chain in annotator.chains
+                 if chain["root"] and chain["root"]["kind"] == "bad_type"}
     for record in annotator.mfns.values():
         if record["saw"] is None or record["exp"] is None or annotator.layout is None:
+            continue
+        if record["mfn"] in in_chains and len(in_chains) <= 3:
             continue
         try:
             saw, exp = annotator.pages.type_info(record["saw"]), annotator.pages.type_info(record["exp"])
@@ -96,66 +134,6 @@ def _bad_type_story(annotator):
     if len(table_as_table) > 5:
         story.append(f"... and {len(table_as_table) - 5} more page tables requested at the wrong level.")
     return story
-
-
-def _chains_story(annotator):
-    chains = annotator.chains
-    story = [chain_story(chain, annotator.pages) for chain in chains[:3]]
-    if len(chains) > 3:
-        story.append(f"... and {annotator.by_kind['validate_error'] - 3} more failed validations "
-                     f"(lines {chains[3]['line_no']}...; see the decoded lines).")
-    return story
-
-
-def chain_story(chain, pages):
-    """One failed validation and the messages just before it (one __get_page_type / alloc_page_type
-    call): why the page could not become a page table."""
-    fields = chain["fields"]
-    mfn = fields["mfn"]
-    try:
-        requested = pages.type_info(fields["type"]) if pages.layout is not None else None
-    except XenscopeError:
-        requested = None
-    level = (level_name(requested["type"]) if requested and requested["type"] in PAGE_TABLES
-             else f"type {fields['type']:#x}")
-    before = chain["before"]                        # [(line_no, kind, fields)]
-    kinds = [kind for _, kind, _ in before]
-    failure = next((msg for msg in reversed(before) if msg[1] == "table_failure"), None)
-    slot = f"entry {failure[2]['slot']} ({failure[2]['slot']:#x})" if failure else "one of the entries"
-    pin = ""
-    if chain.get("pin"):
-        pin = f"; so the pin of mfn {chain['pin'][1]['mfn']:#x} (line {chain['pin'][0]}) failed too"
-    head = f"line {chain['line_no']}: "
-    if "linear_pt" in kinds:
-        linear = next(msg for msg in before if msg[1] == "linear_pt")
-        if linear[2]["disabled"]:
-            return (head + f"{slot} of the {level} table mfn {mfn:#x} points at another {level} table "
-                    f"(a linear page table) and linear page tables are disabled (pv-linear-pt=0), so "
-                    f"validating mfn {mfn:#x} as an {level} failed{pin}.")
-        where = f" (slot {failure[2]['slot']:#x})" if failure else ""
-        return (head + f"an {level} entry{where} of mfn {mfn:#x} points at another {level} with RW set: "
-                f"Xen allows such linear entries only read-only, so validating mfn {mfn:#x} as an "
-                f"{level} failed{pin}.")
-    if "bad_flags" in kinds:
-        bad_flags = next(msg for msg in before if msg[1] == "bad_flags")
-        names = " ".join(decode_flags24(bad_flags[2]["flags"], bad_flags[2]["level"])["names"])
-        return (head + f"{slot} of mfn {mfn:#x} has forbidden flags ({names}), so "
-                f"validating it as an {level} failed{pin}.")
-    if "bad_type" in kinds:
-        bad_type = next(msg for msg in reversed(before) if msg[1] == "bad_type")
-        try:
-            saw = pages.type_info(bad_type[2]["saw"])
-            saw_text = f"{TYPE_NOUN.get(saw['type'], saw['type'])} ({type_state(saw)})"
-        except (XenscopeError, TypeError):
-            saw_text = f"type_info {bad_type[2]['saw']:#x}"
-        return (head + f"{slot} of mfn {mfn:#x} points at mfn {bad_type[2]['mfn']:#x}, which is "
-                f"{saw_text} and cannot take the type the entry needs, so validating mfn {mfn:#x} as "
-                f"an {level} failed{pin}.")
-    if any(kind in kinds for kind in ("l1e_ref_error", "page_ref", "get_page_error", "io_map")):
-        return (head + f"{slot} of mfn {mfn:#x} maps a frame the domain may not reference "
-                f"(see the messages before), so validating it as an {level} failed{pin}.")
-    return (head + f"validating mfn {mfn:#x} as an {level} failed at {slot}; the specific reason was "
-            f"not logged (suppressed, or a non-debug Xen)" + pin + ".")
 
 
 def fault_story(faults, walks):
