@@ -192,20 +192,14 @@ def chains_story(chains, dropped=0):
 # With a dump
 # ---------------------------------------------------------------------------------------------
 
-def _reverse_map():
-    try:
-        from .. import refs
-    except ImportError:
-        return None
-    return getattr(refs, "references", None)
-
-
 def _ref_text(ref):
-    domain = ref.get("domain")
-    who = f"d{domain}" if isinstance(domain, int) else str(domain)
-    va = f", va {ref['va']:#x}" if ref.get("va") is not None else ""
-    return (f"{who} L{ref['level']} mfn {ref['table_mfn']:#x} slot {ref['slot']:#x} = {ref['entry']:#x}"
-            f" ({'RW' if ref.get('writable') else 'RO'}{' US' if ref.get('user') else ''}{va})")
+    """One entry of the reverse map (:func:`xenstructs.xen.refs.references`) as the story names it."""
+    rights = f"{'RW' if ref['writable'] else 'RO'}{' US' if ref['user'] else ''}"
+    vas = "".join(f", va {va:#x}" for va in ref["vas"][:2])
+    if ref["level"] is None:                                 # Xen's own mapping, in its slots
+        return f"Xen's own mapping = {ref['entry']:#x} ({rights}{vas})"
+    return (f"{ref['domain_name']} L{ref['level']} mfn {ref['table_mfn']:#x} slot {ref['slot']:#x} = "
+            f"{ref['entry']:#x} ({rights}{vas})")
 
 
 def _entry_in_dump(host, node):
@@ -258,7 +252,9 @@ def dump_story(chains, host, references=None):
             continue
         if chain["root"] is None:
             story.append(_unknown_root_text(chain, found))
-    return story + _owner_story(chains, host) + _writable_story(chains, host, references or _reverse_map())
+    if references is None:
+        from ..refs import references
+    return story + _owner_story(chains, host) + _writable_story(chains, host, references)
 
 
 def _owner_story(chains, host):
@@ -291,9 +287,6 @@ def _writable_story(chains, host, references):
                     if chain["root_cause"]["kind"] == "writable"})
     if not roots:
         return []
-    if references is None:
-        return [f"the reverse map (xenstructs.xen.refs, `xen refs MFN`) is not in this build: cannot "
-                f"list the entries that keep mfn(s) {', '.join(f'{mfn:#x}' for mfn in roots)} writable."]
     found = {}
     for ref in references(host, roots, writable_only=True):
         found.setdefault(ref["mfn"], []).append(ref)
