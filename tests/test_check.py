@@ -33,7 +33,7 @@ def test_every_core_checked(reports):
     assert [r.dump for r in reports] == DUMPS
     for r in reports:
         assert r.readable
-        assert [c.name for c in r.checks] == ["paging", "xen-frames", "p2m", "modcheck", "faults"]
+        assert [c.name for c in r.checks] == ["paging", "xen-frames", "p2m", "modcheck", "faults", "console"]
         assert all(c.status in ("ok", "findings", "error", "n.a.") for c in r.checks)
 
 
@@ -193,3 +193,21 @@ def test_bundled_cores_directory():
     assert {"x86_64-4level.core", "xen-4.6-host.core", "pv-x86_64.xc"} <= names
     assert not any(n.endswith((".json", ".map", ".log", ".vmlinux")) for n in names)
     assert exit_status(rep) == 1
+
+
+def test_console_check_names_every_request_xen_refused():
+    """The console beside a dump (here given with --log): a real debug Xen's log of the dom0 requests
+    the test module made (tests/data/xenlogs/xen-4.17.5-debug-mmu.json says what it asked and what
+    Xen answered): every refused request (rc < 0) is one finding with its root cause."""
+    import json as _json
+    data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "xenlogs")
+    reports = _json.load(open(os.path.join(data, "xen-4.17.5-debug-mmu.json")))["reports"]
+    refused = sorted(name for name, r in reports.items() if r.get("result", 0) < 0)
+    rep = check_dump(os.path.join(CORES, "x86_64-4level.core"),
+                     Options(log=os.path.join(data, "xen-4.17.5-debug-mmu.log")))
+    console = by_name(rep)["console"]
+    assert console.status == "findings"
+    pins = {r["pin_mfn"] for r in reports.values() if r.get("pin_rc", 0) < 0 and "pin_mfn" in r}
+    found = {f["request"]["mfn"] for f in console.findings if f["request"] and f["request"]["kind"] == "pin"}
+    assert pins and pins == found, (pins, found)
+    assert len(console.findings) == len(refused), (refused, [f["text"][:60] for f in console.findings])

@@ -19,6 +19,8 @@ Checks (``name``: when it applies: what it reports):
   when ``kernel_syms`` (dom0's System.map) is given (dom0's P2M against Xen's M2P and owners).
 * ``modcheck``: when ``profile`` or ``vmlinux`` is given and the dump is a kernel dump (neither a
   Xen host nor an xl dump-core file): module pages mapped alike in every task's page directory.
+* ``console``: when a console log is available (as for ``faults``): each refused MMU request Xen
+  logged (its causal chain and root cause, ``xenscope log``'s) and each crash block is a finding.
 * ``faults``: when a log is available (``log``, or ``<dump without extension>.log`` next to the
   dump, e.g. ``xen-4.6-host.log``) and it holds a page fault: the fault explained rule by rule
   against the dump's registers and page tables. Without a log (dumps hold no error code):
@@ -68,7 +70,7 @@ from typing import List, Optional
 
 FINDINGS_LIMIT = 100
 STATUSES = ("ok", "findings", "error", "n.a.")
-CHECKS = ("paging", "xen-frames", "p2m", "modcheck", "faults")
+CHECKS = ("paging", "xen-frames", "p2m", "modcheck", "faults", "console")
 
 
 @dataclass
@@ -312,6 +314,31 @@ def _check_faults(target, ctx, opts, path):
     return CheckResult("faults", "findings", f"page fault from {os.path.basename(log)}: {r.get('cause')}", [f])
 
 
+def _check_console(target, ctx, opts, path):
+    """Xen's console beside the dump: every refused MMU request (one causal chain each, with its
+    root cause) and every crash block is a finding; a release build's silence is said."""
+    from .xen.console import annotate_file
+    log = opts.log or (_sibling(path, ".log") if opts.siblings else None)
+    if not log:
+        return CheckResult("console", "n.a.", "no console log: give --log, or put <dump>.log next to the dump")
+    summary = annotate_file(log)["summary"]
+    findings = [{"kind": "refused-request", "lines": chain["lines"], "request": chain["request"],
+                 "root_cause": {k: chain["root_cause"].get(k) for k in ("kind", "mfn")},
+                 "text": chain["sentence"]} for chain in summary["chains"]]
+    findings += [{"kind": "crash", "text": crash["story"][0] if crash["story"] else "a crash block"}
+                 for crash in summary["crashes"]]
+    name = os.path.basename(log)
+    if not findings:
+        quiet = " (a release build, debug=n: mm.c refusals are not printed)" if any(
+            "debug=n" in line for line in summary["story"]) else ""
+        return CheckResult("console", "ok", f"{name}: {summary['lines']} lines, no refused request or crash{quiet}")
+    kinds = {}
+    for finding in findings:
+        kinds[finding["kind"]] = kinds.get(finding["kind"], 0) + 1
+    return CheckResult("console", "findings", f"{name}: " + ", ".join(f"{n} {k}" for k, n in kinds.items()),
+                       _limit(findings))
+
+
 def _guard(name, fn, *a):
     try:
         return fn(*a)
@@ -362,6 +389,7 @@ def check_dump(path, options=None):
         rep.checks.append(_guard("p2m", _check_p2m, target, ctx, opts))
         rep.checks.append(_guard("modcheck", _check_modcheck, target, ctx, opts))
         rep.checks.append(_guard("faults", _check_faults, target, ctx, opts, path))
+        rep.checks.append(_guard("console", _check_console, target, ctx, opts, path))
         return rep
     finally:
         try:
