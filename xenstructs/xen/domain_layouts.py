@@ -14,7 +14,7 @@ domain`` up to ``is_privileged``, ``struct domain_iommu``, compared as text at e
 is how the point-release ranges below were drawn. The maintainer's script is
 ``tests/realsys/xen_struct_offsets.py``.
 
-Verified against a real dump (tests/realsys/test_xen_healthy.py): Debian's 4.17.7 release build
+Verified against a real dump (tests/realsys/test_xen_domu_boot.py): Debian's 4.17.7 release build
 with a PV domU made by its toolstack: ``is_privileged`` (+465) is 1 in dom0 and 0 in the domU,
 ``d->grant_table`` (+264) points at a table whose ``domain`` (+128) points back, and the domU's
 active entries 0 and 1 name the console and xenstore ring frames that ``xenstore-ls`` prints, pinned
@@ -89,13 +89,13 @@ def candidates(version):
     return sorted(rows, key=lambda r: r.debug)
 
 
-def _backpointers(host, domains, layout):
-    """Number of domains whose grant table points back at them at ``layout``'s offsets; -1 when one
-    does not."""
+def _backpointers(host, domains, layout, grant_table=None):
+    """Number of domains whose grant table points back at them at ``layout``'s offsets (``d->grant_table``
+    at ``grant_table`` when given: xen-syms' DWARF); -1 when one does not."""
     good = 0
     for d in domains:
         try:
-            gt = host.read_u64(d.struct_va + layout.grant_table)
+            gt = host.read_u64(d.struct_va + (layout.grant_table if grant_table is None else grant_table))
             if not gt:
                 continue
             if host.read_u64(gt + layout.gt_domain) != d.struct_va:
@@ -106,9 +106,10 @@ def _backpointers(host, domains, layout):
     return good
 
 
-def select(host, domains):
+def select(host, domains, grant_table=None):
     """``(layout, why)``: the first candidate layout of the host's Xen release whose grant tables
-    point back at their domains in this dump, or ``(None, why not)``."""
+    point back at their domains in this dump, or ``(None, why not)``; ``grant_table``: the offset of
+    ``d->grant_table`` when known otherwise (DWARF)."""
     if not host.version:
         return None, "struct domain offsets: the Xen version is not known (give --xen)"
     try:
@@ -119,7 +120,7 @@ def select(host, domains):
         return None, f"struct domain offsets: none known for Xen {host.version} (table: 4.14-4.20)"
     tried = []
     for row in rows:
-        n = _backpointers(host, domains, row)
+        n = _backpointers(host, domains, row, grant_table)
         if n > 0:
             return row, (f"struct domain offsets: layout {row.name} (grant-table back-pointers of {n} "
                          f"domain(s) check out in this dump)")

@@ -244,7 +244,7 @@ def read_foreign_access(host):
     access = ForeignAccess()
     domains = _domains(host)
     dwarf = _dwarf_domain_offsets(host)
-    layout, why = domain_layouts.select(host, domains)
+    layout, why = domain_layouts.select(host, domains, dwarf.get("grant_table"))
     access.layout = layout
     access.notes.append(why)
     _privilege(host, access, domains, layout, dwarf)
