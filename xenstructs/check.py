@@ -242,7 +242,8 @@ def _check_xen_frames(target, ctx):
     nfree = c["free_with_references_count"]
     legit = ("; informational: " + ", ".join(f"{k} {v}" for k, v in sorted(info.items()))) if info else ""
     summary = (f"{c['frames']} frames: {nfree} free frame(s) with references; pt-audit of {ndom} domain(s), "
-               f"{ntables} table(s): {npt} finding(s){legit}" + (f" (xen-syms {ctx['syms']})" if ctx.get("syms") else ""))
+               f"{ntables} table(s): {npt} finding(s){legit}"
+               + (f" (xen-syms {ctx['syms']})" if ctx.get("syms") else ""))
     return CheckResult("xen-frames", "findings" if nfree or npt else "ok", summary, _limit(fs))
 
 

@@ -898,7 +898,8 @@ def _violations(dump):
     ]
     unpriv = xenforeign.manifest(dump, lambda name: {"d0": dump.dom0, "d1": dump.domu}[name].l4)["violation"]
     d1_owners = "l1e_owner=1, pg_owner=1" if dump.key == "4.6" else "l1e_owner d1, pg_owner d1"
-    unpriv["xen_would_say"] = (f"Error getting mfn {mfn_text(unpriv['mfn'])} (pfn {mfn_text(xenforeign.UNPRIVILEGED_PFN)}) "
+    unpriv["xen_would_say"] = (f"Error getting mfn {mfn_text(unpriv['mfn'])} "
+                               f"(pfn {mfn_text(xenforeign.UNPRIVILEGED_PFN)}) "
                                f"from L1 entry {unpriv['entry']:016x} for {d1_owners}")
     dump.violations.append(unpriv)
     # dom0 is the control/hardware domain: its foreign reference is legitimate (pt-audit: informational)

@@ -21,9 +21,9 @@ initramfs for the domU, and the xl config. On the serial console dom0 then runs 
 ``toolstack`` (xenstored, xen-init-dom0, xenconsoled), ``create`` (xl create), ``wait`` (the domU's
 marker in xenconsoled's log), ``pause``, ``rings`` (the domU's store and console ring-refs from
 xenstore, and xenstored's and xenconsoled's /dev/xen/gntdev mappings: ``d.rings``,
-``d.gntdev_maps``; dom0's /proc/xen/capabilities: ``d.dom0_capabilities``), ``dump`` (xl dump-core into dom0's RAM, then busybox
-``tar`` of the core and of /proc/kallsyms onto the raw second disk, /dev/vda). The host reads the
-tar back from the disk image.
+``d.gntdev_maps``; dom0's /proc/xen/capabilities: ``d.dom0_capabilities``), ``dump`` (xl dump-core
+into dom0's RAM, then busybox ``tar`` of the core and of /proc/kallsyms onto the raw second disk,
+/dev/vda). The host reads the tar back from the disk image.
 
 System.map: Debian's kernel package ships only a placeholder System.map (the real one is in the
 ~860 MB -dbg package), so ``dom0_system_map`` is written from dom0's /proc/kallsyms (read as root,

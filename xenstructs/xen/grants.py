@@ -160,7 +160,8 @@ def _privilege(host, access, domains, layout, dwarf):
         access.notes.append(f"is_privileged at +{off} ({where}) does not hold booleans in every domain: not used")
     if not access.privileged:
         if any(d.id == 0 for d in domains):
-            access.privileged[0] = "domain 0, assumed the control domain (neither is_privileged nor hardware_domain could be read)"
+            access.privileged[0] = ("domain 0, assumed the control domain (neither is_privileged nor "
+                                    "hardware_domain could be read)")
         access.notes.append("assumed: domain 0 is the control domain (no is_privileged offset for this "
                             "release and no hardware_domain symbol: give xen-syms or its .map)")
 
