@@ -461,7 +461,7 @@ def test_struct_offsets_of_the_table_hold_on_the_real_dump(xs, domu):
     at its domain, and the domU's active entries 0 and 1 name xenstore's ring-refs, pinned by d0."""
     from xenstructs.xen import domain_layouts
     _, _, host = xs
-    rows = [r for r in domain_layouts.candidates(host.version) if not r.debug]
+    rows = [r for r in domain_layouts.exact_candidates(host.version) if not r.debug]
     assert len(rows) == 1, (host.version, rows)
     row = rows[0]
     doms = {d.id: d for d in host.domains()}

@@ -1,26 +1,27 @@
 """``struct domain`` / ``struct grant_table`` / ``struct active_grant_entry`` offsets per Xen release
 (x86_64), for dumps whose xen-syms has no DWARF (Debian's has none: only ``.symtab``).
 
-How the values were found: for each release tag of the public Xen repository, the hypervisor was
-configured (``make defconfig``, which at a RELEASE tag is a release build, ``CONFIG_DEBUG`` off; and
-the same plus ``CONFIG_DEBUG=y``: debug builds add ``percpu_owner`` to the grant table's lock, lock
-debugging fields and ``gfn`` to the active entry), its generated headers built, and
-``xen/common/grant_table.c`` compiled by gcc 12 with ``offsetof``/``sizeof`` of every member below
-appended (the struct grant_table and active_grant_entry are private to that file). For 4.17.7 the
-same was done with the ``.config`` Debian ships in ``xen-hypervisor-4.17-amd64``
-(4.17.7+13-g2445b30a44-0+deb12u1): the values equal defconfig's. Releases between two computed
-tags share the struct definitions (``struct grant_table``, ``struct active_grant_entry``, ``struct
-domain`` up to ``is_privileged``, ``struct domain_iommu``, compared as text at every tag), which
-is how the point-release ranges below were drawn. The maintainer's script is
-``tests/realsys/xen_struct_offsets.py``.
+How the values were found: for every release tag 4.14.0 .. 4.20.4 of the public Xen repository, the
+hypervisor was configured (``make defconfig``, which at a RELEASE tag is a release build,
+``CONFIG_DEBUG`` off), its generated headers built, and ``xen/common/grant_table.c`` compiled by gcc
+12 with ``offsetof``/``sizeof`` of every member below appended (struct grant_table and struct
+active_grant_entry are private to that file): ``tests/realsys/xen_struct_offsets.py``. Debug builds
+(defconfig plus ``CONFIG_DEBUG=y``: the grant table's lock gains ``percpu_owner``, locks gain debug
+fields, the active entry ``gfn``) were computed for 21 tags: the first and last of each series and
+some between (the rows marked debug). The point releases differ: backports moved these members within
+a series (release builds: 4.14.0 -> 4.14.1 -> 4.14.3, 4.15.0 -> 4.15.1, 4.18.4 -> 4.18.5, 4.19.1 ->
+4.19.2), so a row spans only consecutive tags that were each computed and agree. Debian's own build configurations give the
+defconfig values: ``xen-hypervisor-4.14-amd64`` 4.14.6-1 (bullseye), ``-4.17-amd64``
+4.17.7+13-g2445b30a44-0+deb12u1 (bookworm), ``-4.20-amd64`` 4.20.4+63-g7abfd2bce2-0+deb13u1 (trixie),
+each ``/boot/xen-*.config`` compiled at the matching tag.
 
 Verified against a real dump (tests/realsys/test_xen_domu_boot.py): Debian's 4.17.7 release build
 with a PV domU made by its toolstack: ``is_privileged`` (+465) is 1 in dom0 and 0 in the domU,
 ``d->grant_table`` (+264) points at a table whose ``domain`` (+128) points back, and the domU's
-active entries 0 and 1 name the console and xenstore ring frames that ``xenstore-ls`` prints, pinned
-by dom0 (``domid`` 0), with the pin counts of dom0's page-table entries that map them. The other
-rows are compiled, not seen in a dump: :func:`select` checks each against the dump (grant-table
-back-pointers) before it is used.
+active entries 0 and 1 name the console and xenstore ring frames that ``xenstore-read`` prints, pinned
+by dom0 (``domid`` 0). The other rows are compiled, not seen in a dump: :func:`select` checks each
+against the dump (grant-table back-pointers; for a row of another point release also
+``is_privileged``) before it is used.
 
 A config option can move these members (e.g. ``CONFIG_MEM_SHARING``/``CONFIG_MEM_PAGING`` add
 counters before ``next_in_list``; ``CONFIG_HAS_PASSTHROUGH``'s ``struct domain_iommu`` sits before
@@ -74,19 +75,60 @@ def _row(first, last, debug, domain, gt, act):
 
 
 # first, last release, debug build, domain (grant_table, is_privileged, target),
-# grant_table (gt_version, nr_grant_frames, active, domain), active_grant_entry (size, pin, domid, mfn)
+# grant_table (gt_version, nr_grant_frames, active, domain), active_grant_entry (size, pin, domid, mfn);
+# every release tag 4.14.0-4.20.4 computed (release builds); debug builds at the tags named
 LAYOUTS = (
-    _row("4.17.0", "4.17.6", False, (264, 465, 472), (28, 40, 72, 128), (40, 0, 4, 24)),
-    _row("4.17.7", "4.17.7", False, (264, 465, 472), (28, 40, 72, 128), (40, 0, 4, 24)),
+    _row("4.14.0", "4.14.0", False, (264, 465, 472), (24, 36, 64, 80), (40, 0, 4, 24)),
+    _row("4.14.0", "4.14.0", True, (264, 465, 472), (32, 44, 72, 88), (48, 0, 4, 24)),
+    _row("4.14.1", "4.14.2", False, (272, 473, 480), (24, 36, 64, 80), (40, 0, 4, 24)),
+    _row("4.14.1", "4.14.1", True, (272, 473, 480), (32, 44, 72, 88), (48, 0, 4, 24)),
+    _row("4.14.3", "4.14.6", False, (272, 473, 480), (24, 36, 64, 120), (40, 0, 4, 24)),
+    _row("4.14.3", "4.14.3", True, (272, 473, 480), (32, 44, 72, 128), (48, 0, 4, 24)),
+    _row("4.14.6", "4.14.6", True, (272, 473, 480), (32, 44, 72, 128), (48, 0, 4, 24)),
+    _row("4.15.0", "4.15.0", False, (272, 473, 480), (24, 36, 64, 80), (40, 0, 4, 24)),
+    _row("4.15.0", "4.15.0", True, (272, 473, 480), (32, 44, 72, 88), (48, 0, 4, 24)),
+    _row("4.15.1", "4.15.7", False, (272, 473, 480), (24, 36, 64, 120), (40, 0, 4, 24)),
+    _row("4.15.1", "4.15.1", True, (272, 473, 480), (32, 44, 72, 128), (48, 0, 4, 24)),
+    _row("4.15.6", "4.15.7", True, (272, 473, 480), (32, 44, 72, 128), (48, 0, 4, 24)),
+    _row("4.16.0", "4.16.7", False, (272, 473, 480), (28, 40, 72, 128), (40, 0, 4, 24)),
+    _row("4.16.0", "4.16.0", True, (272, 473, 480), (36, 48, 80, 136), (48, 0, 4, 24)),
+    _row("4.16.7", "4.16.7", True, (272, 473, 480), (36, 48, 80, 136), (48, 0, 4, 24)),
+    _row("4.17.0", "4.17.7", False, (264, 465, 472), (28, 40, 72, 128), (40, 0, 4, 24)),
+    _row("4.17.0", "4.17.0", True, (264, 465, 472), (36, 48, 80, 136), (48, 0, 4, 24)),
+    _row("4.17.7", "4.17.7", True, (264, 465, 472), (36, 48, 80, 136), (48, 0, 4, 24)),
+    _row("4.18.0", "4.18.4", False, (264, 465, 472), (28, 40, 72, 128), (32, 0, 4, 16)),
+    _row("4.18.0", "4.18.0", True, (264, 465, 472), (36, 48, 80, 136), (40, 0, 4, 16)),
+    _row("4.18.5", "4.18.6", False, (264, 441, 448), (28, 40, 72, 104), (32, 0, 4, 16)),
+    _row("4.18.6", "4.18.6", True, (264, 441, 448), (36, 48, 80, 112), (40, 0, 4, 16)),
+    _row("4.19.0", "4.19.1", False, (264, 473, 480), (20, 32, 64, 120), (32, 0, 4, 16)),
+    _row("4.19.0", "4.19.0", True, (272, 489, 496), (36, 48, 80, 136), (40, 0, 4, 16)),
+    _row("4.19.2", "4.19.6", False, (264, 449, 456), (20, 32, 64, 96), (32, 0, 4, 16)),
+    _row("4.19.4", "4.19.6", True, (272, 465, 472), (36, 48, 80, 112), (40, 0, 4, 16)),
+    _row("4.20.0", "4.20.4", False, (272, 457, 464), (20, 32, 64, 96), (32, 0, 4, 16)),
+    _row("4.20.0", "4.20.0", True, (280, 473, 480), (36, 48, 80, 112), (40, 0, 4, 16)),
+    _row("4.20.3", "4.20.4", True, (280, 473, 480), (36, 48, 80, 112), (40, 0, 4, 16)),
 )
 
 
 def candidates(version):
-    """The layouts whose release range covers ``version`` (a string like ``4.17.7``), release builds
-    first."""
+    """The layouts to try for ``version`` (a string like ``4.17.7``): those whose release range covers
+    it (release builds first), then the other rows of the same X.Y, nearest point release first (a
+    point release the table lacks; :func:`select` uses one only when the dump confirms it)."""
     v = parse_version(version)
-    rows = [r for r in LAYOUTS if r.covers(v)]
-    return sorted(rows, key=lambda r: r.debug)
+    exact = sorted((r for r in LAYOUTS if r.covers(v)), key=lambda r: r.debug)
+    point = v.point or 0
+
+    def distance(r):
+        return 0 if r.first[2] <= point <= r.last[2] else min(abs(r.first[2] - point), abs(r.last[2] - point))
+    near = sorted((r for r in LAYOUTS if r not in exact and r.first[:2] == (v.major, v.minor)),
+                  key=lambda r: (distance(r), r.debug))
+    return exact + near
+
+
+def exact_candidates(version):
+    """Only the layouts whose release range covers ``version``."""
+    v = parse_version(version)
+    return [r for r in candidates(version) if r.covers(v)]
 
 
 def _backpointers(host, domains, layout, grant_table=None):
@@ -106,14 +148,35 @@ def _backpointers(host, domains, layout, grant_table=None):
     return good
 
 
+def _privilege_fits(host, domains, layout):
+    """For a layout of another point release: the bools around ``is_privileged`` are 0/1 in every
+    domain and the hardware domain's ``is_privileged`` is 1 (when ``hardware_domain`` is known)."""
+    hw = None
+    if "hardware_domain" in host.symbols:
+        try:
+            hw = host.read_u64(host.symbols["hardware_domain"])
+        except XenscopeError:
+            hw = None
+    for d in domains:
+        try:
+            raw = host.read_va(d.struct_va + layout.is_privileged - 1, 5)
+        except XenscopeError:
+            return False
+        if any(b > 1 for b in raw) or (d.struct_va == hw and raw[1] != 1):
+            return False
+    return True
+
+
 def select(host, domains, grant_table=None):
     """``(layout, why)``: the first candidate layout of the host's Xen release whose grant tables
-    point back at their domains in this dump, or ``(None, why not)``; ``grant_table``: the offset of
-    ``d->grant_table`` when known otherwise (DWARF)."""
+    point back at their domains in this dump (a layout of another point release must also fit
+    ``is_privileged``: :func:`_privilege_fits`), or ``(None, why not)``; ``grant_table``: the offset
+    of ``d->grant_table`` when known otherwise (DWARF)."""
     if not host.version:
         return None, "struct domain offsets: the Xen version is not known (give --xen)"
     try:
         rows = candidates(host.version)
+        exact = exact_candidates(host.version)
     except XenscopeError as e:
         return None, f"struct domain offsets: {e}"
     if not rows:
@@ -121,9 +184,13 @@ def select(host, domains, grant_table=None):
     tried = []
     for row in rows:
         n = _backpointers(host, domains, row, grant_table)
-        if n > 0:
+        if n > 0 and row in exact:
             return row, (f"struct domain offsets: layout {row.name} (grant-table back-pointers of {n} "
                          f"domain(s) check out in this dump)")
+        if n > 0 and _privilege_fits(host, domains, row):
+            return row, (f"struct domain offsets: layout {row.name}, the nearest tabulated one (none for "
+                         f"{host.version}'s own point release); its grant-table back-pointers ({n} domain(s)) "
+                         "and is_privileged check out in this dump")
         tried.append(row.name)
     return None, (f"struct domain offsets: no layout of Xen {host.version} ({', '.join(tried)}) fits this "
                   "dump (grant-table back-pointers do not check out): a build with other options")
