@@ -5,7 +5,6 @@ docs/gallery.md (real output of the commands on the bundled cores).
     .venv/bin/python docs/generate.py          # rewrite both files
     .venv/bin/python docs/generate.py --check  # exit 1 when a file is out of date (a test runs this)
 """
-import io
 import os
 import subprocess
 import sys
@@ -25,8 +24,8 @@ GALLERY = [
     ("Frame census", ["frames", "cores/xen-4.17-host.core", "--summary", "--xen-syms", "cores/xen-4.17-host.map"]),
     ("Who maps a frame (the reverse map: the seed's writable page and a table)",
      ["refs", "cores/xen-4.6-host.core", "0x2022", "0x2015", "--xen-syms", "cores/xen-4.6-host.map"]),
-    ("PV page-table audit", ["pt-audit", "cores/xen-4.6-host.core", "--domain", "0", "--xen-syms",
-                             "cores/xen-4.6-host.map"]),
+    ("PV page-table audit (dom0 privileged, d1 maps one granted and one ungranted dom0 frame)",
+     ["pt-audit", "cores/xen-4.17-host.core", "--xen-syms", "cores/xen-4.17-host.map"]),
     ("Annotate a Xen log", ["log", "cores/xen-4.6-host.log", "--limit", "4"]),
     ("P2M against M2P (dom0 of the 4.17 host core)",
      ["p2m-check", "cores/xen-4.17-host.core", "--domain", "0", "--p2m-va", "0xffffc90000000000",

@@ -87,9 +87,31 @@ def test_m2p_and_walks(xen):
 
 def test_pt_audit_finds_the_injected_violations(xen):
     man, h, _, _ = xen
-    found = {(f.kind, f.mfn) for a in audit(h) for f in a.findings}
-    want = {(v["kind"], v.get("target_mfn", v["mfn"])) for v in man["violations"] if v["kind"] != "foreign-p2m"}
+    found = {(f.kind, f.domain, f.mfn) for a in audit(h) for f in a.findings}
+    want = {(v["kind"], v["domain"], v.get("target_mfn", v["mfn"])) for v in man["violations"]
+            if v["kind"] != "foreign-p2m"}
     assert found == want, (found - want, want - found)
+
+
+def test_pt_audit_foreign_references(xen):
+    """The one foreign-reference finding is the unprivileged domain's ungranted one; dom0's (the
+    control/hardware domain) and, on 4.17, d1's granted one are informational with their basis, at
+    the manifest's path and virtual address."""
+    man, h, _, _ = xen
+    audits = audit(h)
+    foreign = [f for a in audits for f in a.findings if f.kind == "foreign-reference"]
+    want = man["foreign"]["violation"]
+    assert [(f.domain, f.mfn, f.path, f.va) for f in foreign] == \
+        [(want["domain"], want["mfn"], [[f"L{lv}", i] for lv, i in want["path"]], want["va"])]
+    info = {(f.domain, f.basis, f.mfn, f.va) for a in audits for f in a.informational}
+    assert info == {(i["domain"], i["basis"], i["mfn"], i["va"]) for i in man["informational"]}
+    access = audits[0].access
+    assert sorted(access.privileged) == [man["foreign"]["hardware_domain"]]
+    grants = {(g.granter, g.ref, g.grantee, g.mfn, g.pin) for gs in access.grants.values() for g in gs}
+    assert grants == {(g["granter"], g["ref"], g["grantee"], g["mfn"], g["pin"]) for g in man["foreign"]["grants"]}
+    if man["foreign"]["control_domains"] is not None:
+        assert access.layout is not None and access.layout.is_privileged == man["foreign"]["layout"]["is_privileged"]
+        assert "control domain (is_privileged)" in access.privileged[0]
 
 
 def test_cli_page_and_frames(xen):

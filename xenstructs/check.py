@@ -14,7 +14,9 @@ Checks (``name``: when it applies: what it reports):
 * ``paging``: every readable dump: resolve CPU 0's address space and enumerate its mappings;
   findings are the enumeration's problems (``reserved`` bits, tables ``not-in-dump``, ``loop``s).
 * ``xen-frames``: Xen host dumps: frame-table census (free frames still holding references) and
-  the offline page-table audit of every PV domain (``pt-audit`` findings).
+  the offline page-table audit of every PV domain (``pt-audit`` findings; its informational
+  foreign references, by a privileged domain or backed by a grant, are counted in the summary
+  and are no findings).
 * ``p2m``: xl dump-core files (the dump's own ``.xen_p2m`` against its inverse), and Xen host dumps
   when ``kernel_syms`` (dom0's System.map) is given (dom0's P2M against Xen's M2P and owners).
 * ``modcheck``: when ``profile`` or ``vmlinux`` is given and the dump is a kernel dump (neither a
@@ -228,6 +230,7 @@ def _check_xen_frames(target, ctx):
           for m in c["free_with_references"]]
     ndom = ntables = 0
     npt = 0
+    info = {}
     for a in audit(h):
         ndom += 1
         ntables += a.tables
@@ -236,9 +239,13 @@ def _check_xen_frames(target, ctx):
             d = f.as_dict()
             d["text"] = f"d{f.domain} {f.kind}: {f.details}"
             fs.append(d)
+        for f in a.informational:
+            info[f.label] = info.get(f.label, 0) + 1
     nfree = c["free_with_references_count"]
+    legit = ("; informational: " + ", ".join(f"{k} {v}" for k, v in sorted(info.items()))) if info else ""
     summary = (f"{c['frames']} frames: {nfree} free frame(s) with references; pt-audit of {ndom} domain(s), "
-               f"{ntables} table(s): {npt} finding(s)" + (f" (xen-syms {ctx['syms']})" if ctx.get("syms") else ""))
+               f"{ntables} table(s): {npt} finding(s){legit}"
+               + (f" (xen-syms {ctx['syms']})" if ctx.get("syms") else ""))
     return CheckResult("xen-frames", "findings" if nfree or npt else "ok", summary, _limit(fs))
 
 

@@ -24,6 +24,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 
+from . import xenforeign
 from .elfcore_writer import write_elf_core
 from .pagetables import PhysMem
 
@@ -104,7 +105,7 @@ DATA_VARS = [  # name, offset in the data page, size
     ("dom_cow", 0x20, 8), ("pfn_pdx_bottom_mask", 0x28, 8), ("ma_va_bottom_mask", 0x30, 8),
     ("pfn_top_mask", 0x38, 8), ("ma_top_mask", 0x40, 8), ("pfn_hole_mask", 0x48, 8),
     ("pfn_pdx_hole_shift", 0x50, 4), ("max_pdx", 0x58, 8), ("xen_phys_start", 0x60, 8),
-    ("total_pages", 0x68, 8),
+    ("total_pages", 0x68, 8), ("hardware_domain", 0x70, 8),
 ]
 RODATA_STRINGS = [("xen_extra_version", 0x100), ("xen_changeset", 0x120), ("xen_compiler", 0x180),
                   ("xen_compile_date", 0x1C0), ("xen_compile_time", 0x200)]
@@ -429,6 +430,8 @@ class HostDump:
     foreign_ref_mfn: int = None
     table_mapped_rw_entry: int = None                         # ... and the L1 entries written
     foreign_ref_entry: int = None
+    domu_l1_user: int = None                                  # d1's user L1 (0x400000)
+    foreign: dict = None                                      # ... d1's foreign references (xenforeign)
     dom0_p2m: list = None                                     # dom0 P2M: the list's entries
     p2m_faults: list = None                                   # ... what a check must report
     free_chunks: list = None                                  # free frames: (mfn, order, need_scrub)
@@ -445,6 +448,7 @@ class HostDump:
     free_frames: int = None
     free_ranges: list = None
     violations: list = None                                   # violation records
+    informational: list = None                                # ... legitimate foreign references
     frame_table_fault: int = None                             # walks: the VA Xen faults on
     walks: list = None
     guest_walks: list = None
@@ -613,6 +617,7 @@ def _domu_tables(dump):
     domu.map(l1_user, 0, domu.mfn(15), rw=False, user=True)
     domu.map(l1_user, 1, domu.mfn(16), rw=True, user=True)
     domu.map(l1_user, 2, domu.mfn(17), rw=True, user=True)
+    dump.domu_l1_user = l1_user
     domu.pin_and_run(l4)
     host.frames[domu.mfn(30)]["state"] = "offlining"
     for pfn in range(domu.npfn):                                # domU P2M array
@@ -630,8 +635,11 @@ def _inject_violations(dump):
     dom0.link(tables.l2_vmalloc, 390, tables.l2_directmap, legit=False)
     # table-mapped-rw: L1_v[2] maps L1_k (an L1 table) read-write
     dump.table_mapped_rw_entry = dom0.map(tables.l1_vmalloc, 2, tables.l1_text, rw=True, legit=False)
-    # foreign-reference: L1_v[1] maps a domU frame (read-only)
+    # foreign-reference by a privileged domain (informational): L1_v[1] maps a domU frame (read-only)
     dump.foreign_ref_entry = dom0.map(tables.l1_vmalloc, 1, dump.foreign_ref_mfn, rw=False, legit=False)
+    # foreign-reference by d1 (unprivileged, no grant); 4.17: a granted one; privilege, grant tables
+    xenforeign.inject(dump, dump.domu_l1_user)
+    xenforeign.write_domains(dump)
 
 
 def _dom0_p2m(dump):
@@ -749,7 +757,8 @@ def _xen_variables(dump):
         "ma_va_bottom_mask": pdx["ma_va_bottom_mask"], "pfn_top_mask": pdx["top_mask"],
         "ma_top_mask": pdx["ma_top_mask"], "pfn_hole_mask": pdx["hole_mask"],
         "pfn_pdx_hole_shift": pdx["hole_shift"], "max_pdx": host.pfn_to_pdx(host.max_page - 1) + 1,
-        "xen_phys_start": XEN_PHYS_START, "total_pages": sum(count for _, count in host.ram)}
+        "xen_phys_start": XEN_PHYS_START, "total_pages": sum(count for _, count in host.ram),
+        "hardware_domain": host.domains["d0"]["va"]}
     for name, offset, size in DATA_VARS:
         host.mem.write(image + DATA + offset, dump.values[name].to_bytes(size, "little"))
         dump.symbols[name] = virt + DATA + offset
@@ -856,7 +865,6 @@ def _violations(dump):
 
     writable = dom0.mfn(D0_WRITABLE)
     foreign_ref, foreign_entry = dump.foreign_ref_mfn, dump.foreign_ref_entry
-    owners = "l1e_owner=0, pg_owner=0" if dump.key == "4.6" else "l1e_owner d0, pg_owner d0"
     vmalloc_l4 = [4, host.idx(GUEST_VMALLOC, 4)]
     dump.violations = [
         {"kind": "writable-as-table", "domain": 0, "l4_mfn": tables.l4,
@@ -887,15 +895,27 @@ def _violations(dump):
                     "(dom0 pfn 6) read-write",
          "xen_would_say": bad_type(host.type_info(host.frames[tables.l1_text]), host.type_bits("writable"),
                                    tables.l1_text)},
-        {"kind": "foreign-reference", "domain": 0, "l4_mfn": tables.l4,
+    ]
+    unpriv = xenforeign.manifest(dump, lambda name: {"d0": dump.dom0, "d1": dump.domu}[name].l4)["violation"]
+    d1_owners = "l1e_owner=1, pg_owner=1" if dump.key == "4.6" else "l1e_owner d1, pg_owner d1"
+    unpriv["xen_would_say"] = (f"Error getting mfn {mfn_text(unpriv['mfn'])} "
+                               f"(pfn {mfn_text(xenforeign.UNPRIVILEGED_PFN)}) "
+                               f"from L1 entry {unpriv['entry']:016x} for {d1_owners}")
+    dump.violations.append(unpriv)
+    # dom0 is the control/hardware domain: its foreign reference is legitimate (pt-audit: informational)
+    dump.informational = [
+        {"kind": "foreign-reference", "basis": "privileged", "domain": 0, "l4_mfn": tables.l4,
          "path": [vmalloc_l4, [3, 0], [2, 0], [1, 1]], "mfn": foreign_ref,
          "target_mfn": foreign_ref,
          "table_mfn": tables.l1_vmalloc, "entry": foreign_entry, "va": GUEST_VMALLOC + 0x1000,
          "details": f"dom0 L1 mfn {tables.l1_vmalloc:#x} slot 1 maps mfn {foreign_ref:#x}, owned by d1 "
                     "(its pfn 21)",
-         "xen_would_say": f"Error getting mfn {mfn_text(foreign_ref)} (pfn {mfn_text(21)}) from L1 entry "
-                          f"{foreign_entry:016x} for {owners}"},
+         "xen_would_say": None},
     ]
+    granted = xenforeign.manifest(dump, lambda name: {"d0": dump.dom0, "d1": dump.domu}[name].l4).get("granted")
+    if granted:
+        dump.informational.append(dict(granted, target_mfn=granted["mfn"], table_mfn=dump.domu_l1_user,
+                                       xen_would_say=None))
 
 
 def _walks(dump):
@@ -1040,7 +1060,7 @@ def _log_46_violations(log, dump):
     entry = violation["table-mapped-rw"]["entry"]
     add(f"mm.c:901:d0v0 Error getting mfn {l1_text:x} (pfn {frames[l1_text]['m2p']:x}) from L1 entry "
         f"{entry:016x} for l1e_owner=0, pg_owner=0", "  131.772163", "table-mapped-rw", l1_text)
-    foreign = violation["foreign-reference"]
+    foreign = dump.informational[0]
     foreign_mfn = foreign["mfn"]
     add(f"mm.c:2084:d0v0 Error pfn {foreign_mfn:x}: rd={host.domains['d0']['va']:016x}, "
         f"od={host.domains['d1']['va']:016x}, caf={host.count_info(frames[foreign_mfn]):08x}, "
@@ -1153,7 +1173,8 @@ def _manifest(dump, name, log):
         "domains": _domain_records(dump),
         "frames": dump.frames, "free_ranges": dump.free_ranges,
         "census": dump.census, "free_frames": dump.free_frames,
-        "violations": dump.violations, "log": log,
+        "violations": dump.violations, "informational": dump.informational, "log": log,
+        "foreign": xenforeign.manifest(dump, lambda name: {"d0": dom0, "d1": dump.domu}[name].l4),
         "p2m": {"domain": 0, "pfn_count": len(dump.dom0_p2m), "va": GUEST_VMALLOC,
                 "mfn": dom0.mfn(D0_P2M),
                 "foreign": [{"pfn": 60, "mfn": dump.foreign_p2m_mfn, "owner": 1}],

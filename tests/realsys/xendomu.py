@@ -19,9 +19,11 @@ evtchn, gntdev, gntalloc, xenfs) and virtio_blk with its dependencies (read from
 ``.modinfo`` ``depends=``: the package has no modules.dep), Debian's kernel and a busybox
 initramfs for the domU, and the xl config. On the serial console dom0 then runs /xs/run STEP:
 ``toolstack`` (xenstored, xen-init-dom0, xenconsoled), ``create`` (xl create), ``wait`` (the domU's
-marker in xenconsoled's log), ``pause``, ``dump`` (xl dump-core into dom0's RAM, then busybox
-``tar`` of the core and of /proc/kallsyms onto the raw second disk, /dev/vda). The host reads the
-tar back from the disk image.
+marker in xenconsoled's log), ``pause``, ``rings`` (the domU's store and console ring-refs from
+xenstore, and xenstored's and xenconsoled's /dev/xen/gntdev mappings: ``d.rings``,
+``d.gntdev_maps``; dom0's /proc/xen/capabilities: ``d.dom0_capabilities``), ``dump`` (xl dump-core
+into dom0's RAM, then busybox ``tar`` of the core and of /proc/kallsyms onto the raw second disk,
+/dev/vda). The host reads the tar back from the disk image.
 
 System.map: Debian's kernel package ships only a placeholder System.map (the real one is in the
 ~860 MB -dbg package), so ``dom0_system_map`` is written from dom0's /proc/kallsyms (read as root,
@@ -297,6 +299,16 @@ wait)
 pause)
     $X/xl pause domu 2>&1 && $X/xl list 2>&1 && echo "XS-OK pause"
     ;;
+rings)
+    # the toolstack's view of the domU's rings: their frames (xenstore) and the processes mapping them
+    echo "XS-RING store $(xenstore-read /local/domain/$2/store/ring-ref)" \
+        "console $(xenstore-read /local/domain/$2/console/ring-ref)"
+    for n in xenstored xenconsoled; do
+        for p in $(pidof $n); do grep /dev/xen/gntdev /proc/$p/maps | sed "s|^|XS-MAP $n $p |"; done
+    done
+    echo "XS-CAPS $(cat /proc/xen/capabilities)"
+    echo "XS-OK rings"
+    ;;
 dump)
     # the initramfs' rootfs is a tmpfs of half of dom0's RAM, mostly taken: a tmpfs of its own
     mkdir -p /out && mount -t tmpfs -o size=220m out /out && cd /out || exit 1
@@ -339,6 +351,9 @@ class DomU:
         self.timings = {}
         self.log = {}
         self.domid = None
+        self.rings = None               # {"store": mfn, "console": mfn}: xenstore's ring-refs
+        self.gntdev_maps = None         # xenstored's and xenconsoled's /dev/xen/gntdev mappings
+        self.dom0_capabilities = None   # dom0's /proc/xen/capabilities ("control_d")
         self.xl_list = None
         self.xl_list_after_dump = None
         self.xc_core_path = None
@@ -381,6 +396,18 @@ def parse_xl_list(text):
     return rows
 
 
+def parse_rings(text):
+    """What the ``rings`` step printed: ``({"store": mfn, "console": mfn}, [{"program", "pid",
+    "start", "end"}])``: the ring-ref values xenstore holds for the domU (a PV guest's are machine
+    frames) and the /dev/xen/gntdev mappings of xenstored and xenconsoled (/proc/PID/maps)."""
+    m = re.search(r"XS-RING store (\d+) console (\d+)", text)
+    if not m:
+        raise RuntimeError(f"the rings step printed no ring-refs:\n{text}")
+    maps = [{"program": p, "pid": int(pid), "start": int(a, 16), "end": int(b, 16)}
+            for p, pid, a, b in re.findall(r"XS-MAP (\S+) (\d+) ([0-9a-f]+)-([0-9a-f]+) ", text)]
+    return {"store": int(m.group(1)), "console": int(m.group(2))}, maps
+
+
 def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=DOM0_MEM_MB):
     """Boot Xen + dom0 with Debian's toolstack, create, pause and dump-core a PV domU; return
     a :class:`DomU` (the host keeps running, the domU paused)."""
@@ -415,6 +442,10 @@ def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=
         if DOMU_NAME not in rows:
             raise RuntimeError(f"`xl list` shows no {DOMU_NAME}:\n{out}")
         d.domid = rows[DOMU_NAME]["id"]
+        out = _step(d, "rings", f"/xs/run rings {d.domid}", 60, "XS-OK rings")
+        d.rings, d.gntdev_maps = parse_rings(out)
+        m = re.search(r"XS-CAPS (.*)", out)
+        d.dom0_capabilities = m.group(1).strip() if m else ""
         out = _step(d, "dump_core", "/xs/run dump", 300, "XS-OK dump")
         m = re.search(r"XS-SIZE core (\d+) kallsyms (\d+)", out)
         d.xc_core_size_in_dom0 = int(m.group(1)) if m else None

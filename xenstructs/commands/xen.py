@@ -214,21 +214,42 @@ def m2p(target, args):
 # pt-audit
 # ---------------------------------------------------------------------------------------------
 
+def _pt_audit_lines(f):
+    path = " > ".join(f"{lv}[{slot}]" for lv, slot in f["path"])
+    where = f" L4 {f['l4_mfn']:#x} {path}" if f["l4_mfn"] else (f" {path}" if path else "")
+    where += f" (va {f['va']:#x})" if f.get("va") is not None else ""
+    label = f"{f['kind']} ({f['basis']})" if f.get("basis") else f["kind"]
+    out = [f"  {label}:{where}: {f['details']}"]
+    if f["xen_would_say"]:
+        out.append(f"    Xen would say: {f['xen_would_say']}")
+    return out
+
+
+def _pt_audit_access(access):
+    """Who may map foreign frames, and how that was read: the lines above the domains."""
+    priv = ", ".join(f"d{p['domain']} ({p['why']})" for p in access["privileged"]) or "none found"
+    out = [f"privileged: {priv}"]
+    out += [f"  {note}" for note in access["notes"]]
+    return out
+
+
 def _pt_audit_render(r, args):
-    out = []
+    out = _pt_audit_access(r["foreign_access"]) if r.get("foreign_access") else []
     lim = args.limit or None
     for d in r["domains"]:
         roots = ", ".join(f"{x['level']} {x['mfn']:#x}" for x in d["roots"][:6]) or "none"
+        info = ", ".join(f"{k} {v}" for k, v in sorted(d["informational_by_kind"].items()))
         out.append(f"d{d['domain']}: {d['tables']} table(s) audited from {len(d['roots'])} pinned root(s) ({roots}); "
-                   + (", ".join(f"{k} {v}" for k, v in sorted(d["by_kind"].items())) or "no findings"))
+                   + (", ".join(f"{k} {v}" for k, v in sorted(d["by_kind"].items())) or "no findings")
+                   + (f"; informational: {info}" if info else ""))
         for f in d["findings"][:lim]:
-            path = " > ".join(f"{lv}[{slot}]" for lv, slot in f["path"])
-            where = f" L4 {f['l4_mfn']:#x} {path}" if f["l4_mfn"] else (f" {path}" if path else "")
-            out.append(f"  {f['kind']}:{where}: {f['details']}")
-            if f["xen_would_say"]:
-                out.append(f"    Xen would say: {f['xen_would_say']}")
+            out += _pt_audit_lines(f)
         if lim and len(d["findings"]) > lim:
             out.append(f"  ... {len(d['findings']) - lim} more (use --limit 0)")
+        for f in d["informational"][:lim]:
+            out += _pt_audit_lines(f)
+        if lim and len(d["informational"]) > lim:
+            out.append(f"  ... {len(d['informational']) - lim} more informational (use --limit 0)")
     return "\n".join(out)
 
 
@@ -241,14 +262,18 @@ def _pt_audit_render(r, args):
 def pt_audit(target, args):
     from ..xen.ptaudit import audit
     h = host_of(target, args)
-    out = []
+    out, access = [], None
     for a in audit(h, args.domain):
-        kinds = {}
+        kinds, info = {}, {}
         for f in a.findings:
             kinds[f.kind] = kinds.get(f.kind, 0) + 1
+        for f in a.informational:
+            info[f.label] = info.get(f.label, 0) + 1
         out.append({"domain": a.domain, "tables": a.tables, "roots": a.roots, "by_kind": kinds,
-                    "findings": [f.as_dict() for f in a.findings]})
-    return {"xen": h.describe(), "domains": out}
+                    "findings": [f.as_dict() for f in a.findings], "informational_by_kind": info,
+                    "informational": [f.as_dict() for f in a.informational]})
+        access = a.access
+    return {"xen": h.describe(), "foreign_access": access.as_dict() if access else None, "domains": out}
 
 
 

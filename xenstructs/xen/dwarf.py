@@ -18,7 +18,7 @@ WANTED = {
     "page_info": {"count_info": "count_info", "u": "u", "type_info": "u.inuse.type_info", "v": "v",
                   "_domain": "v.inuse._domain"},
     "domain": {k: k for k in ("domain_id", "next_in_list", "tot_pages", "max_pages", "shared_info",
-                              "vcpu", "max_vcpus", "arch")},
+                              "vcpu", "max_vcpus", "arch", "is_privileged", "grant_table", "target")},
     "vcpu": {k: k for k in ("vcpu_id", "domain", "processor", "vcpu_info", "arch",
                             "arch.user_regs", "arch.guest_context", "arch.cr3", "arch.guest_table",
                             "arch.guest_table_user")},

@@ -11,9 +11,14 @@ slot chain) and what Xen would have logged (reference §3.2):
   (``Attempt to create linear p.t. with write perms``);
 - ``table-mapped-rw``: an L1 entry maps a page-table frame read-write (Xen refuses the writable
   type reference: ``Bad type (saw <lN taf> != exp <writable>)``);
-- ``foreign-reference``: an entry names a frame owned by another domain (grant mappings look the
-  same offline: a lead, not a verdict). Frames of dom_io (I/O memory a domain with iomem
-  permission may map) and read-only mappings of dom_xen frames are not reported;
+- ``foreign-reference``: an entry names a frame owned by another domain, and neither the mapping
+  domain's privilege nor a grant explains it (:mod:`.grants`). An L1 entry of a privileged domain
+  (control or hardware domain, or the owner's device model) or one backed by an active grant entry of
+  the owner (a grant mapping: xenconsoled's and xenstored's mappings of a guest's rings) is
+  legitimate: it is listed apart, as ``informational`` with its ``basis`` (``privileged`` or
+  ``granted``), and is no finding. A foreign frame used as a page table (levels 2-4) is always a
+  finding: Xen types tables only for their owner. Frames of dom_io (I/O memory a domain with iomem
+  permission may map) and read-only mappings of dom_xen and dom_cow (shared) frames are not reported;
 - ``type-count``: a table's type count differs from the references found (+1 when pinned; an L4
   may hold up to two more, one per CR3 of a vCPU running on it: kernel and user tables).
 
@@ -40,11 +45,28 @@ class Finding:
     mfn: int                        # the frame the finding is about
     details: str
     xen_would_say: str = ""
+    basis: str = None               # informational foreign references: "privileged" or "granted"
+
+    @property
+    def va(self):
+        """The virtual address the entry maps (or the table it names covers), when the path starts
+        at an L4; else None."""
+        if not self.path or self.path[0][0] != "L4":
+            return None
+        va = 0
+        for level, slot in self.path:
+            va |= slot << (12 + 9 * (int(level[1:]) - 1))
+        return va | 0xFFFF000000000000 if va >> 47 else va
+
+    @property
+    def label(self):
+        """The kind, with the basis of an informational one: ``foreign-reference (granted)``."""
+        return f"{self.kind} ({self.basis})" if self.basis else self.kind
 
     def as_dict(self):
         return {"kind": self.kind, "domain": self.domain, "l4_mfn": self.l4_mfn,
                 "path": [list(p) for p in self.path], "mfn": self.mfn, "details": self.details,
-                "xen_would_say": self.xen_would_say}
+                "xen_would_say": self.xen_would_say, "basis": self.basis, "va": self.va}
 
 
 @dataclass
@@ -53,6 +75,8 @@ class Audit:
     tables: int = 0
     roots: list = field(default_factory=list)
     findings: list = field(default_factory=list)
+    informational: list = field(default_factory=list)   # legitimate foreign references (Finding.basis)
+    access: object = None           # the grants.ForeignAccess the foreign references were judged with
     cr3_refs: int = 0               # L4 type references explained as vCPU CR3s
 
 
@@ -64,10 +88,14 @@ def _frame_info(cols, index, mfn):
                                      "type_info", "count_info", "present")}
 
 
-def audit_domain(host, cols, domid):
-    """Audit the PV page tables of domain ``domid`` (cols: :func:`frames.classify` output)."""
+def audit_domain(host, cols, domid, access=None):
+    """Audit the PV page tables of domain ``domid`` (cols: :func:`frames.classify` output; access:
+    :func:`.grants.read_foreign_access` of the host, read here when not given)."""
     import numpy as np
     from .frames import STATES, TYPES, FrameIndex
+    if access is None:
+        from .grants import read_foreign_access
+        access = read_foreign_access(host)
     lay = host.layout
     doms = {d.id: d for d in host.domains()}
     if domid not in doms:
@@ -79,7 +107,7 @@ def audit_domain(host, cols, domid):
     for lvl in (4, 3, 2, 1):
         sel = owned & cols["pinned"] & (cols["type"] == TYPES.index(LEVEL_TYPE[lvl]))
         roots += [(lvl, int(m)) for m in cols["mfn"][sel].tolist()]
-    audit = Audit(domid, roots=[{"level": f"L{l}", "mfn": m} for l, m in roots])
+    audit = Audit(domid, roots=[{"level": f"L{l}", "mfn": m} for l, m in roots], access=access)
     refs = {}                        # table mfn -> references as a table found
     rw_maps = {}                     # frame -> RW mappings found in L1s
     seen = set()
@@ -93,6 +121,22 @@ def audit_domain(host, cols, domid):
     def pfn_of(mfn):
         v = host.m2p(mfn)
         return "?" if v is None else f"{v:x}"
+
+    def foreign(level, slot, e, l4, here, target, other):
+        """A foreign frame: judged by :mod:`.grants` when mapped (a leaf), always a finding as a table."""
+        owner = other.name if other else "anonymous"
+        text = f"L{level}[{slot}] = {e:#x} names mfn {target:#x} owned by {owner}, not d{domid}"
+        say = f"Error pfn {target:x}: rd=d{domid} od={other.name if other else '?'} (get_page)"
+        if not (level == 1 or (level in (2, 3) and e & 0x80)):
+            add("foreign-reference", l4, here, target, text + f" (as an L{level - 1} table: Xen types "
+                "tables only for their owner)", say)
+            return
+        basis, why = access.judge(domid, target, other.id if other else None, bool(e & 2))
+        if basis:
+            audit.informational.append(Finding("foreign-reference", domid, l4, list(here), target,
+                                               f"{text}: {why}", "", basis))
+        else:
+            add("foreign-reference", l4, here, target, f"{text}: {why}", say)
 
     def visit(level, mfn, l4, path):
         key = (level, mfn)
@@ -118,13 +162,10 @@ def audit_domain(host, cols, domid):
             owner_ok = info is not None and int(info["domain"]) == me and STATES[info["state"]] != "free"
             other = host.owner(int(info["domain"])) if info is not None else None
             io_page = other is not None and other.id == layouts.DOMID_IO      # MMIO/ROM: iomem permission
-            xen_ro = other is not None and other.id == layouts.DOMID_XEN and not e & 2
+            shared_ro = other is not None and other.id in (layouts.DOMID_XEN, layouts.DOMID_COW) and not e & 2
             if info is not None and not owner_ok and STATES[info["state"]] != "free" \
-                    and not io_page and not xen_ro:
-                add("foreign-reference", l4, here, target,
-                    f"L{level}[{slot}] = {e:#x} names mfn {target:#x} owned by "
-                    f"{other.name if other else 'anonymous'}, not d{domid}",
-                    f"Error pfn {target:x}: rd=d{domid} od={other.name if other else '?'} (get_page)")
+                    and not io_page and not shared_ro:
+                foreign(level, slot, e, l4, here, target, other)
             if level == 1 or (level == 2 and e & 0x80):
                 if e & 2 and info is not None and TYPES[info["type"]] in ("l1", "l2", "l3", "l4") \
                         and STATES[info["state"]] != "free":
@@ -184,8 +225,11 @@ def audit_domain(host, cols, domid):
 
 
 def audit(host, domain=None):
-    """Audit every PV domain with pinned tables (or only ``domain``); returns a list of Audit."""
+    """Audit every PV domain with pinned tables (or only ``domain``); returns a list of Audit, each
+    with ``access`` (the :class:`.grants.ForeignAccess` it was judged with) set."""
     from .frames import classify
+    from .grants import read_foreign_access
     cols = classify(host, host.frame_arrays())
     ids = [domain] if domain is not None else [d.id for d in host.domains() if d.id < layouts.DOMID_SELF]
-    return [audit_domain(host, cols, i) for i in ids]
+    access = read_foreign_access(host)
+    return [audit_domain(host, cols, i, access) for i in ids]
