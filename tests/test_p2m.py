@@ -76,6 +76,7 @@ EXPECTED = {
     "identity": [(70, 70, IDENT | 70)],
     "invalid-in-range": [(80, INV, N)],
     "m2p-orphan": [(90, 7500, base_mfn(90)), (5000, 7503, INV), (INV, 7501, INV)],
+    "foreign-allowed": [],          # P.check never decides it: grants and privileges do (p2m_sources)
 }
 
 
@@ -254,7 +255,8 @@ def test_cli_full_list_reports_every_injected_fault(host):
     leave); p2m-check over the whole list reports exactly manifest p2m.faults, nothing else."""
     man, core, syms, doms = host
     p = man["p2m"]
-    assert {f["class"] for f in p["faults"]} == set(P.CLASSES)
+    # every class but foreign-allowed, which grants and privileges decide (tested below and for real)
+    assert {f["class"] for f in p["faults"]} == set(P.CLASSES) - {"foreign-allowed"}
     r = cli("p2m-check", core, "--domain", p["domain"], "--p2m-va", hex(p["va"]), "--p2m-entries", p["pfn_count"],
             "--cr3", hex(doms[p["domain"]]["cr3"]), "--xen-syms", syms, "--json")
     assert r.returncode == 1, r.stdout + r.stderr
@@ -364,3 +366,38 @@ def test_xl_dump_core_guest_own_list_against_its_frames(name):
     want = [p for p in man["linux_p2m"]["invalid_pfns"] if p < last]
     assert [f["pfn"] for f in res["findings"]["invalid-in-range"]] == want
     assert {k for k, v in res["counts"].items() if v} == {"invalid-in-range"}
+
+
+def test_a_foreign_entry_is_allowed_only_marked_and_granted_or_privileged():
+    """p2m_sources._allowed_foreign: Linux marks every foreign mapping FOREIGN_FRAME_BIT
+    (set_foreign_p2m_mapping); a marked entry backed by the owner's grant, or made by a privileged
+    domain, is informational; an unmarked one, or one of an unprivileged domain without a grant, stays."""
+    from types import SimpleNamespace
+    from xenstructs.xen.grants import ForeignAccess, Grant
+    from xenstructs.xen.p2m_sources import _allowed_foreign
+    grant = Grant(granter=1, ref=0, grantee=2, mfn=0x500, pin=0x1)
+    access = ForeignAccess(privileged={0: "control domain (is_privileged)"}, grants={(0x500, 2): [grant]},
+                           grant_tables=[1])
+
+    def run(mapper, entries):
+        res = {"findings": {"foreign": [dict(e) for e in entries], "foreign-allowed": []},
+               "counts": {"foreign": len(entries), "foreign-allowed": 0}, "problems": len(entries),
+               "summary": {}, "sources": {}}
+        src = SimpleNamespace(host=object())
+        import xenstructs.xen.grants as grants
+        old = grants.read_foreign_access
+        grants.read_foreign_access = lambda host: access
+        try:
+            _allowed_foreign(res, src, SimpleNamespace(domain=mapper))
+        finally:
+            grants.read_foreign_access = old
+        return res
+    marked = {"mfn": 0x500, "owner_id": 1, "foreign_bit": True}
+    unmarked = {"mfn": 0x500, "owner_id": 1, "foreign_bit": False}
+    res = run(2, [marked, unmarked])                      # d2 holds a grant of mfn 0x500 from d1
+    assert [f["basis"] for f in res["findings"]["foreign-allowed"]] == ["granted"]
+    assert res["findings"]["foreign"] == [unmarked] and res["problems"] == 1
+    res = run(0, [dict(marked, mfn=0x600)])               # d0 is privileged: no grant needed
+    assert [f["basis"] for f in res["findings"]["foreign-allowed"]] == ["privileged"] and res["problems"] == 0
+    res = run(3, [dict(marked, mfn=0x600)])               # d3: unprivileged, no grant
+    assert res["findings"]["foreign-allowed"] == [] and res["problems"] == 1

@@ -307,18 +307,21 @@ def _file_offset(path, maddr):
 def test_dom0_p2m_is_clean_then_exactly_the_corruptions_are_found(xs, domu, host_dump, tmp_path):
     """dom0's own P2M (xen_p2m_addr, read through its page tables) against Xen's M2P and owners.
 
-    Clean but for dom0's foreign mappings of the paused domU's ring pages (xenconsoled and
-    xenstored map the console and xenstore rings: FOREIGN_FRAME_BIT entries naming d1 frames).
-    Then three entries of a copy are corrupted: exactly those, and the frames they named (now
-    orphans), are found."""
+    Clean: dom0's foreign mappings of the paused domU's ring pages (xenconsoled and xenstored map
+    the console and xenstore rings through grants: FOREIGN_FRAME_BIT entries naming d1 frames) are
+    informational (foreign-allowed, granted), and they are exactly the rings xenstore names, so the
+    check exits 0. Then three entries of a copy are corrupted: exactly those, and the frames they
+    named (now orphans), are found."""
     import shutil
     from xenstructs.paging import Paging, walk
     from xenstructs.xen import p2m as P
     code, res = _p2m_check(host_dump, domu)
-    assert {k: v for k, v in res["counts"].items() if v and k != "identity"} == \
-        {"foreign": len(res["findings"]["foreign"])}, res["counts"]
-    base_foreign = sorted((x["pfn"], x["mfn"]) for x in res["findings"]["foreign"])
-    assert len(base_foreign) <= 2 and code == (1 if base_foreign else 0)
+    assert {k: v for k, v in res["counts"].items() if v and k not in ("identity", "foreign-allowed")} == {}, \
+        res["counts"]
+    allowed = res["findings"]["foreign-allowed"]
+    assert code == 0 and {x["mfn"] for x in allowed} <= {domu.rings["store"], domu.rings["console"]}, allowed
+    assert allowed and all(x["foreign_bit"] and x["basis"] == "granted" for x in allowed), allowed
+    base_foreign = []
     xc, ht, host = xs
     domu_mfns = set(int(m) for m in xc.p2m_array().tolist() if m >> 62 == 0)
     assert all(m in domu_mfns for _, m in base_foreign), base_foreign
@@ -338,7 +341,8 @@ def test_dom0_p2m_is_clean_then_exactly_the_corruptions_are_found(xs, domu, host
             f.write(struct.pack("<Q", value))
     code, res = _p2m_check(str(bad), domu)
     assert code == 1
-    got = {k: sorted((x["pfn"], x["mfn"]) for x in v) for k, v in res["findings"].items() if v and k != "identity"}
+    got = {k: sorted((x["pfn"], x["mfn"]) for x in v) for k, v in res["findings"].items()
+           if v and k not in ("identity", "foreign-allowed")}
     orphans = sorted((pfn, int(p2m[pfn])) for pfn in (a, b, c))        # the frames the entries named
     assert got == {"beyond-max": [(a, host.max_page + 0x1000)], "foreign": sorted(base_foreign + [(b, domu_mfn)]),
                    "invalid-in-range": [(c, None)], "m2p-orphan": orphans}, got      # INVALID: mfn null
@@ -400,13 +404,13 @@ def test_check_over_the_real_dumps_of_a_healthy_host(xs, domu, host_dump):
     and the domU's xl dump-core: a healthy host, so exit 0. Every check that applies runs and is ok;
     dom0's mappings of the domU's rings are counted as informational (granted) references."""
     code, out, err = _cli("check", host_dump, domu.xc_core_path, "--xen-syms",
-                          domu.host.xen_syms_symtab or domu.host.xen_map)
+                          domu.host.xen_syms_symtab or domu.host.xen_map, "--kernel-syms", domu.dom0_system_map)
     assert out is not None, err
     res = {d["kind"]: d for d in out}
     assert set(res) == {"xen-host", "xl-dump-core"}
     st = {(k, c["name"]): c for k, d in res.items() for c in d["checks"]}
-    for key in (("xen-host", "paging"), ("xen-host", "xen-frames"), ("xl-dump-core", "paging"),
-                ("xl-dump-core", "p2m")):
+    for key in (("xen-host", "paging"), ("xen-host", "xen-frames"), ("xen-host", "p2m"),
+                ("xl-dump-core", "paging"), ("xl-dump-core", "p2m")):
         assert st[key]["status"] == "ok", (key, st[key]["summary"], st[key]["findings"][:5])
     frames = st[("xen-host", "xen-frames")]
     assert "0 free frame(s) with references" in frames["summary"] and " 0 finding(s)" in frames["summary"]

@@ -49,8 +49,9 @@ UNKNOWN_OWNER = p2m_owners.UNKNOWN_OWNER   # in ``owners``: a frame whose owner 
 PAGE = 4096
 MAX_ENTRIES = 1 << 32                  # a P2M list longer than 16 TiB of guest memory is refused
 
-CLASSES = ("mismatch", "beyond-max", "duplicate", "foreign", "identity", "invalid-in-range", "m2p-orphan")
-INFORMATIONAL = ("identity",)
+CLASSES = ("mismatch", "beyond-max", "duplicate", "foreign", "foreign-allowed", "identity", "invalid-in-range",
+           "m2p-orphan")
+INFORMATIONAL = ("identity", "foreign-allowed")
 OTHER_NAME = {"mismatch": "m2p", "beyond-max": "max_mfn", "duplicate": "count", "foreign": "owner",
               "identity": "entry", "invalid-in-range": "range_end", "m2p-orphan": "p2m"}
 
@@ -115,7 +116,7 @@ class P2MReport:
         for i in range(n):
             d = {"class": cls, "pfn": _value_or_none(pfn[i]), "mfn": _value_or_none(mfn[i])}
             o = other[i]
-            if cls == "foreign":
+            if cls in ("foreign", "foreign-allowed"):
                 d["owner"] = o if self.have_owners else None
                 d["m2p"] = _value_or_none(extra["m2p"][i])
                 d["foreign_bit"] = bool(extra["foreign_bit"][i])
@@ -153,6 +154,8 @@ class P2MReport:
         s["foreign"] = (f"{c['foreign']} entr(y/ies) name frames of another domain "
                         f"({nbit} marked FOREIGN_FRAME_BIT, {c['foreign'] - nbit} without it"
                         + ("" if self.have_owners else "; owners unknown: only the bit is checked") + ")")
+        s["foreign-allowed"] = (f"{c['foreign-allowed']} entr(y/ies) name another domain's frame that a grant or "
+                                f"the domain's privilege allows (informational)")
         s["identity"] = f"{c['identity']} identity (1:1, non-RAM) entr(y/ies) (informational)"
         s["invalid-in-range"] = (f"{c['invalid-in-range']} INVALID entr(y/ies) inside the populated range "
                                  f"[0, {self.populated_end:#x})")
@@ -357,6 +360,7 @@ def check(p2m, m2p, max_mfn, owners=None, me=None, populated=None, xenheap=None,
     fo_back = cat("foreign_back", U64)
     fo_other = codes.raw(fo_mfn) if codes is not None else fo_back
     f["foreign"] = Findings(col(fo, "pfn"), fo_mfn, fo_other, extra={"foreign_bit": fo_bit, "m2p": fo_back})
+    f["foreign-allowed"] = _empty()          # filled by whoever knows grants and privileges (p2m_sources)
     idn = cat("identity")
     f["identity"] = Findings(col(idn, "pfn"), col(idn, "mfn"), p2m[idn])
     f["duplicate"] = Findings(col(dup, "pfn"), col(dup, "mfn"), dup_cnt,

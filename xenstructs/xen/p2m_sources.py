@@ -255,9 +255,40 @@ def check_p2m(target, opts):
         xc = target.facts.get("format") == "xc_core"
         res.update(domain=opts.domain if not xc or opts.host else target.facts.get("domid"),
                    sources=src.why, xen=src.xen, format="xc_core" if xc else "xen-host")
+        _allowed_foreign(res, src, opts)
         return res
     finally:
         src.close()
+
+
+def _allowed_foreign(res, src, opts):
+    """Foreign entries a grant of the owner or the domain's own privilege allows move from
+    ``foreign`` to the informational ``foreign-allowed``, each with its ``basis`` and why. Only
+    entries marked FOREIGN_FRAME_BIT qualify: Linux marks every foreign mapping it makes
+    (``set_foreign_p2m_mapping()`` stores ``FOREIGN_FRAME(mfn)``, arch/x86/xen/p2m.c), so an unmarked
+    entry naming another domain's frame is a corruption whoever the domain is."""
+    if src.host is None or not res["findings"]["foreign"]:
+        return
+    from .grants import read_foreign_access
+    access = read_foreign_access(src.host)
+    mapper = opts.domain
+    kept, allowed = [], []
+    for f in res["findings"]["foreign"]:
+        if not f["foreign_bit"]:
+            kept.append(f)
+            continue
+        basis, why = access.judge(mapper, f["mfn"], f.get("owner_id"), writable=False)
+        f["basis"], f["why"] = basis, why
+        (allowed if basis else kept).append(f)
+    res["findings"]["foreign"], res["findings"]["foreign-allowed"] = kept, allowed
+    res["counts"]["foreign"], res["counts"]["foreign-allowed"] = len(kept), len(allowed)
+    res["problems"] -= len(allowed)
+    marked = sum(f["foreign_bit"] for f in kept)
+    res["summary"]["foreign"] = (f"{len(kept)} entr(y/ies) name frames of another domain without a grant or "
+                                 f"privilege ({marked} marked FOREIGN_FRAME_BIT, {len(kept) - marked} without it)")
+    res["summary"]["foreign-allowed"] = (f"{len(allowed)} entr(y/ies) name another domain's frame that a grant or "
+                                         "the domain's privilege allows (informational)")
+    res["sources"]["foreign access"] = "; ".join(access.notes) or "grants and privileges read from the dump"
 
 
 def _pfn(v):
@@ -273,10 +304,11 @@ def finding_text(cls, f):
     if cls == "duplicate":
         return (f"pfn {f['pfn']:#x} -> mfn {f['mfn']:#x}, also mapped by pfn(s) "
                 f"{', '.join(hex(p) for p in f['pfns'] if p != f['pfn'])} (M2P says {_pfn(f['m2p'])})")
-    if cls == "foreign":
+    if cls in ("foreign", "foreign-allowed"):
         own = f.get("owner_name") or ("?" if f["owner"] is None else f"{f['owner']:#x}")
         bit = "FOREIGN_FRAME_BIT set" if f["foreign_bit"] else "no FOREIGN_FRAME_BIT"
-        return f"pfn {f['pfn']:#x} -> mfn {f['mfn']:#x}: owned by {own} ({bit}; M2P says pfn {_pfn(f['m2p'])})"
+        text = f"pfn {f['pfn']:#x} -> mfn {f['mfn']:#x}: owned by {own} ({bit}; M2P says pfn {_pfn(f['m2p'])})"
+        return text + (f": {f['why']}" if f.get("why") else "")
     if cls == "identity":
         return f"pfn {f['pfn']:#x}: identity entry {f['entry']:#x}"
     if cls == "invalid-in-range":
