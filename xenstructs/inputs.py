@@ -1,0 +1,153 @@
+"""Opening the files a user names, and reading text from them in bounded pieces.
+
+Every reader of a user-named file (dumps, ``--xen-syms``, ``--kernel-syms``, ``--vmlinux``,
+``--profile``, ``--system-map``, ``log``, ``vtop --from``, ``fault --log``, ``check --log``) opens
+it with :func:`open_regular`: the path is stat()ed first, which never blocks, and anything but a
+regular file is refused in one line (a FIFO would block the open, or the first read, forever;
+``/dev/zero`` reads forever). Block devices are refused too: no dump format xenscope reads is
+written to a raw device, and their size is not what ``st_size`` says. The file is then opened with
+``O_NONBLOCK`` and fstat()ed again, so a path swapped for a FIFO in between cannot block either.
+
+Text (console logs, address lists, oops excerpts, also from standard input) is read with
+:func:`iter_text_lines`: lines of at most :data:`MAX_LINE` bytes (the rest of a longer line is
+skipped, counted, never held), at most :data:`MAX_TEXT_BYTES` bytes and :data:`MAX_TEXT_LINES`
+lines in all, and the input is refused when its first :data:`BINARY_PROBE` bytes (or all of a
+shorter input) are mostly not text.
+"""
+
+import fcntl
+import os
+import stat
+
+from .errors import XenscopeError
+
+MAX_LINE = 4096                 # bytes kept of one line (console lines are < 1 KiB)
+MAX_TEXT_BYTES = 1 << 30        # 1 GiB of text
+MAX_TEXT_LINES = 16 << 20       # 16 M lines
+BINARY_PROBE = 4 << 20          # judge text-or-junk on the first 4 MiB
+MIN_TEXT_SHARE = 0.5            # of the probed bytes, at least this share must be in text lines
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"),
+          (stat.S_ISSOCK, "a socket"))
+# C0 controls a console line may hold: tab, backspace, bell, carriage return, form feed, escape
+_CONTROLS = bytes(c for c in range(32) if c not in b"\t\b\a\r\f\x1b\n") + b"\x7f"
+_PRINTABLE = bytes(range(32, 127)) + b"\t"
+
+
+def file_kind(mode):
+    """What a non-regular ``st_mode`` is, in words ("a FIFO", "a character device", ...)."""
+    for test, name in _KINDS:
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def require_regular(path, error=XenscopeError):
+    """stat() ``path`` (without opening it) and return the result; raise ``error`` (one line)
+    unless it is a regular file."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError) as e:
+        raise error(f"cannot open {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path} is not a regular file ({file_kind(st.st_mode)})")
+    return st
+
+
+def open_regular(path, mode="rb", error=XenscopeError, **kwargs):
+    """``open(path, mode, **kwargs)`` for reading, only when ``path`` is a regular file.
+
+    :raises error: (default :class:`XenscopeError`) one line: missing, unreadable, or "X is not a
+        regular file (a FIFO)".
+    """
+    require_regular(path, error)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise error(f"cannot open {path}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path} is not a regular file ({file_kind(st.st_mode)})")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, mode, **kwargs)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def is_text_line(raw):
+    """True for a line a person could have written: no NUL or stray control byte, and UTF-8 or
+    mostly printable ASCII (latin-1 logs)."""
+    if not raw.strip() or raw.translate(None, _CONTROLS) != raw:
+        return False
+    try:
+        raw.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return len(raw.translate(None, _PRINTABLE)) * 4 <= len(raw)
+
+
+class TextLimits:
+    """The bounds of :func:`iter_text_lines` (defaults: the module constants)."""
+
+    def __init__(self, max_line=MAX_LINE, max_bytes=MAX_TEXT_BYTES, max_lines=MAX_TEXT_LINES,
+                 probe=BINARY_PROBE):
+        self.max_line, self.max_bytes, self.max_lines, self.probe = max_line, max_bytes, max_lines, probe
+
+
+def _raw_lines(f, name, limits):
+    """``(raw bytes of at most max_line, whole length)`` per line of binary file ``f``; the rest of
+    a longer line is read in max_line pieces and dropped. The byte cap is checked as it goes, and
+    a first line longer than the probe is junk (no line end in the first MiBs)."""
+    readline, total = f.readline, 0
+    while True:
+        chunk = piece = readline(limits.max_line)
+        if not chunk:
+            return
+        length = len(chunk)
+        while len(piece) == limits.max_line and not piece.endswith(b"\n"):
+            piece = readline(limits.max_line)
+            length += len(piece)
+            if total + length > limits.max_bytes:
+                break
+            if total < limits.probe < length:
+                _judge(name, length, 0)
+        total += length
+        if total > limits.max_bytes:
+            raise XenscopeError(f"{name}: more than {limits.max_bytes >> 20} MiB: too long for a "
+                                "text input (cut it)")
+        yield chunk, length
+
+
+def iter_text_lines(f, name, limits=None, errors="replace"):
+    """``(line_no, text, whole_length)`` for each line of binary file ``f`` (``text`` decoded with
+    ``errors``, cut at ``limits.max_line`` bytes; ``whole_length`` > max_line says it was cut).
+
+    :raises XenscopeError: more than ``max_bytes``/``max_lines``, or binary junk (less than half
+        of the first ``probe`` bytes in text lines), or a read error; each one line naming ``name``.
+    """
+    limits = limits or TextLimits()
+    seen = text = line_no = 0
+    try:
+        for raw, length in _raw_lines(f, name, limits):
+            line_no += 1
+            if line_no > limits.max_lines:
+                raise XenscopeError(f"{name}: more than {limits.max_lines} lines: too long for a "
+                                    "text input (cut it)")
+            if seen < limits.probe:
+                seen += length
+                text += length if length <= limits.max_line and is_text_line(raw) else 0
+                if seen >= limits.probe:
+                    _judge(name, seen, text)
+            yield line_no, raw.decode("utf-8", errors), length
+    except OSError as e:
+        raise XenscopeError(f"cannot read {name}: {e.strerror or e}") from None
+    if seen < limits.probe:
+        _judge(name, seen, text)
+
+
+def _judge(name, seen, text):
+    if seen and text < MIN_TEXT_SHARE * seen:
+        raise XenscopeError(f"{name} does not look like text (only {text} of its first {seen} "
+                            "bytes are lines of text): is it a binary file?")
