@@ -76,6 +76,7 @@ def check(target, args):
     opts = Options(xen_syms=args.xen_syms, kernel_syms=args.kernel_syms, profile=args.profile,
                    vmlinux=args.vmlinux, system_map=args.system_map, log=args.log,
                    siblings=not args.no_siblings)
-    jobs = args.jobs if args.jobs is not None or active_front().can_fork else 1
-    reports = check_many(args.dumps, opts, jobs=jobs, progress=_Progress(sys.stderr))
+    can_fork = active_front().can_fork
+    jobs = args.jobs if args.jobs is not None or can_fork else 1
+    reports = check_many(args.dumps, opts, jobs=jobs, progress=_Progress(sys.stderr), isolate=can_fork)
     return [r.as_dict() for r in reports]

@@ -222,10 +222,13 @@ def _check_notes(f, lay):
         if name in (b"VMCOREINFO", b"VMCOREINFO_XEN"):
             check_vmcoreinfo(f, desc, bs, f"{name.decode()} note", linux=name == b"VMCOREINFO")
         elif name == b".note.Xen" and ntype == 0x2000001:          # XEN_ELFNOTE_DUMPCORE_HEADER
-            page_size = struct.unpack_from("<Q", desc, 24)[0] if len(desc) >= 32 else None
+            if len(desc) < 32:
+                f.fail(f"corrupt kdump note area: a .note.Xen dumpcore header of {len(desc)} "
+                       "bytes (it has 32)")
+            page_size = struct.unpack_from("<Q", desc, 24)[0]
             if page_size != bs:
-                f.fail(f"corrupt kdump note area: a .note.Xen dumpcore header ({len(desc)} bytes) "
-                       f"gives page size {page_size}, the dump's block size is {bs}")
+                f.fail(f"corrupt kdump note area: a .note.Xen dumpcore header gives page size "
+                       f"{page_size}, the dump's block size is {bs}")
         elif name == b".note.Xen" and ntype == 0x2000003 and len(desc) < 8:
             f.fail(f"corrupt kdump note area: a .note.Xen format version note of {len(desc)} bytes")
 
