@@ -62,6 +62,13 @@ def test_unreadable_file(tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *a, **kw)
     monkeypatch.setattr(builtins, "open", deny)
+    real_os_open = os.open
+
+    def deny_os(path, *a, **kw):            # xenstructs.inputs.open_regular opens with os.open
+        if str(path) == str(p):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_os_open(path, *a, **kw)
+    monkeypatch.setattr(os, "open", deny_os)
     refused(p, match="cannot open")
 
 
