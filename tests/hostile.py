@@ -13,6 +13,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -54,6 +55,7 @@ class Outcome:
     stderr: str
     seconds: float
     timed_out: bool = False
+    max_rss: int = 0                # KiB (ru_maxrss of the child)
 
     @property
     def verdict(self):
@@ -78,19 +80,29 @@ class Outcome:
 
 def run_limited(argv, seconds=SECONDS, memory=MEMORY, env=None, stdin=subprocess.DEVNULL, cwd=TOP):
     """Run ``argv`` under the limits; a child still running after ``seconds`` is killed (its
-    whole process group) and reported as timed out."""
+    whole process group) and reported as timed out. Output goes through temporary files (no pipe
+    to fill), the child is reaped with wait4() for its peak RSS."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         cwd=cwd, env=env, preexec_fn=_limits(seconds, memory))
-    try:
-        out, err = p.communicate(timeout=seconds)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=err, cwd=cwd, env=env,
+                             preexec_fn=_limits(seconds, memory))
         timed_out = False
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, err = p.communicate()
-        timed_out = True
-    return Outcome(p.returncode, out.decode(errors="replace"), err.decode(errors="replace"),
-                   time.perf_counter() - t0, timed_out)
+        while True:
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() - t0 > seconds:
+                os.killpg(p.pid, signal.SIGKILL)
+                pid, status, usage = os.wait4(p.pid, 0)
+                timed_out = True
+                break
+            time.sleep(0.01)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return Outcome(p.returncode, out.read().decode(errors="replace"),
+                       err.read().decode(errors="replace"), time.perf_counter() - t0, timed_out,
+                       usage.ru_maxrss)
 
 
 def probe_libkdumpfile(path, addr=0, seconds=SECONDS):
@@ -108,7 +120,6 @@ def cli(*args, tree=TOP, seconds=SECONDS, stdin=subprocess.DEVNULL):
 def main(argv):
     """``python tests/hostile.py OUTDIR [TREE]``: write the corpus to OUTDIR and print, per file,
     libkdumpfile's outcome and ``xenscope read-phys``'s (of TREE, default this tree)."""
-    import tempfile
     from collections import Counter
 
     import kdumpcorpus

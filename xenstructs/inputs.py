@@ -98,28 +98,47 @@ class TextLimits:
         self.max_line, self.max_bytes, self.max_lines, self.probe = max_line, max_bytes, max_lines, probe
 
 
-def _raw_lines(f, name, limits):
-    """``(raw bytes of at most max_line, whole length)`` per line of binary file ``f``; the rest of
-    a longer line is read in max_line pieces and dropped. The byte cap is checked as it goes, and
-    a first line longer than the probe is junk (no line end in the first MiBs)."""
-    readline, total = f.readline, 0
-    while True:
-        chunk = piece = readline(limits.max_line)
-        if not chunk:
-            return
-        length = len(chunk)
-        while len(piece) == limits.max_line and not piece.endswith(b"\n"):
-            piece = readline(limits.max_line)
-            length += len(piece)
-            if total + length > limits.max_bytes:
-                break
-            if total < limits.probe < length:
-                _judge(name, length, False)
-        total += length
-        if total > limits.max_bytes:
-            raise XenscopeError(f"{name}: more than {limits.max_bytes >> 20} MiB: too long for a "
-                                "text input (cut it)")
-        yield chunk, length
+class _Lines:
+    """The state of one bounded read: bytes so far, lines, and whether a text line was seen in the
+    probe window."""
+
+    def __init__(self, f, name, limits):
+        self.readline, self.name, self.limits = f.readline, name, limits
+        self.total = self.seen = self.line_no = 0
+        self.text = False
+
+    def __iter__(self):
+        limits = self.limits
+        while True:
+            chunk = piece = self.readline(limits.max_line)
+            if not chunk:
+                return
+            length = len(chunk)
+            while len(piece) == limits.max_line and not piece.endswith(b"\n"):
+                piece = self.readline(limits.max_line)      # the rest of a long line: dropped
+                length += len(piece)
+                if self.total + length > limits.max_bytes:
+                    break
+                if not self.text and self.total < limits.probe < length:
+                    _judge(self.name, length, False)        # no line end in the first MiBs
+            self._count(chunk, length)
+            yield self.line_no, chunk, length
+
+    def _count(self, chunk, length):
+        limits = self.limits
+        self.total += length
+        self.line_no += 1
+        if self.total > limits.max_bytes:
+            raise XenscopeError(f"{self.name}: more than {limits.max_bytes >> 20} MiB: too long "
+                                "for a text input (cut it)")
+        if self.line_no > limits.max_lines:
+            raise XenscopeError(f"{self.name}: more than {limits.max_lines} lines: too long for "
+                                "a text input (cut it)")
+        if self.seen < limits.probe and not self.text:
+            self.seen += length
+            self.text = length <= limits.max_line and is_text_line(chunk)
+            if self.seen >= limits.probe:
+                _judge(self.name, self.seen, self.text)
 
 
 def iter_text_lines(f, name, limits=None, errors="replace"):
@@ -135,20 +154,8 @@ def iter_text_lines(f, name, limits=None, errors="replace"):
 
 def iter_raw_lines(f, name, limits=None):
     """:func:`iter_text_lines` without the decoding: ``(line_no, raw bytes, whole_length)``."""
-    limits = limits or TextLimits()
-    seen = text = line_no = 0
     try:
-        for raw, length in _raw_lines(f, name, limits):
-            line_no += 1
-            if line_no > limits.max_lines:
-                raise XenscopeError(f"{name}: more than {limits.max_lines} lines: too long for a "
-                                    "text input (cut it)")
-            if seen < limits.probe and not text:
-                seen += length
-                text = length <= limits.max_line and is_text_line(raw)
-                if seen >= limits.probe:
-                    _judge(name, seen, text)
-            yield line_no, raw, length
+        yield from _Lines(f, name, limits or TextLimits())
     except OSError as e:
         raise XenscopeError(f"cannot read {name}: {e.strerror or e}") from None
 

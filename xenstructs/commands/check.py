@@ -73,6 +73,10 @@ def check(target, args):
         raise UsageError("--jobs must be >= 1")
     if args.vmlinux and args.profile:
         raise UsageError("give --vmlinux or --profile, not both")
+    from ..inputs import require_regular
+    for path in (args.xen_syms, args.kernel_syms, args.profile, args.vmlinux, args.system_map, args.log):
+        if path:
+            require_regular(path)           # refused once, in one line, not per dump
     opts = Options(xen_syms=args.xen_syms, kernel_syms=args.kernel_syms, profile=args.profile,
                    vmlinux=args.vmlinux, system_map=args.system_map, log=args.log,
                    siblings=not args.no_siblings)
