@@ -327,6 +327,14 @@ def _big_endian(base):
     return img
 
 
+def _misread(base):
+    """A sound 64-bit header whose timestamp libkdumpfile takes for a 32-bit block size."""
+    for usec in (8192, 1024):
+        img = bytearray(base.data)
+        struct.pack_into("<q", img, 416, usec)
+        yield f"usec-{usec}", bytes(img)
+
+
 def _flat_record(off, data):
     return struct.pack(">qq", off, len(data)) + data
 
@@ -364,6 +372,9 @@ def corpus(work):
         for tag, data in _random_cases(base):
             cases.append(Case(f"{base.name}-random-{tag}", "random", data))
         cases.append(Case(f"{base.name}-big-endian", "big_endian", _big_endian(base)))
+        if base.bits == 64:
+            for tag, data in _misread(base):
+                cases.append(Case(f"{base.name}-layout-{tag}", "layout", data))
     bad = all_bases["mdf64"].with_field("block_size", 0)
     for tag, data, sparse in _flat_cases(flat, bad):
         cases.append(Case(f"flat-{tag}", "flattened", data, sparse))

@@ -27,9 +27,8 @@ import elfbytes
 import kdumpcorpus
 from conftest import CORES
 from crashutil import CRASH, run_crash
-from gdbutil import run_gdb
+from gdbutil import run_gdb, venv_python
 from hostile import cli, probe_libkdumpfile, run_limited
-from gdbutil import venv_python
 
 PAGE = 4096
 # corruption class -> what the refusal must name
@@ -38,7 +37,8 @@ NAMES = {"header_version": "header_version", "block_size": "block_size",
          "max_mapnr": "max_mapnr", "size_note": "size_note", "offset_note": "offset_note",
          "vmcoreinfo_area": "vmcoreinfo", "eraseinfo": "eraseinfo", "vmcoreinfo": "VMCOREINFO",
          "note_xen": ".note.Xen", "descriptor": "page descriptor", "truncated": "truncated",
-         "random": "kdump header", "big_endian": "big-endian", "flattened": "flattened"}
+         "random": "kdump header", "big_endian": "big-endian", "flattened": "flattened",
+         "layout": "misread"}
 # What Debian's libkdumpfile 0.5.1-1 does with these files handed to it directly (see
 # docs/libkdumpfile-crashes.md): re-run `python tests/hostile.py DIR` when it changes.
 LIBKDUMPFILE_VERSION = "0.5.1-1"
@@ -52,6 +52,7 @@ LIBKDUMPFILE_CRASHES = {
     "mdf64-vmcoreinfo-pagesize-empty": "signal SIGSEGV",
     "mdf64-descriptor-size-64k": "signal SIGBUS",      # compressed page read past the end
     "qemu-descriptor-off-eof": "signal SIGBUS",
+    "mdf64-layout-usec-8192": "signal SIGSEGV",        # a sound header read as the 32-bit one
 }
 
 
@@ -162,13 +163,6 @@ def good(tmp_path_factory):
         with open(out[name], "wb") as f:
             f.write(data)
     return out
-
-
-def _read_page(path, pa):
-    r = cli("read-phys", "--json", path, hex(pa), str(PAGE))
-    assert r.returncode == 0, r.stderr
-    return bytes(json.loads(r.stdout)["data"]) if isinstance(json.loads(r.stdout)["data"], list) \
-        else bytes.fromhex(json.loads(r.stdout)["data"])
 
 
 def test_good_files_read_like_the_source(good):

@@ -102,8 +102,8 @@ def validate_kdump(fd, path):
         f.fail(f"truncated kdump header: the file has {f.size} bytes, the header needs "
                f"{fmt.HEADER_PROBE}")
     choice = fmt.libkdumpfile_layout(head)
-    if choice is not None and choice[1] == "big":
-        f.fail(f"kdump header is big-endian ({choice[0]}-bit layout): xenscope reads x86 dumps")
+    if choice not in (None, (64, "little")):
+        _refuse_misread(f, head, choice)
     bits = choice[0] if choice else fmt.likely_layout(head)
     header = fmt.HEADERS[bits].parse(head)
     _check_header(f, header)
@@ -117,6 +117,23 @@ def validate_kdump(fd, path):
         _check_notes(f, lay)
     _check_pages(f, lay, pfns)
     return lay
+
+
+def _refuse_misread(f, head, choice):
+    """libkdumpfile tries the 32-bit layouts first: a 64-bit header whose timestamp (``tv_usec``)
+    reads as a block size there (256, 512, 1024 or a power of two from 4096 to 262144) is misread.
+    Say so when the 64-bit reading is sound; refuse a big-endian header either way."""
+    bits, endian = choice
+    sound = fmt.DiskDumpHeader64.parse(head)
+    try:
+        _check_header(f, sound)
+    except BadDump:
+        if endian == "big":
+            f.fail(f"kdump header is big-endian ({bits}-bit layout): xenscope reads x86 dumps")
+        return
+    f.fail(f"libkdumpfile would misread this kdump header as the {bits}-bit {endian}-endian "
+           f"layout (the timestamp's tv_usec {sound.tv_usec} reads as a block size there): "
+           "not opened")
 
 
 def _check_header(f, h):
