@@ -179,6 +179,8 @@ def _qemu_dump(work, name, machine):
 
 def _qemu_bases():
     """``{"qemu": bytes}``, cached per QEMU version."""
+    assert QEMU, "qemu-system-x86_64 is not installed (./setup.sh installs qemu-system-x86)"
+    assert os.path.exists(MAKEDUMPFILE), "makedumpfile is not installed: ./setup.sh installs it"
     final = os.path.join(CACHE, qemu_version())
     if not os.path.isdir(final):
         os.makedirs(CACHE, exist_ok=True)
