@@ -19,6 +19,7 @@ import struct
 from dataclasses import dataclass, field
 
 from .errors import NotInDump, XenscopeError
+from .inputs import open_regular
 from .linux.memory_layout import (I386_PAGE_OFFSET, KERNEL_START_48, KERNEL_START_57, MODULES_END,
                                   START_KERNEL_MAP, USER_END_48, USER_END_57)
 from .paging import read_virt
@@ -132,7 +133,7 @@ class TextSymbols:
 
     def load(self, path):
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 magic = f.read(4)
         except OSError as e:
             raise XenscopeError(f"cannot read {path}: {e.strerror}") from None
@@ -144,7 +145,7 @@ class TextSymbols:
     def _load_map(self, path):
         """System.map or a saved /proc/kallsyms (whole, or only some modules' ``[module]`` lines)."""
         try:
-            with open(path, "r", errors="replace") as f:
+            with open_regular(path, "r", errors="replace") as f:
                 text = f.read(64 << 20)
         except OSError as e:
             raise XenscopeError(f"cannot read {path}: {e.strerror}") from None
@@ -179,7 +180,7 @@ class TextSymbols:
         from elftools.elf.elffile import ELFFile
         pairs, etext = [], None
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 elf = ELFFile(f)
                 tab = elf.get_section_by_name(".symtab")
                 if tab is None:

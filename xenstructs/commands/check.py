@@ -73,9 +73,14 @@ def check(target, args):
         raise UsageError("--jobs must be >= 1")
     if args.vmlinux and args.profile:
         raise UsageError("give --vmlinux or --profile, not both")
+    from ..inputs import require_regular
+    for path in (args.xen_syms, args.kernel_syms, args.profile, args.vmlinux, args.system_map, args.log):
+        if path:
+            require_regular(path)           # refused once, in one line, not per dump
     opts = Options(xen_syms=args.xen_syms, kernel_syms=args.kernel_syms, profile=args.profile,
                    vmlinux=args.vmlinux, system_map=args.system_map, log=args.log,
                    siblings=not args.no_siblings)
-    jobs = args.jobs if args.jobs is not None or active_front().can_fork else 1
-    reports = check_many(args.dumps, opts, jobs=jobs, progress=_Progress(sys.stderr))
+    can_fork = active_front().can_fork
+    jobs = args.jobs if args.jobs is not None or can_fork else 1
+    reports = check_many(args.dumps, opts, jobs=jobs, progress=_Progress(sys.stderr), isolate=can_fork)
     return [r.as_dict() for r in reports]

@@ -158,24 +158,36 @@ def walk_cmd(target, args):
 MAX_VTOP = 16 << 20      # addresses per call (a 16 M-address batch needs ~1 GiB of arrays)
 
 
+MAX_ADDRESS_LINE = 256   # bytes of one --from line: an address, blanks and a comment
+
+
 def _read_addresses(path):
+    """The addresses of a ``--from`` file (``-``: standard input), read by
+    :func:`~xenstructs.inputs.iter_text_lines`: a regular file only, lines cut at
+    :data:`MAX_ADDRESS_LINE` bytes (a longer line is an error, never read whole), binary junk
+    refused."""
     import sys
+    from ..inputs import TextLimits, iter_text_lines, open_regular
+    name = "standard input" if path == "-" else path
+    f = sys.stdin.buffer if path == "-" else open_regular(path)
     out = []
     try:
-        f = sys.stdin if path == "-" else open(path)
-    except OSError as e:
-        raise XenscopeError(f"cannot open {path}: {e.strerror}")
-    with f:
-        for n, line in enumerate(f, 1):
+        for n, line, length in iter_text_lines(f, name, TextLimits(max_line=MAX_ADDRESS_LINE)):
+            if length > MAX_ADDRESS_LINE:
+                raise XenscopeError(f"{name}:{n}: a line of {length} bytes is not an "
+                                    f"address (at most {MAX_ADDRESS_LINE})")
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
             if len(out) >= MAX_VTOP:
-                raise XenscopeError(f"{path}: more than {MAX_VTOP} addresses")
+                raise XenscopeError(f"{name}: more than {MAX_VTOP} addresses")
             try:
                 out.append(address(line))
             except argparse.ArgumentTypeError as e:
-                raise XenscopeError(f"{path}:{n}: {e}")
+                raise XenscopeError(f"{name}:{n}: {e}")
+    finally:
+        if path != "-":
+            f.close()
     return out
 
 

@@ -5,6 +5,7 @@ import struct
 import zlib
 
 from ..errors import XenscopeError
+from ..inputs import open_regular
 
 MAX_DEBUG_SECTION = 2 << 30      # bytes one compressed DWARF section may expand to
 SHF_COMPRESSED = 0x800
@@ -24,11 +25,7 @@ def dwarf_of(path, no_dwarf_hint):
         from elftools.elf.elffile import ELFFile
     except ImportError:                                              # pragma: no cover
         raise XenscopeError("reading DWARF needs pyelftools: run ./setup.sh") from None
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise XenscopeError(f"cannot open {path}: {e.strerror}") from None
-    with f:
+    with open_regular(path) as f:
         try:
             elf = ELFFile(f)
             if not elf.has_dwarf_info() or elf.get_section_by_name(".debug_info") is None:

@@ -24,6 +24,9 @@ import json
 import re
 
 from ..errors import XenscopeError
+from ..inputs import open_regular
+
+MAX_PROFILE_BYTES = 64 << 20
 
 PROFILE_FORMAT = "xenscope-linux-profile"
 PROFILE_VERSION = 1
@@ -139,8 +142,12 @@ class Profile:
     def from_json(cls, path):
         """Read a profile written by :meth:`to_json` (or by hand: ``offsets`` is enough)."""
         try:
-            with open(path) as f:
-                d = json.load(f)
+            with open_regular(path, "r", errors="replace") as f:
+                text = f.read(MAX_PROFILE_BYTES + 1)
+            if len(text) > MAX_PROFILE_BYTES:
+                raise XenscopeError(f"profile {path} is over {MAX_PROFILE_BYTES >> 20} MiB: not "
+                                    "a profile (xenscope profile writes a few KiB)")
+            d = json.loads(text)
         except OSError as e:
             raise XenscopeError(f"cannot read profile {path}: {e.strerror}") from None
         except ValueError as e:
@@ -388,7 +395,7 @@ class Symbols:
         """System.map (link-time) or a saved /proc/kallsyms (runtime; told apart by its name or,
         failing that, by lower-case ``t`` symbols with ``[module]`` suffixes)."""
         try:
-            with open(path, "r", errors="replace") as f:
+            with open_regular(path, "r", errors="replace") as f:
                 text = f.read(64 << 20)
         except OSError as e:
             raise XenscopeError(f"cannot read {path}: {e.strerror}") from None

@@ -48,8 +48,9 @@ def mapping_limit(target):
     """How many pages one enumeration may list at most: :data:`MAX_MAPPINGS_FIXED`, or
     :data:`MAPPINGS_PER_PAGE` per 4 KiB page of memory the target holds when that is more,
     :data:`MAX_MAPPINGS_LIVE` when the target has no memory map (live stubs). Within it, an
-    enumeration also stops past 512 pages per distinct table read plus :data:`SHARED_ALLOWANCE`
-    (a tree of tables has at most one leaf per entry: only shared tables go past it)."""
+    enumeration also stops past 512 pages per distinct table read plus :data:`SHARED_ALLOWANCE` and
+    two per page the dump holds (a tree of tables has at most one leaf per entry; shared tables go
+    past it: a real PV kernel's P2M area, or a hostile DAG of a few tables multiplying its mappings)."""
     held = target.held_bytes()
     if held is None:
         return MAX_MAPPINGS_LIVE
@@ -90,6 +91,10 @@ class _Enumeration:
         self.out, self.problems = [], []
         self.ntables = self.nmaps = self.pending = 0
         self.distinct = set()            # table addresses read: a tree has at most 512 leaves per table
+        held = target.held_bytes()
+        # shared tables are real too (Linux PV maps its P2M area's holes through shared
+        # p2m_mid_missing tables): allow two mappings per page the dump holds beyond the tree's
+        self.shared_room = SHARED_ALLOWANCE + (2 * (held >> 12) if held is not None else MAX_MAPPINGS_LIVE)
         self.stopped = False
 
     def run(self):
@@ -226,7 +231,7 @@ class _Enumeration:
     def _leaves(self, name, span, ename, ent, cva, rw, us, nx):
         """Keep the leaves of a chunk, up to the mapping limit (past it: stop)."""
         import numpy as np
-        room = min(self.max_mappings, SHARED_ALLOWANCE + 512 * len(self.distinct)) - self.nmaps
+        room = min(self.max_mappings, self.shared_room + 512 * len(self.distinct)) - self.nmaps
         if len(ent) > room:
             self._stop(int(cva[room]), ename)
             ent, cva, rw, us, nx = ent[:room], cva[:room], rw[:room], us[:room], nx[:room]

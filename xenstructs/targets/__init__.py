@@ -1,19 +1,20 @@
 """Dump-file hosts of :class:`~xenstructs.target.Target`, chosen by :func:`open_dump`."""
 
 from ..errors import BadDump
+from ..inputs import open_regular
 
 SNIFF_BYTES = 18                 # magic (16 for makedumpfile's header) and the ELF e_type
 
 
 def sniff(path):
-    """Return the first bytes of ``path``; a missing or unreadable file is one :class:`BadDump`."""
-    try:
-        with open(path, "rb") as f:
+    """Return the first bytes of ``path``; a missing or unreadable file, or anything but a regular
+    file (a FIFO would block, a device read forever: :func:`~xenstructs.inputs.open_regular`), is
+    one :class:`BadDump`."""
+    with open_regular(path, error=BadDump) as f:
+        try:
             return f.read(SNIFF_BYTES)
-    except IsADirectoryError:
-        raise BadDump(f"{path}: is a directory, not a dump file") from None
-    except OSError as e:
-        raise BadDump(f"{path}: cannot open: {e.strerror or e}") from None
+        except OSError as e:
+            raise BadDump(f"{path}: cannot read: {e.strerror or e}") from None
 
 
 def looks_like_dump(path):

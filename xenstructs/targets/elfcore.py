@@ -14,6 +14,7 @@ import os
 from ..errors import BadDump, NotInDump, XenscopeError
 from ..formats import elf
 from ..formats.vmcoreinfo import parse_vmcoreinfo
+from ..inputs import open_regular
 from ..target import CpuState, Target
 
 MAX_NOTES_BYTES = 64 << 20      # all PT_NOTE segments together
@@ -23,10 +24,7 @@ _I386_GPRS = ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp", "ip")
 
 def _open_mmap(path):
     """Open and mmap ``path`` read-only; every OS error becomes one :class:`BadDump` line."""
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise BadDump(f"{path}: cannot open: {e.strerror or e}") from None
+    f = open_regular(path, error=BadDump)
     try:
         size = os.fstat(f.fileno()).st_size
         if size == 0:

@@ -5,8 +5,13 @@ physical memory of a bare-metal or guest dump, machine memory of a Xen host dump
 address-translation setup, unlike ``KDUMP_KPHYSADDR``. Excluded or absent pages raise
 :class:`~xenstructs.errors.NotInDump`.
 
+Before libkdumpfile sees the file, :func:`~.kdump_validate.validate_kdump` checks every field it
+trusts (header, sub-header, note area, bitmaps, every page descriptor) against the file's size:
+libkdumpfile crashes the process on a file that lies (docs/libkdumpfile-crashes.md).
+
 The flattened form (``makedumpfile -F``, QEMU 7.2's kdump output) is first reassembled into an
-unnamed temporary file (in ``$XENSCOPE_TMPDIR`` when set), copying in bounded chunks.
+unnamed temporary file (in ``$XENSCOPE_TMPDIR`` when set), copying in bounded chunks and reading
+record headers in bulk; empty records, offsets and the reassembled size are bounded.
 
 Registers and notes: the ELF notes stored after the sub-header (``offset_note``/``size_note``,
 header version ≥ 4) are parsed like an ELF core's, so QEMU CPU notes (CR0/CR3/CR4) and Xen crash
@@ -20,8 +25,12 @@ import tempfile
 from ..errors import BadDump, NotInDump, XenscopeError
 from ..formats import elf
 from ..formats.vmcoreinfo import parse_vmcoreinfo
+from ..inputs import open_regular
 from ..target import PAGE_SIZE, CpuState, Target
 from .elfcore import analyse_notes
+from .kdump_validate import validate_kdump
+
+UTS_MACHINES = {"x86_64": "x86_64", "i386": "i386", "i486": "i386", "i586": "i386", "i686": "i386"}
 
 KDUMPFILE_FIX = ("apt-get install python3-libkdumpfile (and make sure the venv was created "
                  "with --system-site-packages)")
@@ -29,15 +38,11 @@ FLAT_SIGNATURE = b"makedumpfile"
 FLAT_HEADER_SIZE = 4096                 # MAX_SIZE_MDF_HEADER
 FLAT_END = (-1, -1)
 FLAT_MAX_OFFSET = 1 << 50               # 1 PiB: any record beyond this is corrupt
+FLAT_MAX_EMPTY = 1 << 12                # records of size 0 (makedumpfile writes none)
+FLAT_SLACK = 64 << 20                   # holes the reassembled file may have beyond the flattened size
 COPY_CHUNK = 1 << 20
-MAX_NOTE_BYTES = 64 << 20
 MAX_RANGES = 1 << 20
-DUMP_DH_COMPRESSED_INCOMPLETE = 0x8     # makedumpfile ran out of space: later pages are missing
-
-# disk_dump_header fields after utsname (x86_64 vs i386: struct timeval is 16 vs 8 bytes).
-_HDR_LAYOUT = {64: 424, 32: 412}        # offset of ``status``; block_size, sub_hdr_size follow
-# kdump_sub_header: (offset_vmcoreinfo, size_vmcoreinfo, offset_note, size_note) offsets, widths
-_SUB_LAYOUT = {64: ((32, 8), (40, 8), (48, 8), (56, 8)), 32: ((20, 8), (28, 4), (32, 8), (40, 4))}
+_RECORD = struct.Struct(">qq")
 
 
 def import_kdumpfile():
@@ -49,62 +54,104 @@ def import_kdumpfile():
     return kdumpfile
 
 
+def _temporary(tmpdir):
+    try:
+        return tempfile.TemporaryFile(dir=tmpdir)
+    except OSError as e:
+        raise BadDump(f"cannot create a temporary file in {tmpdir or tempfile.gettempdir()}: "
+                      f"{e.strerror or e} (set XENSCOPE_TMPDIR)") from None
+
+
+def _flat_header(path, src):
+    head = src.read(FLAT_HEADER_SIZE)
+    if len(head) < 32:
+        raise BadDump(f"{path}: truncated flattened header ({len(head)} bytes)")
+    sig = head[:16].split(b"\0", 1)[0]
+    ftype, _version = struct.unpack(">qq", head[16:32])
+    if sig != FLAT_SIGNATURE or ftype != 1:
+        raise BadDump(f"{path}: bad flattened header (signature {sig!r}, type {ftype})")
+    if len(head) < FLAT_HEADER_SIZE:
+        raise BadDump(f"{path}: truncated flattened header ({len(head)} of "
+                      f"{FLAT_HEADER_SIZE} bytes)")
+
+
+class _FlatRecords:
+    """The records of a flattened file, read in :data:`COPY_CHUNK` pieces (many small records per
+    read); each record's data is copied to ``out`` at its offset. Bounded: records of size 0 (at
+    most :data:`FLAT_MAX_EMPTY`), offsets (:data:`FLAT_MAX_OFFSET`) and the reassembled extent
+    (the flattened size plus :data:`FLAT_SLACK`)."""
+
+    def __init__(self, path, src, out):
+        self.path, self.src, self.out = path, src, out
+        self.total = os.fstat(src.fileno()).st_size
+        self.buf, self.at, self.pos = b"", 0, FLAT_HEADER_SIZE
+        self.records = self.empty = self.extent = 0
+
+    def _take(self, n):
+        """Up to ``n`` bytes from the stream (fewer only at its end)."""
+        if self.at + n > len(self.buf):
+            self.buf = self.buf[self.at:] + self.src.read(max(COPY_CHUNK, n))
+            self.at = 0
+        piece = self.buf[self.at:self.at + n]
+        self.at += len(piece)
+        self.pos += len(piece)
+        return piece
+
+    def copy_all(self):
+        while True:
+            rec = self._take(16)
+            if len(rec) < 16:
+                raise BadDump(f"{self.path}: truncated flattened file: record {self.records} "
+                              f"header at offset {self.pos - len(rec)} is cut off (no end marker)")
+            off, size = _RECORD.unpack(rec)
+            if (off, size) == FLAT_END:
+                return
+            self._check(off, size)
+            self._copy(off, size)
+            self.records += 1
+
+    def _check(self, off, size):
+        n, where = self.records, self.pos - 16
+        if off < 0 or size < 0 or off + size > FLAT_MAX_OFFSET:
+            raise BadDump(f"{self.path}: flattened record {n} at offset {where} is corrupt "
+                          f"(offset {off}, size {size})")
+        if size > self.total - self.pos:
+            raise BadDump(f"{self.path}: truncated flattened file: record {n} needs bytes "
+                          f"{self.pos}..{self.pos + size}, file has {self.total}")
+        if size == 0:
+            self.empty += 1
+            if self.empty > FLAT_MAX_EMPTY:
+                raise BadDump(f"{self.path}: corrupt flattened file: more than {FLAT_MAX_EMPTY} "
+                              f"empty records (record {n} at offset {where})")
+        self.extent = max(self.extent, off + size)
+        if self.extent > self.total + FLAT_SLACK:
+            raise BadDump(f"{self.path}: corrupt flattened file: record {n} at offset {where} "
+                          f"reaches byte {off + size} of the dump, far beyond the "
+                          f"{self.total}-byte flattened file")
+
+    def _copy(self, off, size):
+        self.out.seek(off)
+        while size:
+            chunk = self._take(min(size, COPY_CHUNK))
+            if not chunk:
+                raise BadDump(f"{self.path}: truncated flattened file in record {self.records}")
+            self.out.write(chunk)
+            size -= len(chunk)
+
+
 def reassemble_flattened(path, tmpdir=None):
     """Rebuild the kdump-compressed file held in flattened file ``path``.
 
     :return: an unnamed temporary file (open, ``w+b``) holding the result.
-    :raises BadDump: bad header, negative or absurd record, truncated data, no end marker.
+    :raises BadDump: bad header, negative or absurd record, too many empty records, a record far
+        beyond the file's size, truncated data, no end marker.
     """
     tmpdir = tmpdir or os.environ.get("XENSCOPE_TMPDIR") or None
-    try:
-        src = open(path, "rb")
-    except OSError as e:
-        raise BadDump(f"{path}: cannot open: {e.strerror or e}") from None
-    with src:
-        total = os.fstat(src.fileno()).st_size
-        head = src.read(FLAT_HEADER_SIZE)
-        if len(head) < 32:
-            raise BadDump(f"{path}: truncated flattened header ({len(head)} bytes)")
-        sig = head[:16].split(b"\0", 1)[0]
-        ftype, version = struct.unpack(">qq", head[16:32])
-        if sig != FLAT_SIGNATURE or ftype != 1:
-            raise BadDump(f"{path}: bad flattened header (signature {sig!r}, type {ftype})")
-        if len(head) < FLAT_HEADER_SIZE:
-            raise BadDump(f"{path}: truncated flattened header ({len(head)} of "
-                          f"{FLAT_HEADER_SIZE} bytes)")
+    with open_regular(path, error=BadDump) as src:
+        _flat_header(path, src)
+        out = _temporary(tmpdir)
         try:
-            out = tempfile.TemporaryFile(dir=tmpdir)
-        except OSError as e:
-            raise BadDump(f"cannot create a temporary file in {tmpdir or tempfile.gettempdir()}: "
-                          f"{e.strerror or e} (set XENSCOPE_TMPDIR)") from None
-        try:
-            pos = FLAT_HEADER_SIZE
-            n = 0
-            while True:
-                rec = src.read(16)
-                if len(rec) < 16:
-                    raise BadDump(f"{path}: truncated flattened file: record {n} header at "
-                                  f"offset {pos} is cut off (no end marker)")
-                off, size = struct.unpack(">qq", rec)
-                pos += 16
-                if (off, size) == FLAT_END:
-                    break
-                if off < 0 or size < 0 or off + size > FLAT_MAX_OFFSET:
-                    raise BadDump(f"{path}: flattened record {n} at offset {pos - 16} is corrupt "
-                                  f"(offset {off}, size {size})")
-                if size > total - pos:
-                    raise BadDump(f"{path}: truncated flattened file: record {n} needs bytes "
-                                  f"{pos}..{pos + size}, file has {total}")
-                out.seek(off)
-                left = size
-                while left:
-                    chunk = src.read(min(left, COPY_CHUNK))
-                    if not chunk:
-                        raise BadDump(f"{path}: truncated flattened file in record {n}")
-                    out.write(chunk)
-                    left -= len(chunk)
-                pos += size
-                n += 1
+            _FlatRecords(path, src, out).copy_all()
             out.flush()
         except OSError as e:
             out.close()
@@ -120,82 +167,25 @@ def reassemble_flattened(path, tmpdir=None):
 def _pread(fd, off, size):
     try:
         return os.pread(fd, size, off)
-    except OSError:
+    except (OSError, OverflowError, ValueError):
         return b""
 
 
-def _header_class(head):
-    """32 or 64: which ``disk_dump_header`` layout the file uses, or ``None``.
-
-    Not the machine: QEMU 7.2 writes the 64-bit layout (and ELF64 notes) for i386 guests too
-    (seen in dumps of Debian's 686-pae kernel), so the layout whose ``block_size`` is a sane power
-    of two and whose ``sub_hdr_size`` is positive wins, 64-bit first.
-    """
-    for cls in (64, 32):
-        block_size, sub_hdr_size = struct.unpack_from("<ii", head, _HDR_LAYOUT[cls] + 4)
-        if 512 <= block_size <= 1 << 20 and not block_size & (block_size - 1) and sub_hdr_size >= 1:
-            return cls
-    return None
-
-
-def header_layout(fd):
-    """``(status, block_size, minimum file size)`` from a kdump-compressed header, or ``None``.
-
-    The minimum size covers the header, sub-header and bitmap blocks (``data_offset``).
-    """
-    head = _pread(fd, 0, 512)
-    if len(head) < 464 or head[:8] not in (b"KDUMP   ", b"DISKDUMP"):
-        return None
-    cls = _header_class(head)
-    if cls is None:
-        return None
-    status, block_size, sub_hdr_size, bitmap_blocks = struct.unpack_from("<Iiii", head, _HDR_LAYOUT[cls])
-    if block_size <= 0 or sub_hdr_size < 0 or bitmap_blocks < 0:
-        return None
-    return status, block_size, (1 + sub_hdr_size + bitmap_blocks) * block_size
-
-
-def header_machine(fd):
-    """``x86_64`` or ``i386`` from the header's ``utsname.machine``, or ``None``."""
-    head = _pread(fd, 0, 512)
-    if len(head) < 464 or head[:8] not in (b"KDUMP   ", b"DISKDUMP"):
-        return None
-    m = head[12 + 4 * 65:12 + 5 * 65].split(b"\0", 1)[0]
-    return {b"x86_64": "x86_64", b"i386": "i386", b"i486": "i386", b"i586": "i386",
-            b"i686": "i386"}.get(m)
-
-
-def read_header_notes(fd):
-    """Raw VMCOREINFO and ELF notes of a kdump-compressed file: ``(elfclass, vmcoreinfo, notes)``.
-
-    Any value may be ``None`` when the header is too old or inconsistent; never raises for bad
-    headers (libkdumpfile is the judge of the file as a whole).
-    """
-    head = _pread(fd, 0, 512)
-    if len(head) < 464 or head[:8] not in (b"KDUMP   ", b"DISKDUMP"):
-        return None, None, None
-    version = struct.unpack_from("<i", head, 8)[0]
-    elfclass = _header_class(head)
-    if elfclass is None:
-        return None, None, None
-    status_off = _HDR_LAYOUT[elfclass]
-    block_size, sub_hdr_size = struct.unpack_from("<ii", head, status_off + 4)
-    if version < 3 or block_size < 512 or block_size > 1 << 20 or block_size & (block_size - 1) \
-            or sub_hdr_size < 1:
-        return elfclass, None, None
-    sub = _pread(fd, block_size, 128)
-    lay = _SUB_LAYOUT[elfclass]
-    get = [int.from_bytes(sub[o:o + w], "little") if len(sub) >= o + w else 0 for o, w in lay]
-    vmci = notes = None
-    if get[1] and get[1] <= MAX_NOTE_BYTES:
-        vmci = _pread(fd, get[0], get[1])
-    if version >= 4 and get[3] and get[3] <= MAX_NOTE_BYTES:
-        notes = _pread(fd, get[2], get[3])
-    return elfclass, vmci, notes
+def _note_machine(notes, machine):
+    """The layout of the NT_PRSTATUS notes: QEMU writes i386 ones for a CPU not in long mode (a
+    real-mode or 32-bit guest) even when the header says x86_64; their size tells."""
+    for name, ntype, desc in notes:
+        if name == "CORE" and ntype == elf.NT_PRSTATUS:
+            if len(desc) == elf.PrStatus32.sizeof():
+                return "i386"
+            if len(desc) == elf.PrStatus64.sizeof():
+                return "x86_64"
+    return machine
 
 
 class KdumpTarget(Target):
-    """A kdump-compressed (or flattened) dump read through libkdumpfile."""
+    """A kdump-compressed (or flattened) dump read through libkdumpfile, once
+    :func:`~.kdump_validate.validate_kdump` has accepted it."""
 
     def __init__(self, path):
         super().__init__()
@@ -204,24 +194,21 @@ class KdumpTarget(Target):
         self.path = path
         self._tmp = None
         self._kd = None
-        try:
-            with open(path, "rb") as f:
-                head = f.read(16)
-        except OSError as e:
-            raise BadDump(f"{path}: cannot open: {e.strerror or e}") from None
+        self._pfn_limit = None
+        with open_regular(path, error=BadDump) as f:
+            head = f.read(16)
         flattened = head.startswith(FLAT_SIGNATURE)
         try:
             if flattened:
                 self._tmp = reassemble_flattened(path)
-                open_path = f"/proc/self/fd/{self._tmp.fileno()}"
                 fd = self._tmp.fileno()
                 head = _pread(fd, 0, 16)
                 if not head.startswith((b"KDUMP   ", b"DISKDUMP")):
                     raise BadDump(f"{path}: flattened file does not hold a kdump-compressed dump "
                                   f"(reassembled data starts with {head[:8]!r})")
-                self._load(kdumpfile, open_path, fd)
+                self._load(kdumpfile, f"/proc/self/fd/{fd}", fd)
             else:
-                with open(path, "rb") as f:
+                with open_regular(path, error=BadDump) as f:
                     self._load(kdumpfile, path, f.fileno())
         except BaseException:
             self.close()
@@ -231,12 +218,9 @@ class KdumpTarget(Target):
         self.facts["flattened"] = flattened
 
     def _load(self, kdumpfile, open_path, fd):
-        lay = header_layout(fd)
-        size = os.fstat(fd).st_size
-        if lay is not None and lay[2] > size:
-            raise BadDump(f"{self.path}: truncated: the header and bitmaps need {lay[2]} bytes, "
-                          f"file has {size}")
-        self.facts["incomplete"] = bool(lay and lay[0] & DUMP_DH_COMPRESSED_INCOMPLETE)
+        lay = validate_kdump(fd, self.path)
+        self._pfn_limit = lay.pfn_limit
+        self.facts["incomplete"] = lay.incomplete
         try:
             self._kd = kdumpfile.kdumpfile(open_path)
         except self._exc.KDumpBaseException as e:
@@ -250,23 +234,31 @@ class KdumpTarget(Target):
         machine = {"x86_64": "x86_64", "ia32": "i386", "i386": "i386"}.get(arch, arch)
         if machine not in ("x86_64", "i386"):
             # QEMU's kdump files leave libkdumpfile without an arch: the header's utsname says it
-            machine = header_machine(fd) or machine
-        xen_type = self._attr("xen.type", 0)
+            machine = UTS_MACHINES.get(lay.machine, machine)
+        self._read_notes(fd, lay, machine)
+        self.facts.update({
+            "format": "kdump-compressed", "machine": machine, "elfclass": lay.bits,
+            "xen": bool(self._attr("xen.type", 0)) or self.facts["xen_notes"],
+            "description": self._attr("file.description"), "page_size": self.page_size,
+            "max_pfn": self.max_pfn,
+        })
 
-        elfclass, vmci_raw, notes_raw = read_header_notes(fd)
+    def _read_notes(self, fd, lay, machine):
+        """CPUs and facts from the validated note area (else libkdumpfile's ``cpu.N.reg``), and
+        VMCOREINFO from libkdumpfile, the notes, or the version-3 area, first found."""
         notes = []
-        if notes_raw:
+        if lay.notes:
             try:
-                notes = list(elf.iter_notes(notes_raw, f"{self.path}: note area"))
+                notes = list(elf.iter_notes(_pread(fd, *lay.notes), f"{self.path}: note area"))
             except BadDump:
                 notes = []
-        cpus, facts = analyse_notes(notes, machine if machine in ("x86_64", "i386") else
-                                    "x86_64", elfclass or (64 if machine == "x86_64" else 32)) \
-            if notes else ([], {"notes": [], "qemu_notes": False, "xen_notes": False,
-                                "vmcoreinfo": None, "xen_crash_info": None})
-        if not cpus:
-            cpus = self._attr_cpus()
-        self._cpus = cpus
+        note_machine = _note_machine(notes, machine if machine in ("x86_64", "i386") else "x86_64")
+        if notes:
+            cpus, facts = analyse_notes(notes, note_machine, lay.bits)
+        else:
+            cpus, facts = [], {"notes": [], "qemu_notes": False, "xen_notes": False,
+                               "vmcoreinfo": None, "xen_crash_info": None}
+        self._cpus = cpus or self._attr_cpus()
         vmci = None
         for key in ("linux.vmcoreinfo.raw", "xen.vmcoreinfo.raw"):
             raw = self._attr(key)
@@ -275,15 +267,10 @@ class KdumpTarget(Target):
                 break
         if vmci is None:
             vmci = facts.get("vmcoreinfo")
-        if vmci is None and vmci_raw:
-            vmci = parse_vmcoreinfo(vmci_raw)
+        if vmci is None and lay.vmcoreinfo:
+            vmci = parse_vmcoreinfo(_pread(fd, *lay.vmcoreinfo))
         self.facts.update(facts)
-        self.facts.update({
-            "format": "kdump-compressed", "machine": machine, "elfclass": elfclass,
-            "vmcoreinfo": vmci, "xen": bool(xen_type) or facts["xen_notes"],
-            "description": self._attr("file.description"), "page_size": self.page_size,
-            "max_pfn": self.max_pfn,
-        })
+        self.facts["vmcoreinfo"] = vmci
 
     def _attr(self, key, default=None):
         try:
@@ -316,6 +303,12 @@ class KdumpTarget(Target):
     def _read_phys(self, addr, size):
         if size == 0:
             return b""
+        if self._pfn_limit is not None and addr + size > self._pfn_limit * self.page_size:
+            cut = self._pfn_limit * self.page_size
+            if addr < cut:
+                self._read_phys(addr, cut - addr)          # a hole before the cut is named first
+            raise NotInDump(max(addr, cut), what="its data is missing: the dump is flagged "
+                            "incomplete (makedumpfile ran out of space)")
         try:
             return bytes(self._kd.read(self._space, addr, size))
         except self._exc.KDumpBaseException:
@@ -347,8 +340,9 @@ class KdumpTarget(Target):
             except self._exc.KDumpBaseException:
                 break
             end = pm.find_clear(start)
-            if self.max_pfn:
-                end = min(end, self.max_pfn)
+            for limit in (self.max_pfn, self._pfn_limit):
+                if limit:
+                    end = min(end, limit)
             if end <= start:
                 break
             out.append((start * ps, end * ps))

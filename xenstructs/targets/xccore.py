@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import BadDump, NotInDump, Unsupported, XenscopeError
 from ..formats import elf
 from ..formats import xccore as xc_format
+from ..inputs import open_regular
 from ..target import MAX_READ, PAGE_SIZE, CpuState, Target
 from .elfcore import _close_mmap, _open_mmap
 
@@ -64,7 +65,7 @@ def is_xc_core(path):
     ``"Xen"`` dumpcore note (still found when the file is cut short and ``.shstrtab``, written
     last, is gone). Bounded reads; any inconsistency answers False."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, error=BadDump) as f:
             head = f.read(64)
             if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2):
                 return False

@@ -95,6 +95,8 @@ def _elf_symbols(path):
 
 def load_symbols(path):
     """Symbols of a xen-syms ELF file or of a ``.map`` text file, by content."""
+    from ..inputs import require_regular
+    require_regular(path)                  # a FIFO blocks open(), a device reads forever
     try:
         with open(path, "rb") as f:
             magic = f.read(4)

@@ -430,17 +430,66 @@ def p2m_from_linux(target, paging, p2m_list_va, size):
     """A Linux PV guest's linear P2M list (``xen_p2m_addr[0:size]``) read through ``paging``.
 
     The guest's tables hold machine frames and ``target`` reads machine memory (a Xen host dump),
-    so the walk is the guest's own view. :return: uint64 array indexed by pfn."""
+    so the walk is the guest's own view. Linux sizes the list's virtual area for the largest guest
+    (a 256 MiB dom0 has 0x8000000 entries, 1 GiB) and maps its shared ``p2m_missing`` /
+    ``p2m_identity`` pages (arch/x86/xen/p2m.c) wherever it has no page of its own: every page of
+    the list is translated at once, a page whose machine frame backs several list pages is such a
+    shared page (read once, repeated), and the list ends after its last page of its own (what
+    follows is the shared pages only: no entry Linux could have set).
+
+    :return: uint64 array indexed by pfn (up to ``size`` entries; shorter when the tail is shared)
+    """
     if size <= 0 or size > MAX_ENTRIES:
         raise XenscopeError(f"P2M size {size} out of range (1..{MAX_ENTRIES})")
-    held = target.held_bytes()
-    if held is not None and size * 8 > held:
-        raise XenscopeError(f"P2M list of {size:#x} entries ({size * 8 >> 20} MiB) is larger than the "
-                            f"{held >> 20} MiB of memory the dump holds: a corrupt size?")
     if p2m_list_va & 7:
         raise XenscopeError(f"P2M list va {p2m_list_va:#x} is not 8-byte aligned")
-    raw = _read_va_pages(target, paging, p2m_list_va, size * 8, "P2M list")
-    return np.frombuffer(raw, "<u8").astype(U64)
+    if p2m_list_va & (PAGE - 1):
+        return np.frombuffer(_read_va_pages(target, paging, p2m_list_va, size * 8, "P2M list"), "<u8").astype(U64)
+    pages = (size * 8 + PAGE - 1) // PAGE
+    frames = _list_frames(target, paging, p2m_list_va, pages)
+    _, index, counts = np.unique(frames, return_inverse=True, return_counts=True)
+    own = np.flatnonzero(counts[index] == 1)
+    end = int(own[-1]) + 1 if len(own) else min(pages, 1)
+    _check_materialised(target, end)
+    out = np.empty(end * (PAGE // 8), U64)
+    read = {}
+    for page, frame in enumerate(frames[:end].tolist()):
+        data = read.get(frame)
+        if data is None:
+            try:
+                data = np.frombuffer(target.read_phys(frame, PAGE), "<u8")
+            except NotInDump:
+                raise XenscopeError(f"P2M list: va {p2m_list_va + page * PAGE:#x} maps address {frame:#x}, "
+                                    "which is not in the dump") from None
+            if counts[index[page]] > 1:
+                read[frame] = data          # a shared page: read once
+        out[page * (PAGE // 8):(page + 1) * (PAGE // 8)] = data
+    return out[:size]
+
+
+def _list_frames(target, paging, va, pages):
+    """The machine address of each of ``pages`` list pages from ``va`` (one clear error when one
+    does not translate)."""
+    from ..paging import translate_many
+    vas = np.arange(pages, dtype=U64) * U64(PAGE) + U64(va)
+    tr = translate_many(target, paging, vas)
+    bad = np.flatnonzero(~tr.ok)
+    if len(bad):
+        i = int(bad[0])
+        lvl = tr.stop_level_name(i)
+        raise XenscopeError(f"P2M list at va {va:#x}: {len(bad)} of {pages} page(s) do not translate through "
+                            f"the page tables at {paging.root:#x} (first: va {int(vas[i]):#x}, "
+                            f"{tr.stop_name(i)}{' at ' + lvl if lvl else ''})")
+    return tr.pa
+
+
+def _check_materialised(target, pages):
+    """The part of the list kept (up to its last page of its own) must be a size the dump's memory
+    can explain: at most 4 list pages per page the dump holds, plus 64 MiB."""
+    held = target.held_bytes()
+    if held is not None and pages * PAGE > 4 * held + (64 << 20):
+        raise XenscopeError(f"P2M list: {pages} pages of entries of its own ({pages * PAGE >> 20} MiB) for a dump "
+                            f"that holds {held >> 20} MiB: a corrupt size or list?")
 
 
 def read_virt_u64(target, paging, va, what):

@@ -8,13 +8,12 @@ after that), ``MAX_MFNS`` tracked frames and fixed-size lists for walks and faul
 log's length.
 """
 
-import os
-import shutil
 import sys
 import tempfile
 from collections import Counter
 
 from ...errors import XenscopeError
+from ...inputs import iter_raw_lines, open_regular
 from .. import layouts
 from .chains import ChainBuilder
 from .chainstory import describe_chains
@@ -283,9 +282,9 @@ def _layout_clues(texts, stop_early):
     return banner, exps
 
 
-def prescan(f):
+def prescan(f, name="the log"):
     """(version from a "Xen version" banner or None, [(exp, saw)...] of the first Bad type lines)."""
-    return _layout_clues((text for _, text in iter_lines(f)), stop_early=True)
+    return _layout_clues((text for _, text in iter_lines(f, name=name)), stop_early=True)
 
 
 def choose_layout(version=None, banner=None, exps=()):
@@ -312,35 +311,34 @@ def choose_layout(version=None, banner=None, exps=()):
 
 
 def _open_input(path, stdin=None):
-    """A binary file to read twice: ``path``, or ``-`` (``stdin``) spooled to a temporary file."""
-    if path == "-":
-        source = stdin if stdin is not None else sys.stdin.buffer
-        spool = tempfile.TemporaryFile()
-        try:
-            shutil.copyfileobj(source, spool, 1 << 20)
-        except OSError as e:
-            spool.close()
-            raise XenscopeError(f"cannot read standard input: {e.strerror or e}") from None
-        spool.seek(0)
-        return spool
-    if os.path.isdir(path):
-        raise XenscopeError(f"cannot read {path}: is a directory")
+    """A binary file to read twice: ``path`` (a regular file only:
+    :func:`~xenstructs.inputs.open_regular`), or ``-`` (``stdin``) spooled to a temporary file line
+    by line through the bounded reader (junk, endless lines and over 1 GiB stop it early)."""
+    if path != "-":
+        return open_regular(path, verb="read")        # a log is read, a dump opened
+    source = stdin if stdin is not None else sys.stdin.buffer
+    spool = tempfile.TemporaryFile()
     try:
-        return open(path, "rb")
-    except OSError as e:
-        raise XenscopeError(f"cannot read {path}: {e.strerror}") from None
+        for _, raw, length in iter_raw_lines(source, "standard input"):
+            spool.write(raw if length == len(raw) or raw.endswith(b"\n") else raw + b"\n")
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool
 
 
 def annotate_file(path, version=None, keep=5000, stdin=None):
     """Annotate the log at ``path`` (``-``: ``stdin``, a binary file, spooled to a temporary file for
     the two passes). Raises XenscopeError when the input cannot be read."""
+    shown = "standard input" if path == "-" else path
     with _open_input(path, stdin) as f:
         try:
-            banner, exps = prescan(f)
+            banner, exps = prescan(f, shown)
             layout, name, why = choose_layout(version, banner, exps)
             f.seek(0)
             annotator = Annotator(layout, name, why, keep=keep)
-            for line_no, text in iter_lines(f):
+            for line_no, text in iter_lines(f, name=shown):
                 annotator.feed(line_no, text)
         except OSError as e:
             raise XenscopeError(f"cannot read {path}: {e.strerror or e}") from None

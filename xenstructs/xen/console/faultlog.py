@@ -298,9 +298,10 @@ def parse_log(lines):
 
 
 def read_log(path):
-    """:func:`parse_log` of a file; an unreadable file is a XenscopeError."""
-    try:
-        with open(path, errors="replace") as fh:
-            return parse_log(fh)
-    except OSError as e:
-        raise XenscopeError(f"cannot read {path}: {e.strerror or e}")
+    """:func:`parse_log` of a file, read by :func:`xenstructs.inputs.iter_text_lines` (a regular
+    file only; lines over MAX_LINE bytes are skipped without being held; junk, over 1 GiB or 16 M
+    lines stop it); an unreadable file is a XenscopeError."""
+    from ...inputs import iter_text_lines, open_regular
+    with open_regular(path) as fh:
+        return parse_log(text if length <= MAX_LINE else ""
+                         for _, text, length in iter_text_lines(fh, path))

@@ -83,18 +83,10 @@ def clean_line(raw):
     return line
 
 
-def iter_lines(f, maxlen=MAX_LINE):
-    """``(line_no, text)`` from a binary file: bounded line length, undecodable bytes ignored."""
-    line_no = 0
-    readline = f.readline
-    while True:
-        chunk = readline(maxlen)
-        if not chunk:
-            return
-        if len(chunk) == maxlen and not chunk.endswith(b"\n"):
-            while True:                       # drop the rest of an overlong line
-                rest = readline(maxlen)
-                if not rest or rest.endswith(b"\n"):
-                    break
-        line_no += 1
-        yield line_no, chunk.decode("utf-8", "ignore")
+def iter_lines(f, maxlen=MAX_LINE, name="the log"):
+    """``(line_no, text)`` from a binary file, read by :func:`xenstructs.inputs.iter_text_lines`:
+    lines cut at ``maxlen`` bytes (the rest skipped unread into memory), 1 GiB and 16 M lines at
+    most, binary junk refused (one XenscopeError line naming ``name``); undecodable bytes ignored."""
+    from ...inputs import TextLimits, iter_text_lines
+    for line_no, text, _ in iter_text_lines(f, name, TextLimits(max_line=maxlen), errors="ignore"):
+        yield line_no, text
