@@ -143,7 +143,8 @@ def test_live_p2m_check_in_gdb_on_qemu_and_on_the_dump(xen):
     d = subprocess.run(args, capture_output=True, text=True, cwd=TOP, timeout=600)
     assert d.returncode == 0, d.stdout[-2000:] + d.stderr
     dump = json.loads(d.stdout)
-    assert dump["pfns"] == live["pfns"] == P2M_PREFIX and dump["counts"] == live["counts"]
+    # the same P2M live and dumped; its shared tail (Linux's p2m_missing pages) is not materialised
+    assert dump["pfns"] == live["pfns"] and 0x10000 < dump["pfns"] <= P2M_PREFIX and dump["counts"] == live["counts"]
     assert live["counts"]["identity"] > 0              # the 1:1 (non-RAM) entries were seen live too
 
 
@@ -199,7 +200,7 @@ def test_xen_commands_inside_crash_agree_with_the_cli(xen):
     got = json.loads(r.outputs[len(cases)])
     want = json.loads(cli("p2m-check", path, *p2m[1:], "--kernel-syms", xen["kmap"]).stdout)
     assert got["findings"] == want["findings"] and got["counts"] == want["counts"], (got["counts"], want["counts"])
-    assert got["problems"] == 0 and got["pfns"] == P2M_PREFIX
+    assert got["problems"] == 0 and got["pfns"] == want["pfns"] and 0x10000 < got["pfns"] <= P2M_PREFIX
     info = r.outputs[-1]
     assert "minimal mode" in info and "readmem(PHYSADDR)" in info and "QEMU CPU note" in info, info
 

@@ -32,7 +32,7 @@ MAX_TABLES = 1 << 20            # enumeration reads at most 1 M tables (4 GiB): 
 # - and at most MAX_MAPPINGS_FIXED (2 M; sparse synthetic dumps map much memory they do not hold),
 #   or MAPPINGS_PER_PAGE per 4 KiB page the dump holds when that is more; 64 M without a memory
 #   map (live stubs).
-SHARED_ALLOWANCE = 1 << 16
+SHARED_ALLOWANCE = 1 << 19       # Linux PV maps its 1 GiB P2M area's holes through shared tables: 2^18 PTEs
 MAX_MAPPINGS_FIXED = 1 << 21
 MAPPINGS_PER_PAGE = 4
 MAX_MAPPINGS_LIVE = 1 << 26
