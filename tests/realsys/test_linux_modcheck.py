@@ -25,7 +25,11 @@ def guest(request, tmp_path_factory):
     d = tmp_path_factory.mktemp("modcheck")
     vml = debug_vmlinux()
     vm = boot_linux("x86_64", la57=request.param == "5level", modules=MODULES,
-                    extra_init="sleep 100002 & sleep 100003 & echo MODS-BEGIN; cat /proc/modules; "
+                    # the listing below must see the four sleeps exec'd (a loaded host can catch a
+                    # forked child still named sh): wait for them, at most 10 s
+                    extra_init="sleep 100002 & sleep 100003 & n=0; while [ $n -lt 100 ] && "
+                               "[ $(cat /proc/[0-9]*/comm 2>/dev/null | grep -c '^sleep$') -lt 4 ]; do "
+                               "sleep 0.1; n=$((n+1)); done; echo MODS-BEGIN; cat /proc/modules; "
                                "echo MODS-END; echo PIDS-BEGIN; for p in /proc/[0-9]*; do echo ${p#/proc/} "
                                "$(cat $p/comm); done; echo PIDS-END")
     try:
