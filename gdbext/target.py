@@ -142,8 +142,13 @@ def _live_target(ctype, details):
 
 
 def _packet(text):
-    """Send one remote packet (``maintenance packet``); the stub's reply, or None."""
+    """Send one remote packet (``maintenance packet``); the stub's reply, or None. With ``set debug
+    remote 1``, gdb's log of the exchange (captured with the output) goes back to gdb's log stream,
+    so a packet count from that log includes xenscope's own packets."""
     out = gdb.execute(f"maintenance packet {text}", to_string=True)
+    log = [line for line in out.splitlines() if line.lstrip().startswith("[remote]")]
+    if log:
+        gdb.write("\n".join(log) + "\n", gdb.STDLOG)
     reply = re.search(r'received: "(.*)"', out)
     return reply.group(1) if reply else None
 

@@ -2,19 +2,29 @@
 
 This is the *independent* side of the gdbsx tests: it parses the xc_core file with ``struct`` only
 (no xenstructs) and answers packets the way gdbsx does. What gdbsx does was read in Xen's source
-(xen-project/xen):
+(xen-project/xen), then checked against a real gdbsx (built from Debian's Xen 4.17.5 source, run in
+dom0 on a real PV domU: tests/realsys/test_xen_gdbsx.py replays every packet gdb sent it, here,
+serving that domU's ``xl dump-core`` of the same pause, and compares every reply):
 
 * ``tools/debugger/gdbsx/gx/gx_main.c`` ``process_remote_request()``: ``q`` → only ``qfThreadInfo``
   (``"m0,1,...l"``: vCPU ids, from 0, and the ``l`` glued to the list) and ``qRcmd,`` (only
   ``pgd3 HEX``: ``pgd3val set to: %016lx\\n`` / ``Invalid  pgd3val %016lx\\n``, anything else
   ``Bad monitor command\\n``, sent hex-encoded as the whole reply, not as ``O`` packets); every other
   ``q``/``Q`` packet, ``qSupported`` included, gets the empty reply (so no PacketSize, no
-  target.xml, no ``Qqemu.PhyMemMode``); ``?`` → ``T05thread:0;``; ``H[cgs]N`` → ``OK`` (``-1`` → 0);
-  ``g``/``G`` general registers of the current vCPU; ``m``/``M`` guest-virtual memory; ``T`` →
-  ``OK``; ``c``/``s`` → a ``T`` stop reply; ``D`` → ``OK`` and detach; ``k``, ``v``, ``C``, ``S``,
-  ``R`` and anything else → empty.
+  target.xml, no ``Qqemu.PhyMemMode``); ``?`` → ``T05thread:0;``; ``H[cgs]N`` → ``OK`` for any N
+  (``-1`` → 0; no check: ``g`` on a vCPU that does not exist gets the empty reply, its
+  ``getvcpucontext`` failing); ``g``/``G`` general registers of the current vCPU; ``m``/``M``
+  guest-virtual memory; ``T`` → ``OK``; ``c``/``s`` → a ``T`` stop reply; ``D`` → acked, then no
+  reply at all: gdbsx leaves its loop before sending the ``OK`` it prepared and closes the connection
+  (gdb says "Remote connection closed"); ``k``, ``v``, ``C``, ``S``, ``R``, ``p``, ``P``, ``X``,
+  ``Z``/``z`` and anything else → empty.
+* ``gx/gx_utils.c gx_decode_m_packet()``: the address up to the comma, then at most four hex
+  digits of length; only lowercase hex digits count (others are 0). ``m`` of length 0 → the empty
+  reply.
 * ``gx/gx_comm.c``: errors are always ``E01`` (``gx_reply_error``); the packet buffer is 4096
-  bytes (``gx_main.c initialize()``), so an ``m`` reply holds at most 2047 bytes.
+  bytes (``gx_main.c initialize()``): an ``m`` of 0x800 bytes is answered (4096 hex digits; the NUL
+  after them lands one byte past the buffer), a longer one writes past it (a heap overflow in
+  gdbsx: undefined; this stub refuses it with ``E01``, the only reply it invents).
 * ``xg/xg_public.h`` (the fixed layout, commit 0c9821d5 in the index): ``struct xg_gdb_regs64``,
   packed: rax rbx rcx rdx rsi rdi rbp rsp r8..r15 rip (u64), eflags cs ss ds es fs gs (u32) =
   164 bytes, filled from ``vcpu_guest_context.user_regs`` (``xg_main.c _cp_64ctxt_to_64gdb``).
@@ -23,12 +33,13 @@ This is the *independent* side of the gdbsx tests: it parses the xc_core file wi
   whatever thread gdb selected); L4 and L3 must be present, an L3 or L2 with PSE fails (no 1G/2M
   pages!), the L1 entry is *not* checked for present, only ``mfn_valid``; with ``pgd3val`` set
   (``monitor pgd3``) the walk starts at L2 in the frame of ``pgd3val``. ``dbg_rw_guest_mem`` stops
-  at the first page that fails: the ``m`` packet gets ``E01``.
+  at the first page that fails: the ``m`` packet gets ``E01``. Xen's RO M2P (L4 slot 256) is mapped
+  with 2 MiB pages, so a real gdbsx cannot read it either.
 
-Differences from a real gdbsx, forced by the dump: frames outside the dump (Xen's: the RO M2P in
-L4 slot 256, the per-domain slots) cannot be read, so such reads fail where Xen would succeed, and
-an L1 entry's frame is "valid" only if it is one of the guest's pages. Writes (``M``, ``G``) are
-refused with ``E01`` (the dump is read-only); ``c`` returns at once (nothing runs).
+Differences from a real gdbsx, forced by the dump: frames outside the dump (Xen's, other domains')
+cannot be read, so such reads fail where Xen may succeed (through 4 KiB mappings only), and an L1
+entry's frame is "valid" only if it is one of the guest's pages. Writes (``M``, ``G``) are refused
+with ``E01`` (the dump is read-only); ``c`` returns at once (nothing runs).
 
 Every packet is logged and counted by kind; ``qXenscopeMark:TEXT`` (an unknown ``q`` packet: empty
 reply, as gdbsx gives) splits the log so a test can count what one command cost.
@@ -43,7 +54,8 @@ PAGE = 4096
 ADDR_MASK = 0x000FFFFFFFFFF000          # PADDR_MASK & PAGE_MASK: l?e_get_mfn() drops bits 52-63
 P, PSE = 1 << 0, 1 << 7
 BUFSIZE = 4096                          # gx_main.c initialize(): the one packet buffer
-MAX_M_LEN = (BUFSIZE - 1) // 2          # an m reply (2 hex digits a byte) must fit in it
+MAX_M_LEN = BUFSIZE // 2                # a real gdbsx answers m of 0x800 bytes (4096 hex digits, its
+                                        # NUL one byte past the buffer); longer ones overflow it: refused
 MAX_PACKET = 1 << 16                    # bound on what this server buffers (gdbsx: 4096)
 IDLE_TIMEOUT = 300                      # seconds without a packet before the server gives up
 
@@ -151,6 +163,36 @@ class XcCore:
         return bytes(out)
 
 
+def _fromhex(ch):
+    """gx_utils.c gx_fromhex(): lowercase hex only, anything else is 0."""
+    return int(ch, 16) if ch in "0123456789abcdef" else 0
+
+
+def _decode_m(args):
+    """gx_decode_m_packet(): the address up to ``,``, then at most four hex digits of length."""
+    addr, _, rest = args.partition(",")
+    value = 0
+    for ch in addr:
+        value = value << 4 | _fromhex(ch)
+    length = 0
+    for ch in rest[:4]:
+        length = length << 4 | _fromhex(ch)
+    return value & (1 << 64) - 1, length
+
+
+def _strtoul32(text):
+    """strtoul() of a thread id, kept in gdbsx's 32-bit vcpuid_t ("-1" is 0xffffffff)."""
+    text = text.strip()
+    negative = text.startswith("-")
+    digits = ""
+    for ch in text[1:] if negative else text:
+        if ch.lower() not in "0123456789abcdef":
+            break
+        digits += ch
+    value = int(digits, 16) if digits else 0
+    return (-value if negative else value) & 0xFFFFFFFF
+
+
 def _kind(pkt):
     if pkt[:1] in ("q", "Q", "v"):
         for sep in (":", ",", ";"):
@@ -224,11 +266,12 @@ class GdbsxStub:
                         pkt, buf = buf[i + 1:j].decode("latin-1"), buf[j + 3:]
                         self.log.append(pkt)
                         self.counts[_kind(pkt)] += 1
+                        if pkt.startswith("D"):
+                            conn.sendall(b"+")    # gdbsx acks, leaves its loop and never replies
+                            return
                         reply = self._handle(pkt)
                         conn.sendall(b"+$" + reply.encode("latin-1")
                                      + b"#%02x" % (sum(reply.encode("latin-1")) & 0xFF))
-                        if pkt == "D":
-                            return
         except OSError as e:          # timeout, reset: the test sees it in .error
             self.error = str(e)
 
@@ -245,21 +288,21 @@ class GdbsxStub:
             return "T05thread:0;"
         if c == "H":
             if p[1:2] in ("c", "g", "s"):
-                v = int(p[2:], 16) if p[2:] not in ("", "-1") else 0
-                self.vcpu = v if v < self.core.nr_vcpus else 0
+                self.vcpu = _strtoul32(p[2:])          # no check: a later g fails
+                if self.vcpu == 0xFFFFFFFF:
+                    self.vcpu = 0
                 return "OK"
             return ""
         if c == "g":
+            if self.vcpu >= self.core.nr_vcpus:
+                return ""                             # getvcpucontext fails: gx_read_guest_regs()
             r = self.core.vcpus[self.vcpu]["regs"]
             return (struct.pack("<17Q", *(r[n] & (1 << 64) - 1 for n in G64))
                     + struct.pack("<7I", *(r[n] & 0xFFFFFFFF for n in G32))).hex()
         if c == "m":
-            try:
-                addr, n = (int(x, 16) for x in p[1:].split(","))
-            except ValueError:
-                return "E01"
+            addr, n = _decode_m(p[1:])
             if n > MAX_M_LEN:
-                self.refused["longer than gdbsx's buffer"] += 1
+                self.refused["beyond gdbsx's buffer"] += 1
                 return "E01"
             data = self.core.read_va(addr, n, self.pgd3val)
             if data is None:

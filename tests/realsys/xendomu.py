@@ -174,15 +174,15 @@ def _find(roots, path):
     return None, None
 
 
-def toolstack_files(roots):
-    """({cpio path: (mode, bytes)}, manifest) for PROGRAMS and the libraries they need.
+def toolstack_files(roots, programs=PROGRAMS):
+    """({cpio path: (mode, bytes)}, manifest) for ``programs`` and the libraries they need.
 
     Libraries are resolved by soname in /lib/x86_64-linux-gnu and /usr/lib/x86_64-linux-gnu of
     the unpacked packages and shipped as regular files in /lib/x86_64-linux-gnu (the dynamic
     loader as /lib64/ld-linux-x86-64.so.2). A soname that no package provides is an error.
     """
     files, manifest, todo, libs = {}, {"programs": {}, "libraries": {}}, [], {}
-    for prog in PROGRAMS:
+    for prog in programs:
         pkg, full = _find(roots, prog)
         if not full:
             raise RuntimeError(f"{prog} is in none of {sorted(roots)}")
@@ -325,17 +325,26 @@ esac
 """
 
 
-def dom0_extra(version=None):
-    """(files, modules, init lines, manifest) to add to xenhost's dom0 initramfs."""
+def dom0_extra(version=None, programs=PROGRAMS, modules=DOM0_MODULES, domu_initrd=None, extra_roots=None,
+               extra_files=None):
+    """(files, modules, init lines, manifest) to add to xenhost's dom0 initramfs.
+
+    ``programs``: Xen's programs to carry with their libraries (:func:`toolstack_files`), found in
+    the packages' roots and ``extra_roots`` (``{name: directory laid out like /}``, e.g. a program
+    built here); ``modules``: dom0's kernel modules (with their ``depends=``); ``domu_initrd``: the
+    domU's initramfs (default :func:`domu_initramfs`); ``extra_files``: more files (``{path: (mode,
+    bytes)}``, e.g. a script of more steps)."""
     vmlinuz, moddir, _, release = L.kernel_files("x86_64")
     roots = package_roots(version)
-    files, manifest = toolstack_files(roots)
+    roots.update(extra_roots or {})
+    files, manifest = toolstack_files(roots, programs)
     files["boot/vmlinuz"] = (0o100644, open(vmlinuz, "rb").read())
-    files["boot/domu-initrd.gz"] = (0o100644, domu_initramfs())
+    files["boot/domu-initrd.gz"] = (0o100644, domu_initrd or domu_initramfs())
     files["etc/xen/domu.cfg"] = (0o100644, xl_config().encode())
     files["xs/run"] = (0o100755, RUN.encode())
+    files.update(extra_files or {})
     files.update(_dirs(files))
-    modules = module_closure(moddir, DOM0_MODULES)
+    modules = module_closure(moddir, modules)
     manifest["modules"] = modules
     manifest["kernel"] = release
     init = "export PATH=/bin:/usr/bin:/usr/sbin:/usr/lib/xen-4.17/bin"
@@ -408,12 +417,18 @@ def parse_rings(text):
     return {"store": int(m.group(1)), "console": int(m.group(2))}, maps
 
 
-def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=DOM0_MEM_MB):
+def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=DOM0_MEM_MB, hypervisor=None,
+                       extra=None, qemu_args=(), dump=True):
     """Boot Xen + dom0 with Debian's toolstack, create, pause and dump-core a PV domU; return
-    a :class:`DomU` (the host keeps running, the domU paused)."""
+    a :class:`DomU` (the host keeps running, the domU paused).
+
+    ``hypervisor``: another build of ``version`` to boot (:func:`realsys.xenhost.boot_xen_host`);
+    ``extra``: keyword arguments of :func:`dom0_extra` (more programs, modules, the domU's
+    initramfs); ``qemu_args``: more QEMU arguments (devices, a gdbstub); ``dump``: False stops
+    after the ``rings`` step (the caller dumps, its own way)."""
     t0 = time.time()
     os.makedirs(workdir, exist_ok=True)
-    files, modules, init, manifest = dom0_extra(version)
+    files, modules, init, manifest = dom0_extra(version, **(extra or {}))
     disk = os.path.join(workdir, "carry.img")
     if "," in disk:
         raise RuntimeError(f"QEMU -drive file= path {disk!r} has a comma")
@@ -424,8 +439,8 @@ def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=
                                   f"dom0_mem={dom0_mem}M,max:{dom0_mem}M")
     host = X.boot_xen_host(workdir=os.path.join(workdir, "vm"), timeout=timeout, mem=mem,
                            version=version, xen_args=xen_args, extra_files=files,
-                           extra_modules=modules, extra_init=init,
-                           qemu_args=["-drive", f"file={disk},if=virtio,format=raw"])
+                           extra_modules=modules, extra_init=init, hypervisor=hypervisor,
+                           qemu_args=["-drive", f"file={disk},if=virtio,format=raw", *qemu_args])
     d = DomU(host, workdir)
     d.manifest, d.disk = manifest, disk
     d.timings["prepare"] = t_prep
@@ -446,6 +461,9 @@ def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=
         d.rings, d.gntdev_maps = parse_rings(out)
         m = re.search(r"XS-CAPS (.*)", out)
         d.dom0_capabilities = m.group(1).strip() if m else ""
+        if not dump:
+            d.timings["total"] = time.time() - t0
+            return d
         out = _step(d, "dump_core", "/xs/run dump", 300, "XS-OK dump")
         m = re.search(r"XS-SIZE core (\d+) kallsyms (\d+)", out)
         d.xc_core_size_in_dom0 = int(m.group(1)) if m else None

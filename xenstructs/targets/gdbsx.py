@@ -6,15 +6,23 @@ gdbsx (Xen's ``tools/debugger/gdbsx``; reference §6.2) answers gdb's ``m`` pack
 rebuilds what the library needs from that one primitive and the guest kernel's symbols:
 
 - machine frame -> pfn: Xen's read-only M2P (``RO_MPT_VIRT_START``, L4 slot 256, guest-visible),
-  checked against the guest's P2M list like Linux's ``mfn_to_pfn()``; when that cannot be read or
-  gives garbage, the inverse of the guest's P2M list (``xen_p2m_addr``/``xen_p2m_size``, read once,
-  inverted with numpy);
+  checked against the guest's P2M list like Linux's ``mfn_to_pfn()``; when that cannot be read (a real
+  gdbsx cannot: Xen maps the M2P with 2 MiB pages and gdbsx's walk refuses PSE) or gives garbage, the
+  inverse of the guest's P2M list (``xen_p2m_addr``, read once, inverted with numpy). Linux sizes that
+  list for memory hotplug (``xen_p2m_size`` is 2^27 entries on Debian's kernel: a 1 GiB virtual area,
+  almost all of it the shared ``p2m_missing`` page); only the first ``xen_p2m_last_pfn`` entries can
+  name a frame (``alloc_p2m()`` raises it whenever it populates a page of the list), so that many are
+  read when the symbol is known;
 - pfn -> bytes: the kernel's direct map (``page_offset_base``, else Linux's default PAGE_OFFSET)
   + ``pfn << 12``;
 - the kernel's page-table root: the machine address of ``init_top_pgt`` (or ``init_level4_pgt``,
   ``swapper_pg_dir``, ``init_mm.pgd``), placed through the P2M or through Xen's linear page-table
   slot (``LINEAR_PT_SLOT``: entry 258 of every PV L4 maps that L4 itself);
 - CR0/CR4/EFER assumed for a 64-bit PV guest.
+
+32-bit PV guests are refused before any read (their P2M entries, M2P view and direct map differ;
+no Xen or Linux Debian ships runs one: Debian's Xen 4.17 is built without CONFIG_PV32 and its 686
+kernels without CONFIG_XEN_PV).
 
 Walks read single entries (cached until :meth:`GdbsxTarget.invalidate`: the host calls it when the
 guest stops or resumes); enumerations read whole tables (``slow``).
@@ -28,8 +36,9 @@ from an ``xl dump-core`` file):
 ``lookup_symbol(name) -> int | None``
     the host's own symbol table, asked before the kernel-syms file (:meth:`set_kernel_syms`).
 ``evaluate(expression) -> int | None`` (optional)
-    a C expression's value from the host's debug information; only ``init_mm.pgd`` is asked, when
-    no root symbol is known.
+    a C expression's value from the host's debug information; only ``&init_mm.pgd`` is asked (an
+    address: no memory is read to evaluate it), when no root symbol is known; the pointer itself is
+    read with ``read_virtual``, counted like every other read.
 ``registers() -> [CpuState]`` (optional)
     the general registers the host has, one :class:`~xenstructs.target.CpuState` per vCPU.
 
@@ -74,6 +83,8 @@ U64_MASK = (1 << 64) - 1
 
 ROOT_SYMBOLS = ("init_top_pgt", "init_level4_pgt", "swapper_pg_dir")
 ROOT_EXPRESSION = "init_mm.pgd"
+ROOT_POINTER_EXPRESSION = "&init_mm.pgd"        # its address: gdb computes it without reading memory
+ONLY_64BIT = "gdbsx: only 64-bit PV guests are handled (32-bit: give --cr3 and --mode pae on a dump)"
 NEED_SYMS = ("gdbsx gives no CR3 and no physical reads: xenscope finds the page tables and the P2M "
              "from the guest kernel's symbols; `set xen kernel-syms /path/to/System.map` (or load "
              "the guest's vmlinux with `file`), or give --cr3 MADDR")
@@ -206,18 +217,43 @@ class GdbsxTarget(Target):
         return self._page_offset
 
     # -- P2M and M2P -----------------------------------------------------------------------------
+    def _require_64bit(self):
+        """Refuse a guest that is not 64-bit before anything is read for it (module doc)."""
+        if self.facts.get("machine") != "x86_64":
+            raise Unsupported(ONLY_64BIT)
+
     def p2m_location(self):
-        """``(xen_p2m_addr, xen_p2m_size, source)`` of the guest's linear P2M list."""
+        """``(xen_p2m_addr, entries, source)`` of the guest's linear P2M list: ``xen_p2m_size``
+        entries, or only the first ``xen_p2m_last_pfn`` when that symbol is known (module doc)."""
         if self._p2m_location is None:
+            self._require_64bit()
             addr_va, where = self._symbol_and_source("xen_p2m_addr")
             size_va, _ = self._symbol_and_source("xen_p2m_size")
             if addr_va is None or size_va is None:
                 raise NoRegister(NEED_SYMS + " (xen_p2m_addr, xen_p2m_size: the guest's P2M list)")
-            va, size = self._read_u64(addr_va), self._read_u64(size_va)
+            try:
+                va, size = self._read_u64(addr_va), self._read_u64(size_va)
+            except NotInDump as e:
+                raise XenscopeError(f"cannot read xen_p2m_addr/xen_p2m_size ({where}): {e}") from None
             if not va or va % ENTRY_SIZE or not 0 < size <= MAX_P2M_SIZE:
                 raise XenscopeError(f"xen_p2m_addr {va:#x} / xen_p2m_size {size:#x} do not describe a P2M list")
-            self._p2m_location = (va, size, f"xen_p2m_addr/xen_p2m_size ({where})")
+            source = f"xen_p2m_addr/xen_p2m_size ({where})"
+            last = self._p2m_last_pfn(size)
+            if last is not None:
+                size, source = last, source + f"; its first xen_p2m_last_pfn {last:#x} entries"
+            self._p2m_location = (va, size, source)
         return self._p2m_location
+
+    def _p2m_last_pfn(self, size):
+        """``xen_p2m_last_pfn`` when known, readable and within the list, else None."""
+        last_va, _ = self._symbol_and_source("xen_p2m_last_pfn")
+        if last_va is None:
+            return None
+        try:
+            last = self._read_u64(last_va)
+        except NotInDump:
+            return None
+        return last if 0 < last <= size else None
 
     @staticmethod
     def _p2m_value(entry):
@@ -241,35 +277,57 @@ class GdbsxTarget(Target):
         self._p2m[pfn] = mfn
         return mfn
 
+    def p2m_list(self):
+        """The guest's whole P2M list (numpy ``<u8``), read once (one host read) and cached."""
+        import numpy as np
+        if self._p2m_list is None:
+            va, size, _ = self.p2m_location()
+            if size > MAX_P2M_INVERSE:
+                raise XenscopeError(f"the guest's P2M list has {size} entries: reading more than "
+                                    f"{MAX_P2M_INVERSE} over gdbsx is refused (a System.map with "
+                                    "xen_p2m_last_pfn bounds it to the populated part)")
+            self._p2m_list = np.frombuffer(self.read_guest_virtual(va, size * ENTRY_SIZE), "<u8")
+        return self._p2m_list
+
     def _build_inverse(self):
         import numpy as np
-        va, size, _ = self.p2m_location()
-        if size > MAX_P2M_INVERSE:
-            raise XenscopeError(f"the guest's P2M list has {size} entries: inverting more than "
-                                f"{MAX_P2M_INVERSE} over gdbsx is refused")
-        entries = np.frombuffer(self.read_guest_virtual(va, size * ENTRY_SIZE), "<u8")
+        entries = self.p2m_list()
         pfns = np.nonzero((entries & np.uint64(P2M_FLAG_BITS)) == 0)[0]
         mfns = entries[pfns]
         order = np.argsort(mfns, kind="stable")
-        self._p2m_list = entries
         self._inverse = (mfns[order], pfns[order])
 
+    def own_p2m_sources(self, opts, src, first, count):
+        """Fill ``src`` (:class:`xenstructs.xen.p2m_sources.P2MSources`) for the P2M commands:
+        :func:`xenstructs.targets.gdbsx_p2m.own_p2m_sources`."""
+        from .gdbsx_p2m import own_p2m_sources
+        own_p2m_sources(self, opts, src, first, count)
+
     def _m2p_view(self, mfn):
-        """``mfn``'s pfn by Xen's RO M2P, checked with the P2M, or None; notes in
-        :attr:`m2p_view` whether the view answers."""
+        """``(pfn or None, checked)``: ``mfn``'s pfn by Xen's RO M2P when the guest's P2M confirms
+        it; ``checked`` False when the view did not answer for it. :attr:`m2p_view` notes whether the
+        view answers (True), or why it is not used."""
         if self.m2p_view not in (None, True) or not 0 <= mfn < RO_MPT_ENTRIES:
-            return None
+            return None, False
         try:
             value = self._read_u64(RO_MPT_VIRT_START + ENTRY_SIZE * mfn)
             self.stats["m2p_reads"] += 1
         except NotInDump:
             self.m2p_view = (f"unreadable: Xen's RO M2P ({RO_MPT_VIRT_START:#x}, L4 slot {RO_MPT_SLOT}) "
                              "does not translate through gdbsx here")
-            return None
+            return None, False
         if not value >> VALID_M2P_TOP_BIT and self.p2m(value) == mfn:
             self.m2p_view = True
-            return value
-        return None
+            return value, True
+        return None, False
+
+    def _distrust_view(self, mfn, pfn):
+        """The view answered for ``mfn`` with no pfn the P2M confirms, yet the P2M's inverse says it
+        is the guest's ``pfn``: a view never confirmed is garbage and is not asked again (instead of
+        one wasted read per frame)."""
+        if pfn is not None and self.m2p_view is None:
+            self.m2p_view = (f"garbage: Xen's RO M2P ({RO_MPT_VIRT_START:#x}) does not give pfn {pfn:#x} "
+                             f"for the guest's mfn {mfn:#x}")
 
     def _m2p_inverse(self, mfn):
         """``mfn``'s pfn by the inverse of the P2M list (built at the first call), or None."""
@@ -289,9 +347,11 @@ class GdbsxTarget(Target):
         then the inverse of the P2M list (built once)."""
         if mfn in self._m2p:
             return self._m2p[mfn]
-        pfn = self._m2p_view(mfn)
-        if pfn is None:
+        self._require_64bit()
+        pfn, checked = self._m2p_view(mfn)
+        if not checked:
             pfn = self._m2p_inverse(mfn)
+            self._distrust_view(mfn, pfn)
         if len(self._m2p) > MAX_ENTRY_CACHE:
             self._m2p.clear()
         self._m2p[mfn] = pfn
@@ -299,6 +359,7 @@ class GdbsxTarget(Target):
 
     # -- machine memory ----------------------------------------------------------------------------
     def _read_phys(self, addr, size):
+        self._require_64bit()
         page_offset, _ = self.page_offset()
         out = bytearray()
         while size:
@@ -343,68 +404,90 @@ class GdbsxTarget(Target):
             raise self._root
         return self._root
 
+    def _read_or_none(self, va):
+        try:
+            return self._read_u64(va)
+        except NotInDump:
+            return None
+
     def _root_symbol(self):
-        """``(name, va, where)`` of the kernel's top table: a root symbol, else ``init_mm.pgd``."""
+        """``(name, va, where)`` of the kernel's top table: a root symbol, else ``init_mm.pgd``'s
+        value (its address from the host's debug information, the pointer read like any read)."""
         for name in ROOT_SYMBOLS:
             va, where = self._symbol_and_source(name)
             if va is not None:
                 return name, va, where
-        va = self._evaluate(ROOT_EXPRESSION) if self._evaluate is not None else None
-        if va is None:
+        pointer = self._evaluate(ROOT_POINTER_EXPRESSION) if self._evaluate is not None else None
+        if pointer is None:
             raise NoRegister(NEED_SYMS)
+        va = self._read_or_none(pointer)
+        if not va:
+            raise NoRegister(f"{ROOT_EXPRESSION} at {pointer:#x} cannot be read through gdbsx; give --cr3 MADDR")
         return ROOT_EXPRESSION, va, f"{self.host}'s debug information"
 
     def _pfn_of_kernel_address(self, va):
-        """``(pfn, how)`` of a direct-map or kernel-image address, ``(None, None)`` otherwise."""
+        """``(pfn, how)`` of a direct-map or kernel-image address, ``(None, why not)`` otherwise."""
         page_offset, _ = self.page_offset()
         if page_offset <= va < page_offset + DIRECT_MAP_SIZE:
             return (va - page_offset) >> PAGE_SHIFT, f"(va - PAGE_OFFSET {page_offset:#x}) >> 12"
         if va >= START_KERNEL_MAP:
             phys_base_va, _ = self._symbol_and_source("phys_base")
-            phys_base = self._read_u64(phys_base_va) if phys_base_va is not None else 0
+            phys_base = self._read_or_none(phys_base_va) if phys_base_va is not None else 0
+            if phys_base is None:
+                return None, f"phys_base at {phys_base_va:#x} cannot be read"
             pfn = ((va - START_KERNEL_MAP + phys_base) & U64_MASK) >> PAGE_SHIFT
             return pfn, f"(va - __START_KERNEL_map + phys_base {phys_base:#x}) >> 12"
-        return None, None
+        return None, "not a direct-map or kernel-image address"
+
+    def _slot_self_reference(self, va, page_offset):
+        """``(mfn, pfn, why not)`` from the L4 at ``va``: its linear slot's frame when that frame,
+        read back through the direct map, holds the same entry (a self-reference)."""
+        entry = self._read_or_none(va + ENTRY_SIZE * LINEAR_PT_SLOT)
+        if entry is None or not entry & PRESENT:
+            return None, None, "not present" if entry is not None else "unreadable"
+        mfn = (entry & ENTRY_FRAME_MASK) >> PAGE_SHIFT
+        try:
+            pfn = self.m2p(mfn)
+        except XenscopeError as e:
+            return mfn, None, f"names mfn {mfn:#x} whose pfn is unknown ({e})"
+        if pfn is None:
+            return mfn, None, f"names mfn {mfn:#x}, not one of the guest's frames"
+        back = self._read_or_none(page_offset + (pfn << PAGE_SHIFT) + ENTRY_SIZE * LINEAR_PT_SLOT)
+        if back != entry:
+            return mfn, None, f"names mfn {mfn:#x} (pfn {pfn:#x}) whose own slot differs"
+        return mfn, pfn, None
 
     def _find_root(self):
         """The kernel's top table in machine memory: its pfn through the P2M, confirmed by (or,
-        failing that, taken from) the self-reference in Xen's linear slot of that L4."""
-        if self.facts.get("machine") != "x86_64":
-            raise Unsupported("gdbsx: only 64-bit PV guests are handled (32-bit: give --cr3 and --mode pae)")
+        failing that, taken from) the self-reference in Xen's linear slot of that L4. Every read is
+        guarded: what fails is said in the error."""
+        self._require_64bit()
         name, va, where = self._root_symbol()
         page_offset, _ = self.page_offset()
         what = f"{name} {va:#x} ({where})"
         linear = f"L4[{LINEAR_PT_SLOT}]"
         pfn, how = self._pfn_of_kernel_address(va)
         mfn = self.p2m(pfn) if pfn is not None else None
-        try:
-            slot_entry = self._read_u64(va + ENTRY_SIZE * LINEAR_PT_SLOT)
-        except NotInDump:
-            slot_entry = None
-        slot_mfn = None
-        if slot_entry is not None and slot_entry & PRESENT:
-            slot_mfn = (slot_entry & ENTRY_FRAME_MASK) >> PAGE_SHIFT
+        slot_mfn, slot_pfn, why = self._slot_self_reference(va, page_offset)
         if mfn is not None and slot_mfn in (None, mfn):
             check = f", confirmed by its Xen linear slot {linear}" if slot_mfn else ""
             return mfn << PAGE_SHIFT, f"{what}: pfn {pfn:#x} = {how}, mfn {mfn:#x} by the guest's P2M{check}"
-        if slot_mfn is not None:
-            slot_pfn = self.m2p(slot_mfn)
-            if slot_pfn is not None and self._read_u64(
-                    page_offset + (slot_pfn << PAGE_SHIFT) + ENTRY_SIZE * LINEAR_PT_SLOT) == slot_entry:
-                source = (f"{what}: its Xen linear slot {linear} holds its own mfn {slot_mfn:#x} "
-                          f"(pfn {slot_pfn:#x}, read back through the direct map)")
-                if pfn is not None:
-                    source += (f"; {how} = pfn {pfn:#x} " + ("is not in the P2M" if mfn is None else
-                                                           f"gives mfn {mfn:#x}, another page"))
-                return slot_mfn << PAGE_SHIFT, source
-        raise NoRegister(f"cannot place {what} in machine memory: "
-                         f"{how or 'not a direct-map or kernel-image address'}"
-                         f" gives pfn {pfn if pfn is None else hex(pfn)}, not in the guest's P2M, and "
-                         f"its {linear} is not a self-reference; give --cr3 MADDR")
+        if slot_pfn is not None:
+            source = (f"{what}: its Xen linear slot {linear} holds its own mfn {slot_mfn:#x} "
+                      f"(pfn {slot_pfn:#x}, read back through the direct map)")
+            if pfn is not None:
+                source += (f"; {how} = pfn {pfn:#x} " + ("is not in the P2M" if mfn is None else
+                                                       f"gives mfn {mfn:#x}, another page"))
+            return slot_mfn << PAGE_SHIFT, source
+        placed = f"{how} gives pfn {pfn:#x}" if pfn is not None else how
+        raise NoRegister(f"cannot place {what} in machine memory: {placed}, not in the guest's P2M, and "
+                         f"its {linear} is not a self-reference ({why}); give --cr3 MADDR")
 
     def vcpu0_root(self):
         """Machine address of the L4 vCPU 0 runs on (the one gdbsx walks): Xen's linear slot read
         four times deep maps that L4, whose entry 258 holds its own mfn. None if unreadable."""
+        if self._vcpu0_root is None and self.facts.get("machine") != "x86_64":
+            self._vcpu0_root = False           # a 32-bit guest has no slot 258 to read
         if self._vcpu0_root is None:
             try:
                 entry = self._read_u64(linear_self_address() + ENTRY_SIZE * LINEAR_PT_SLOT)

@@ -155,7 +155,9 @@ def find_sources(target, opts, first=0, count=None):
     from . import p2m as P
     src = P2MSources()
     try:
-        if target.facts.get("format") == "xc_core":
+        if hasattr(target, "own_p2m_sources"):     # a live guest from inside: gdbsx (targets/gdbsx_p2m.py)
+            target.own_p2m_sources(opts, src, first, count)
+        elif target.facts.get("format") == "xc_core":
             _xc_core_sources(target, opts, src, first, count)
         else:
             if opts.host:
@@ -253,8 +255,9 @@ def check_p2m(target, opts):
         for f in res["findings"]["foreign"]:
             f["owner_id"], f["owner_name"] = src.owner_name(f["owner"])
         xc = target.facts.get("format") == "xc_core"
-        res.update(domain=opts.domain if not xc or opts.host else target.facts.get("domid"),
-                   sources=src.why, xen=src.xen, format="xc_core" if xc else "xen-host")
+        own = hasattr(target, "own_p2m_sources")
+        res.update(domain=opts.domain if not (xc or own) or opts.host else target.facts.get("domid"),
+                   sources=src.why, xen=src.xen, format="xc_core" if xc else "gdbsx" if own else "xen-host")
         _allowed_foreign(res, src, opts)
         return res
     finally:
