@@ -206,6 +206,18 @@ class Profile:
         """
         return _from_dwarf(cls, path, symbols)
 
+    # -- BTF ----------------------------------------------------------------------------------
+    @classmethod
+    def from_btf(cls, target, symbols=None, resolve_args=None):
+        """The offsets from the kernel's own BTF in the dump ``target`` (``__start_BTF`` ..
+        ``__stop_BTF``, located by the dump's kallsyms, else by ``symbols``); no symbols.
+        ``meta["source"]`` starts with "offsets from BTF in the dump".
+
+        :raises XenscopeError: no BTF in the dump, or not the structs needed
+        """
+        from .fromdump import btf_profile_of
+        return btf_profile_of(target, symbols, resolve_args)
+
 
 # ---------------------------------------------------------------------------------------------
 # DWARF reader
@@ -361,10 +373,12 @@ def _from_dwarf(cls, path, want_symbols):
 @dataclass
 class Symbols:
     """Symbol addresses and whether they are already relocated (runtime values: kallsyms,
-    VMCOREINFO) or link-time (vmlinux, System.map: add the KASLR offset)."""
+    VMCOREINFO) or link-time (vmlinux, System.map: add the KASLR offset). ``kallsyms`` is the
+    decoded :class:`~.kallsyms.Kallsyms` when the table came from the dump."""
     table: dict = field(default_factory=dict)
     relocated: bool = False
     source: str = "none"
+    kallsyms: object = None
 
     def get(self, name):
         return self.table.get(name)
@@ -405,6 +419,17 @@ class Symbols:
         if not s.table:
             raise XenscopeError(f"{path}: no symbols (expected 'ADDRESS TYPE NAME' lines)")
         return s
+
+    @classmethod
+    def from_dump(cls, target, resolve_args=None):
+        """Every kernel symbol from the dump itself: its kallsyms tables (runtime addresses).
+        ``source`` is "from the dump (kallsyms via VMCOREINFO)" (or "... found by shape").
+
+        :raises XenscopeError: (a :class:`~.kallsyms.KallsymsError`) saying why not
+        """
+        from .fromdump import kallsyms_of
+        k = kallsyms_of(target, resolve_args)
+        return cls(k.table(), True, f"from the dump ({k.how.split(' (')[0]})", k)
 
     @classmethod
     def from_vmcoreinfo(cls, vi):

@@ -1,0 +1,114 @@
+"""Symbols and types of a Linux dump taken from the dump alone, once per target.
+
+* :func:`kallsyms_of` — every kernel symbol: the kallsyms tables located by VMCOREINFO (Linux >= 6.0)
+  or, without them, by their shape in the kernel image (:mod:`.kallsyms_shape`).
+* :func:`btf_profile_of` — the structure offsets: the BTF blob between ``__start_BTF`` and
+  ``__stop_BTF``.
+
+Both read through the kernel's own page tables (:func:`~.vmem.kernel_paging`) and are cached per
+target object, so ``check`` and one command pay for them once. Their ``source`` strings are what
+the outputs print: ``from the dump (kallsyms via VMCOREINFO)``, ``offsets from BTF in the dump``.
+"""
+
+import time
+import weakref
+
+from ..errors import XenscopeError
+from .kallsyms import KallsymsError, from_vmcoreinfo
+from .vmem import VirtualMemory, kernel_paging, pointer_size
+
+_CACHE = weakref.WeakKeyDictionary()
+
+
+def _entry(target):
+    try:
+        return _CACHE.setdefault(target, {})
+    except TypeError:                         # a target that cannot be weakly referenced
+        return {}
+
+
+def memory_of(target, resolve_args=None):
+    """The :class:`~.vmem.VirtualMemory` of the kernel image of ``target`` (cached)."""
+    e = _entry(target)
+    if "memory" not in e:
+        paging, why = kernel_paging(target, resolve_args)
+        e["memory"] = VirtualMemory(target, paging, pointer_size(target, paging))
+        e["memory_why"] = why
+    return e["memory"]
+
+
+def kallsyms_of(target, resolve_args=None):
+    """The :class:`~.kallsyms.Kallsyms` of the Linux kernel in ``target`` (cached, failures too).
+
+    :raises KallsymsError: saying why the tables were not found or did not decode
+    """
+    e = _entry(target)
+    if "kallsyms" not in e:
+        t0 = time.perf_counter()
+        try:
+            e["kallsyms"] = _load_kallsyms(target, memory_of(target, resolve_args))
+        except XenscopeError as err:
+            e["kallsyms"] = err if isinstance(err, KallsymsError) else KallsymsError(str(err))
+        e["kallsyms_seconds"] = time.perf_counter() - t0
+    if isinstance(e["kallsyms"], Exception):
+        raise e["kallsyms"]
+    return e["kallsyms"]
+
+
+def _load_kallsyms(target, mem):
+    vi = target.facts.get("vmcoreinfo")
+    if vi is not None and vi.symbol("kallsyms_names") is not None:
+        return from_vmcoreinfo(mem, vi)
+    from .kallsyms_shape import find_kallsyms
+    return find_kallsyms(mem, vi)
+
+
+def btf_range(target, symbols=None, resolve_args=None):
+    """``(start, stop, where)`` of the kernel's BTF: ``__start_BTF``/``__stop_BTF`` from the
+    dump's kallsyms, else from ``symbols`` (a :class:`~.profile.Symbols`, KASLR from VMCOREINFO)."""
+    try:
+        table = kallsyms_of(target, resolve_args).table()
+        if "__start_BTF" in table and "__stop_BTF" in table:
+            return table["__start_BTF"], table["__stop_BTF"], "kallsyms"
+        why = "the kernel's kallsyms have no __start_BTF (built without CONFIG_DEBUG_INFO_BTF)"
+    except KallsymsError as e:
+        why = str(e)
+    if symbols is not None and "__start_BTF" in symbols and "__stop_BTF" in symbols:
+        vi = target.facts.get("vmcoreinfo")
+        off = 0 if symbols.relocated else ((vi.kerneloffset if vi is not None else None) or 0)
+        return symbols.get("__start_BTF") + off, symbols.get("__stop_BTF") + off, symbols.source
+    raise XenscopeError(f"no BTF found in the dump: {why}")
+
+
+def btf_profile_of(target, symbols=None, resolve_args=None):
+    """A :class:`~.profile.Profile` from the kernel's BTF in ``target`` (cached).
+
+    :raises XenscopeError: no BTF located, or it lacks the structs needed
+    """
+    from .btf import profile_from_btf, read_btf
+    e = _entry(target)
+    if "btf_profile" not in e:
+        t0 = time.perf_counter()
+        try:
+            start, stop, where = btf_range(target, symbols, resolve_args)
+            btf = read_btf(memory_of(target, resolve_args), start, stop)
+            vi = target.facts.get("vmcoreinfo")
+            meta = {"source": f"offsets from BTF in the dump ({stop - start} bytes, {len(btf)} types at "
+                              f"{start:#x}, located by {where})",
+                    "btf": {"start": start, "stop": stop, "types": len(btf)},
+                    "kernel_version": vi.osrelease if vi is not None else None,
+                    "build_id": vi.get("BUILD-ID") if vi is not None else None}
+            e["btf_profile"] = profile_from_btf(btf, meta)
+        except XenscopeError as err:
+            e["btf_profile"] = err
+        e["btf_seconds"] = time.perf_counter() - t0
+    p = e["btf_profile"]
+    if isinstance(p, Exception):
+        raise p
+    return type(p)(dict(p.offsets), dict(p.sizes), dict(p.symbols), dict(p.meta))   # callers add to it
+
+
+def timings(target):
+    """Seconds spent decoding kallsyms and BTF for ``target`` (None for what was not done)."""
+    e = _entry(target)
+    return {"kallsyms": e.get("kallsyms_seconds"), "btf": e.get("btf_seconds")}
