@@ -32,7 +32,7 @@ from ..errors import XenscopeError
 
 MAX_SYMBOLS = 4 << 20            # more than any kernel has
 MAX_NAMES_BYTES = 64 << 20
-TYPE_LETTERS = frozenset(b"AaBbCcDdGgIiNnPpRrSsTtUuVvWw?-")
+TYPE_LETTERS = frozenset(b"ABCDGINPRSTUVWabcdginprstuvw")      # nm's letters the kernel keeps
 # VMCOREINFO symbols that kallsyms also lists: the decoded addresses must equal them
 CROSS_CHECK = ("_stext", "init_uts_ns", "swapper_pg_dir", "init_top_pgt", "vmap_area_list",
                "node_online_map", "prb", "printk_rb_static", "clear_seq", "node_data", "log_buf",
