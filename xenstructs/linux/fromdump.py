@@ -112,3 +112,15 @@ def timings(target):
     """Seconds spent decoding kallsyms and BTF for ``target`` (None for what was not done)."""
     e = _entry(target)
     return {"kallsyms": e.get("kallsyms_seconds"), "btf": e.get("btf_seconds")}
+
+
+def guest_kernel_symbols(target, paging, pointer_size=8):
+    """``{name: address}`` of the Linux kernel whose page tables are ``paging`` in ``target`` (e.g.
+    a PV dom0 inside a Xen host dump, whose VMCOREINFO is not in the dump's notes): its kallsyms
+    tables found by shape (:func:`~.kallsyms_shape.find_kallsyms`), decoded. For ``p2m-check``'s
+    ``xen_p2m_addr``/``xen_p2m_size``/``xen_start_info`` without a System.map.
+
+    :raises KallsymsError: when the tables are not found
+    """
+    from .kallsyms_shape import find_kallsyms
+    return find_kallsyms(VirtualMemory(target, paging, pointer_size)).table()
