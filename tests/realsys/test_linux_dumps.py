@@ -346,3 +346,23 @@ def test_check_runs_modcheck_with_no_option(system):
     checks = {c["name"]: c for c in reports[0]["checks"]}
     assert checks["modcheck"]["status"] in ("ok", "findings"), checks["modcheck"]
     assert "from the dump" in checks["modcheck"]["summary"]
+
+
+def test_kallsyms_found_by_shape_equal_the_vmcoreinfo_ones(system, dumps):
+    """Without VMCOREINFO's help (older kernels, a dom0 in a host dump) the tables are found by
+    their shape in the kernel image: the same tables, the same symbols."""
+    from xenstructs.linux.fromdump import memory_of
+    from xenstructs.linux.kallsyms import from_vmcoreinfo
+    from xenstructs.linux.kallsyms_shape import find_kallsyms
+    from realsys.linux import read_guest_kallsyms
+    t = dumps["elf"]
+    mem = memory_of(t)
+    t0 = time.perf_counter()
+    found = find_kallsyms(mem)
+    seconds = time.perf_counter() - t0
+    named = from_vmcoreinfo(mem, t.facts["vmcoreinfo"])
+    assert {k: found.tables[k] for k in named.tables} == named.tables
+    assert list(zip(found.addresses.tolist(), found.types, found.names)) == read_guest_kallsyms(system["kallsyms"])
+    assert found.how.startswith("kallsyms found by shape")
+    print(f"\nTIMING kallsyms by shape {system['shape']}: {seconds:.2f} s")
+    assert seconds < 20
