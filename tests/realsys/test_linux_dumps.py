@@ -239,7 +239,7 @@ def test_kallsyms_from_the_dump_equal_the_guests_proc_kallsyms(system, dumps, ki
     seconds = time.perf_counter() - t0
     k = syms.kallsyms
     truth = read_guest_kallsyms(system["kallsyms"])
-    assert len(truth) > 50000
+    assert len(truth) > 40000          # Debian's i386 kernel lists text only (no CONFIG_KALLSYMS_ALL)
     assert list(zip(k.addresses.tolist(), k.types, k.names)) == truth      # address, type, name, order
     assert syms.source == "from the dump (kallsyms via VMCOREINFO)" and syms.relocated
     print(f"\nTIMING kallsyms {system['shape']} {kind}: {len(k)} symbols in {seconds:.3f} s")
@@ -292,14 +292,30 @@ def test_btf_offsets_equal_the_dwarf_offsets(system, dumps):
     print(f"\nTIMING BTF {system['shape']}: {btf.meta['btf']['types']} types in {seconds:.3f} s")
 
 
-def _cli_json(*argv):
+def _cli(*argv):
+    """``(status, stdout, stderr, seconds)`` of one in-process CLI run."""
+    import contextlib
     import io
-    import json
     from xenstructs.cli import run
-    out = io.StringIO()
+    out, err = io.StringIO(), io.StringIO()
     t0 = time.perf_counter()
-    status = run(list(argv) + ["--json"], out)
-    return status, json.loads(out.getvalue()), time.perf_counter() - t0
+    with contextlib.redirect_stderr(err):
+        status = run(list(argv), out)
+    return status, out.getvalue(), err.getvalue(), time.perf_counter() - t0
+
+
+def _cli_json(*argv):
+    import json
+    status, out, err, seconds = _cli(*argv, "--json")
+    assert status in (0, 1), err
+    return status, json.loads(out), seconds
+
+
+def _kernel_config(system):
+    """The booted kernel's .config, as Debian's image package ships it."""
+    from realsys.linux import kernel_files
+    vmlinuz, _, _, release = kernel_files(system["cfg"]["arch"])
+    return open(os.path.join(os.path.dirname(vmlinuz), f"config-{release}")).read()
 
 
 def _answers(result):
@@ -312,6 +328,13 @@ def test_tasks_modules_modcheck_from_the_dump_alone(system, kind):
     """tasks/modules/modcheck with no file equal the same commands given Debian's -dbg profile and
     System.map; the tasks are the guest's processes; the provenance says "from the dump"."""
     path = system[kind]
+    if system["cfg"]["arch"] == "i386":
+        # Debian builds its i386 kernels without BTF: the commands say so in one line
+        assert "# CONFIG_DEBUG_INFO_BTF is not set" in _kernel_config(system)
+        for cmd in ("tasks", "modules", "modcheck"):
+            status, _, err, _ = _cli(cmd, path)
+            assert status == 2 and "CONFIG_DEBUG_INFO_BTF" in err and len(err.splitlines()) == 1, err
+        return
     files = []
     if system["cfg"]["arch"] == "x86_64":
         from realsys.linux import debug_profile
@@ -344,7 +367,10 @@ def test_tasks_modules_modcheck_from_the_dump_alone(system, kind):
 def test_check_runs_modcheck_with_no_option(system):
     _, reports, _ = _cli_json("check", system["elf"], "--jobs", "1")
     checks = {c["name"]: c for c in reports[0]["checks"]}
-    assert checks["modcheck"]["status"] in ("ok", "findings"), checks["modcheck"]
+    if "# CONFIG_DEBUG_INFO_BTF is not set" in _kernel_config(system):       # Debian's i386 kernel
+        assert checks["modcheck"]["status"] == "n.a." and "CONFIG_DEBUG_INFO_BTF" in checks["modcheck"]["summary"]
+        return
+    assert checks["modcheck"]["status"] == "ok", checks["modcheck"]
     assert "from the dump" in checks["modcheck"]["summary"]
 
 

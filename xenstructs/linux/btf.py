@@ -259,3 +259,23 @@ def read_btf(mem, start, stop):
     if not start or stop <= start or stop - start > MAX_BTF_BYTES:
         raise BtfError(f"__start_BTF {start:#x} / __stop_BTF {stop:#x} do not delimit a BTF blob")
     return Btf(mem.read(start, stop - start), mem.ptr_size)
+
+
+# magic 0xeB9F, version 1, flags 0, hdr_len 24, type_off 0: how every vmlinux BTF blob starts
+BTF_START = b"\x9f\xeb\x01\x00\x18\x00\x00\x00\x00\x00\x00\x00"
+
+
+def find_btf(mem):
+    """``(start, stop)`` of the first BTF blob in the kernel image read through ``mem`` (a header
+    whose string section follows its type section), or None. For kernels whose kallsyms do not
+    list ``__start_BTF`` (``CONFIG_KALLSYMS_ALL`` off)."""
+    from .kallsyms_shape import _chunks, _mapped_runs
+    for va, data in _chunks(mem, _mapped_runs(mem)):
+        pos = data.find(BTF_START)
+        while pos >= 0:
+            if pos + 24 <= len(data):
+                h = BtfHeader.parse(data[pos:pos + 24])
+                if h.str_off == h.type_len and 0 < h.type_len + h.str_len <= MAX_BTF_BYTES:
+                    return va + pos, va + pos + 24 + h.str_off + h.str_len
+            pos = data.find(BTF_START, pos + 1)
+    return None

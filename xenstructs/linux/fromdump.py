@@ -70,14 +70,18 @@ def btf_range(target, symbols=None, resolve_args=None):
         table = kallsyms_of(target, resolve_args).table()
         if "__start_BTF" in table and "__stop_BTF" in table:
             return table["__start_BTF"], table["__stop_BTF"], "kallsyms"
-        why = "the kernel's kallsyms have no __start_BTF (built without CONFIG_DEBUG_INFO_BTF)"
-    except KallsymsError as e:
-        why = str(e)
+    except KallsymsError:
+        pass
     if symbols is not None and "__start_BTF" in symbols and "__stop_BTF" in symbols:
         vi = target.facts.get("vmcoreinfo")
         off = 0 if symbols.relocated else ((vi.kerneloffset if vi is not None else None) or 0)
         return symbols.get("__start_BTF") + off, symbols.get("__stop_BTF") + off, symbols.source
-    raise XenscopeError(f"no BTF found in the dump: {why}")
+    from .btf import find_btf
+    found = find_btf(memory_of(target, resolve_args))
+    if found is None:
+        raise XenscopeError("no BTF in the dump: no BTF blob in the kernel image (a kernel built "
+                            "without CONFIG_DEBUG_INFO_BTF)")
+    return found[0], found[1], "its header in the kernel image"
 
 
 def btf_profile_of(target, symbols=None, resolve_args=None):

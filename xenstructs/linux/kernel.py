@@ -338,7 +338,8 @@ def open_kernel(target, vmlinux=None, profile=None, system_map=None, kaslr_offse
             if target.facts.get("vmcoreinfo") is None:
                 raise XenscopeError(f"the kernel's structure offsets are unknown ({e}): give --vmlinux "
                                     "VMLINUX or --profile FILE (xenscope profile VMLINUX -o FILE)") from None
-            notes.append(f"no BTF in the dump: {e}")
+            notes.append(str(e))
+            prof = Profile(meta={"source": f"VMCOREINFO only; {e}"})
     kernel = Kernel(target, prof, symbols, kaslr_offset=kaslr_offset, resolve_args=resolve_args)
     kernel.notes[:0] = notes
     return kernel
