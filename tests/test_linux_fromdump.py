@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from xenstructs.formats.vmcoreinfo import parse_vmcoreinfo
-from xenstructs.linux.btf import Btf, BtfError, profile_from_btf
+from xenstructs.linux.btf import Btf, BtfError, find_btf, profile_from_btf
 from xenstructs.linux.kallsyms import (KallsymsError, decode_addresses, decode_names, from_vmcoreinfo,
                                        tokens_of)
 
@@ -303,3 +303,67 @@ def test_a_typedef_loop_is_refused():
     with pytest.raises(BtfError, match="deeper"):
         b.strip(1)
     assert np.all(b.kinds[1:] == 8)
+
+
+# --------------------------------------------------------------------------------------------
+# Found by shape: 1200 symbols laid out as scripts/kallsyms.c does (6.1 order, .balign 8),
+# somewhere in a kernel image, with no VMCOREINFO to name them
+# --------------------------------------------------------------------------------------------
+
+def shaped_image(start=0xFFFFFFFF81000000):
+    table, index, _ = token_tables()
+    banner_va = start + 0x100
+    names = [(start + 0x1000 + 0x10 * i, f"Tsym{i:04d}") for i in range(1200)]
+    names.insert(3, (banner_va, "Dlinux_banner"))
+    names.sort()
+    img = bytearray(b"\x55" * 0x200)
+    img[0x100:0x100 + 20] = b"Linux version 9.9.9\0"
+
+    def label():
+        img.extend(b"\0" * (-len(img) % 8))
+        return start + len(img)
+    label()
+    img += struct.pack(f"<{len(names)}i", *[a - start for a, _ in names])
+    label()
+    img += struct.pack("<Q", start)
+    label()
+    img += struct.pack("<I", len(names))
+    label()
+    offs = []
+    for _, n in names:
+        offs.append(len(img))
+        img += encode(n.encode(), big=True)
+    first = offs[0]
+    label()
+    img += struct.pack(f"<{(len(names) + 255) // 256}I", *[o - first for o in offs[::256]])
+    label()
+    img += table
+    label()
+    img += index
+    img += b"\x01" * 64
+    return FakeMemory({start: bytes(img)}), [(start, len(img))], names
+
+
+def test_kallsyms_found_by_shape():
+    from xenstructs.linux.kallsyms_shape import find_kallsyms
+    mem, runs, names = shaped_image()
+    k = find_kallsyms(mem, runs=runs)
+    assert k.names == [n[1:] for _, n in names] and k.addresses.tolist() == [a for a, _ in names]
+    assert k.types == "".join(n[0] for _, n in names) and k.how.startswith("kallsyms found by shape")
+    assert k.tables["kallsyms_relative_base"] - k.tables["kallsyms_offsets"] >= 4 * len(names)
+
+
+def test_no_kallsyms_in_an_image_without_them():
+    from xenstructs.linux.kallsyms_shape import find_kallsyms
+    mem = FakeMemory({0xFFFFFFFF81000000: bytes(range(256)) * 64})
+    with pytest.raises(KallsymsError, match="no kallsyms tables found"):
+        find_kallsyms(mem, runs=[(0xFFFFFFFF81000000, 256 * 64)])
+
+
+def test_btf_found_by_its_header():
+    w, _ = kernel_btf()
+    blob = w.blob()
+    mem = FakeMemory({0xFFFFFFFF82000000: b"\xaa" * 40 + blob + b"\0" * 16})
+    start, stop = find_btf(mem, runs=[(0xFFFFFFFF82000000, 40 + len(blob) + 16)])
+    assert (start, stop) == (0xFFFFFFFF82000000 + 40, 0xFFFFFFFF82000000 + 40 + len(blob))
+    assert find_btf(FakeMemory({0: b"\0" * 4096}), runs=[(0, 4096)]) is None

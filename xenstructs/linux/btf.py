@@ -265,12 +265,12 @@ def read_btf(mem, start, stop):
 BTF_START = b"\x9f\xeb\x01\x00\x18\x00\x00\x00\x00\x00\x00\x00"
 
 
-def find_btf(mem):
+def find_btf(mem, runs=None):
     """``(start, stop)`` of the first BTF blob in the kernel image read through ``mem`` (a header
     whose string section follows its type section), or None. For kernels whose kallsyms do not
     list ``__start_BTF`` (``CONFIG_KALLSYMS_ALL`` off)."""
     from .kallsyms_shape import _chunks, _mapped_runs
-    for va, data in _chunks(mem, _mapped_runs(mem)):
+    for va, data in _chunks(mem, _mapped_runs(mem) if runs is None else runs):
         pos = data.find(BTF_START)
         while pos >= 0:
             if pos + 24 <= len(data):

@@ -156,13 +156,14 @@ def _try_names(data, names_off, table_off, count, tokens, big, align):
     return types, names, end
 
 
-def find_kallsyms(mem, vi=None):
-    """:class:`~.kallsyms.Kallsyms` found by shape in the kernel image read through ``mem``.
+def find_kallsyms(mem, vi=None, runs=None):
+    """:class:`~.kallsyms.Kallsyms` found by shape in the kernel image read through ``mem``
+    (``runs``: the ``[(va, size)]`` to search; default: the mapped parts of the image window).
 
     :raises KallsymsError: when no table set is found or none decodes consistently
     """
     align = 8 if mem.ptr_size == 8 else 4
-    for va, data in _chunks(mem, _mapped_runs(mem)):
+    for va, data in _chunks(mem, _mapped_runs(mem) if runs is None else runs):
         for index_off, table_off in find_token_index(data, align):
             tokens = tokens_of(data[table_off:index_off], data[index_off:index_off + 512])
             found = find_names(data, va, tokens, table_off, align)
