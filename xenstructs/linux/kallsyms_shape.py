@@ -16,7 +16,8 @@ The search, each step checked by the next:
 2. ``kallsyms_names``: a ``u32`` N (1000..4M) at an aligned spot before the token table whose next
    aligned bytes decode as N names with that token table, and whose markers follow them.
 3. the addresses: each layout above is decoded, and the one kept is sorted and puts
-   ``linux_banner`` on the text "Linux version " (and agrees with VMCOREINFO when there is one).
+   ``linux_banner`` on the text "Linux version " (kernels listing text only: ``_stext`` on a mapped
+   page below the tables), and agrees with VMCOREINFO when there is one.
 """
 
 import numpy as np
@@ -206,7 +207,7 @@ def _addresses(mem, where, count, names, vi):
                 cand = decode_addresses(raw, kind, base, at["kallsyms_offsets"], ps)
         except Exception:                              # noqa: BLE001 - not there: the next layout
             continue
-        if _banner_ok(mem, cand[0], names):
+        if _plausible(mem, cand[0], names, where["kallsyms_names"]):
             candidates.append(cand)
             tables.append(at)
     checks = {n: vi.symbol(n) for n in CROSS_CHECK if vi is not None and vi.symbol(n) is not None}
@@ -214,10 +215,15 @@ def _addresses(mem, where, count, names, vi):
     return addrs, rule, tables[[r for _, r in candidates].index(rule)]
 
 
-def _banner_ok(mem, addrs, names):
-    """``linux_banner`` decodes to the text "Linux version "."""
+def _plausible(mem, addrs, names, names_va):
+    """``linux_banner`` decodes to the text "Linux version "; a kernel whose kallsyms list text only
+    (no ``CONFIG_KALLSYMS_ALL``): ``_stext`` decodes to a mapped page below the tables, at most
+    1 GiB below (the tables are in the image's read-only data, after its text)."""
     try:
-        i = names.index("linux_banner")
-        return mem.read(int(addrs[i]), 14) == b"Linux version "
-    except Exception:                                  # noqa: BLE001 - no banner symbol or unreadable
+        if "linux_banner" in names:
+            return mem.read(int(addrs[names.index("linux_banner")]), 14) == b"Linux version "
+        stext = int(addrs[names.index("_stext")])
+        mem.read(stext, 1)
+        return stext < names_va < stext + (1 << 30)
+    except Exception:                                  # noqa: BLE001 - not there or unreadable
         return False

@@ -136,8 +136,10 @@ class Kernel:
         if vi is not None and vi.symbol(name) is not None:
             return vi.symbol(name)
         if required:
-            raise XenscopeError(f"symbol {name} unknown: give --vmlinux, --system-map or a --profile "
-                                f"with symbols")
+            where = f" (not in the symbols {s.source}{'; ' + '; '.join(self.notes) if self.notes else ''})" \
+                if s is not None else ""
+            raise XenscopeError(f"symbol {name} unknown{where}: give --vmlinux, --system-map or a "
+                                f"--profile with symbols")
         return None
 
     def _bootstrap(self, paging, ra):

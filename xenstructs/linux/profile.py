@@ -429,7 +429,9 @@ class Symbols:
         """
         from .fromdump import kallsyms_of
         k = kallsyms_of(target, resolve_args)
-        return cls(k.table(), True, f"from the dump ({k.how.split(' (')[0]})", k)
+        text_only = not set(k.types) & set("DdBbRr")
+        note = ", text symbols only: CONFIG_KALLSYMS_ALL off" if text_only else ""
+        return cls(k.table(), True, f"from the dump ({k.how.split(' (')[0]}{note})", k)
 
     @classmethod
     def from_vmcoreinfo(cls, vi):
