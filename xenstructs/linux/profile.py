@@ -429,9 +429,9 @@ class Symbols:
         """
         from .fromdump import kallsyms_of
         k = kallsyms_of(target, resolve_args)
-        text_only = not set(k.types) & set("DdBbRr")
-        note = ", text symbols only: CONFIG_KALLSYMS_ALL off" if text_only else ""
-        return cls(k.table(), True, f"from the dump ({k.how.split(' (')[0]}{note})", k)
+        table = k.table()
+        note = ", text symbols only: CONFIG_KALLSYMS_ALL off" if _text_only(k, table) else ""
+        return cls(table, True, f"from the dump ({k.how.split(' (')[0]}{note})", k)
 
     @classmethod
     def from_vmcoreinfo(cls, vi):
@@ -440,3 +440,16 @@ class Symbols:
     @classmethod
     def from_profile(cls, profile):
         return cls(dict(profile.symbols), False, profile.meta.get("source", "profile"))
+
+
+def _text_only(kallsyms, table):
+    """Whether every symbol is in ``[_stext, _etext]`` or ``[_sinittext, _einittext]``: what
+    ``scripts/kallsyms.c`` keeps without ``--all-symbols`` (``CONFIG_KALLSYMS_ALL`` off)."""
+    import numpy as np
+    ends = [table.get(n) for n in ("_stext", "_etext", "_sinittext", "_einittext")]
+    if None in ends:
+        return False
+    a = kallsyms.addresses
+    inside = ((a >= np.uint64(ends[0])) & (a <= np.uint64(ends[1]))) | \
+        ((a >= np.uint64(ends[2])) & (a <= np.uint64(ends[3])))
+    return bool(inside.all())
