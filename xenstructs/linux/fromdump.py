@@ -3,7 +3,7 @@
 * :func:`kallsyms_of` — every kernel symbol: the kallsyms tables located by VMCOREINFO (Linux >= 6.0)
   or, without them, by their shape in the kernel image (:mod:`.kallsyms_shape`).
 * :func:`btf_profile_of` — the structure offsets: the BTF blob between ``__start_BTF`` and
-  ``__stop_BTF``.
+  ``__stop_BTF`` (or found by its header in the image); :func:`btf_of` — the whole decoded BTF.
 
 Both read through the kernel's own page tables (:func:`~.vmem.kernel_paging`) and are cached per
 target object, so ``check`` and one command pay for them once. Their ``source`` strings are what
@@ -84,18 +84,38 @@ def btf_range(target, symbols=None, resolve_args=None):
     return found[0], found[1], "its header in the kernel image"
 
 
+def btf_of(target, symbols=None, resolve_args=None):
+    """The decoded :class:`~.btf.Btf` of the kernel in ``target`` (cached): every type, for code
+    that needs more than :data:`~.profile.WANTED` (``btf.member_offset("maple_node", "slot")``).
+
+    :raises XenscopeError: when the dump holds no BTF
+    """
+    from .btf import read_btf
+    e = _entry(target)
+    if "btf" not in e:
+        try:
+            e["btf_range"] = btf_range(target, symbols, resolve_args)
+            start, stop, _ = e["btf_range"]
+            e["btf"] = read_btf(memory_of(target, resolve_args), start, stop)
+        except XenscopeError as err:
+            e["btf"] = err
+    if isinstance(e["btf"], Exception):
+        raise e["btf"]
+    return e["btf"]
+
+
 def btf_profile_of(target, symbols=None, resolve_args=None):
     """A :class:`~.profile.Profile` from the kernel's BTF in ``target`` (cached).
 
     :raises XenscopeError: no BTF located, or it lacks the structs needed
     """
-    from .btf import profile_from_btf, read_btf
+    from .btf import profile_from_btf
     e = _entry(target)
     if "btf_profile" not in e:
         t0 = time.perf_counter()
         try:
-            start, stop, where = btf_range(target, symbols, resolve_args)
-            btf = read_btf(memory_of(target, resolve_args), start, stop)
+            btf = btf_of(target, symbols, resolve_args)
+            start, stop, where = e["btf_range"]
             vi = target.facts.get("vmcoreinfo")
             meta = {"source": f"offsets from BTF in the dump ({stop - start} bytes, {len(btf)} types at "
                               f"{start:#x}, located by {where})",
