@@ -63,7 +63,25 @@ def _dump_symbols(target):
         return None
     syms = TextSymbols()
     syms.add(found.kallsyms.text_pairs(), found.get("_etext"), found.source)
+    _add_module_symbols(target, syms)
     return syms
+
+
+def _add_module_symbols(target, syms):
+    """Each loaded module's own symbols (``module->kallsyms``), when the dump's BTF gives the types."""
+    from ..linux.kernel import open_kernel
+    from ..linux.modsyms import module_symbols
+    from ..linux.modules import for_each_module
+    try:
+        kernel = open_kernel(target)
+        if not kernel.profile.has("mod_kallsyms.symtab"):
+            return
+        for m in for_each_module(kernel):
+            pairs = [(a, n if t in "Tt" else None) for a, t, n in module_symbols(kernel, m.address)]
+            if any(n for _, n in pairs):
+                syms.add(pairs, source=f"from the dump (module {m.name}'s kallsyms)", module=m.name)
+    except XenscopeError:
+        return
 
 
 @command("stack", "Scan a vCPU's kernel stack from SP: candidate return addresses (function+0xoff/0xsize "

@@ -36,7 +36,8 @@ WANTED = {
     "task_struct": ("tasks", "pid", "tgid", "comm", "mm", "active_mm"),
     "mm_struct": ("pgd",),
     "module": ("list", "name", "state", "mem", "core_layout", "init_layout", "module_core",
-               "core_size", "module_init", "init_size"),
+               "core_size", "module_init", "init_size", "kallsyms"),
+    "mod_kallsyms": ("symtab", "num_symtab", "strtab", "typetab"),
     "module_layout": ("base", "size"),
     "module_memory": ("base", "size"),
     "vmap_area": ("va_start", "va_end", "list", "rb_node", "vm"),
@@ -45,7 +46,7 @@ WANTED = {
 MEMBER_SIZES = ("task_struct.comm", "task_struct.pid", "module.name", "module.core_size",
                 "module_layout.size", "module_memory.size")
 REQUIRED_STRUCTS = ("task_struct", "mm_struct", "module")
-OPTIONAL_STRUCTS = ("vmap_area",)
+OPTIONAL_STRUCTS = ("vmap_area", "mod_kallsyms")
 # Compilation units that define the wanted structs in every kernel: read these first.
 LIKELY_CUS = ("init/main.c", "kernel/module/main.c", "kernel/module.c", "mm/vmalloc.c", "kernel/fork.c")
 OPTIONAL_CU_BUDGET = 64           # CUs read after the required structs are found, for optional ones
