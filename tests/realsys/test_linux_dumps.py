@@ -394,3 +394,21 @@ def test_kallsyms_found_by_shape_equal_the_vmcoreinfo_ones(system, dumps):
     assert found.how.startswith("kallsyms found by shape")
     print(f"\nTIMING kallsyms by shape {system['shape']}: {seconds:.2f} s")
     assert seconds < 20
+
+
+def test_module_symbols_equal_the_guests_proc_kallsyms(system, dumps):
+    """Each module's own symbols (module->kallsyms, types through the dump's BTF) are the
+    ``[module]`` lines of the guest's /proc/kallsyms (the type's case there says exported or not)."""
+    if "# CONFIG_DEBUG_INFO_BTF is not set" in _kernel_config(system):
+        pytest.skip("Debian's i386 kernel has no BTF: no struct module layout from the dump")
+    from xenstructs.linux.kernel import open_kernel
+    from xenstructs.linux.modsyms import module_symbols
+    from xenstructs.linux.modules import for_each_module
+    kernel = open_kernel(dumps["kdump"])
+    ours = {(a, t.lower(), n, m.name) for m in for_each_module(kernel) for a, t, n in module_symbols(kernel, m.address)}
+    truth = set()
+    for line in open(system["kallsyms"], errors="replace").read().replace("\r", "").splitlines():
+        parts = line.split()
+        if len(parts) == 4:
+            truth.add((int(parts[0], 16), parts[1].lower(), parts[2], parts[3].strip("[]")))
+    assert len(truth) > 20 and ours == truth
