@@ -154,9 +154,13 @@ def guest_pids(console):
 
 def debug_profile():
     """``xenscope profile`` of Debian's -dbg vmlinux (DWARF), made once (about 40 s) and cached."""
+    import hashlib
+    import json
     import sys
+    from xenstructs.linux.profile import MEMBER_SIZES, WANTED
     _, _, _, release = kernel_files("x86_64")
-    out = os.path.join(V.CACHE, "profiles", f"profile-{release}.json")
+    wanted = hashlib.sha1(json.dumps([WANTED, MEMBER_SIZES], sort_keys=True).encode()).hexdigest()[:10]
+    out = os.path.join(V.CACHE, "profiles", f"profile-{release}-{wanted}.json")   # what xenscope asks
     if not os.path.exists(out):
         os.makedirs(os.path.dirname(out), exist_ok=True)
         top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
