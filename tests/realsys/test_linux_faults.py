@@ -248,7 +248,10 @@ def test_stack_from_the_dump_alone(fault):
         args += ["--symbols", path]
     given = xenscope_json(*args)
     assert [e["symbol"] for e in alone["entries"]] == [e["symbol"] for e in given["entries"]]
-    assert alone["ip_symbol"] == given["ip_symbol"]
+    # the files given hold faultmod's module lines only; the dump names every module's symbols, and
+    # the panicked CPU sits in the pvpanic module the guest loaded
+    assert alone["ip_symbol"] == given["ip_symbol"] or (given["ip_symbol"] is None and
+                                                         alone["ip_symbol"].endswith(" [pvpanic]"))
     assert alone["symbols"][0] == "from the dump (kallsyms via VMCOREINFO)"
     assert any("faultmod" in s for s in alone["symbols"]), alone["symbols"]
     printed = iter(e["symbol"] for e in alone["entries"])
