@@ -20,8 +20,9 @@ Checks (``name``: when it applies: what it reports):
   and are no findings).
 * ``p2m``: xl dump-core files (the dump's own ``.xen_p2m`` against its inverse), and Xen host dumps
   when ``kernel_syms`` (dom0's System.map) is given (dom0's P2M against Xen's M2P and owners).
-* ``modcheck``: when ``profile`` or ``vmlinux`` is given and the dump is a kernel dump (neither a
-  Xen host nor an xl dump-core file): module pages mapped alike in every task's page directory.
+* ``modcheck``: on Linux kernel dumps (neither a Xen host nor an xl dump-core file), with the
+  symbols and types of the dump itself (its kallsyms and BTF) or of ``profile``/``vmlinux``:
+  module pages mapped alike in every task's page directory.
 * ``console``: when a console log is available (as for ``faults``): each refused MMU request Xen
   logged (its causal chain and root cause, ``xenscope log``'s) and each crash block is a finding.
 * ``faults``: when a log is available (``log``, or ``<dump without extension>.log`` next to the
@@ -278,14 +279,17 @@ def _check_p2m(target, ctx, opts):
 
 
 def _check_modcheck(target, ctx, opts):
-    if not (opts.profile or opts.vmlinux):
-        return CheckResult("modcheck", "n.a.", "give --profile or --vmlinux")
     if ctx["kind"] in ("xen-host", "xl-dump-core"):
         return CheckResult("modcheck", "n.a.", f"{ctx['kind']} dump: not a Linux kernel dump")
     from .linux.kernel import open_kernel
     from .linux.modcheck import modcheck_report
+    resolve_args = {"cpu": 0, "maxphyaddr": 52}
+    if not (opts.profile or opts.vmlinux):
+        why = _types_from_dump(target, opts, resolve_args)
+        if why:
+            return CheckResult("modcheck", "n.a.", f"{why}: give --profile or --vmlinux")
     kernel = open_kernel(target, vmlinux=opts.vmlinux, profile=opts.profile, system_map=opts.system_map,
-                         resolve_args={"cpu": 0, "maxphyaddr": 52})
+                         resolve_args=resolve_args)
     r = modcheck_report(kernel)
     fs = []
     for g in r["groups"]:
@@ -301,7 +305,26 @@ def _check_modcheck(target, ctx, opts):
     summary = (f"{r['checked_pages']} pages of {r['modules']} module(s) in {r['checked_pgds']} page directories: "
                + ("all mapped alike" if r["ok"] else f"{len(r['groups'])} divergent group(s), "
                   f"{len(r['list_errors'])} list error(s)"))
+    src = kernel.sources
+    if not (opts.profile or opts.vmlinux):
+        summary += f" (symbols {src.get('symbols')}; {src.get('types', '').split(' (')[0]})"
     return CheckResult("modcheck", "ok" if r["ok"] else "findings", summary, _limit(fs))
+
+
+def _types_from_dump(target, opts, resolve_args):
+    """None when the dump itself gives the kernel's symbols and types (kallsyms and BTF), else why not."""
+    from .errors import XenscopeError
+    from .linux.profile import Profile, Symbols
+    if target.facts.get("vmcoreinfo") is None:
+        return "no VMCOREINFO: not a Linux kernel dump"
+    symbols = None
+    try:
+        if not opts.system_map:
+            symbols = Symbols.from_dump(target, resolve_args)
+        Profile.from_btf(target, symbols, resolve_args)
+    except XenscopeError as e:
+        return str(e)
+    return None
 
 
 def _check_faults(target, ctx, opts, path):

@@ -237,6 +237,27 @@ def test_stack_holds_the_kernels_call_trace(fault):
         assert rip_symbol == kernel["rip"][1]
 
 
+def test_stack_from_the_dump_alone(fault):
+    """No --symbols: the dump's own kallsyms and each module's symbols (module->kallsyms, through
+    the dump's BTF) name every frame as the -dbg System.map and the guest's /proc/kallsyms do, and
+    hold the kernel's Call Trace (faultmod's frames with their [faultmod])."""
+    name, case, kernel, symbols = fault
+    alone = xenscope_json("stack", case.dump)
+    args = ["stack", case.dump]
+    for path in symbols:
+        args += ["--symbols", path]
+    given = xenscope_json(*args)
+    assert [e["symbol"] for e in alone["entries"]] == [e["symbol"] for e in given["entries"]]
+    # the files given hold faultmod's module lines only; the dump names every module's symbols, and
+    # the panicked CPU sits in the pvpanic module the guest loaded
+    assert alone["ip_symbol"] == given["ip_symbol"] or (given["ip_symbol"] is None and
+                                                         alone["ip_symbol"].endswith(" [pvpanic]"))
+    assert alone["symbols"][0] == "from the dump (kallsyms via VMCOREINFO)"
+    assert any("faultmod" in s for s in alone["symbols"]), alone["symbols"]
+    printed = iter(e["symbol"] for e in alone["entries"])
+    assert all(symbol in printed for _, symbol in kernel["trace"]), kernel["trace"]
+
+
 def test_check_names_the_fault(fault):
     """``check`` with the console log beside the dump (``<dump>.log``): exit 1, the class named."""
     name, case, kernel, _ = fault

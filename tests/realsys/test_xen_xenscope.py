@@ -221,3 +221,23 @@ def test_refs_of_dom0s_l4_on_the_real_host(xen):
     guest = [x for x in r["references"] if x["level"] == 1 and x["domain"] == 0]
     assert guest and not any(x["writable"] for x in guest), guest
     assert r["tables"] > 100 and seconds < 3, (r["tables"], seconds)
+
+
+def test_dom0_kallsyms_found_in_the_host_dump(xen):
+    """No System.map: dom0's kallsyms tables, found by shape in its kernel image through its own
+    page tables (CR3 as Xen's debug key printed it), give the P2M variables dom0's /proc/kallsyms
+    listed (what p2m-check reads with --kernel-syms)."""
+    import time
+    from xenstructs.linux.fromdump import guest_kernel_symbols
+    from xenstructs.paging import Paging, root_from_cr3
+    want = {}
+    for line in open(xen["kmap"]):
+        addr, _, name = line.split()
+        want[name] = int(addr, 16)
+    assert set(want) == {"xen_p2m_addr", "xen_p2m_size"}
+    t0 = time.perf_counter()
+    table = guest_kernel_symbols(xen["target"], Paging("4level", root_from_cr3(xen["cr3"], "4level"), nxe=True))
+    seconds = time.perf_counter() - t0
+    assert {n: table.get(n) for n in want} == want
+    assert len(table) > 50000 and "xen_start_info" in table
+    print(f"\nTIMING dom0 kallsyms by shape in the host dump: {len(table)} symbols in {seconds:.2f} s")

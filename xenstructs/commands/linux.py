@@ -9,7 +9,7 @@ from .paging import PAGING
 KERNEL = group(
     "kernel types and symbols",
     arg("--vmlinux", metavar="PATH", help="vmlinux with DWARF (offsets and symbols; slow on a big "
-        "one: save a profile once with 'xenscope profile')"),
+        "one: save a profile once with 'xenscope profile'; default: the dump's own BTF and kallsyms)"),
     arg("--profile", metavar="FILE", help="kernel profile JSON (xenscope profile VMLINUX -o FILE)"),
     arg("--system-map", metavar="FILE", help="System.map, or a saved /proc/kallsyms"),
     arg("--kaslr-offset", type=address, help="KASLR offset (default: KERNELOFFSET, or found)"))
@@ -44,6 +44,12 @@ def _list_error_lines(errs):
     return [f"warning: {e['message']}" for e in errs]
 
 
+def _sources_line(r):
+    """Where the kernel's symbols and structure offsets came from (``kernel.sources``)."""
+    src = (r.get("kernel") or {}).get("sources") or {}
+    return [f"symbols: {src.get('symbols', '?')}; types: {src.get('types', '?')}"]
+
+
 def _list_status(result):
     return 1 if result["list_errors"] else 0
 
@@ -59,7 +65,7 @@ def _tasks_render(r, args):
         rows.append((t["pid"], t["comm"], _hex(t["task"]), _hex(t["mm"]), pgd,
                      t["error"] or _hex(t["cr3"])))
     out = [tabulate(rows, headers=("pid", "comm", "task", "mm", "pgd", "cr3"), tablefmt="plain")]
-    out += _list_error_lines(r["list_errors"])
+    out += _list_error_lines(r["list_errors"]) + _sources_line(r)
     return "\n".join(out)
 
 
@@ -83,7 +89,7 @@ def _modules_render(r, args):
         regs = ", ".join(f"{g['name']} {g['va']:#x}+{g['size']:#x}" for g in m["regions"])
         rows.append((m["name"], _hex(m["module"]), m["pages"], m["error"] or regs))
     out = [tabulate(rows, headers=("name", "module", "pages", "regions"), tablefmt="plain")]
-    out += _list_error_lines(r["list_errors"])
+    out += _list_error_lines(r["list_errors"]) + _sources_line(r)
     return "\n".join(out)
 
 
@@ -117,7 +123,7 @@ def _modcheck_render(r, args):
         out.append(f"note: {n} page(s) of {lab} are not mapped in init_mm.pgd either (not compared)")
     for t in r["skipped_tasks"]:
         out.append(f"note: task {t['pid']} {t['comm']} skipped: {t['why']}")
-    out += _list_error_lines(r["list_errors"])
+    out += _list_error_lines(r["list_errors"]) + _sources_line(r)
     return "\n".join(out)
 
 
