@@ -52,12 +52,13 @@ def xen(tmp_path_factory):
                        f"--cr3 {cr3:#x} --xen-syms {syms} --json",
                        "detach", timeout=600)
         path = h.dump(str(d / "xen.elf"))
+        console = h.console
     finally:
         h.close()
     t = open_dump(path)
     host = open_host(t, syms=syms)
     yield {"host": host, "q": q, "cr3": cr3, "qemu_l4": qemu_l4, "path": path, "syms": syms, "target": t,
-           "live_p2m": live, "kmap": str(kmap)}
+           "live_p2m": live, "kmap": str(kmap), "console": console, "xen_map": h.xen_map}
     t.close()
     os.unlink(path)
 
@@ -221,3 +222,46 @@ def test_refs_of_dom0s_l4_on_the_real_host(xen):
     guest = [x for x in r["references"] if x["level"] == 1 and x["domain"] == 0]
     assert guest and not any(x["writable"] for x in guest), guest
     assert r["tables"] > 100 and seconds < 3, (r["tables"], seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Xen's console ring in the dump against the serial console
+# ---------------------------------------------------------------------------------------------
+
+def xen_lines(console):
+    """What Xen printed on its serial console (com1): the lines from their "(XEN)" on (dom0's hvc0
+    output shares the byte stream: a line may start with some of it), \r removed."""
+    out = []
+    for line in console.replace("\r", "").splitlines():
+        if "(XEN)" in line:
+            out.append(line[line.index("(XEN)"):])
+    return out
+
+
+@pytest.mark.parametrize("symbols", ["xen-syms", "map"])
+def test_dmesg_is_what_xen_printed(xen, symbols):
+    """``dmesg`` of the host dump: Xen's console ring, line for line what Xen printed on com1 since
+    boot (conring_size=1M holds it all: nothing dropped, the first line whole), with the symbols of
+    Debian's xen-syms or of its .map (file-local names ``drivers/char/console.c#conring``)."""
+    syms = xen["syms"] if symbols == "xen-syms" else xen["xen_map"]
+    r = cli("dmesg", xen["path"], "--xen-syms", syms, "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["kind"] == "xen" and got["details"]["dropped"] == 0 and got["details"]["first_line"] == "complete"
+    assert got["lines"] == xen_lines(xen["console"]), got["description"]
+    assert got["lines"][0].startswith("(XEN) Xen version 4.17") and syms in got["description"]
+    text = cli("dmesg", xen["path"], "--xen-syms", syms).stdout.splitlines()
+    assert text[0] == got["description"] and text[1:] == got["lines"]
+
+
+def test_check_reads_the_console_ring_without_a_log(xen):
+    """``check`` with no log beside the dump: the console check reads Xen's console ring in the dump
+    (a healthy release build: nothing refused, no crash) and faults finds no page fault in it."""
+    r = cli("check", xen["path"], "--xen-syms", xen["syms"], "--no-siblings", "--json")
+    (report,) = json.loads(r.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    lines = len(xen_lines(xen["console"]))
+    assert checks["console"]["status"] == "ok", checks["console"]
+    assert checks["console"]["summary"].startswith(f"Xen's console ring in the dump: {lines} lines, no refused")
+    assert checks["faults"] == {"name": "faults", "status": "n.a.", "findings": [],
+                                "summary": "Xen's console ring in the dump: no page fault in it"}

@@ -139,7 +139,8 @@ def _log_render(r, args):
              arg("--dump", metavar="DUMP",
                  help="a Xen host dump: add each mfn's current page_info state (count, type, owner, M2P)"),
              arg("--xen-syms", metavar="PATH",
-                 help="with --dump: xen-syms (ELF) or its .map, for symbols VMCOREINFO_XEN lacks"),
+                 help="with --dump or --from-dump: xen-syms (ELF) or its .map, for symbols VMCOREINFO_XEN "
+                      "lacks"),
              arg("--limit", type=number, default=DEFAULT_LIMIT,
                  help=f"annotated lines shown in text output (default {DEFAULT_LIMIT}; the summary is "
                       "always shown)")],

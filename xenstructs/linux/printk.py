@@ -75,13 +75,15 @@ class PrintkLog:
 
     ``kind``: ``printk_ringbuffer``, ``log_buf`` or ``log_buf (unstructured)``; ``where``: one line
     (the buffer's address and size); ``sources``: where the symbols and offsets came from;
-    ``skipped``: records passed over, by reason; ``raw``: the unstructured buffer's text."""
+    ``skipped``: records passed over, by reason; ``raw``: the unstructured buffer's text; ``notes``:
+    what else the reader met (a broken record chain)."""
     kind: str
     where: str
     records: List[Record] = field(default_factory=list)
     sources: dict = field(default_factory=dict)
     skipped: dict = field(default_factory=dict)
     raw: Optional[str] = None
+    notes: List[str] = field(default_factory=list)
 
     def lines(self):
         """The buffer as the console printed it: :func:`console_lines`, or the raw text's lines."""
@@ -98,11 +100,11 @@ class PrintkLog:
             out += f", {missing} missing in between" if missing else ""
         if self.skipped:
             out += "; passed over: " + ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items()))
-        return out
+        return "; ".join([out] + self.notes)
 
     def as_dict(self):
         return {"kind": self.kind, "where": self.where, "sources": dict(self.sources),
-                "skipped": dict(self.skipped), "records": [r.as_dict() for r in self.records],
+                "skipped": dict(self.skipped), "notes": list(self.notes), "records": [r.as_dict() for r in self.records],
                 "description": self.describe()}
 
 
@@ -289,12 +291,13 @@ def read_log_buf(memory, symbols, header, long_size=8):
                             f"{end:#x} read from the dump are no buffer's: a corrupt image?")
     data = reader.read(buf, length, "log_buf")
     log = PrintkLog("log_buf", f"at {buf:#x} ({length} bytes, records struct {name})")
-    size, idx = fields["size"], first
+    size, idx, seen = fields["size"], first, set()
     for _ in range(length // max(size, 1) + 2):
         if idx == end:
             return log
-        if idx + size > length:
+        if idx + size > length or idx in seen:
             break
+        seen.add(idx)
         rec_len = struct.unpack_from("<H", data, idx + fields["len"])[0]
         if rec_len == 0:                                 # the end of the buffer: wrap to 0
             idx = 0
@@ -307,8 +310,12 @@ def read_log_buf(memory, symbols, header, long_size=8):
         text = data[idx + size:idx + size + text_len].decode("utf-8", "replace")
         log.records.append(Record(None, ts, level, text))
         idx += rec_len
-    raise XenscopeError(f"printk buffer: the record chain of log_buf breaks at index {idx:#x} before "
-                        f"log_next_idx {end:#x}: a corrupt image?")
+    how = "comes back to" if idx in seen else "breaks at"
+    problem = f"the record chain of log_buf {how} index {idx:#x} without reaching log_next_idx {end:#x}"
+    if not log.records:
+        raise XenscopeError(f"printk buffer: {problem}: a corrupt image?")
+    log.notes.append(problem + ": the records after it are not read")
+    return log
 
 
 def read_old_log_buf(memory, symbols, long_size=8):
