@@ -27,7 +27,8 @@ Checks (``name``: when it applies: what it reports):
   cause, ``xenscope log``'s) and each crash block is a finding.
 * ``faults``: when a log (``log``, or ``<dump without extension>.log`` next to the dump, e.g.
   ``xen-4.6-host.log``), else the dump's own console text (a Xen host's console ring, a Linux
-  dump's printk buffer: :mod:`~xenstructs.dumpconsole`), holds a page fault: the fault explained rule
+  dump's printk buffer: :mod:`~xenstructs.dumpconsole`; there only a report with an error code
+  counts, not a register dump's cr2), holds a page fault: the fault explained rule
   by rule against the dump's registers and page tables. The summary names the text read ("Xen's
   console ring in the dump", "the kernel's printk buffer in the dump", or the log's file name);
   each finding's ``source`` is ``file`` or ``dump``. Neither there: ``n.a.`` with the reason.
@@ -334,7 +335,10 @@ def _check_faults(target, ctx, opts, path):
                                                  f"dump (the dump's own console: {why})")
         fields, _ = parse_log(console.lines)
         name, inputs = console.name, FaultInputs(log_lines=console.lines, log_name=console.name)
-    if not any(k in fields for k in ("cr2", "error")):
+    # the dump's own text always holds something: there a fault report is one with an error code
+    # (Xen's FATAL PAGE FAULT / Unhandled #PF, an oops's #PF line); a register dump's cr2 (debug keys
+    # 'd' and '0', a crash of another kind) is none
+    if not any(k in fields for k in (("cr2", "error") if log else ("error",))):
         return CheckResult("faults", "n.a.", f"{name}: no page fault in it")
     r = explain_fault(target, inputs)
     s = r.get("state", {})

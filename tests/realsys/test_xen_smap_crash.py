@@ -235,7 +235,8 @@ def test_check_without_a_log_reads_the_ring(crash):
     assert fault["cause"] == logged["cause"] and "SMAP violation" in fault["cause"]
     assert alone["console"]["summary"].startswith(f"{ring}: ") and alone["console"]["status"] == "findings"
 
-    def without_source(findings):
-        return [{k: v for k, v in f.items() if k not in ("source", "lines")} for f in findings]
+    def without_source(findings):   # the line numbers differ: the serial has dom0's lines too
+        return [dict({k: v for k, v in f.items() if k not in ("source", "lines")},
+                     text=re.sub(r"^lines? [\d-]+", "", f["text"])) for f in findings]
     assert without_source(alone["console"]["findings"]) == without_source(with_log["console"]["findings"])
     assert [f["kind"] for f in alone["console"]["findings"]] == ["crash"]
