@@ -149,6 +149,6 @@ def _kernel_symbols(path):
     if not path:
         return None
     from .linux.profile import Symbols
+    from .linux.printk import SYMBOLS
     table = Symbols.from_file(path)
-    return {name: table.get(name) for name in ("prb", "log_buf", "log_buf_len", "log_first_idx",
-                                                 "log_next_idx", "log_end", "logged_chars") if name in table}
+    return {name: table.get(name) for name in SYMBOLS if name in table}

@@ -407,8 +407,7 @@ def printk_of_target(target, symbols=None, cpu=0):
     address space that maps the buffer's symbol; the log's ``sources`` say which."""
     vi = target.facts.get("vmcoreinfo")
     known = dict(symbols or {})
-    if vi is not None:
-        known.update(vi.symbols())
+    known.update(_vmcoreinfo_symbols(vi))
     probe = next((known[n] for n in ("prb", "log_buf") if n in known), None)
     if probe is None:
         return read_printk(None, vi, symbols)            # raises: says what is missing
@@ -416,6 +415,18 @@ def printk_of_target(target, symbols=None, cpu=0):
     log = read_printk(memory, vi, symbols, long_size_of(target, vi))
     log.sources["memory"] = memory.source
     return log
+
+
+SYMBOLS = ("prb", "log_buf", "log_buf_len", "log_first_idx", "log_next_idx", "log_end", "logged_chars")
+
+
+def _vmcoreinfo_symbols(vmcoreinfo):
+    """The printk symbols VMCOREINFO names, each looked up by name (a VMCOREINFO read through crash
+    lists only the keys asked for so far)."""
+    if vmcoreinfo is None:
+        return {}
+    found = {name: vmcoreinfo.symbol(name) for name in SYMBOLS}
+    return {name: va for name, va in found.items() if va is not None}
 
 
 def read_printk(memory, vmcoreinfo=None, symbols=None, long_size=8):
@@ -427,7 +438,7 @@ def read_printk(memory, vmcoreinfo=None, symbols=None, long_size=8):
     :raises XenscopeError: no buffer described, or a buffer no kernel can have
     """
     given = dict(symbols or {})
-    vi_symbols = vmcoreinfo.symbols() if vmcoreinfo is not None else {}
+    vi_symbols = _vmcoreinfo_symbols(vmcoreinfo)
     layout = prb_layout(vmcoreinfo)
     if layout is not None:
         log = read_ringbuffer(memory, vi_symbols["prb"], layout)
