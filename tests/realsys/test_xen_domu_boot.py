@@ -143,7 +143,8 @@ def test_dmesg_of_the_xl_dump_core_is_the_domus_console(domu):
     written from /proc/kallsyms) and the x86_64 printk_ringbuffer offsets of 5.10+ (Debian 6.1's own),
     ``dmesg`` reads the PV domU's printk buffer through its page tables (machine frames, through the
     dump's P2M). Its records of a level under the domU's loglevel=4 are the kernel's lines of the
-    domU's console (hvc0) as xenconsoled logged them, in order; the boot's first record is there."""
+    domU's console (hvc0) as xenconsoled logged them, in order (the KMSG lines its init wrote at
+    level 2 among them); the boot's first record is there."""
     import json
     import re
     import subprocess
@@ -164,7 +165,8 @@ def test_dmesg_of_the_xl_dump_core_is_the_domus_console(domu):
     console = [line[m.start():] for line in domu.domu_console.replace("\r", "").splitlines()
                for m in [stamp.search(line)] if m]
     shown = [line for record in records if record["level"] < 4 for line in lines(record)]
-    assert console and console == shown, (console[-3:], shown[-3:])
+    assert console == shown, (console[-3:], shown[-3:])
+    assert [line.split("] ", 1)[1] for line in console[-3:]] == [f"XENSCOPE-KMSG {i}" for i in (1, 2, 3)]
 
 
 def test_xc_core_is_elf_core_with_xen_sections(domu, core):
