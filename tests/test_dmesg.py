@@ -421,3 +421,18 @@ def test_check_says_why_the_dumps_console_is_not_read(tmp_path):
     rep = check_dump(os.path.join(top, "cores/pv-x86_64.xc"), Options(siblings=False))
     assert "no VMCOREINFO" in {c.name: c for c in rep.checks}["faults"].summary
     json.dumps(rep.as_dict())
+
+
+@pytest.mark.parametrize("change, words", [
+    ("OFFSET(printk_info.seq)=1000", "does not fit SIZE"), ("SIZE(prb_desc)=4", "does not fit SIZE"),
+    ("OFFSET(prb_desc_ring.descs)=-8", "no printk structure's"),
+    ("OFFSET(prb_data_blk_lpos.next)=64", "no unsigned long pair's")])
+def test_vmcoreinfo_offsets_no_kernel_has(change, words):
+    """VMCOREINFO is input too: offsets outside their struct are one error, not a crash."""
+    key = change.split("=")[0]
+    text = " ".join(line for line in VMCOREINFO_64.split() if not line.startswith(key + "=")) + " " + change
+    with pytest.raises(XenscopeError, match=words):
+        printk.prb_layout(vmcoreinfo(text, prb=PRB_PTR))
+    bad = LOG_VMCOREINFO.replace("OFFSET(printk_log.dict_len)=12", "OFFSET(printk_log.dict_len)=15")
+    with pytest.raises(XenscopeError, match="does not fit"):
+        printk.log_layout(vmcoreinfo(bad))

@@ -135,7 +135,26 @@ def prb_layout(vmcoreinfo):
         out[key] = value
     if out["long"] is None:
         out["long"] = 8 if out["prb_desc"] >= 24 else 4     # state_var + two unsigned longs
+    _check_prb_layout(out)
     return out
+
+
+def _check_prb_layout(layout):
+    """Refuse offsets no kernel has (each member inside its struct): VMCOREINFO is input too."""
+    long = layout["long"]
+    fields = {"prb_desc": (("state_var", long), ("text_blk_lpos", 2 * long)),
+              "printk_info": (("seq", 8), ("ts_nsec", 8), ("text_len", 2), ("caller_id", 4))}
+    for name, members in fields.items():
+        size = layout[name]
+        for member, width in members:
+            if not 0 <= layout[f"{name}.{member}"] <= size - width:
+                raise XenscopeError(f"VMCOREINFO: OFFSET({name}.{member}) {layout[f'{name}.{member}']} does not fit "
+                                    f"SIZE({name}) {size}")
+    for key in PRB_KEYS:
+        if not 0 <= layout[key] < 4096:
+            raise XenscopeError(f"VMCOREINFO: {key} = {layout[key]} is no printk structure's")
+    if layout["prb_data_blk_lpos.begin"] > long or layout["prb_data_blk_lpos.next"] > long:
+        raise XenscopeError("VMCOREINFO: prb_data_blk_lpos offsets are no unsigned long pair's")
 
 
 def log_layout(vmcoreinfo):
@@ -144,10 +163,13 @@ def log_layout(vmcoreinfo):
         size = vmcoreinfo.size(name) if vmcoreinfo is not None else None
         if size is not None:
             out = {"size": size}
-            for member in LOG_KEYS:
+            for member, width in zip(LOG_KEYS, (8, 2, 2, 2)):
                 out[member] = vmcoreinfo.offset(name, member)
                 if out[member] is None:
                     raise XenscopeError(f"VMCOREINFO has SIZE({name}) but no OFFSET({name}.{member})")
+                if not 0 <= out[member] <= size - width or size > 4096:
+                    raise XenscopeError(f"VMCOREINFO: OFFSET({name}.{member}) {out[member]} does not fit "
+                                        f"SIZE({name}) {size}")
             return name, out
     return None
 
@@ -226,6 +248,7 @@ def _record(info, layout, text):
     level = None
     text_len = layout["printk_info.text_len"]
     if layout["printk_info.caller_id"] == text_len + 4:     # u16 text_len, u8 facility, u8 flags:5 level:3
+        # (caller_id fits SIZE(printk_info): _check_prb_layout)
         level = info[text_len + 3] >> 5
     return Record(seq, ts, level, text.decode("utf-8", "replace"))
 
@@ -306,7 +329,8 @@ def read_log_buf(memory, symbols, header, long_size=8):
         if rec_len < size + text_len or idx + rec_len > length:
             break
         ts = struct.unpack_from("<Q", data, idx + fields["ts_nsec"])[0]
-        level = data[idx + fields["dict_len"] + 3] >> 5 if fields["text_len"] + 2 == fields["dict_len"] else None
+        level = data[idx + fields["dict_len"] + 3] >> 5 \
+            if fields["text_len"] + 2 == fields["dict_len"] and fields["dict_len"] + 4 <= size else None
         text = data[idx + size:idx + size + text_len].decode("utf-8", "replace")
         log.records.append(Record(None, ts, level, text))
         idx += rec_len
