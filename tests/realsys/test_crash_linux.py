@@ -581,33 +581,20 @@ def test_maps_through_a_pipe_and_a_redirection(seen):
         (counts, n, s["o1"]["_stdout"][-2000:])
 
 
-# ---------------------------------------------------------------------------------------------
-# xen dmesg against crash's own log
-# ---------------------------------------------------------------------------------------------
-
-def crash_log_lines(text):
-    """crash's ``log`` as the console prints records: crash indents a record's later lines with
-    spaces as wide as its "[seconds] " prefix; the console repeats the prefix (what xenscope prints)."""
-    out, prefix = [], ""
-    for line in text.splitlines():
-        m = re.match(r"\[\s*\d+\.\d{6}\] ", line)
-        if m:
-            prefix = m.group(0)
-        elif prefix and line.startswith(" " * len(prefix)):
-            line = prefix + line[len(prefix):]
-        out.append(line)
-    return out
-
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_dmesg_equals_crashs_log(guest, kind):
-    """``xen dmesg`` inside crash (readmem of crash's dump reader) and in the CLI: the kernel's printk
-    buffer, every record as crash's own ``log`` prints it (crash reads the same printk_ringbuffer with
-    its own code); the first line of xenscope's output says where the text came from."""
+    """``xen dmesg`` in crash (readmem) and in the CLI: the kernel's printk buffer, each record as crash's
+    own ``log`` prints it (crash indents a record's later lines as wide as its "[seconds] " prefix,
+    the console and xenscope repeat the prefix: undone here); the first line says where it came from."""
     out = crash(guest, kind, [("log", "log"), ("dmesg", "xen dmesg")])
-    ours = out["dmesg"].splitlines()
+    ours, theirs, prefix = out["dmesg"].splitlines(), [], ""
+    for line in out["log"].splitlines():
+        if line.startswith("["):
+            prefix = re.match(r"\[\s*\d+\.\d{6}\] ", line).group(0)
+        elif line[:len(prefix)] == " " * len(prefix):
+            line = prefix + line[len(prefix):]
+        theirs.append(line)
     assert ours[0].startswith("Linux's printk buffer (printk_ringbuffer) at ") and "VMCOREINFO" in ours[0]
-    theirs = crash_log_lines(out["log"])
-    assert ours[1:] == theirs, [(a, b) for a, b in zip(ours[1:], theirs) if a != b][:3]
-    assert len(theirs) > 300 and theirs[0].startswith("[    0.000000] Linux version ")
+    assert ours[1:] == theirs and len(theirs) > 300 and theirs[0].startswith("[    0.000000] Linux version ")
     assert out["dmesg"] == cli("dmesg", guest["dumps"][kind]).stdout
