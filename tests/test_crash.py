@@ -110,6 +110,7 @@ def _cases():
         ("p2m-check", XEN17[0], p2m_args + ["--json"]),
         ("p2m", XEN17[0], [f"{fault_pfn - 1:x}", "--count", "3"] + p2m_args),
         ("log", None, [core("xen-4.6-host.log")]),
+        ("dmesg", XEN17[0], XEN17[1]),          # no conring in the .map: the same one-line error
         ("log", None, [os.path.join(TOP, "tests", "data", "xenlogs", "tcg-smap-4.17.7.log")]),
         ("tasks", "mod-x86_64.core", []),
         ("modules", "mod-x86_64.core", []),

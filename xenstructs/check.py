@@ -23,12 +23,16 @@ Checks (``name``: when it applies: what it reports):
 * ``modcheck``: on Linux kernel dumps (neither a Xen host nor an xl dump-core file), with the
   symbols and types of the dump itself (its kallsyms and BTF) or of ``profile``/``vmlinux``:
   module pages mapped alike in every task's page directory.
-* ``console``: when a console log is available (as for ``faults``): each refused MMU request Xen
-  logged (its causal chain and root cause, ``xenscope log``'s) and each crash block is a finding.
-* ``faults``: when a log is available (``log``, or ``<dump without extension>.log`` next to the
-  dump, e.g. ``xen-4.6-host.log``) and it holds a page fault: the fault explained rule by rule
-  against the dump's registers and page tables. Without a log (dumps hold no error code):
-  ``n.a.``.
+* ``console``: Xen's console: the log (as for ``faults``), else a Xen host dump's own console ring
+  (:mod:`~xenstructs.xen.conring`): each refused MMU request Xen logged (its causal chain and root
+  cause, ``xenscope log``'s) and each crash block is a finding.
+* ``faults``: when a log (``log``, or ``<dump without extension>.log`` next to the dump, e.g.
+  ``xen-4.6-host.log``), else the dump's own console text (a Xen host's console ring, a Linux
+  dump's printk buffer: :mod:`~xenstructs.dumpconsole`; there only a report with an error code
+  counts, not a register dump's cr2), holds a page fault: the fault explained rule
+  by rule against the dump's registers and page tables. The summary names the text read ("Xen's
+  console ring in the dump", "the kernel's printk buffer in the dump", or the log's file name);
+  each finding's ``source`` is ``file`` or ``dump``. Neither there: ``n.a.`` with the reason.
 
 Xen symbols: ``xen_syms``, else ``<dump without extension>.map`` next to a Xen host dump.
 
@@ -327,38 +331,76 @@ def _types_from_dump(target, opts, resolve_args):
     return None
 
 
+def _log_path(opts, path):
+    return opts.log or (_sibling(path, ".log") if opts.siblings else None)
+
+
+def _dump_console(target, ctx):
+    """``(DumpConsole, None)`` of the console text the dump holds, or ``(None, why not)``: read
+    once a dump (:func:`~xenstructs.dumpconsole.console_of_kind`)."""
+    if "console" not in ctx:
+        from .dumpconsole import console_of_kind
+        ctx["console"] = console_of_kind(target, ctx["kind"], ctx.get("host"))
+    return ctx["console"]
+
+
 def _check_faults(target, ctx, opts, path):
-    from .xen.console import read_log
-    log = opts.log or (_sibling(path, ".log") if opts.siblings else None)
-    if not log:
-        return CheckResult("faults", "n.a.", "no log or error code (a dump holds none): give --log, "
-                                             "or put <dump>.log next to the dump")
-    fields, _ = read_log(log)
-    if not any(k in fields for k in ("cr2", "error")):
-        return CheckResult("faults", "n.a.", f"{log}: no page fault in the log")
     from .fault.case import FaultInputs, explain_fault
-    r = explain_fault(target, FaultInputs(log=log))
+    from .xen.console import parse_log, read_log
+    log = _log_path(opts, path)
+    if log:
+        fields, _ = read_log(log)
+        name, inputs = os.path.basename(log), FaultInputs(log=log)
+    else:
+        console, why = _dump_console(target, ctx)
+        if console is None:
+            return CheckResult("faults", "n.a.", "no log or error code: give --log, or put <dump>.log next to the "
+                                                 f"dump (the dump's own console: {why})")
+        fields, _ = parse_log(console.lines)
+        name, inputs = console.name, FaultInputs(log_lines=console.lines, log_name=console.name)
+    # the dump's own text always holds something: there a fault report is one with an error code
+    # (Xen's FATAL PAGE FAULT / Unhandled #PF, an oops's #PF line); a register dump's cr2 (debug keys
+    # 'd' and '0', a crash of another kind) is none
+    if not any(k in fields for k in (("cr2", "error") if log else ("error",))):
+        return CheckResult("faults", "n.a.", f"{name}: no page fault in it")
+    r = explain_fault(target, inputs)
     s = r.get("state", {})
     err = r.get("error") or {}
     f = {"kind": "page-fault", "cpu": 0, "cr2": s.get("cr2"), "error": err.get("value"),
-         "cause": r.get("cause"), "log": log, "text": f"CPU 0: {r.get('cause')}"}
-    return CheckResult("faults", "findings", f"page fault from {os.path.basename(log)}: {r.get('cause')}", [f])
+         "cause": r.get("cause"), "log": log or name, "source": "file" if log else "dump",
+         "text": f"CPU 0: {r.get('cause')}"}
+    return CheckResult("faults", "findings", f"page fault from {name}: {r.get('cause')}", [f])
+
+
+def _console_summary(target, ctx, opts, path):
+    """``(annotator summary, name, source)`` of the console log beside the dump, else of Xen's
+    console ring in a Xen host dump; ``(None, why not, None)`` when neither is there."""
+    from .xen.console import annotate_file, annotate_lines
+    log = _log_path(opts, path)
+    if log:
+        return annotate_file(log)["summary"], os.path.basename(log), "file"
+    if ctx.get("host") is None:
+        return None, ("no console log: give --log, or put <dump>.log next to the dump (not a Xen host dump: "
+                      "no Xen console ring in it)"), None
+    console, why = _dump_console(target, ctx)
+    if console is None:
+        return None, f"no console log, and Xen's console ring in the dump was not read: {why}", None
+    return annotate_lines(console.lines, version=ctx["host"].version)["summary"], console.name, "dump"
 
 
 def _check_console(target, ctx, opts, path):
-    """Xen's console beside the dump: every refused MMU request (one causal chain each, with its
-    root cause) and every crash block is a finding; a release build's silence is said."""
-    from .xen.console import annotate_file
-    log = opts.log or (_sibling(path, ".log") if opts.siblings else None)
-    if not log:
-        return CheckResult("console", "n.a.", "no console log: give --log, or put <dump>.log next to the dump")
-    summary = annotate_file(log)["summary"]
+    """Xen's console (beside the dump, else its console ring in the dump): every refused MMU request
+    (one causal chain each, with its root cause) and every crash block is a finding; a release
+    build's silence is said."""
+    summary, name, source = _console_summary(target, ctx, opts, path)
+    if summary is None:
+        return CheckResult("console", "n.a.", name)
     findings = [{"kind": "refused-request", "lines": chain["lines"], "request": chain["request"],
                  "root_cause": {k: chain["root_cause"].get(k) for k in ("kind", "mfn")},
-                 "text": chain["sentence"]} for chain in summary["chains"]]
-    findings += [{"kind": "crash", "text": crash["story"][0] if crash["story"] else "a crash block"}
+                 "source": source, "text": chain["sentence"]} for chain in summary["chains"]]
+    findings += [{"kind": "crash", "source": source,
+                  "text": crash["story"][0] if crash["story"] else "a crash block"}
                  for crash in summary["crashes"]]
-    name = os.path.basename(log)
     if not findings:
         quiet = " (a release build, debug=n: mm.c refusals are not printed)" if any(
             "debug=n" in line for line in summary["story"]) else ""

@@ -78,6 +78,18 @@ def leaf_flags(entry, size):
     return "".join(ch if entry >> b & 1 else "-" for b, ch in bits)
 
 
+KMSG = 3                 # lines the guest writes to /dev/kmsg at level 2 (shown: the boot has loglevel=3)
+
+
+def kmsg_lines(vm):
+    """The guest's shell writes KMSG lines to the kernel log at level 2 (KERN_CRIT: above the
+    console's loglevel=3, so the serial console shows them too) and says when it is done."""
+    vm.send("mount -t devtmpfs dev /dev 2>/dev/null; for i in $(seq %d); do echo \"<2>XENSCOPE-KMSG $i\" "
+            "> /dev/kmsg; done; echo \"XENSCOPE-KMSG-\"'DONE'\n" % KMSG)
+    vm.wait_for("XENSCOPE-KMSG-DONE", timeout=60)
+    time.sleep(0.3)
+
+
 @pytest.fixture(scope="module", params=sorted(SHAPES))
 def system(request, tmp_path_factory):
     """Boot one shape, collect QEMU's truth, dump it twice; yield everything; delete the dumps."""
@@ -87,7 +99,7 @@ def system(request, tmp_path_factory):
     ksyms = str(d / "kallsyms.txt")
     vm = boot_linux(**cfg, extra_init=KALLSYMS_INIT, qemu_args=kallsyms_serial(ksyms))
     try:
-        time.sleep(0.3)
+        kmsg_lines(vm)
         vm.qmp("stop")
         regs = parse_registers(vm.hmp("info registers"))
         pae = cfg["arch"] == "i386"
@@ -113,7 +125,7 @@ def system(request, tmp_path_factory):
     finally:
         vm.close()
     truth = dict(shape=shape, cfg=cfg, regs=regs, tlb=tlb, tlb_seconds=tlb_seconds, mem=mem, gva=gva,
-                 elf=elf, kdump=kdump, kallsyms=ksyms, pids=guest_pids(console))
+                 elf=elf, kdump=kdump, kallsyms=ksyms, pids=guest_pids(console), console=console)
     yield truth
     for p in (elf, kdump, ksyms):
         if os.path.exists(p):
@@ -412,3 +424,45 @@ def test_module_symbols_equal_the_guests_proc_kallsyms(system, dumps):
         if len(parts) == 4:
             truth.add((int(parts[0], 16), parts[1].lower(), parts[2], parts[3].strip("[]")))
     assert len(truth) > 20 and ours == truth
+
+
+# ---------------------------------------------------------------------------------------------
+# The printk buffer in the dump against the serial console
+# ---------------------------------------------------------------------------------------------
+
+STAMP = re.compile(r"\[\s*\d+\.\d{6}\] ")
+
+
+def printed(console):
+    """The kernel's lines on the serial console (each from its "[seconds] " on; \r removed)."""
+    out = []
+    for line in console.replace("\r", "").splitlines():
+        m = STAMP.search(line)
+        if m:
+            out.append(line[m.start():])
+    return out
+
+
+def as_console(record):
+    """A record as Linux's console prints it (print_time: "[%5lu.%06lu] " before each line)."""
+    ts = record["ts_nsec"]
+    return [f"[{ts // 10**9:5d}.{ts % 10**9 // 1000:06d}] {line}" for line in record["text"].split("\n")]
+
+
+@pytest.mark.parametrize("kind", ["elf", "kdump"])
+def test_dmesg_is_what_the_console_printed(system, dumps, kind):
+    """``dmesg`` of the dump: the printk buffer from the boot's first record (the ring holds the whole
+    boot: sequence numbers from 0, none missing); the records of a level under the console's
+    loglevel=3 are exactly the kernel's lines on the serial console, in order (the KMSG lines the
+    guest wrote at level 2 among them); every record is printed as the console prints it."""
+    from xenstructs.dumpconsole import dump_console
+    c = dump_console(dumps[kind])
+    records = c.details["records"]
+    assert [r["seq"] for r in records] == list(range(len(records))), c.description
+    assert records[0]["text"].startswith("Linux version ") and c.kind == "linux"
+    shown = [line for r in records if r["level"] < 3 for line in as_console(r)]
+    console = printed(system["console"])
+    assert console == shown, (console[-5:], shown[-5:])
+    assert [line.split("] ", 1)[1] for line in console[-KMSG:]] == [f"XENSCOPE-KMSG {i}" for i in range(1, KMSG + 1)]
+    assert c.lines == [line for r in records for line in as_console(r)]
+    assert "VMCOREINFO" in c.description and "printk_ringbuffer" in c.description

@@ -138,6 +138,37 @@ def test_domu_console(domu):
     assert "nokaslr" in domu.domu_console and domu.manifest["kernel"] in domu.domu_console
 
 
+def test_dmesg_of_the_xl_dump_core_is_the_domus_console(domu):
+    """An xl dump-core file holds no VMCOREINFO: with the kernel's symbols (``prb`` in the System.map
+    written from /proc/kallsyms) and the x86_64 printk_ringbuffer offsets of 5.10+ (Debian 6.1's own),
+    ``dmesg`` reads the PV domU's printk buffer through its page tables (machine frames, through the
+    dump's P2M). Its records of a level under the domU's loglevel=4 are the kernel's lines of the
+    domU's console (hvc0) as xenconsoled logged them, in order (the KMSG lines its init wrote at
+    level 2 among them); the boot's first record is there."""
+    import json
+    import re
+    import subprocess
+    import sys
+    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-m", "xenstructs.cli", "dmesg", domu.xc_core_path, "--system-map",
+                        domu.dom0_system_map, "--json"], capture_output=True, text=True, cwd=top, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    records = got["details"]["records"]
+    assert records[0]["seq"] == 0 and records[0]["text"].startswith("Linux version ")
+    assert "assumed: Linux 5.10+ x86_64 layout" in got["description"]
+
+    def lines(record):
+        ts = record["ts_nsec"]
+        return [f"[{ts // 10**9:5d}.{ts % 10**9 // 1000:06d}] {line}" for line in record["text"].split("\n")]
+    stamp = re.compile(r"\[\s*\d+\.\d{6}\] ")
+    console = [line[m.start():] for line in domu.domu_console.replace("\r", "").splitlines()
+               for m in [stamp.search(line)] if m]
+    shown = [line for record in records if record["level"] < 4 for line in lines(record)]
+    assert console == shown, (console[-3:], shown[-3:])
+    assert [line.split("] ", 1)[1] for line in console[-3:]] == [f"XENSCOPE-KMSG {i}" for i in (1, 2, 3)]
+
+
 def test_xc_core_is_elf_core_with_xen_sections(domu, core):
     assert core["e_type"] == 4, f"e_type {core['e_type']} is not ET_CORE"
     assert core["phnum"] == 0 and core["phoff"] == 0, (core["phnum"], core["phoff"])

@@ -332,3 +332,33 @@ def test_the_release_build_is_silent_and_refuses_alike(xen_mmu_debug, xen_mmu_re
     result = xenscope_log(release["console_path"])
     assert result["summary"]["chains"] == [] and result["summary"]["source_lines"] is None
     assert any("debug=n: a release build" in s for s in result["summary"]["story"])
+
+
+def _request(request):
+    """A chain's request without its line number (the serial capture has dom0's lines too)."""
+    return {k: v for k, v in (request or {}).items() if k != "line_no"}
+
+
+def _chains(result):
+    return [(_request(chain["request"]), chain["text"], chain["root_cause"]["kind"], chain["root_cause"]["text"])
+            for chain in result["summary"]["chains"]]
+
+
+def test_the_dumps_own_console_ring_tells_the_same_chains(xen_mmu_debug, debug_logs):
+    """No log file: ``log --from-dump`` reads Xen's console ring in the host dump and finds the same
+    refused requests, the same paths through mm.c and the same root causes as in the console Xen's
+    serial wrote (the ring holds the whole boot: conring_size=1M); ``check`` without a log names each
+    of them from the ring."""
+    run, whole, _ = debug_logs
+    ring = xenscope_log("--from-dump", run["dump"], "--xen-syms", run["xen_syms"])
+    assert ring["console"]["pages"] == "from the same dump" and "nothing dropped" in ring["console"]["description"]
+    assert _chains(ring) == _chains(whole) and len(_chains(ring)) >= 6
+    r = subprocess.run([sys.executable, "-m", "xenstructs.cli", "check", run["dump"], "--xen-syms", run["xen_syms"],
+                        "--no-siblings", "--json"], capture_output=True, text=True, cwd=TOP, timeout=900)
+    (report,) = json.loads(r.stdout)
+    console = {c["name"]: c for c in report["checks"]}["console"]
+    assert console["summary"].startswith("Xen's console ring in the dump: ") and console["status"] == "findings"
+    found = [(_request(f["request"]), f["root_cause"]["kind"]) for f in console["findings"]
+             if f["kind"] == "refused-request"]
+    assert found == [(_request(chain["request"]), chain["root_cause"]["kind"]) for chain in whole["summary"]["chains"]]
+    assert {f["source"] for f in console["findings"]} == {"dump"}

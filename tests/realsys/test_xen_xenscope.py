@@ -6,6 +6,7 @@ pages it lists (for dom0: the xen-heap pages assigned to it), its ``0`` key prin
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -52,12 +53,13 @@ def xen(tmp_path_factory):
                        f"--cr3 {cr3:#x} --xen-syms {syms} --json",
                        "detach", timeout=600)
         path = h.dump(str(d / "xen.elf"))
+        console = h.console
     finally:
         h.close()
     t = open_dump(path)
     host = open_host(t, syms=syms)
     yield {"host": host, "q": q, "cr3": cr3, "qemu_l4": qemu_l4, "path": path, "syms": syms, "target": t,
-           "live_p2m": live, "kmap": str(kmap)}
+           "live_p2m": live, "kmap": str(kmap), "console": console, "xen_map": h.xen_map}
     t.close()
     os.unlink(path)
 
@@ -241,3 +243,55 @@ def test_dom0_kallsyms_found_in_the_host_dump(xen):
     assert {n: table.get(n) for n in want} == want
     assert len(table) > 50000 and "xen_start_info" in table
     print(f"\nTIMING dom0 kallsyms by shape in the host dump: {len(table)} symbols in {seconds:.2f} s")
+
+
+# ---------------------------------------------------------------------------------------------
+# Xen's console ring in the dump against the serial console
+# ---------------------------------------------------------------------------------------------
+
+def xen_lines(console):
+    """What Xen printed on its serial console (com1): the lines from their "(XEN)" on (dom0's hvc0
+    output shares the byte stream: a line may start with some of it), \r removed."""
+    out = []
+    for line in console.replace("\r", "").splitlines():
+        if "(XEN)" in line:
+            out.append(line[line.index("(XEN)"):])
+    return out
+
+
+@pytest.mark.parametrize("symbols", ["xen-syms", "map"])
+def test_dmesg_is_what_xen_printed(xen, symbols):
+    """``dmesg`` of the host dump: Xen's console ring, line for line what Xen printed on com1 since
+    boot (conring_size=1M holds it all: nothing dropped, the first line whole), with the symbols of
+    Debian's xen-syms or of its .map (file-local names ``drivers/char/console.c#conring``)."""
+    syms = xen["syms"] if symbols == "xen-syms" else xen["xen_map"]
+    r = cli("dmesg", xen["path"], "--xen-syms", syms, "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["kind"] == "xen" and got["details"]["dropped"] == 0 and got["details"]["first_line"] == "complete"
+    assert got["lines"] == xen_lines(xen["console"]), got["description"]
+    assert got["lines"][0].startswith("(XEN) Xen version 4.17") and syms in got["description"]
+    text = cli("dmesg", xen["path"], "--xen-syms", syms).stdout.splitlines()
+    assert text[0] == got["description"] and text[1:] == got["lines"]
+
+
+def test_check_reads_the_console_ring_without_a_log(xen, tmp_path):
+    """``check`` with no log beside the dump: the console check reads Xen's console ring in the dump
+    and finds what it finds in the serial console's text (``check --log``: the same findings; the
+    fixture's ``d`` debug key printed register dumps: read as crash blocks by the console reader
+    either way), and faults finds no page fault in it."""
+    log = tmp_path / "serial.log"
+    log.write_text(xen["console"].replace("\r", ""))
+    alone, with_log = (json.loads(cli("check", xen["path"], "--xen-syms", xen["syms"], "--no-siblings", "--json",
+                                      *extra).stdout)[0] for extra in ((), ("--log", str(log))))
+    alone, with_log = ({c["name"]: c for c in r["checks"]} for r in (alone, with_log))
+    assert alone["console"]["summary"].startswith("Xen's console ring in the dump: ")
+
+    def same(findings):          # the line numbers differ: the serial has dom0's lines too
+        return [dict({k: v for k, v in f.items() if k not in ("source", "lines")},
+                     text=re.sub(r"^lines? [\d-]+", "", f["text"])) for f in findings]
+    assert same(alone["console"]["findings"]) == same(with_log["console"]["findings"])
+    assert alone["console"]["status"] == with_log["console"]["status"]
+    assert {f["source"] for f in alone["console"]["findings"]} <= {"dump"}
+    assert alone["faults"] == {"name": "faults", "status": "n.a.", "findings": [],
+                               "summary": "Xen's console ring in the dump: no page fault in it"}
