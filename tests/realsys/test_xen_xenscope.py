@@ -277,9 +277,9 @@ def test_dmesg_is_what_xen_printed(xen, symbols):
 
 def test_check_reads_the_console_ring_without_a_log(xen, tmp_path):
     """``check`` with no log beside the dump: the console check reads Xen's console ring in the dump
-    and finds what it finds in the serial console's text (``check --log``: the same findings; the
-    fixture's ``d`` debug key printed register dumps: read as crash blocks by the console reader
-    either way), and faults finds no page fault in it."""
+    and finds what it finds in the serial console's text (``check --log``): nothing, on this healthy
+    host (the fixture's ``d`` debug key printed register dumps: asked for, no crash), and faults
+    finds no page fault in it."""
     log = tmp_path / "serial.log"
     log.write_text(xen["console"].replace("\r", ""))
     alone, with_log = (json.loads(cli("check", xen["path"], "--xen-syms", xen["syms"], "--no-siblings", "--json",
@@ -291,7 +291,7 @@ def test_check_reads_the_console_ring_without_a_log(xen, tmp_path):
         return [dict({k: v for k, v in f.items() if k not in ("source", "lines")},
                      text=re.sub(r"^lines? [\d-]+", "", f["text"])) for f in findings]
     assert same(alone["console"]["findings"]) == same(with_log["console"]["findings"])
-    assert alone["console"]["status"] == with_log["console"]["status"]
+    assert alone["console"]["status"] == with_log["console"]["status"] == "ok", alone["console"]
     assert {f["source"] for f in alone["console"]["findings"]} <= {"dump"}
     assert alone["faults"] == {"name": "faults", "status": "n.a.", "findings": [],
                                "summary": "Xen's console ring in the dump: no page fault in it"}
