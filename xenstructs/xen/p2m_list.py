@@ -61,8 +61,9 @@ def widen32(raw):
 
 
 def _decode(buf, width):
+    """Entries of list bytes as uint64 (64-bit: a read-only view of ``buf``, no copy)."""
     raw = np.frombuffer(buf, "<u8" if width == 8 else "<u4")
-    return raw.astype(U64) if width == 8 else widen32(raw)
+    return raw if width == 8 else widen32(raw)
 
 
 def _read_runs(target, frames, pages, what, out, per_page, width):
@@ -124,7 +125,9 @@ def assemble(target, frames, what, width=8, writable=None, length=None):
     own = np.flatnonzero(~placeholder)
     end = int(own[-1]) + 1 if len(own) else 0
     _check_materialised(target, len(own))
-    out = np.full(end * per_page, INVALID_P2M_ENTRY, U64)
+    out = np.empty(end * per_page, U64)                # every page below end is written once
+    for first, stop in _ranges(placeholder[:end], per_page).tolist():
+        out[first:stop] = U64(INVALID_P2M_ENTRY)
     plain = own[~np.isin(frames[own], np.fromiter(contents, U64, len(contents)))] if contents else own
     _read_runs(target, frames, plain, what, out, per_page, width)
     for frame, data in contents.items():
