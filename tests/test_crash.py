@@ -108,6 +108,8 @@ def _cases():
         ("pt-audit", XEN6[0], XEN6[1]),
         ("p2m-check", XEN17[0], p2m_args),
         ("p2m-check", XEN17[0], p2m_args + ["--json"]),
+        ("p2m-check", XEN17[0], XEN17[1] + ["--json"]),        # every PV domain, by shared_info
+        ("p2m-check", XEN6[0], XEN6[1]),
         ("p2m", XEN17[0], [f"{fault_pfn - 1:x}", "--count", "3"] + p2m_args),
         ("log", None, [core("xen-4.6-host.log")]),
         ("dmesg", XEN17[0], XEN17[1]),          # no conring in the .map: the same one-line error

@@ -18,8 +18,10 @@ Checks (``name``: when it applies: what it reports):
   the offline page-table audit of every PV domain (``pt-audit`` findings; its informational
   foreign references, by a privileged domain or backed by a grant, are counted in the summary
   and are no findings).
-* ``p2m``: xl dump-core files (the dump's own ``.xen_p2m`` against its inverse), and Xen host dumps
-  when ``kernel_syms`` (dom0's System.map) is given (dom0's P2M against Xen's M2P and owners).
+* ``p2m``: xl dump-core files (the guest's own list, found by the dump's ``.xen_shared_info``, else the
+  dump's ``.xen_p2m``, against the frames the dump holds), and Xen host dumps:
+  every PV domain's P2M, found by its shared_info as Xen's toolstack finds it, against Xen's M2P and
+  owners (``kernel_syms``, dom0's System.map, when given, says where dom0's list is instead).
 * ``modcheck``: on Linux kernel dumps (neither a Xen host nor an xl dump-core file), with the
   symbols and types of the dump itself (its kallsyms and BTF) or of ``profile``/``vmlinux``:
   module pages mapped alike in every task's page directory.
@@ -84,7 +86,7 @@ CHECKS = ("paging", "xen-frames", "p2m", "modcheck", "faults", "console")
 @dataclass
 class Options:
     """What the checks may use beyond the dump: ``xen_syms`` (xen-syms or its .map), ``kernel_syms``
-    (dom0's System.map: dom0's P2M on host dumps), ``profile``/``vmlinux``/``system_map`` (modcheck),
+    (dom0's System.map: where dom0's P2M list is on host dumps, instead of its shared_info), ``profile``/``vmlinux``/``system_map`` (modcheck),
     ``log`` (a console/oops excerpt for ``faults``, for every dump), ``siblings`` (look for
     ``<stem>.map`` / ``<stem>.log`` next to each dump)."""
     xen_syms: Optional[str] = None
@@ -256,30 +258,48 @@ def _check_xen_frames(target, ctx):
 
 
 def _check_p2m(target, ctx, opts):
-    from .xen.p2m import CLASSES, INFORMATIONAL
-    from .xen.p2m_sources import P2MOptions, check_p2m, finding_text
+    from .xen.p2m_sources import P2MOptions, check_every_domain, check_p2m
     if ctx["kind"] == "xl-dump-core":
-        where, who = P2MOptions(), "the dump's .xen_p2m"
-    elif ctx["kind"] == "xen-host":
-        if not opts.kernel_syms:
-            return CheckResult("p2m", "n.a.", "Xen host dump: give --kernel-syms (dom0's System.map) to check dom0's P2M")
-        where, who = P2MOptions(kernel_syms=opts.kernel_syms, xen_syms=ctx.get("syms")), "dom0's P2M"
-    else:
+        r = check_p2m(target, P2MOptions())
+        own = r["sources"]["p2m"].startswith("the guest's own P2M list from shared_info")
+        return _p2m_result([r], "the guest's own P2M (by its shared_info) against the frames the dump holds"
+                           if own else "the dump's .xen_p2m")
+    if ctx["kind"] != "xen-host":
         return CheckResult("p2m", "n.a.", "not a Xen host dump or an xl dump-core file")
-    r = check_p2m(target, where)
-    fs = []
-    for cls in CLASSES:
-        if cls in INFORMATIONAL:
-            continue
-        for f in r["findings"][cls]:
-            d = dict(f)
-            d["kind"] = cls
-            d["text"] = f"{cls}: {finding_text(cls, f)}"
-            fs.append(d)
-    counts = ", ".join(f"{c} {n}" for c, n in r["counts"].items() if n and c not in INFORMATIONAL)
-    summary = f"{who}, {r['pfns']:#x} pfns: " + (f"{r['problems']} problem(s) ({counts})" if r["problems"]
-                                                 else "P2M and M2P agree")
-    return CheckResult("p2m", "findings" if r["problems"] else "ok", summary, _limit(fs))
+    r = check_every_domain(target, P2MOptions(kernel_syms=opts.kernel_syms, xen_syms=ctx.get("syms")),
+                           host=ctx.get("host"))
+    who = ("every PV domain's P2M (" + ", ".join(f"d{d['domain']}" for d in r["domains"]) + ") from shared_info"
+           + (f", dom0's by {opts.kernel_syms}" if opts.kernel_syms else ""))
+    res = _p2m_result(r["domains"], who)
+    for e in r["errors"]:
+        res.findings.append({"kind": "not-checked", "domain": e["domain"], "text": f"d{e['domain']}: {e['error']}"})
+        res.status = "error" if not r["domains"] else "findings"
+        res.summary += f"; d{e['domain']} not checked: {e['error']}"
+    res.findings = _limit(res.findings)
+    return res
+
+
+def _p2m_result(results, who):
+    """One CheckResult from ``p2m-check`` results (one per domain)."""
+    from .xen.p2m import CLASSES, INFORMATIONAL
+    from .xen.p2m_sources import finding_text
+    fs, counts, problems, pfns = [], {}, 0, []
+    for r in results:
+        problems += r["problems"]
+        pfns.append(f"{r['pfns']:#x}" if len(results) == 1 else f"d{r['domain']} {r['pfns']:#x}")
+        for cls in CLASSES:
+            if cls in INFORMATIONAL:
+                continue
+            counts[cls] = counts.get(cls, 0) + r["counts"][cls]
+            for f in r["findings"][cls]:
+                d = dict(f)
+                d["kind"] = cls
+                d["text"] = (f"d{r['domain']} " if len(results) > 1 else "") + f"{cls}: {finding_text(cls, f)}"
+                fs.append(d)
+    shown = ", ".join(f"{c} {n}" for c, n in counts.items() if n)
+    summary = f"{who}, {' / '.join(pfns)} pfns: " + (f"{problems} problem(s) ({shown})" if problems
+                                                       else "P2M and M2P agree")
+    return CheckResult("p2m", "findings" if problems else "ok", summary, _limit(fs))
 
 
 def _check_modcheck(target, ctx, opts):

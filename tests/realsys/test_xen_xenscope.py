@@ -52,6 +52,9 @@ def xen(tmp_path_factory):
                        f"xen p2m-check --domain 0 --kernel-syms {kmap} --p2m-entries {P2M_PREFIX:#x} "
                        f"--cr3 {cr3:#x} --xen-syms {syms} --json",
                        "detach", timeout=600)
+        # and with no guest symbol file: every PV domain (dom0 alone here), its P2M by its shared_info
+        live_none = run_gdb(f"target remote 127.0.0.1:{port}", f"xen p2m-check --xen-syms {syms} --json",
+                            "detach", timeout=600)
         path = h.dump(str(d / "xen.elf"))
         console = h.console
     finally:
@@ -59,7 +62,7 @@ def xen(tmp_path_factory):
     t = open_dump(path)
     host = open_host(t, syms=syms)
     yield {"host": host, "q": q, "cr3": cr3, "qemu_l4": qemu_l4, "path": path, "syms": syms, "target": t,
-           "live_p2m": live, "kmap": str(kmap), "console": console, "xen_map": h.xen_map}
+           "live_p2m": live, "live_p2m_none": live_none, "kmap": str(kmap), "console": console, "xen_map": h.xen_map}
     t.close()
     os.unlink(path)
 
@@ -150,6 +153,36 @@ def test_live_p2m_check_in_gdb_on_qemu_and_on_the_dump(xen):
     assert live["counts"]["identity"] > 0              # the 1:1 (non-RAM) entries were seen live too
 
 
+
+def test_live_p2m_check_without_symbol_files_in_gdb_and_on_the_dump(xen):
+    """The same with no guest symbol file, live in gdb and on the dump: dom0 (256 MiB, the issue's
+    real layout: a 1 GiB virtual P2M area) is the one PV domain, its P2M found by its shared_info up
+    to arch.max_pfn, clean, and its identity entries are the prefix read's below max_pfn."""
+    r = xen["live_p2m_none"]
+    assert r.returncode == 0 and "Traceback" not in r.output, r.output[-3000:]
+    live = json.loads(r.stdout[r.stdout.index("{"):r.stdout.rindex("}") + 1])
+    d = subprocess.run([sys.executable, "-m", "xenstructs.cli", "p2m-check", xen["path"], "--xen-syms", xen["syms"],
+                        "--json", "--limit", "0"], capture_output=True, text=True, cwd=TOP, timeout=600)
+    assert d.returncode == 0, d.stdout[-2000:] + d.stderr
+    dump = json.loads(d.stdout)
+    for res in (live, dump):
+        assert [x["domain"] for x in res["domains"]] == [0] and not res["errors"], res.get("errors")
+        d0 = res["domains"][0]
+        assert d0["sources"]["p2m"].startswith("from shared_info: the virtually mapped list"), d0["sources"]
+        assert d0["problems"] == 0 and {k for k, v in d0["counts"].items() if v} == {"identity"}, d0["counts"]
+    assert live["domains"][0]["pfns"] == dump["domains"][0]["pfns"] >= 0x10000
+    prefix = json.loads(subprocess.run(
+        [sys.executable, "-m", "xenstructs.cli", "p2m-check", xen["path"], "--domain", "0", "--kernel-syms",
+         xen["kmap"], "--p2m-entries", hex(P2M_PREFIX), "--cr3", hex(xen["cr3"]), "--xen-syms", xen["syms"],
+         "--json", "--limit", "0"], capture_output=True, text=True, cwd=TOP, timeout=600).stdout)
+    # the toolstack's rule: the P2M is max_pfn entries long (xc_domain_nr_gpfns); Linux's list page
+    # holding max_pfn goes on with identity entries to its end, which the prefix read sees too
+    end = dump["domains"][0]["pfns"]
+    mine = sorted(x["pfn"] for x in dump["domains"][0]["findings"]["identity"])
+    theirs = sorted(x["pfn"] for x in prefix["findings"]["identity"])
+    assert mine == [p for p in theirs if p < end] and all(p < -(-end // 512) * 512 for p in theirs if p >= end)
+
+
 # ---------------------------------------------------------------------------------------------
 # The same dump inside Debian's crash utility (crashext/xenscope.so)
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +224,8 @@ def test_xen_commands_inside_crash_agree_with_the_cli(xen):
              ["frames", "--type", "l4", "--owner", "0"] + xs, ["domains"] + xs, ["m2p", f"{mfn:x}"] + xs,
              ["walk", "ffff830000000000"]]
     p2m = ["p2m-check", "--domain", "0", "--p2m-entries", hex(P2M_PREFIX), "--json"] + xs
-    r = run_crash(debug_vmlinux(), path, [" ".join(["xen"] + c) for c in cases + [p2m]] + ["xen info"],
+    every = ["p2m-check", "--json"] + xs               # no --domain: every PV domain by its shared_info
+    r = run_crash(debug_vmlinux(), path, [" ".join(["xen"] + c) for c in cases + [p2m, every]] + ["xen info"],
                   options=("--minimal",))
     assert r.returncode == 0 and "shared object loaded" in r.stdout, r.output
     for c, out in zip(cases, r.outputs):
@@ -203,6 +237,7 @@ def test_xen_commands_inside_crash_agree_with_the_cli(xen):
     want = json.loads(cli("p2m-check", path, *p2m[1:], "--kernel-syms", xen["kmap"]).stdout)
     assert got["findings"] == want["findings"] and got["counts"] == want["counts"], (got["counts"], want["counts"])
     assert got["problems"] == 0 and got["pfns"] == want["pfns"] and 0x10000 < got["pfns"] <= P2M_PREFIX
+    assert r.outputs[len(cases) + 1] == cli(*every[:1], path, *every[1:]).stdout     # crash fills no symbols
     info = r.outputs[-1]
     assert "minimal mode" in info and "readmem(PHYSADDR)" in info and "QEMU CPU note" in info, info
 
