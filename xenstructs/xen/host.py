@@ -529,7 +529,7 @@ class XenHost:
         """What this host is and where each fact came from (for ``xen info``-style output)."""
         return {"version": self.version, "layout": self.layout.name, "layout_why": self.selection.why,
                 "directmap_va": self.directmap, "frametable_va": self.frametable,
-                "xen_phys_start": self.xen_phys_start, "pdx": self.pdx.source,
+                "xen_phys_start": self.xen_phys_start, "build_id": self.build_id, "pdx": self.pdx.source,
                 "sources": dict(self.sources)}
 
 

@@ -11,6 +11,8 @@ vCPU it can check must agree); otherwise the member stays unknown and ``why`` sa
   ``max_vcpus = nr_cpu_ids``: xen/common/sched/core.c); every real domain's array holds vCPUs pointing
   back at it;
 * ``vcpu.vcpu_id``: every vCPU found sits at its own index of its domain's array;
+* ``domain.next_in_list``: ``domain_list`` names the real domain of the lowest id, each the next by id,
+  the last NULL (two domains at least);
 * ``domain.shared_info``: a pointer to a page from the Xen heap that the domain owns and was given
   (``PGC_allocated``: ``share_xen_page_with_guest``);
 * ``domain.tot_pages``, ``xenheap_pages``, ``max_pages``: the frame census per owner -- the frames a
@@ -164,6 +166,27 @@ def _vcpu_id(host, found, domains):
     found.set("vcpu", "vcpu_id", off, f"+{off}: each of {seen} vCPU(s) holds its index there")
 
 
+def _next_in_list(host, found, domains):
+    """``domain.next_in_list``: ``domain_list`` starts at the lowest real domain and each links to the
+    next by id (domain_create keeps the list sorted), the last to NULL; needs two domains to tell."""
+    head = _pointer(host, host.symbols["domain_list"]) if "domain_list" in host.symbols else None
+    if len(domains) < 2 or head != domains[0].struct_va:
+        found.miss("domain", "next_in_list", f"{len(domains)} real domain(s) own frames (two are needed), "
+                   "domain_list " + ("names the first" if head == (domains[0].struct_va if domains else None)
+                                     else "does not name the first"))
+        return
+    fits = None
+    for d, after in zip(domains, domains[1:] + [None]):
+        want = after.struct_va if after else 0
+        here = {off for off, v in _words(host, d.struct_va, DOMAIN_SPAN, "Q") if v == want}
+        fits = here if fits is None else fits & here
+    off = _only(fits)
+    if off is None:
+        found.miss("domain", "next_in_list", f"{len(fits)} offsets link the {len(domains)} domains in id order")
+        return
+    found.set("domain", "next_in_list", off, f"+{off}: links domain_list's {len(domains)} domains in id order")
+
+
 def _census(cols, layout):
     """``{owner raw value: (allocated non-xen-heap frames, allocated xen-heap frames)}``."""
     import numpy as np
@@ -285,6 +308,8 @@ def discover(host, want=None):
     real = _real_domains(host, census, id_off)
     _idle(host, found, id_off)
     _vcpu_id(host, found, real)
+    if want is None or "domain.next_in_list" in want:
+        _next_in_list(host, found, real)
     if want is None or {"domain.tot_pages", "domain.xenheap_pages", "domain.max_pages"} & set(want):
         _pages(host, found, real, census)
     if want is None or "domain.shared_info" in want:

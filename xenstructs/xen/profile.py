@@ -79,7 +79,10 @@ def load(path):
 
 
 def is_profile(path):
-    """Whether ``path`` starts like JSON (a profile) rather than an ELF or a ``.map``."""
+    """Whether ``path`` starts like JSON (a profile) rather than an ELF or a ``.map`` (refused
+    unless it is a regular file: a FIFO would block the read)."""
+    from ..inputs import require_regular
+    require_regular(path)
     try:
         with open(path, "rb") as f:
             return f.read(64).lstrip()[:1] == b"{"
@@ -150,7 +153,10 @@ def from_xen_syms(path):
 
 
 def is_xen_syms(path):
-    """Whether ``path`` is a Xen hypervisor ELF (its symbol table has ``xen_major_version``)."""
+    """Whether ``path`` is a Xen hypervisor ELF (its symbol table has ``xen_major_version``); a path
+    that is not a regular file is refused (XenscopeError)."""
+    from ..inputs import require_regular
+    require_regular(path)
     try:
         from elftools.common.exceptions import ELFError
         from elftools.elf.elffile import ELFFile
