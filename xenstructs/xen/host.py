@@ -120,6 +120,7 @@ class XenHost:
         self._domains = None
         self._owner_cache = {}
         self._structs = None
+        self._structs_asked = set()
         self._build_id = False
 
     def _select_layout(self):
@@ -166,10 +167,6 @@ class XenHost:
             self.symbols.setdefault(name, va)
         self.sources["symbols"] = self.symbol_table.describe()
 
-    def read_image(self, va, size):
-        """Xen memory at ``va`` for the image decoders (XenscopeError when it does not translate)."""
-        return self.read_va(va, size)
-
     def _dwarf(self, syms):
         """Offsets from xen-syms' DWARF when it has any; they must agree with the layout registry."""
         if not syms:
@@ -210,16 +207,12 @@ class XenHost:
         """The :class:`~.structs.StructOffsets` of this host, searched in the dump for the
         ``"struct.member"`` names in ``want`` that no other source gives (cached)."""
         from .structs import resolve
-        asked = set(want) | (self._structs_asked if self._structs is not None else set())
-        if self._structs is None or not asked <= self._structs_asked:
+        asked = set(want) | self._structs_asked
+        if self._structs is None or asked != self._structs_asked:
             self._structs_asked = asked
             self._structs = resolve(self, sorted(asked))
             self.sources["structs"] = self._structs.describe()
         return self._structs
-
-    def _domain_offset(self, member):
-        """Offset of a ``struct domain`` member (:meth:`struct_offsets`)."""
-        return self.struct_offsets(f"domain.{member}").get("domain", member)
 
     def _frametable(self):
         """FRAMETABLE_VIRT_START: x86's ``frame_table`` is a macro; VMCOREINFO_XEN's SYMBOL(frame_table)
@@ -265,7 +258,7 @@ class XenHost:
             self.sources["version"] = "--xen option"
             return option
         from .image import version_from_code
-        found = version_from_code(self.read_image, self.symbols)
+        found = version_from_code(self.read_va, self.symbols)
         if found:
             self.sources["version"] = found[1]
             return found[0]

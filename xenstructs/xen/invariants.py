@@ -8,17 +8,18 @@ vCPU it can check must agree); otherwise the member stays unknown and ``why`` sa
   hold DOMID_XEN 0x7FF2, DOMID_IO 0x7FF1 (DOMID_COW 0x7FF3), and the idle domain DOMID_IDLE 0x7FFF;
 * ``vcpu.domain``, ``domain.vcpu``, ``domain.max_vcpus``: ``idle_vcpu[0]`` (a symbol) points at a
   vCPU of the idle domain, whose ``vcpu`` array IS ``idle_vcpu`` (``idle_domain->vcpu = idle_vcpu``,
-  ``max_vcpus = nr_cpu_ids``: xen/common/sched/core.c); every real domain's array holds vCPUs pointing
-  back at it;
+  ``max_vcpus = nr_cpu_ids``: xen/common/sched/core.c, schedule.c before 4.13); ``max_vcpus`` is
+  looked for among the first members only (it follows ``domain_id`` from 4.10);
 * ``vcpu.vcpu_id``: every vCPU found sits at its own index of its domain's array;
 * ``domain.next_in_list``: ``domain_list`` names the real domain of the lowest id, each the next by id,
   the last NULL (two domains at least);
 * ``domain.shared_info``: a pointer to a page from the Xen heap that the domain owns and was given
   (``PGC_allocated``: ``share_xen_page_with_guest``);
 * ``domain.tot_pages``, ``xenheap_pages``, ``max_pages``: the frame census per owner -- the frames a
-  domain owns with ``PGC_allocated``, without and with ``PGC_xen_heap`` -- is ``tot_pages`` and the
-  ``xenheap_pages`` that follows it; ``max_pages`` is two members further (``outstanding_pages``
-  between them) in every release 4.4-4.20, and must be at least ``tot_pages``;
+  domain owns with ``PGC_allocated``, without and with ``PGC_xen_heap`` -- is ``tot_pages`` and
+  ``xenheap_pages``, which follows it (4.6-4.20, then ``outstanding_pages``, then ``max_pages``) or
+  comes five members later (4.4-4.5: ``outstanding_pages``, ``max_pages``, ``shr_pages``,
+  ``paged_pages``); ``max_pages`` must be at least ``tot_pages`` (xen/include/xen/sched.h);
 * ``vcpu.arch.cr3``: the CPU's CR3 is the value its current vCPU (``per_cpu(curr_vcpu)``: the
   symbols ``per_cpu__curr_vcpu`` and ``__per_cpu_offset``) saved to load (``write_ptbase``).
 """
@@ -29,6 +30,9 @@ from dataclasses import dataclass, field
 from ..errors import XenscopeError
 from .layouts import DOMID_COW, DOMID_FIRST_RESERVED, DOMID_IDLE, DOMID_IO, DOMID_XEN, parse_page_info
 
+DISCOVERABLE = frozenset({"domain.domain_id", "domain.vcpu", "domain.max_vcpus", "domain.next_in_list",
+                          "domain.tot_pages", "domain.xenheap_pages", "domain.max_pages", "domain.shared_info",
+                          "vcpu.domain", "vcpu.vcpu_id", "vcpu.arch.cr3"})
 DOMAIN_SPAN = 4096            # bytes of struct domain searched (4.17: 3.6 KiB ... with the arch part)
 VCPU_SPAN = 8192              # bytes of struct vcpu searched (its arch part holds the saved state)
 HEAD_SPAN = 64                # the first members (vcpu_id, processor, vcpu_info, domain, ...)
@@ -116,7 +120,7 @@ def _idle(host, found, id_off):
         return None
     (dom_off, idle), = back
     found.set("vcpu", "domain", dom_off, f"+{dom_off}: idle_vcpu[0] points at the idle domain (id {DOMID_IDLE:#x})")
-    arrays = {off for off, v in _words(host, idle, 256, "Q") if v == table}
+    arrays = {off for off, v in _words(host, idle, DOMAIN_SPAN, "Q") if v == table}
     off = _only(arrays)
     if off is None:
         found.miss("domain", "vcpu", f"the idle domain holds idle_vcpu's address at {len(arrays)} offsets")
@@ -127,9 +131,11 @@ def _idle(host, found, id_off):
         n = struct.unpack("<I", raw)[0] if raw else None
         near = {o for o, v in _words(host, idle, 32, "I") if v == n and o != off and o != off + 4}
         if _only(near) is not None:
-            found.set("domain", "max_vcpus", _only(near), f"+{_only(near)}: the idle domain's holds nr_cpu_ids {n}")
+            found.set("domain", "max_vcpus", _only(near), f"+{_only(near)}: the idle domain's first members hold "
+                                                          f"nr_cpu_ids {n} there alone (4.10+: after domain_id)")
         else:
-            found.miss("domain", "max_vcpus", f"nr_cpu_ids {n} at {len(near)} offsets of the idle domain's first words")
+            found.miss("domain", "max_vcpus", f"nr_cpu_ids {n} at {len(near)} offsets of the idle domain's first "
+                       "members (4.10+: after domain_id; older releases have it further)")
     return idle
 
 
@@ -223,25 +229,34 @@ def _real_domains(host, census, id_off):
     return sorted(out, key=lambda d: d.id)
 
 
+# where xenheap_pages and max_pages follow tot_pages: 4.6+ (tot, xenheap, outstanding, max) and
+# 4.4-4.5 (tot, outstanding, max, shr_pages, paged_pages, xenheap)
+PAGE_ORDERS = (("4.6+", 4, 12), ("4.4-4.5", 20, 8))
+
+
 def _pages(host, found, domains, census):
     """``tot_pages``/``xenheap_pages``/``max_pages`` from the census (see the module docstring)."""
-    fits, used = None, []
-    for d in domains:
-        tot, heap = census.get(d.pickled, (0, 0))
-        words = dict(_words(host, d.struct_va, DOMAIN_SPAN, "I"))
-        here = {off for off, v in words.items() if v == tot and words.get(off + 4) == heap
-                and words.get(off + 12, -1) >= tot}
-        fits = here if fits is None else fits & here
-        used.append(f"d{d.id} {tot}+{heap}")
-    off = _only(fits or set())
-    if off is None:
-        found.miss("domain", "tot_pages", f"the census ({', '.join(used)}) fits {len(fits or ())} offsets")
+    fits, used = set(), [f"d{d.id} {census.get(d.pickled, (0, 0))[0]}+{census.get(d.pickled, (0, 0))[1]}"
+                         for d in domains]
+    for order, heap_at, max_at in PAGE_ORDERS:
+        here = None
+        for d in domains:
+            tot, heap = census.get(d.pickled, (0, 0))
+            words = dict(_words(host, d.struct_va, DOMAIN_SPAN, "I"))
+            mine = {off for off, v in words.items() if v == tot and words.get(off + heap_at) == heap
+                    and words.get(off + max_at, -1) >= tot}
+            here = mine if here is None else here & mine
+        fits |= {(order, heap_at, max_at, off) for off in here or ()}
+    if len(fits) != 1 or not domains:
+        found.miss("domain", "tot_pages", f"the census ({', '.join(used)}) fits {len(fits)} offsets")
         return
-    found.set("domain", "tot_pages", off, f"+{off}: the frames each domain owns ({', '.join(used)} "
-                                          "allocated, then from the Xen heap) are there and 4 bytes on")
-    found.set("domain", "xenheap_pages", off + 4, f"+{off + 4}: right after tot_pages (the census' Xen-heap frames)")
-    found.set("domain", "max_pages", off + 12, f"+{off + 12}: two members after xenheap_pages (outstanding_pages "
-                                               "between them), at least tot_pages in every domain")
+    (order, heap_at, max_at, off), = fits
+    found.set("domain", "tot_pages", off, f"+{off}: the frames each domain owns ({', '.join(used)} allocated, "
+                                          f"then from the Xen heap) are there and {heap_at} bytes on")
+    found.set("domain", "xenheap_pages", off + heap_at, f"+{off + heap_at}: the census' Xen-heap frames, "
+                                                        f"{heap_at} bytes after tot_pages (Xen {order} order)")
+    found.set("domain", "max_pages", off + max_at, f"+{off + max_at}: {max_at} bytes after tot_pages (Xen {order} "
+                                                   "order), at least tot_pages in every domain")
 
 
 def _shared_info(host, found, domains):

@@ -114,9 +114,9 @@ def resolve(host, want=None):
         if bad:
             raise XenscopeError(f"{why} disagrees with layout {host.layout.name}: {bad[0]}")
         s.add(prof.structs, "profile", why)
-    missing = [w for w in (want or ()) if s.get(*w.split(".", 1)) is None]
+    from .invariants import DISCOVERABLE, discover
+    missing = [w for w in (want or ()) if s.get(*w.split(".", 1)) is None and w in DISCOVERABLE]
     if want is None or missing:
-        from .invariants import discover
         found = discover(host, None if want is None else missing)
         s.add(found.values, "dump", "found in the dump")
         s.found = found
