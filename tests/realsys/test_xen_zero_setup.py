@@ -149,3 +149,28 @@ def timings():
     for what, seconds in sorted(TIMINGS.items()):
         print(f"\n{what}: " + (" / ".join(f"{s:.2f} s" for s in seconds) if isinstance(seconds, tuple)
                                else f"{seconds:.2f} s"), end="")
+
+
+def test_a_profile_made_with_xenscope_profile_serves_the_dump(xen_mmu_debug, tmp_path):
+    """``xenscope profile XEN-SYMS -o FILE`` on the debug build's xen-syms (with DWARF; Debian's release
+    xen-syms has none, its shipped profile is checked above), then the Xen commands with ``--xen-syms
+    FILE``: its build-id is the dump's (readelf's note of the file is the truth), its offsets the
+    DWARF's, and the answers the ones of the bare dump."""
+    run = xen_mmu_debug
+    t = open_dump(run["dump"])
+    try:
+        build_id = open_host(t).build_id
+    finally:
+        t.close()
+    out = tmp_path / "debug.json"
+    made, _ = cli("profile", run["xen_syms"], "-o", out)
+    assert made.returncode == 0, made.stderr
+    notes = subprocess.run(["readelf", "-n", run["xen_syms"]], capture_output=True, text=True).stdout
+    prof = profile.load(str(out))
+    assert prof.build_ids == [build_id] and f"Build ID: {build_id}" in notes
+    assert prof.structs["domain"] == offsets_from_xen_syms(run["xen_syms"])["domain"]
+    bare, _ = cli("domains", run["dump"], "--json")
+    given, _ = cli("domains", run["dump"], "--json", "--xen-syms", out)
+    assert bare.returncode == given.returncode == 0, bare.stderr + given.stderr
+    assert _comparable("domains", bare.stdout) == _comparable("domains", given.stdout)
+    assert "profile debug.json" in json.loads(given.stdout)["xen"]["sources"]["structs"]

@@ -126,13 +126,16 @@ def _struct_offsets(struct_die, members):
     return out
 
 
-def offsets_from_xen_syms(path, wanted=None):
+NO_DWARF = "symbols only, e.g. a distribution's xen-syms; give the Xen version with --xen instead"
+
+
+def offsets_from_xen_syms(path, wanted=None, no_dwarf=NO_DWARF):
     """Read struct page_info / domain / vcpu offsets (``wanted``: ``{struct: {key: member path}}``,
-    default :data:`WANTED`; add :data:`GRANTS` for the grant structures) from the DWARF of ``path``."""
+    default :data:`WANTED`; add :data:`GRANTS` for the grant structures) from the DWARF of ``path``;
+    ``no_dwarf``: what the error says when it has none."""
     wanted = WANTED if wanted is None else wanted
     from ..formats.dwarf import dwarf_of
-    with dwarf_of(path, "symbols only, e.g. a distribution's xen-syms; give the Xen version with --xen "
-                        "instead") as (_, dwarf):
+    with dwarf_of(path, no_dwarf) as (_, dwarf):
         found = {}
         for cu in dwarf.iter_CUs():
             top = cu.get_top_DIE()

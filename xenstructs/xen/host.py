@@ -98,9 +98,8 @@ class XenHost:
         if self.xen_phys_start is not None:
             self.sources["xen_phys_start"] = "the dump's Xen crash-info note"
         self.paging = self._cpu_paging(cpu)
-        self.image = self._image()
-        if not syms:
-            self._embedded_symbols()
+        self.image = self._image(want_table=not syms)
+        self._embedded_symbols()
         if self.vi is not None:
             for name, va in self.vi.symbols().items():
                 self.symbols.setdefault(name, va)
@@ -137,31 +136,34 @@ class XenHost:
         return layouts.select_layout(version=self.version, vmcoreinfo=self.vi, crash_info=ci, bigmem=bigmem,
                                      version_source=None if src in (None, "--xen option") else src)
 
-    def _image(self):
-        """Xen's image in the dump (:func:`.image.read_image`); sets ``xen_phys_start`` from it."""
-        from .image import read_image
+    def _image(self, want_table):
+        """Xen's image in the dump (:func:`.image.read_images`: the candidate whose own symbol table is
+        found when ``want_table``, else the first); sets ``xen_phys_start`` from it when the crash note
+        does not, and ``symbol_table``."""
+        from .image import read_images
         from .release import XEN_VIRT_START_NEW, XEN_VIRT_START_OLD
+        from .symbols import find_table
         major = self.crash_info.get("xen_major_version")
         origin = XEN_VIRT_START_OLD if major is not None and (major, self.crash_info.get(
             "xen_minor_version") or 0) < (4, 14) else XEN_VIRT_START_NEW
-        try:
-            image = read_image(self.t, self.paging, self.xen_phys_start, origin)
-        except XenscopeError:
-            image = None
+        candidates = read_images(self.t, self.paging, self.xen_phys_start, origin)
+        image, why = (candidates[0] if candidates else None), "Xen's image not found in the dump"
+        for cand in candidates if want_table else ():
+            try:
+                self.symbol_table, image = find_table(cand), cand
+                break
+            except XenscopeError as e:
+                why = str(e)
+        if want_table and self.symbol_table is None:
+            self.sources["symbol_table"] = f"none: {why}"
         if image is not None and self.xen_phys_start is None:
             self.xen_phys_start = image.phys_start
             self.sources["xen_phys_start"] = image.how
         return image
 
     def _embedded_symbols(self):
-        """Every Xen symbol from the image's own table (:mod:`.symbols`) when no xen-syms is given."""
-        if self.image is None:
-            return
-        from .symbols import find_table
-        try:
-            self.symbol_table = find_table(self.image)
-        except XenscopeError as e:
-            self.sources["symbol_table"] = f"none: {e}"
+        """Every Xen symbol from the image's own table (:mod:`.symbols`), when no xen-syms is given."""
+        if self.symbol_table is None:
             return
         for name, va in self.symbol_table.addresses().items():
             self.symbols.setdefault(name, va)

@@ -69,26 +69,31 @@ class XenImage:
 
 
 def _mapped_runs(target, paging, origin):
-    """``[(va_start, va_end, pa_start, read_only)]``: physically contiguous mapped runs of the image area."""
+    """``[(va_start, va_end, pa_start, read_only, executable)]``: the physically contiguous mapped runs of
+    the image area at ``origin``."""
     from ..paging.mappings import coalesce, enumerate_mappings
     m = enumerate_mappings(target, paging, origin, origin + IMAGE_AREA, max_mappings=IMAGE_AREA >> 12)
-    return [(r.va_start, r.va_end, r.pa_start, not r.writable and r.nx) for r in coalesce(m)
+    return [(r.va_start, r.va_end, r.pa_start, not r.writable and r.nx, not r.nx) for r in coalesce(m)
             if r.pa_start is not None]
 
 
 def _from_page_tables(target, paging):
-    """The image through the page tables: the runs whose machine address is linear with the first."""
+    """The candidate images through the page tables, one per XEN_VIRT_START (4.14+'s first): at each,
+    the runs whose machine address is linear with the first executable one (before 4.14 the 1 GiB at
+    4.14's XEN_VIRT_START held the read-only compat M2P: never executable)."""
+    out = []
     for origin in (XEN_VIRT_START_NEW, XEN_VIRT_START_OLD):
         runs = _mapped_runs(target, paging, origin)
-        if not runs:
+        text = [r for r in runs if r[4]]
+        if not text:
             continue
-        delta = runs[0][2] - runs[0][0]
-        image = [(s, e, ro) for s, e, pa, ro in runs if pa - s == delta and e - runs[0][0] <= IMAGE_MAX]
+        delta = text[0][2] - text[0][0]
+        image = [(s, e, ro) for s, e, pa, ro, _ in runs if pa - s == delta and abs(e - text[0][0]) <= IMAGE_MAX]
         phys = (origin + delta) & ((1 << 64) - 1)
         how = (f"Xen's page tables: the image mapped at {origin:#x} (XEN_VIRT_START) is at machine "
                f"{phys:#x}")
-        return XenImage(origin, phys, image, how, target)
-    return None
+        out.append(XenImage(origin, phys, image, how, target))
+    return out
 
 
 def _from_phys_start(target, phys_start, origin):
@@ -108,20 +113,27 @@ def _from_phys_start(target, phys_start, origin):
                     f"machine memory from xen_phys_start {phys_start:#x} (the crash note)", target)
 
 
-def read_image(target, paging=None, phys_start=None, origin=None):
-    """Where Xen's image is (a :class:`XenImage`, nothing read yet): through ``paging`` (Xen's page
-    tables) when given, else at ``phys_start`` for ``origin`` (XEN_VIRT_START; 4.14+'s when None);
-    None when neither finds it."""
+def read_images(target, paging=None, phys_start=None, origin=None):
+    """Where Xen's image may be (:class:`XenImage` candidates, nothing read yet): through ``paging``
+    (Xen's page tables) when given, else at ``phys_start`` for ``origin`` (XEN_VIRT_START; 4.14+'s
+    when None); empty when neither finds one."""
     if paging is not None and paging.mode in ("4level", "5level"):
         try:
             found = _from_page_tables(target, paging)
         except XenscopeError:
-            found = None
-        if found is not None:
+            found = []
+        if found:
             return found
     if phys_start is not None:
-        return _from_phys_start(target, phys_start, origin or XEN_VIRT_START_NEW)
-    return None
+        found = _from_phys_start(target, phys_start, origin or XEN_VIRT_START_NEW)
+        return [found] if found is not None else []
+    return []
+
+
+def read_image(target, paging=None, phys_start=None, origin=None):
+    """The first of :func:`read_images`, or None."""
+    found = read_images(target, paging, phys_start, origin)
+    return found[0] if found else None
 
 
 def _note_at(data, off):

@@ -142,7 +142,9 @@ def elf_facts(path):
 def from_xen_syms(path):
     """The :class:`XenProfile` of a xen-syms with DWARF (the build-id and version its ELF carries)."""
     from .dwarf import GRANTS, WANTED, offsets_from_xen_syms
-    structs = offsets_from_xen_syms(path, dict(WANTED, **GRANTS))
+    structs = offsets_from_xen_syms(path, dict(WANTED, **GRANTS), no_dwarf=(
+        "symbols only (a distribution's xen-syms): a profile needs the xen-syms of a build with debug "
+        "info; without one, the Xen commands find the offsets they need in the dump itself"))
     missing = [s for s in ("domain", "vcpu") if s not in structs]
     if missing:
         raise XenscopeError(f"{path}: its DWARF defines no struct {', '.join(missing)}")
