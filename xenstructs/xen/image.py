@@ -6,10 +6,11 @@ is ``va - XEN_VIRT_START + xen_phys_start`` (``__pa()`` of an image address, asm
 is one machine-contiguous block; after boot its ``.init.*`` sections are unmapped (freed) and some
 pages of the 1 GiB image area map other frames (the per-CPU stubs near ``XEN_VIRT_END``).
 
-:func:`read_image` reads it either through Xen's page tables (any CPU's CR3: every PV guest's L4 carries
-Xen's slots, slot 261 included) -- the ranges whose machine address follows the first mapped range
-linearly are the image, and they give ``xen_phys_start`` -- or, with no page tables, physically from
-a ``xen_phys_start`` the crash note gave. :func:`build_id` finds its ``.note.gnu.build-id``
+:func:`read_images` finds it either through Xen's page tables (any CPU's CR3: every PV guest's L4
+carries Xen's slots, slot 261 included) -- at each XEN_VIRT_START, the ranges whose machine address
+follows the first executable range linearly are the image, and they give ``xen_phys_start`` -- or,
+with no page tables, physically from a ``xen_phys_start`` the crash note gave. Reads are bounded by
+:data:`IMAGE_MAX`. :func:`build_id` finds its ``.note.gnu.build-id``
 (``NT_GNU_BUILD_ID``, the same bytes as the xen-syms ELF note: ``__note_gnu_build_id_start``).
 """
 
