@@ -62,7 +62,8 @@ def xen(tmp_path_factory):
     t = open_dump(path)
     host = open_host(t, syms=syms)
     yield {"host": host, "q": q, "cr3": cr3, "qemu_l4": qemu_l4, "path": path, "syms": syms, "target": t,
-           "live_p2m": live, "live_p2m_none": live_none, "kmap": str(kmap), "console": console, "xen_map": h.xen_map}
+           "live_p2m": live, "live_p2m_none": live_none, "kmap": str(kmap), "console": console, "xen_map": h.xen_map,
+           "banner": h.xen_version["banner"]}
     t.close()
     os.unlink(path)
 
@@ -330,3 +331,50 @@ def test_check_reads_the_console_ring_without_a_log(xen, tmp_path):
     assert {f["source"] for f in alone["console"]["findings"]} <= {"dump"}
     assert alone["faults"] == {"name": "faults", "status": "n.a.", "findings": [],
                                "summary": "Xen's console ring in the dump: no page fault in it"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The same dump with no symbol file: Xen's own symbol table, version and struct offsets
+# (tests/realsys/test_xen_zero_setup.py does the same on the 4.17.5 release and debug builds)
+# ---------------------------------------------------------------------------------------------
+
+def test_no_symbol_file_symbols_version_and_page_counts(xen):
+    """Debian's 4.17.7: no source package to rebuild, so no shipped profile; every symbol of its
+    -dbg xen-syms comes from the image's own table, the version equals the banner Xen printed, and
+    each domain's tot_pages/max_pages (found in the dump: frame census, special domains' ids) equal
+    Xen's q key."""
+    from realsys.xenhost import elf_symtab
+    bare = open_host(xen["target"])
+    got = {(va, name) for va, _, name in bare.symbol_table.entries}
+    assert got == elf_symtab(xen["syms"]), len(got)
+    assert {(va, n) for va, _, n in bare.symbol_table.entries} == {
+        (int(a, 16), n) for a, _, n in (line.split() for line in open(xen["xen_map"]))}
+    assert bare.version == xen["banner"] and "xen_major_version" in bare.sources["version"]
+    assert bare.xen_phys_start == xen["host"].xen_phys_start and bare.build_id
+    doms = {d.id: d.extra for d in bare.domains()}
+    for domid, facts in xen["q"]["domains"].items():
+        assert (doms[domid]["tot_pages"], doms[domid]["max_pages"]) == (facts["nr_pages"], facts["max_pages"])
+    assert bare.sources["structs"].startswith("found in the dump"), bare.sources
+
+
+def test_the_issue_s_page_command_needs_nothing(xen):
+    """``xenscope page DUMP MFN`` on the real 4.17.7 host image: no --xen, no xen-syms."""
+    r = cli("page", xen["path"], f"{xen['cr3'] >> 12:x}", "--json")
+    assert r.returncode == 0, r.stderr
+    page = json.loads(r.stdout)
+    assert page["xen"]["version"] == xen["banner"] and "xen_major_version" in page["xen"]["layout_why"]
+    assert (page["pages"][0]["count_info"], page["pages"][0]["type_info"]) == xen["qemu_l4"]
+
+
+@pytest.mark.parametrize("command", (["domains"], ["frames", "--summary"], ["pt-audit"], ["refs", "@l4"],
+                                     ["page", "@l4", "--count", "4"]), ids=lambda c: c[0])
+def test_commands_answer_the_same_without_xen_syms(xen, command):
+    args = [a.replace("@l4", f"{xen['cr3'] >> 12:x}") for a in command]
+    bare = cli(args[0], xen["path"], *args[1:], "--json")
+    given = cli(args[0], xen["path"], *args[1:], "--json", "--xen-syms", xen["syms"])
+    assert bare.returncode == given.returncode == 0, bare.stderr + given.stderr
+    outs = [json.loads(r.stdout) for r in (bare, given)]
+    assert outs[0]["xen"]["sources"]["symbols"].startswith("the image's own symbol table")
+    for out in outs:
+        out["xen"].pop("sources")
+    assert outs[0] == outs[1]

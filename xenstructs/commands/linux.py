@@ -149,7 +149,19 @@ def modcheck(target, args):
 # profile
 # ---------------------------------------------------------------------------------------------
 
+def _xen_profile_render(r, args):
+    out = [f"{r['xen_syms']}: Xen {r['xen'] or '?'}, build-id {', '.join(r['build_ids'])}, read in {r['seconds']} s"]
+    rows = [(f"{name}.{member}", off) for name, members in sorted(r["structs"].items())
+            for member, off in sorted(members.items())]
+    out.append(tabulate(rows, headers=("member", "offset"), tablefmt="plain"))
+    if r["output"]:
+        out.append(f"written to {r['output']} (give it to the Xen commands with --xen-syms)")
+    return "\n".join(out)
+
+
 def _profile_render(r, args):
+    if r.get("kind") == "xen":
+        return _xen_profile_render(r, args)
     m = r["meta"]
     out = [f"{m.get('vmlinux')}: Linux {m.get('kernel_version') or '?'}, build-id {m.get('build_id') or '-'}, "
            f"DWARF {m.get('dwarf_version')}, {m.get('cus_read')} of {m.get('cus_total')} CUs read in "
@@ -163,14 +175,22 @@ def _profile_render(r, args):
     return "\n".join(out)
 
 
-@command("profile", "Extract the kernel offsets and symbols xenscope needs from a vmlinux (DWARF) "
-                    "into a small JSON profile.", target=None,
-         arguments=[arg("vmlinux", help="vmlinux with DWARF debug info"),
+@command("profile", "Extract the kernel offsets and symbols xenscope needs from a vmlinux (DWARF), or "
+                    "the Xen structure offsets from a xen-syms with DWARF, into a small JSON profile.",
+         target=None,
+         arguments=[arg("vmlinux", help="vmlinux or xen-syms with DWARF debug info"),
                     arg("-o", "--output", metavar="FILE", help="write the profile to FILE")],
          render=_profile_render)
 def profile(target, args):
     from ..linux.profile import Profile
+    from ..xen import profile as xen_profile
     t0 = time.perf_counter()
+    if xen_profile.is_xen_syms(args.vmlinux):
+        prof = xen_profile.from_xen_syms(args.vmlinux)
+        if args.output:
+            prof.to_json(args.output)
+        return dict(prof.to_dict(), kind="xen", xen_syms=args.vmlinux, output=args.output,
+                    seconds=round(time.perf_counter() - t0, 3))
     prof = Profile.from_dwarf(args.vmlinux)
     if args.output:
         prof.to_json(args.output)

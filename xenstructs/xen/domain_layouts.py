@@ -1,5 +1,7 @@
 """``struct domain`` / ``struct grant_table`` / ``struct active_grant_entry`` offsets per Xen release
-(x86_64), for dumps whose xen-syms has no DWARF (Debian's has none: only ``.symtab``).
+(x86_64), for dumps whose xen-syms has no DWARF (Debian's has none: only ``.symtab``) and no profile:
+:func:`select` takes them from xen-syms' DWARF or a profile first (``host.struct_offsets``,
+:mod:`.structs`: one source for every struct offset), this table only when neither gives them.
 
 ``struct domain``'s ``shared_info`` (the page each guest shares with Xen, where the toolstack finds a
 PV guest's P2M: :mod:`.shared_info`) is at +16 in every release 4.14.0-4.19.6 and +24 in 4.20 (a
@@ -61,9 +63,12 @@ class DomainLayout:
     act_pin: int
     act_domid: int
     act_mfn: int
+    label: str = ""
 
     @property
     def name(self):
+        if self.label:
+            return self.label
         first = ".".join(map(str, self.first))
         last = ".".join(map(str, self.last))
         return (first if first == last else f"{first}-{last}") + (" debug" if self.debug else " release")
@@ -174,11 +179,35 @@ def _privilege_fits(host, domains, layout):
     return True
 
 
+_STRUCT_MEMBERS = (("domain", "grant_table"), ("domain", "is_privileged"), ("domain", "target"),
+                   ("grant_table", "gt_version"), ("grant_table", "nr_grant_frames"), ("grant_table", "active"),
+                   ("grant_table", "domain"), ("active_grant_entry", "size"), ("active_grant_entry", "pin"),
+                   ("active_grant_entry", "domid"), ("active_grant_entry", "mfn"))
+
+
+def from_struct_offsets(offsets):
+    """A :class:`DomainLayout` of every member from one DWARF or profile source (``offsets``: a
+    :class:`~.structs.StructOffsets`), or None when they do not give them all."""
+    sources = {offsets.source(s, m) for s, m in _STRUCT_MEMBERS}
+    if len(sources) != 1 or sources & {None, "dump", "vmcoreinfo"}:
+        return None
+    source = sources.pop()
+    values = [offsets.get(s, m) for s, m in _STRUCT_MEMBERS]
+    return DomainLayout((0, 0, 0), (0, 0, 0), False, *values, label=offsets.sources[source])
+
+
 def select(host, domains, grant_table=None):
     """``(layout, why)``: the first candidate layout of the host's Xen release whose grant tables
     point back at their domains in this dump (a layout of another point release must also fit
     ``is_privileged``: :func:`_privilege_fits`), or ``(None, why not)``; ``grant_table``: the offset
     of ``d->grant_table`` when known otherwise (DWARF)."""
+    structs = getattr(host, "struct_offsets", None)
+    known = from_struct_offsets(structs(*(f"{s}.{m}" for s, m in _STRUCT_MEMBERS))) if structs else None
+    if known is not None:
+        n = _backpointers(host, domains, known)
+        if n >= 0:
+            return known, (f"struct domain offsets: {known.name} (grant-table back-pointers of {n} domain(s) "
+                           "check out in this dump)")
     if not host.version:
         return None, "struct domain offsets: the Xen version is not known (give --xen)"
     try:

@@ -228,9 +228,10 @@ class SharedInfoPages:
 
     def _find_offset(self):
         check = (f"every domain's pointer names a Xen heap page it owns ({', '.join(f'd{d.id}' for d in self.domains)})")
-        off = self.host._domain_offset("shared_info")
-        if off is not None and self._fits(off):
-            return off, f"struct domain shared_info at +{off} ({self.host.sources.get('dwarf', 'VMCOREINFO')}); {check}"
+        offsets = self.host.struct_offsets()            # DWARF, VMCOREINFO, a profile (no dump search)
+        off, source = offsets.get("domain", "shared_info"), offsets.source("domain", "shared_info")
+        if off is not None and source != "dump" and self._fits(off):
+            return off, f"struct domain shared_info at +{off} ({offsets.sources[source]}); {check}"
         tried = []
         for off, row in self._table_rows():
             if self._fits(off):
