@@ -16,9 +16,10 @@ syspy=/usr/bin/python3
 # crash (with /usr/include/crash/defs.h), gcc and python3-dev build the crash extension.
 # make and gcc-12 (the compiler Debian builds its 6.1 kernels with) build the test tier's kernel
 # modules against the booted kernel's linux-headers, which the tier fetches into its cache itself;
-# flex and bison build the debug Xen of the real-system tier.
+# flex and bison build the debug Xen of the real-system tier; dpkg-dev unpacks Debian's Xen source
+# (dpkg-source) and dates its rebuild with -g (dpkg-parsechangelog) for the shipped Xen profiles' check.
 debs=(gdb python3 python3-venv python3-pip python3-libkdumpfile makedumpfile qemu-system-x86 busybox-static
-      crash gcc libc6-dev python3-dev make gcc-12 flex bison)
+      crash gcc libc6-dev python3-dev make gcc-12 flex bison dpkg-dev)
 
 say() { printf '== %s\n' "$*"; }
 

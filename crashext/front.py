@@ -99,13 +99,16 @@ def _crash_defaults(args, missing, target):
         args.cpu = ctx["cpu"]
     if target is None:
         return filled
-    if "cr3" in missing and args.cr3 is None and not target.hypervisor:
+    # p2m-check without --domain checks every PV domain by its shared_info: crash's symbols and
+    # context (one kernel's) only say where a named domain's list is
+    named = getattr(args, "domain", 0) is not None
+    if "cr3" in missing and args.cr3 is None and not target.hypervisor and named:
         cr3, why = target.context_root(_C.member_offset)
         if cr3 is not None:
             args.cr3, filled["cr3"] = cr3, why
     if "xen_syms" in missing and args.xen_syms is None and target.hypervisor:
         args.xen_syms = target.crash["namelist"]
-    if "kernel_syms" in missing and args.kernel_syms is None and not target.hypervisor:
+    if "kernel_syms" in missing and args.kernel_syms is None and not target.hypervisor and named:
         found = {n: _C.symbol(n) for n in ("xen_p2m_addr", "xen_p2m_size", "xen_start_info")}
         syms = _CrashSymbols({n: v for n, v in found.items() if v is not None},
                              f"crash's symbols ({target.crash['namelist']})")

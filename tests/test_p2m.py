@@ -325,7 +325,8 @@ def test_cli_bad_input(host):
             assert w in lines[0], lines[0]
     one_line_error(cli("p2m-check", core, "--p2m-va", hex(p["va"] + (2 << 20)), "--p2m-entries", 64,
                        "--xen-syms", syms), "do not translate", "not-present")
-    one_line_error(cli("p2m-check", core, "--xen-syms", syms), "--kernel-syms")
+    one_line_error(cli("p2m-check", core, "--domain", 1, "--xen-syms", syms), "d1's shared_info",
+                   "publishes no P2M")          # the builder's d1 fills only max_pfn
     one_line_error(cli("p2m-check", core, "--p2m-va", hex(p["va"]), "--xen-syms", syms), "--p2m-entries")
     one_line_error(cli("p2m-check", core, "--domain", 7, "--p2m-va", hex(p["va"]), "--p2m-entries", 64,
                        "--xen-syms", syms), "no domain 7")
@@ -335,8 +336,9 @@ def test_cli_bad_input(host):
 
 @pytest.mark.parametrize("name", ["pv-x86_64", "pv-i386-pae"])
 def test_cli_xc_core(name):
-    """An xl dump-core: P2M = its .xen_p2m, M2P = its inverse; the pfns the manifest's P2M lacks
-    below its highest pfn (the builder's ballooned-out range) are the only findings."""
+    """An xl dump-core: P2M = the guest's own list, found by the dump's .xen_shared_info (no guest
+    symbols), M2P = the inverse of .xen_p2m; the pfns the manifest's P2M lacks below its highest pfn
+    (the builder's ballooned-out range) are the only findings."""
     path = os.path.join(CORES, name + ".xc")
     if not os.path.exists(path):
         pytest.skip(f"{name}.xc not built")
@@ -347,6 +349,7 @@ def test_cli_xc_core(name):
     r = cli("p2m-check", path, "--json")
     assert r.returncode == (1 if holes else 0), r.stderr
     res = json.loads(r.stdout)
+    assert res["sources"]["p2m"].startswith("the guest's own P2M list from shared_info: the virtually mapped")
     assert [f["pfn"] for f in res["findings"]["invalid-in-range"]] == holes
     assert {c: n for c, n in res["counts"].items() if n and c != "invalid-in-range"} == {}
 
@@ -388,7 +391,7 @@ def test_a_foreign_entry_is_allowed_only_marked_and_granted_or_privileged():
         old = grants.read_foreign_access
         grants.read_foreign_access = lambda host: access
         try:
-            _allowed_foreign(res, src, SimpleNamespace(domain=mapper))
+            _allowed_foreign(res, src, mapper)
         finally:
             grants.read_foreign_access = old
         return res

@@ -216,3 +216,18 @@ def test_actor_evidence_without_a_log():
     rc, out = run(["fault", "--pv64", "--cs", "0xe010", "--cr2", "0x1000", "--error", "0x1", "--json"])
     r = json.loads(out)
     assert r["access"]["actor"] == "xen" and r["cpl"] == 0 and "only Xen runs in ring 0" in r["access"]["actor_reason"]
+
+
+def test_a_debug_key_register_dump_is_no_crash():
+    """keyhandler.c: 'd' (and '0') print the same "----[ Xen-..." register block as a crash; asked
+    for by the operator (the "'d' pressed -> dumping registers" line before it), it is no crash."""
+    from xenstructs.xen.console import annotate_lines
+    block = ["(XEN) ----[ Xen-4.17.7  x86_64  debug=n  Not tainted ]----", "(XEN) CPU:    0",
+             "(XEN) RIP:    e008:[<ffff82d04020e3a1>] default_idle+0x31/0x40",
+             "(XEN) RFLAGS: 0000000000000246   CONTEXT: hypervisor",
+             "(XEN) rax: 0000000000000000   rbx: ffff83003ffd7fff   rcx: 0000000000000008"]
+    asked = annotate_lines(["(XEN) 'd' pressed -> dumping registers", "(XEN) ",
+                            "(XEN) *** Dumping CPU0 host state: ***"] + block)
+    assert asked["summary"]["crashes"] == []
+    crashed = annotate_lines(["(XEN) Domain 0 (vcpu#0) crashed on cpu#0:"] + block)
+    assert len(crashed["summary"]["crashes"]) == 1

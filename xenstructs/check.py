@@ -18,16 +18,23 @@ Checks (``name``: when it applies: what it reports):
   the offline page-table audit of every PV domain (``pt-audit`` findings; its informational
   foreign references, by a privileged domain or backed by a grant, are counted in the summary
   and are no findings).
-* ``p2m``: xl dump-core files (the dump's own ``.xen_p2m`` against its inverse), and Xen host dumps
-  when ``kernel_syms`` (dom0's System.map) is given (dom0's P2M against Xen's M2P and owners).
-* ``modcheck``: when ``profile`` or ``vmlinux`` is given and the dump is a kernel dump (neither a
-  Xen host nor an xl dump-core file): module pages mapped alike in every task's page directory.
-* ``console``: when a console log is available (as for ``faults``): each refused MMU request Xen
-  logged (its causal chain and root cause, ``xenscope log``'s) and each crash block is a finding.
-* ``faults``: when a log is available (``log``, or ``<dump without extension>.log`` next to the
-  dump, e.g. ``xen-4.6-host.log``) and it holds a page fault: the fault explained rule by rule
-  against the dump's registers and page tables. Without a log (dumps hold no error code):
-  ``n.a.``.
+* ``p2m``: xl dump-core files (the guest's own list, found by the dump's ``.xen_shared_info``, else the
+  dump's ``.xen_p2m``, against the frames the dump holds), and Xen host dumps:
+  every PV domain's P2M, found by its shared_info as Xen's toolstack finds it, against Xen's M2P and
+  owners (``kernel_syms``, dom0's System.map, when given, says where dom0's list is instead).
+* ``modcheck``: on Linux kernel dumps (neither a Xen host nor an xl dump-core file), with the
+  symbols and types of the dump itself (its kallsyms and BTF) or of ``profile``/``vmlinux``:
+  module pages mapped alike in every task's page directory.
+* ``console``: Xen's console: the log (as for ``faults``), else a Xen host dump's own console ring
+  (:mod:`~xenstructs.xen.conring`): each refused MMU request Xen logged (its causal chain and root
+  cause, ``xenscope log``'s) and each crash block is a finding.
+* ``faults``: when a log (``log``, or ``<dump without extension>.log`` next to the dump, e.g.
+  ``xen-4.6-host.log``), else the dump's own console text (a Xen host's console ring, a Linux
+  dump's printk buffer: :mod:`~xenstructs.dumpconsole`; there only a report with an error code
+  counts, not a register dump's cr2), holds a page fault: the fault explained rule
+  by rule against the dump's registers and page tables. The summary names the text read ("Xen's
+  console ring in the dump", "the kernel's printk buffer in the dump", or the log's file name);
+  each finding's ``source`` is ``file`` or ``dump``. Neither there: ``n.a.`` with the reason.
 
 Xen symbols: ``xen_syms``, else ``<dump without extension>.map`` next to a Xen host dump.
 
@@ -79,7 +86,7 @@ CHECKS = ("paging", "xen-frames", "p2m", "modcheck", "faults", "console")
 @dataclass
 class Options:
     """What the checks may use beyond the dump: ``xen_syms`` (xen-syms or its .map), ``kernel_syms``
-    (dom0's System.map: dom0's P2M on host dumps), ``profile``/``vmlinux``/``system_map`` (modcheck),
+    (dom0's System.map: where dom0's P2M list is on host dumps, instead of its shared_info), ``profile``/``vmlinux``/``system_map`` (modcheck),
     ``log`` (a console/oops excerpt for ``faults``, for every dump), ``siblings`` (look for
     ``<stem>.map`` / ``<stem>.log`` next to each dump)."""
     xen_syms: Optional[str] = None
@@ -251,41 +258,62 @@ def _check_xen_frames(target, ctx):
 
 
 def _check_p2m(target, ctx, opts):
-    from .xen.p2m import CLASSES, INFORMATIONAL
-    from .xen.p2m_sources import P2MOptions, check_p2m, finding_text
+    from .xen.p2m_sources import P2MOptions, check_every_domain, check_p2m
     if ctx["kind"] == "xl-dump-core":
-        where, who = P2MOptions(), "the dump's .xen_p2m"
-    elif ctx["kind"] == "xen-host":
-        if not opts.kernel_syms:
-            return CheckResult("p2m", "n.a.", "Xen host dump: give --kernel-syms (dom0's System.map) to check dom0's P2M")
-        where, who = P2MOptions(kernel_syms=opts.kernel_syms, xen_syms=ctx.get("syms")), "dom0's P2M"
-    else:
+        r = check_p2m(target, P2MOptions())
+        own = r["sources"]["p2m"].startswith("the guest's own P2M list from shared_info")
+        return _p2m_result([r], "the guest's own P2M (by its shared_info) against the frames the dump holds"
+                           if own else "the dump's .xen_p2m")
+    if ctx["kind"] != "xen-host":
         return CheckResult("p2m", "n.a.", "not a Xen host dump or an xl dump-core file")
-    r = check_p2m(target, where)
-    fs = []
-    for cls in CLASSES:
-        if cls in INFORMATIONAL:
-            continue
-        for f in r["findings"][cls]:
-            d = dict(f)
-            d["kind"] = cls
-            d["text"] = f"{cls}: {finding_text(cls, f)}"
-            fs.append(d)
-    counts = ", ".join(f"{c} {n}" for c, n in r["counts"].items() if n and c not in INFORMATIONAL)
-    summary = f"{who}, {r['pfns']:#x} pfns: " + (f"{r['problems']} problem(s) ({counts})" if r["problems"]
-                                                 else "P2M and M2P agree")
-    return CheckResult("p2m", "findings" if r["problems"] else "ok", summary, _limit(fs))
+    r = check_every_domain(target, P2MOptions(kernel_syms=opts.kernel_syms, xen_syms=ctx.get("syms")),
+                           host=ctx.get("host"))
+    who = ("every PV domain's P2M (" + ", ".join(f"d{d['domain']}" for d in r["domains"]) + ") from shared_info"
+           + (f", dom0's by {opts.kernel_syms}" if opts.kernel_syms else ""))
+    res = _p2m_result(r["domains"], who)
+    for e in r["errors"]:
+        res.findings.append({"kind": "not-checked", "domain": e["domain"], "text": f"d{e['domain']}: {e['error']}"})
+        res.status = "error" if not r["domains"] else "findings"
+        res.summary += f"; d{e['domain']} not checked: {e['error']}"
+    res.findings = _limit(res.findings)
+    return res
+
+
+def _p2m_result(results, who):
+    """One CheckResult from ``p2m-check`` results (one per domain)."""
+    from .xen.p2m import CLASSES, INFORMATIONAL
+    from .xen.p2m_sources import finding_text
+    fs, counts, problems, pfns = [], {}, 0, []
+    for r in results:
+        problems += r["problems"]
+        pfns.append(f"{r['pfns']:#x}" if len(results) == 1 else f"d{r['domain']} {r['pfns']:#x}")
+        for cls in CLASSES:
+            if cls in INFORMATIONAL:
+                continue
+            counts[cls] = counts.get(cls, 0) + r["counts"][cls]
+            for f in r["findings"][cls]:
+                d = dict(f)
+                d["kind"] = cls
+                d["text"] = (f"d{r['domain']} " if len(results) > 1 else "") + f"{cls}: {finding_text(cls, f)}"
+                fs.append(d)
+    shown = ", ".join(f"{c} {n}" for c, n in counts.items() if n)
+    summary = f"{who}, {' / '.join(pfns)} pfns: " + (f"{problems} problem(s) ({shown})" if problems
+                                                       else "P2M and M2P agree")
+    return CheckResult("p2m", "findings" if problems else "ok", summary, _limit(fs))
 
 
 def _check_modcheck(target, ctx, opts):
-    if not (opts.profile or opts.vmlinux):
-        return CheckResult("modcheck", "n.a.", "give --profile or --vmlinux")
     if ctx["kind"] in ("xen-host", "xl-dump-core"):
         return CheckResult("modcheck", "n.a.", f"{ctx['kind']} dump: not a Linux kernel dump")
     from .linux.kernel import open_kernel
     from .linux.modcheck import modcheck_report
+    resolve_args = {"cpu": 0, "maxphyaddr": 52}
+    if not (opts.profile or opts.vmlinux):
+        why = _types_from_dump(target, opts, resolve_args)
+        if why:
+            return CheckResult("modcheck", "n.a.", f"{why}: give --profile or --vmlinux")
     kernel = open_kernel(target, vmlinux=opts.vmlinux, profile=opts.profile, system_map=opts.system_map,
-                         resolve_args={"cpu": 0, "maxphyaddr": 52})
+                         resolve_args=resolve_args)
     r = modcheck_report(kernel)
     fs = []
     for g in r["groups"]:
@@ -301,41 +329,98 @@ def _check_modcheck(target, ctx, opts):
     summary = (f"{r['checked_pages']} pages of {r['modules']} module(s) in {r['checked_pgds']} page directories: "
                + ("all mapped alike" if r["ok"] else f"{len(r['groups'])} divergent group(s), "
                   f"{len(r['list_errors'])} list error(s)"))
+    src = kernel.sources
+    if not (opts.profile or opts.vmlinux):
+        summary += f" (symbols {src.get('symbols')}; {src.get('types', '').split(' (')[0]})"
     return CheckResult("modcheck", "ok" if r["ok"] else "findings", summary, _limit(fs))
 
 
+def _types_from_dump(target, opts, resolve_args):
+    """None when the dump itself gives the kernel's symbols and types (kallsyms and BTF), else why not."""
+    from .errors import XenscopeError
+    from .linux.profile import Profile, Symbols
+    if target.facts.get("vmcoreinfo") is None:
+        return "no VMCOREINFO: not a Linux kernel dump"
+    symbols = None
+    try:
+        if not opts.system_map:
+            symbols = Symbols.from_dump(target, resolve_args)
+        Profile.from_btf(target, symbols, resolve_args)
+    except XenscopeError as e:
+        return str(e)
+    return None
+
+
+def _log_path(opts, path):
+    return opts.log or (_sibling(path, ".log") if opts.siblings else None)
+
+
+def _dump_console(target, ctx):
+    """``(DumpConsole, None)`` of the console text the dump holds, or ``(None, why not)``: read
+    once a dump (:func:`~xenstructs.dumpconsole.console_of_kind`)."""
+    if "console" not in ctx:
+        from .dumpconsole import console_of_kind
+        ctx["console"] = console_of_kind(target, ctx["kind"], ctx.get("host"))
+    return ctx["console"]
+
+
 def _check_faults(target, ctx, opts, path):
-    from .xen.console import read_log
-    log = opts.log or (_sibling(path, ".log") if opts.siblings else None)
-    if not log:
-        return CheckResult("faults", "n.a.", "no log or error code (a dump holds none): give --log, "
-                                             "or put <dump>.log next to the dump")
-    fields, _ = read_log(log)
-    if not any(k in fields for k in ("cr2", "error")):
-        return CheckResult("faults", "n.a.", f"{log}: no page fault in the log")
     from .fault.case import FaultInputs, explain_fault
-    r = explain_fault(target, FaultInputs(log=log))
+    from .xen.console import parse_log, read_log
+    log = _log_path(opts, path)
+    if log:
+        fields, _ = read_log(log)
+        name, inputs = os.path.basename(log), FaultInputs(log=log)
+    else:
+        console, why = _dump_console(target, ctx)
+        if console is None:
+            return CheckResult("faults", "n.a.", "no log or error code: give --log, or put <dump>.log next to the "
+                                                 f"dump (the dump's own console: {why})")
+        fields, _ = parse_log(console.lines)
+        name, inputs = console.name, FaultInputs(log_lines=console.lines, log_name=console.name)
+    # the dump's own text always holds something: there a fault report is one with an error code
+    # (Xen's FATAL PAGE FAULT / Unhandled #PF, an oops's #PF line); a register dump's cr2 (debug keys
+    # 'd' and '0', a crash of another kind) is none
+    if not any(k in fields for k in (("cr2", "error") if log else ("error",))):
+        return CheckResult("faults", "n.a.", f"{name}: no page fault in it")
+    r = explain_fault(target, inputs)
     s = r.get("state", {})
     err = r.get("error") or {}
     f = {"kind": "page-fault", "cpu": 0, "cr2": s.get("cr2"), "error": err.get("value"),
-         "cause": r.get("cause"), "log": log, "text": f"CPU 0: {r.get('cause')}"}
-    return CheckResult("faults", "findings", f"page fault from {os.path.basename(log)}: {r.get('cause')}", [f])
+         "cause": r.get("cause"), "log": log or name, "source": "file" if log else "dump",
+         "text": f"CPU 0: {r.get('cause')}"}
+    return CheckResult("faults", "findings", f"page fault from {name}: {r.get('cause')}", [f])
+
+
+def _console_summary(target, ctx, opts, path):
+    """``(annotator summary, name, source)`` of the console log beside the dump, else of Xen's
+    console ring in a Xen host dump; ``(None, why not, None)`` when neither is there."""
+    from .xen.console import annotate_file, annotate_lines
+    log = _log_path(opts, path)
+    if log:
+        return annotate_file(log)["summary"], os.path.basename(log), "file"
+    if ctx.get("host") is None:
+        return None, ("no console log: give --log, or put <dump>.log next to the dump (not a Xen host dump: "
+                      "no Xen console ring in it)"), None
+    console, why = _dump_console(target, ctx)
+    if console is None:
+        return None, f"no console log, and Xen's console ring in the dump was not read: {why}", None
+    return annotate_lines(console.lines, version=ctx["host"].version)["summary"], console.name, "dump"
 
 
 def _check_console(target, ctx, opts, path):
-    """Xen's console beside the dump: every refused MMU request (one causal chain each, with its
-    root cause) and every crash block is a finding; a release build's silence is said."""
-    from .xen.console import annotate_file
-    log = opts.log or (_sibling(path, ".log") if opts.siblings else None)
-    if not log:
-        return CheckResult("console", "n.a.", "no console log: give --log, or put <dump>.log next to the dump")
-    summary = annotate_file(log)["summary"]
+    """Xen's console (beside the dump, else its console ring in the dump): every refused MMU request
+    (one causal chain each, with its root cause) and every crash block is a finding; a release
+    build's silence is said."""
+    summary, name, source = _console_summary(target, ctx, opts, path)
+    if summary is None:
+        return CheckResult("console", "n.a.", name)
     findings = [{"kind": "refused-request", "lines": chain["lines"], "request": chain["request"],
                  "root_cause": {k: chain["root_cause"].get(k) for k in ("kind", "mfn")},
-                 "text": chain["sentence"]} for chain in summary["chains"]]
-    findings += [{"kind": "crash", "text": crash["story"][0] if crash["story"] else "a crash block"}
+                 "source": source, "text": chain["sentence"]} for chain in summary["chains"]]
+    findings += [{"kind": "crash", "source": source,
+                  "text": crash["story"][0] if crash["story"] else "a crash block"}
                  for crash in summary["crashes"]]
-    name = os.path.basename(log)
     if not findings:
         quiet = " (a release build, debug=n: mm.c refusals are not printed)" if any(
             "debug=n" in line for line in summary["story"]) else ""

@@ -1,6 +1,10 @@
 """Session fixtures of the real-system tier shared between test modules."""
+import os
+import time
+
 import pytest
 
+from realsys.xendomu import boot_xen_with_domu
 from realsys.xenmmu import provoke
 
 
@@ -30,3 +34,36 @@ def xen_gdbsx_live(tmp_path_factory):
     yield facts
     if os.path.exists(facts.get("host_dump", "")):
         os.unlink(facts["host_dump"])
+
+
+@pytest.fixture(scope="session")
+def domu(tmp_path_factory):
+    """Debian's Xen 4.17 with dom0 running its toolstack and a paused PV domU it made and dumped with
+    ``xl dump-core`` (realsys.xendomu): one boot for test_xen_domu_boot.py and test_xen_domu_p2m.py."""
+    t0 = time.time()
+    d = boot_xen_with_domu(str(tmp_path_factory.mktemp("xendomu")))
+    d.t0 = t0
+    yield d
+    d.close()
+
+
+@pytest.fixture(scope="session")
+def host_dump(domu):
+    """QEMU's dump of the whole machine, taken after the xl dump-core (the domU still paused)."""
+    path = os.path.join(domu.dir, "host.elf")
+    domu.host_dump(path)
+    yield path
+    os.remove(path)                 # ~800 MB; pytest keeps its last three tmp dirs
+
+
+@pytest.fixture(scope="session")
+def xs(domu, host_dump):
+    """(xl dump-core target, host dump target, XenHost with Debian's xen-syms symbols)."""
+    from xenstructs.targets import open_dump
+    from xenstructs.xen.host import open_host
+    xc = open_dump(domu.xc_core_path)
+    ht = open_dump(host_dump)
+    host = open_host(ht, syms=domu.host.xen_syms_symtab or domu.host.xen_map)
+    yield xc, ht, host
+    xc.close()
+    ht.close()

@@ -120,3 +120,52 @@ def debug_vmlinux():
         tar.wait()
         os.rename(tmp, out)
     return out
+
+
+# The guest's own kallsyms and process list, for tests that judge symbols and tasks read from dumps:
+# /proc/kallsyms goes out on a second serial port into a file (4 MB in a few seconds), the process
+# list on the console between markers.
+KALLSYMS_INIT = ("mknod /dev/ttyS1 c 4 65; cat /proc/kallsyms > /dev/ttyS1; echo PIDS-BEGIN; "
+                 "for p in /proc/[0-9]*; do echo ${p#/proc/} $(cat $p/comm); done; echo PIDS-END")
+
+
+def kallsyms_serial(path):
+    """QEMU arguments that write the guest's second serial port (ttyS1) to ``path``."""
+    return ["-serial", f"file:{path}"]
+
+
+def read_guest_kallsyms(path):
+    """``[(address, type, name)]`` of the kernel's own lines of a /proc/kallsyms written by
+    :data:`KALLSYMS_INIT` (module lines, ``[name]``, left out), in the file's order."""
+    out = []
+    for line in open(path, errors="replace").read().replace("\r", "").splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            out.append((int(parts[0], 16), parts[1], parts[2]))
+    return out
+
+
+def guest_pids(console):
+    """``{pid: comm}`` the guest listed between PIDS-BEGIN and PIDS-END."""
+    import re
+    m = re.search(r"PIDS-BEGIN\r?\n(.*?)PIDS-END", console, re.S)
+    return {int(ln.split()[0]): ln.split()[1] for ln in m.group(1).splitlines() if len(ln.split()) == 2}
+
+
+def debug_profile():
+    """``xenscope profile`` of Debian's -dbg vmlinux (DWARF), made once (about 40 s) and cached."""
+    import hashlib
+    import json
+    import sys
+    from xenstructs.linux.profile import MEMBER_SIZES, WANTED
+    _, _, _, release = kernel_files("x86_64")
+    wanted = hashlib.sha1(json.dumps([WANTED, MEMBER_SIZES], sort_keys=True).encode()).hexdigest()[:10]
+    out = os.path.join(V.CACHE, "profiles", f"profile-{release}-{wanted}.json")   # what xenscope asks
+    if not os.path.exists(out):
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        tmp = out + f".{os.getpid()}.tmp"
+        subprocess.run([sys.executable, "-m", "xenstructs.cli", "profile", debug_vmlinux(), "-o", tmp],
+                       check=True, cwd=top, capture_output=True, timeout=900)
+        os.rename(tmp, out)
+    return out

@@ -579,3 +579,22 @@ def test_maps_through_a_pipe_and_a_redirection(seen):
     missed = len(counts) - len(good)
     assert good and missed <= s["o1"]["_stdout"].count("pipe operation failed"), \
         (counts, n, s["o1"]["_stdout"][-2000:])
+
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dmesg_equals_crashs_log(guest, kind):
+    """``xen dmesg`` in crash (readmem) and in the CLI: the kernel's printk buffer, each record as crash's
+    own ``log`` prints it (crash indents a record's later lines as wide as its "[seconds] " prefix,
+    the console and xenscope repeat the prefix: undone here); the first line says where it came from."""
+    out = crash(guest, kind, [("log", "log"), ("dmesg", "xen dmesg")])
+    ours, theirs, prefix = out["dmesg"].splitlines(), [], ""
+    for line in out["log"].splitlines():
+        if line.startswith("["):
+            prefix = re.match(r"\[\s*\d+\.\d{6}\] ", line).group(0)
+        elif line[:len(prefix)] == " " * len(prefix):
+            line = prefix + line[len(prefix):]
+        theirs.append(line)
+    assert ours[0].startswith("Linux's printk buffer (printk_ringbuffer) at ") and "VMCOREINFO" in ours[0]
+    assert ours[1:] == theirs and len(theirs) > 300 and theirs[0].startswith("[    0.000000] Linux version ")
+    assert out["dmesg"] == cli("dmesg", guest["dumps"][kind]).stdout

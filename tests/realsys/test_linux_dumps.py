@@ -26,7 +26,7 @@ from xenstructs.context import resolve, _kernel_root
 from xenstructs.paging import Paging, coalesce, enumerate_mappings, root_from_cr3, walk
 from xenstructs.targets import open_dump
 
-from realsys.linux import boot_linux
+from realsys.linux import KALLSYMS_INIT, boot_linux, guest_pids, kallsyms_serial
 
 SHAPES = {
     "x86_64-4level": dict(arch="x86_64"),
@@ -78,15 +78,28 @@ def leaf_flags(entry, size):
     return "".join(ch if entry >> b & 1 else "-" for b, ch in bits)
 
 
+KMSG = 3                 # lines the guest writes to /dev/kmsg at level 2 (shown: the boot has loglevel=3)
+
+
+def kmsg_lines(vm):
+    """The guest's shell writes KMSG lines to the kernel log at level 2 (KERN_CRIT: above the
+    console's loglevel=3, so the serial console shows them too) and says when it is done."""
+    vm.send("mount -t devtmpfs dev /dev 2>/dev/null; for i in $(seq %d); do echo \"<2>XENSCOPE-KMSG $i\" "
+            "> /dev/kmsg; done; echo \"XENSCOPE-KMSG-\"'DONE'\n" % KMSG)
+    vm.wait_for("XENSCOPE-KMSG-DONE", timeout=60)
+    time.sleep(0.3)
+
+
 @pytest.fixture(scope="module", params=sorted(SHAPES))
 def system(request, tmp_path_factory):
     """Boot one shape, collect QEMU's truth, dump it twice; yield everything; delete the dumps."""
     shape = request.param
     cfg = SHAPES[shape]
     d = tmp_path_factory.mktemp(shape)
-    vm = boot_linux(**cfg)
+    ksyms = str(d / "kallsyms.txt")
+    vm = boot_linux(**cfg, extra_init=KALLSYMS_INIT, qemu_args=kallsyms_serial(ksyms))
     try:
-        time.sleep(0.3)
+        kmsg_lines(vm)
         vm.qmp("stop")
         regs = parse_registers(vm.hmp("info registers"))
         pae = cfg["arch"] == "i386"
@@ -108,12 +121,13 @@ def system(request, tmp_path_factory):
         kdump = str(d / "dump.kdump")
         vm.qmp("dump-guest-memory", paging=False, protocol=f"file:{elf}")
         vm.qmp("dump-guest-memory", paging=False, protocol=f"file:{kdump}", format="kdump-zlib")
+        console = vm.read_console().decode(errors="replace")
     finally:
         vm.close()
     truth = dict(shape=shape, cfg=cfg, regs=regs, tlb=tlb, tlb_seconds=tlb_seconds, mem=mem, gva=gva,
-                 elf=elf, kdump=kdump)
+                 elf=elf, kdump=kdump, kallsyms=ksyms, pids=guest_pids(console), console=console)
     yield truth
-    for p in (elf, kdump):
+    for p in (elf, kdump, ksyms):
         if os.path.exists(p):
             os.unlink(p)
 
@@ -221,3 +235,234 @@ def test_pti_user_and_kernel_pgds(system, dumps):
         return int(m.size[sel].sum())
     assert direct_bytes(mk) >= 200 << 20, direct_bytes(mk)           # the guest has 256 MiB
     assert 0 < direct_bytes(mu) <= 64 << 10, direct_bytes(mu)
+
+
+# --------------------------------------------------------------------------------------------
+# Symbols and types from the dump alone (kallsyms via VMCOREINFO, BTF), judged against the
+# guest's own /proc/kallsyms and process list, Debian's -dbg System.map and DWARF
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["elf", "kdump"])
+def test_kallsyms_from_the_dump_equal_the_guests_proc_kallsyms(system, dumps, kind):
+    from xenstructs.linux.profile import Symbols
+    from realsys.linux import read_guest_kallsyms
+    t0 = time.perf_counter()
+    syms = Symbols.from_dump(dumps[kind])
+    seconds = time.perf_counter() - t0
+    k = syms.kallsyms
+    truth = read_guest_kallsyms(system["kallsyms"])
+    assert len(truth) > 40000          # Debian's i386 kernel lists text only (no CONFIG_KALLSYMS_ALL)
+    assert list(zip(k.addresses.tolist(), k.types, k.names)) == truth      # address, type, name, order
+    text_only = "# CONFIG_KALLSYMS_ALL is not set" in _kernel_config(system)     # Debian's i386 kernel
+    assert syms.source == "from the dump (kallsyms via VMCOREINFO" + (
+        ", text symbols only: CONFIG_KALLSYMS_ALL off)" if text_only else ")") and syms.relocated
+    print(f"\nTIMING kallsyms {system['shape']} {kind}: {len(k)} symbols in {seconds:.3f} s")
+    assert seconds < 5
+
+
+def test_kallsyms_equal_debians_system_map(system, dumps):
+    """Every decoded symbol is in the -dbg System.map (link-time: KERNELOFFSET taken off), per-CPU
+    symbols typed 'A' as scripts/kallsyms.c makes them; what System.map has beyond them is what
+    scripts/kallsyms.c leaves out (absolute symbols, the kallsyms_* tables)."""
+    if system["cfg"]["arch"] == "i386":
+        pytest.skip("this tier downloads Debian's amd64 -dbg package only: i386 symbols are judged "
+                    "against the guest's /proc/kallsyms (the test above)")
+    from xenstructs.linux.profile import Symbols
+    from realsys.linuxfaults import debug_system_map
+    k = Symbols.from_dump(dumps["elf"]).kallsyms
+    offset = dumps["elf"].facts["vmcoreinfo"].kerneloffset or 0
+    if system["cfg"].get("kaslr"):
+        assert offset
+    smap = [(int(a, 16), t, n) for a, t, n in (ln.split() for ln in open(debug_system_map()))]
+    exact = set(smap)
+    by_name = {(a, n) for a, _, n in smap}
+    percpu_end = next(a for a, _, n in smap if n == "__per_cpu_end")
+    ours = [(a - offset if a >= 1 << 63 else a, t, n)
+            for a, t, n in zip(k.addresses.tolist(), k.types, k.names)]
+    wrong = [s for s in ours if s not in exact and not (s[0] <= percpu_end and s[1] == "A" and
+                                                        (s[0], s[2]) in by_name)]
+    assert not wrong, wrong[:5]
+    decoded = {(a, n) for a, _, n in ours}
+    left = [s for s in smap if (s[0], s[2]) not in decoded]
+    assert all(t in "Aa" or n.startswith("kallsyms_") for _, t, n in left), left[:5]
+    assert len(left) < 100
+
+
+def test_btf_offsets_equal_the_dwarf_offsets(system, dumps):
+    """Every offset and size the library uses, from the dump's BTF, equals the -dbg vmlinux's DWARF."""
+    if system["cfg"]["arch"] == "i386":
+        pytest.skip("no i386 -dbg vmlinux in this tier: i386 BTF is judged by tasks against the guest's "
+                    "process list (test_tasks_modules_modcheck_from_the_dump_alone)")
+    from xenstructs.linux.profile import Profile
+    from realsys.linux import debug_profile
+    t0 = time.perf_counter()
+    btf = Profile.from_btf(dumps["kdump"])
+    seconds = time.perf_counter() - t0
+    dwarf = Profile.from_json(debug_profile())
+    assert len(dwarf.offsets) >= 15 and len(dwarf.sizes) >= 8
+    assert {k: btf.offsets.get(k) for k in dwarf.offsets} == dwarf.offsets
+    assert {k: btf.sizes.get(k) for k in dwarf.sizes} == dwarf.sizes
+    assert btf.meta["source"].startswith("offsets from BTF in the dump")
+    print(f"\nTIMING BTF {system['shape']}: {btf.meta['btf']['types']} types in {seconds:.3f} s")
+
+
+def _cli(*argv):
+    """``(status, stdout, stderr, seconds)`` of one in-process CLI run."""
+    import contextlib
+    import io
+    from xenstructs.cli import run
+    out, err = io.StringIO(), io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stderr(err):
+        status = run(list(argv), out)
+    return status, out.getvalue(), err.getvalue(), time.perf_counter() - t0
+
+
+def _cli_json(*argv):
+    import json
+    status, out, err, seconds = _cli(*argv, "--json")
+    assert status in (0, 1), err
+    return status, json.loads(out), seconds
+
+
+def _kernel_config(system):
+    """The booted kernel's .config, as Debian's image package ships it."""
+    from realsys.linux import kernel_files
+    vmlinuz, _, _, release = kernel_files(system["cfg"]["arch"])
+    return open(os.path.join(os.path.dirname(vmlinuz), f"config-{release}")).read()
+
+
+def _answers(result):
+    """A command's JSON without where things came from and how long it took."""
+    return {k: v for k, v in result.items() if k not in ("kernel", "seconds")}
+
+
+@pytest.mark.parametrize("kind", ["elf", "kdump"])
+def test_tasks_modules_modcheck_from_the_dump_alone(system, kind):
+    """tasks/modules/modcheck with no file equal the same commands given Debian's -dbg profile and
+    System.map; the tasks are the guest's processes; the provenance says "from the dump"."""
+    path = system[kind]
+    if system["cfg"]["arch"] == "i386":
+        # Debian builds its i386 kernels without BTF: the commands say so in one line
+        assert "# CONFIG_DEBUG_INFO_BTF is not set" in _kernel_config(system)
+        for cmd in ("tasks", "modules", "modcheck"):
+            status, _, err, _ = _cli(cmd, path)
+            assert status == 2 and "CONFIG_DEBUG_INFO_BTF" in err and len(err.splitlines()) == 1, err
+        return
+    files = []
+    if system["cfg"]["arch"] == "x86_64":
+        from realsys.linux import debug_profile
+        from realsys.linuxfaults import debug_system_map
+        files = ["--profile", debug_profile(), "--system-map", debug_system_map()]
+    got = {}
+    for cmd in ("tasks", "modules", "modcheck"):
+        status, alone, seconds = _cli_json(cmd, path)
+        src = alone["kernel"]["sources"]
+        assert src["symbols"] == "from the dump (kallsyms via VMCOREINFO)", src
+        assert src["types"].startswith("offsets from BTF in the dump"), src
+        line = f"\nTIMING {cmd} {system['shape']} {kind}: from the dump {seconds:.2f} s"
+        if files:          # i386: no -dbg files in this tier, judged by the guest's own truth below
+            fstatus, given, fseconds = _cli_json(cmd, path, *files)
+            assert (fstatus, _answers(given)) == (status, _answers(alone)), cmd
+            assert given["kernel"]["sources"]["types"].startswith("DWARF of")
+            line += f", with symbol files {fseconds:.2f} s"
+        print(line)
+        got[cmd] = alone
+    seen = {t["pid"]: t["comm"] for t in got["tasks"]["tasks"]}
+    lasting = {p: c for p, c in system["pids"].items() if p != 1 and c not in ("cat", "sh")}
+    assert len(lasting) > 10 and list(lasting.values()).count("sleep") >= 2
+    for pid, comm in lasting.items():
+        want = comm.split("-")[0] if comm.startswith("kworker/") else comm[:15]
+        assert seen.get(pid) == want, (pid, comm, seen.get(pid))
+    assert [m["name"] for m in got["modules"]["modules"]] == ["qemu_fw_cfg"]
+    assert got["modcheck"]["modules"] == 1 and not got["modcheck"]["list_errors"]
+
+
+def test_check_runs_modcheck_with_no_option(system):
+    _, reports, _ = _cli_json("check", system["elf"], "--jobs", "1")
+    checks = {c["name"]: c for c in reports[0]["checks"]}
+    if "# CONFIG_DEBUG_INFO_BTF is not set" in _kernel_config(system):       # Debian's i386 kernel
+        assert checks["modcheck"]["status"] == "n.a." and "CONFIG_DEBUG_INFO_BTF" in checks["modcheck"]["summary"]
+        return
+    assert checks["modcheck"]["status"] == "ok", checks["modcheck"]
+    assert "from the dump" in checks["modcheck"]["summary"]
+
+
+def test_kallsyms_found_by_shape_equal_the_vmcoreinfo_ones(system, dumps):
+    """Without VMCOREINFO's help (older kernels, a dom0 in a host dump) the tables are found by
+    their shape in the kernel image: the same tables, the same symbols."""
+    from xenstructs.linux.fromdump import memory_of
+    from xenstructs.linux.kallsyms import from_vmcoreinfo
+    from xenstructs.linux.kallsyms_shape import find_kallsyms
+    from realsys.linux import read_guest_kallsyms
+    t = dumps["elf"]
+    mem = memory_of(t)
+    t0 = time.perf_counter()
+    found = find_kallsyms(mem)
+    seconds = time.perf_counter() - t0
+    named = from_vmcoreinfo(mem, t.facts["vmcoreinfo"])
+    assert {k: found.tables[k] for k in named.tables} == named.tables
+    assert list(zip(found.addresses.tolist(), found.types, found.names)) == read_guest_kallsyms(system["kallsyms"])
+    assert found.how.startswith("kallsyms found by shape")
+    print(f"\nTIMING kallsyms by shape {system['shape']}: {seconds:.2f} s")
+    assert seconds < 20
+
+
+def test_module_symbols_equal_the_guests_proc_kallsyms(system, dumps):
+    """Each module's own symbols (module->kallsyms, types through the dump's BTF) are the
+    ``[module]`` lines of the guest's /proc/kallsyms (the type's case there says exported or not)."""
+    if "# CONFIG_DEBUG_INFO_BTF is not set" in _kernel_config(system):
+        pytest.skip("Debian's i386 kernel has no BTF: no struct module layout from the dump")
+    from xenstructs.linux.kernel import open_kernel
+    from xenstructs.linux.modsyms import module_symbols
+    from xenstructs.linux.modules import for_each_module
+    kernel = open_kernel(dumps["kdump"])
+    ours = {(a, t.lower(), n, m.name) for m in for_each_module(kernel) for a, t, n in module_symbols(kernel, m.address)}
+    truth = set()
+    for line in open(system["kallsyms"], errors="replace").read().replace("\r", "").splitlines():
+        parts = line.split()
+        if len(parts) == 4:
+            truth.add((int(parts[0], 16), parts[1].lower(), parts[2], parts[3].strip("[]")))
+    assert len(truth) > 20 and ours == truth
+
+
+# ---------------------------------------------------------------------------------------------
+# The printk buffer in the dump against the serial console
+# ---------------------------------------------------------------------------------------------
+
+STAMP = re.compile(r"\[\s*\d+\.\d{6}\] ")
+
+
+def printed(console):
+    """The kernel's lines on the serial console (each from its "[seconds] " on; \r removed)."""
+    out = []
+    for line in console.replace("\r", "").splitlines():
+        m = STAMP.search(line)
+        if m:
+            out.append(line[m.start():])
+    return out
+
+
+def as_console(record):
+    """A record as Linux's console prints it (print_time: "[%5lu.%06lu] " before each line)."""
+    ts = record["ts_nsec"]
+    return [f"[{ts // 10**9:5d}.{ts % 10**9 // 1000:06d}] {line}" for line in record["text"].split("\n")]
+
+
+@pytest.mark.parametrize("kind", ["elf", "kdump"])
+def test_dmesg_is_what_the_console_printed(system, dumps, kind):
+    """``dmesg`` of the dump: the printk buffer from the boot's first record (the ring holds the whole
+    boot: sequence numbers from 0, none missing); the records of a level under the console's
+    loglevel=3 are exactly the kernel's lines on the serial console, in order (the KMSG lines the
+    guest wrote at level 2 among them); every record is printed as the console prints it."""
+    from xenstructs.dumpconsole import dump_console
+    c = dump_console(dumps[kind])
+    records = c.details["records"]
+    assert [r["seq"] for r in records] == list(range(len(records))), c.description
+    assert records[0]["text"].startswith("Linux version ") and c.kind == "linux"
+    shown = [line for r in records if r["level"] < 3 for line in as_console(r)]
+    console = printed(system["console"])
+    assert console == shown, (console[-5:], shown[-5:])
+    assert [line.split("] ", 1)[1] for line in console[-KMSG:]] == [f"XENSCOPE-KMSG {i}" for i in range(1, KMSG + 1)]
+    assert c.lines == [line for r in records for line in as_console(r)]
+    assert "VMCOREINFO" in c.description and "printk_ringbuffer" in c.description

@@ -20,6 +20,7 @@ without P, which the SDM does not allow) and Linux then prints "not-present page
 import io
 import json
 import os
+import re
 
 import pytest
 
@@ -237,6 +238,27 @@ def test_stack_holds_the_kernels_call_trace(fault):
         assert rip_symbol == kernel["rip"][1]
 
 
+def test_stack_from_the_dump_alone(fault):
+    """No --symbols: the dump's own kallsyms and each module's symbols (module->kallsyms, through
+    the dump's BTF) name every frame as the -dbg System.map and the guest's /proc/kallsyms do, and
+    hold the kernel's Call Trace (faultmod's frames with their [faultmod])."""
+    name, case, kernel, symbols = fault
+    alone = xenscope_json("stack", case.dump)
+    args = ["stack", case.dump]
+    for path in symbols:
+        args += ["--symbols", path]
+    given = xenscope_json(*args)
+    assert [e["symbol"] for e in alone["entries"]] == [e["symbol"] for e in given["entries"]]
+    # the files given hold faultmod's module lines only; the dump names every module's symbols, and
+    # the panicked CPU sits in the pvpanic module the guest loaded
+    assert alone["ip_symbol"] == given["ip_symbol"] or (given["ip_symbol"] is None and
+                                                         alone["ip_symbol"].endswith(" [pvpanic]"))
+    assert alone["symbols"][0] == "from the dump (kallsyms via VMCOREINFO)"
+    assert any("faultmod" in s for s in alone["symbols"]), alone["symbols"]
+    printed = iter(e["symbol"] for e in alone["entries"])
+    assert all(symbol in printed for _, symbol in kernel["trace"]), kernel["trace"]
+
+
 def test_check_names_the_fault(fault):
     """``check`` with the console log beside the dump (``<dump>.log``): exit 1, the class named."""
     name, case, kernel, _ = fault
@@ -250,3 +272,48 @@ def test_check_names_the_fault(fault):
     (finding,) = checks["faults"]["findings"]
     assert finding["cr2"] == hexa(kernel["cr"][0]) and finding["error"] == hexa(kernel["error"][0])
     assert checks["paging"]["status"] == "ok", checks["paging"]
+
+
+# --- the oops the dump itself holds: the kernel's printk buffer --------------------------------
+
+STAMP = re.compile(r"\[\s*\d+\.\d{6}\] ")
+
+
+def console_kernel_lines(console):
+    """The kernel's lines on the serial console (each from its "[seconds] " on)."""
+    return [line[m.start():] for line in console.splitlines() for m in [STAMP.search(line)] if m]
+
+
+def as_console(record):
+    """A printk record as the console prints it: "[%5lu.%06lu] " before each of its lines."""
+    ts = record["ts_nsec"]
+    return [f"[{ts // 10**9:5d}.{ts % 10**9 // 1000:06d}] {line}" for line in record["text"].split("\n")]
+
+
+def test_dmesg_holds_the_oops_the_console_shows(fault):
+    """``dmesg`` of the dump (the printk buffer): before the oops the console (loglevel=3) showed the
+    records of level 0-2, from the oops on (console_verbose) every record: exactly the kernel's lines
+    on the serial console. Read from the dump's text alone, the oops gives the kernel's own report
+    (address, error code, page-table dump, RIP, registers, Call Trace) as the console does."""
+    name, case, kernel, _ = fault
+    result = xenscope_json("dmesg", case.dump)
+    records = result["details"]["records"]
+    oops = next(i for i, r in enumerate(records) if r["text"].startswith("BUG: "))
+    shown = [line for i, r in enumerate(records) if i >= oops or r["level"] < 3 for line in as_console(r)]
+    assert console_kernel_lines(case.console) == shown
+    assert result["lines"] == [line for r in records for line in as_console(r)]
+    assert kernel_report("\n".join(result["lines"])) == kernel
+
+
+def test_check_explains_the_fault_from_the_dump_alone(fault):
+    """``check`` with no log beside the dump: faults reads the oops in the kernel's printk buffer and
+    names the class with the kernel's CR2 and error code, saying where it read them."""
+    name, case, kernel, _ = fault
+    rc, out = xenscope("check", case.dump, "--no-siblings", "--json")
+    (report,) = json.loads(out)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert rc == 1 and checks["faults"]["status"] == "findings", checks["faults"]
+    assert checks["faults"]["summary"].startswith("page fault from the kernel's printk buffer in the dump: " + CAUSE[name])
+    (finding,) = checks["faults"]["findings"]
+    assert finding["cr2"] == hexa(kernel["cr"][0]) and finding["error"] == hexa(kernel["error"][0])
+    assert finding["source"] == "dump"

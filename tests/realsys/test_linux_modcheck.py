@@ -100,3 +100,28 @@ def test_cli_with_a_profile_made_from_the_debug_vmlinux(guest, tmp_path):
                 [(m["name"], m["regions"]) for m in gdb_mods["modules"]]
         else:
             assert res["groups"] == [] and res["checked_pages"] == gdb_mc["checked_pages"]
+
+
+def test_cli_from_the_dump_alone(guest):
+    """No file at all: the dump's own kallsyms and BTF give the same modules (and /proc/modules'
+    sizes), tasks and a clean modcheck, and the outputs say so."""
+    import sys
+    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    res = {}
+    for cmd in ("modules", "tasks", "modcheck"):
+        r = subprocess.run([sys.executable, "-m", "xenstructs.cli", cmd, guest["dump"], "--json"],
+                           capture_output=True, text=True, cwd=top, timeout=600)
+        assert r.returncode == 0, r.stderr
+        res[cmd] = json.loads(r.stdout)
+        src = res[cmd]["kernel"]["sources"]
+        assert src["symbols"] == "from the dump (kallsyms via VMCOREINFO)"
+        assert src["types"].startswith("offsets from BTF in the dump")
+    got = {m["name"]: m for m in res["modules"]["modules"]}
+    assert set(got) == set(guest["modules"])
+    for name, size in guest["modules"].items():
+        assert sum(reg["size"] for reg in got[name]["regions"]) == size, (name, got[name]["regions"], size)
+    seen = {t["pid"]: t["comm"] for t in res["tasks"]["tasks"]}
+    assert seen[1] == "sh" and all(seen.get(p) == (c.split("-")[0] if c.startswith("kworker/") else c[:15])
+                                   for p, c in guest["pids"].items() if p != 1 and c not in ("cat", "sh"))
+    mc = res["modcheck"]
+    assert mc["groups"] == [] and not mc["list_errors"] and mc["mode"] == guest["mode"]

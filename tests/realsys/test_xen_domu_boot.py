@@ -1,7 +1,8 @@
 """A real PV domU under Debian's Xen 4.17, made by Debian's own toolstack in dom0 and dumped with
 ``xl dump-core``; the dump carried out of the VM over a raw virtio disk (realsys.xendomu).
 
-One boot for the module. Checked here without xenscope: ``xl list`` shows the domU (paused),
+One boot for the session (the ``domu``, ``host_dump`` and ``xs`` fixtures are realsys/conftest.py's,
+shared with test_xen_domu_p2m.py). Checked here without xenscope: ``xl list`` shows the domU (paused),
 what it printed on its console, the xc core's ELF layout (ET_CORE, no program headers, Xen's
 sections) and its Xen notes (PV magic, 128 MB of pages), the p2m and pages agree with the kernel's
 System.map (linux_banner on its pfn), and a QMP dump of the whole machine taken afterwards holds
@@ -13,8 +14,7 @@ import time
 
 import pytest
 
-from realsys.xendomu import DOMU_MEM_MB, DOMU_NAME, DOMU_READY, MEM_MB, boot_xen_with_domu, \
-    parse_xl_list
+from realsys.xendomu import DOMU_MEM_MB, DOMU_NAME, DOMU_READY, MEM_MB, parse_xl_list
 
 BUDGET = 240                        # seconds, boot to host dump; ~45 s here
 XC_CORE_MAGIC = 0xF00FEBED          # PV (xen/include/public/elfnote.h: HVM is 0xF00FEBEE)
@@ -26,25 +26,8 @@ START_KERNEL_MAP = 0xffffffff80000000
 
 
 @pytest.fixture(scope="module")
-def domu(tmp_path_factory):
-    t0 = time.time()
-    d = boot_xen_with_domu(str(tmp_path_factory.mktemp("xendomu")))
-    d.t0 = t0
-    yield d
-    d.close()
-
-
-@pytest.fixture(scope="module")
 def core(domu):
     return parse_xc_core(domu.xc_core_path)
-
-
-@pytest.fixture(scope="module")
-def host_dump(domu, core):
-    path = os.path.join(domu.dir, "host.elf")
-    domu.host_dump(path)
-    yield path
-    os.remove(path)                 # ~800 MB; pytest keeps its last three tmp dirs
 
 
 def parse_xc_core(path):
@@ -138,6 +121,37 @@ def test_domu_console(domu):
     assert "nokaslr" in domu.domu_console and domu.manifest["kernel"] in domu.domu_console
 
 
+def test_dmesg_of_the_xl_dump_core_is_the_domus_console(domu):
+    """An xl dump-core file holds no VMCOREINFO: with the kernel's symbols (``prb`` in the System.map
+    written from /proc/kallsyms) and the x86_64 printk_ringbuffer offsets of 5.10+ (Debian 6.1's own),
+    ``dmesg`` reads the PV domU's printk buffer through its page tables (machine frames, through the
+    dump's P2M). Its records of a level under the domU's loglevel=4 are the kernel's lines of the
+    domU's console (hvc0) as xenconsoled logged them, in order (the KMSG lines its init wrote at
+    level 2 among them); the boot's first record is there."""
+    import json
+    import re
+    import subprocess
+    import sys
+    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-m", "xenstructs.cli", "dmesg", domu.xc_core_path, "--system-map",
+                        domu.dom0_system_map, "--json"], capture_output=True, text=True, cwd=top, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    records = got["details"]["records"]
+    assert records[0]["seq"] == 0 and records[0]["text"].startswith("Linux version ")
+    assert "assumed: Linux 5.10+ x86_64 layout" in got["description"]
+
+    def lines(record):
+        ts = record["ts_nsec"]
+        return [f"[{ts // 10**9:5d}.{ts % 10**9 // 1000:06d}] {line}" for line in record["text"].split("\n")]
+    stamp = re.compile(r"\[\s*\d+\.\d{6}\] ")
+    console = [line[m.start():] for line in domu.domu_console.replace("\r", "").splitlines()
+               for m in [stamp.search(line)] if m]
+    shown = [line for record in records if record["level"] < 4 for line in lines(record)]
+    assert console == shown, (console[-3:], shown[-3:])
+    assert [line.split("] ", 1)[1] for line in console[-3:]] == [f"XENSCOPE-KMSG {i}" for i in (1, 2, 3)]
+
+
 def test_xc_core_is_elf_core_with_xen_sections(domu, core):
     assert core["e_type"] == 4, f"e_type {core['e_type']} is not ET_CORE"
     assert core["phnum"] == 0 and core["phoff"] == 0, (core["phnum"], core["phoff"])
@@ -210,18 +224,6 @@ def test_total_time(domu, host_dump):
 INVALID = (1 << 64) - 1
 
 
-@pytest.fixture(scope="module")
-def xs(domu, host_dump):
-    from xenstructs.targets import open_dump
-    from xenstructs.xen.host import open_host
-    xc = open_dump(domu.xc_core_path)
-    ht = open_dump(host_dump)
-    host = open_host(ht, syms=domu.host.xen_syms_symtab or domu.host.xen_map)
-    yield xc, ht, host
-    xc.close()
-    ht.close()
-
-
 def test_xenscope_reads_the_xc_core(xs, domu):
     xc, _, _ = xs
     assert xc.facts["format"] == "xc_core" and xc.facts["guest"] == "pv"
@@ -269,84 +271,6 @@ def test_xenscope_walks_the_domu_kernel_in_both_dumps(xs, domu):
         assert a.pa is not None and a.pa == b.pa, (name, a.describe_stop(), b.describe_stop())
         assert read_virt(xc, va, 64, pg, pg.mode) == read_virt(ht, va, 64, pg, pg.mode)
     assert read_virt(xc, syms["linux_banner"], 14, pg, pg.mode) == b"Linux version "
-
-
-# ---------------------------------------------------------------------------------------------
-# p2m-check on the real host: dom0's own P2M against Xen's M2P and owners; then a corrupted copy
-# ---------------------------------------------------------------------------------------------
-
-def _p2m_check(dump, domu, *extra):
-    import json
-    import subprocess
-    import sys
-    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    syms = domu.host.xen_syms_symtab or domu.host.xen_map
-    r = subprocess.run([sys.executable, "-m", "xenstructs.cli", "p2m-check", dump, "--domain", "0",
-                        "--kernel-syms", domu.dom0_system_map, "--xen-syms", syms, "--limit", "0", "--json",
-                        *extra], capture_output=True, text=True, cwd=top, timeout=600)
-    assert r.returncode in (0, 1), r.stderr
-    return r.returncode, json.loads(r.stdout)
-
-
-def _file_offset(path, maddr):
-    """File offset of a machine address in an ELF dump, from its program headers (read here with
-    struct, independently of xenstructs' reader)."""
-    with open(path, "rb") as f:
-        eh = f.read(64)
-        phoff, = struct.unpack_from("<Q", eh, 32)
-        phentsize, phnum = struct.unpack_from("<HH", eh, 54)
-        f.seek(phoff)
-        ph = f.read(phentsize * phnum)
-    for i in range(phnum):
-        p_type, _, p_offset, _, p_paddr, p_filesz = struct.unpack_from("<IIQQQQ", ph, i * phentsize)
-        if p_type == 1 and p_paddr <= maddr < p_paddr + p_filesz:
-            return p_offset + maddr - p_paddr
-    raise AssertionError(f"maddr {maddr:#x} not in {path}")
-
-
-def test_dom0_p2m_is_clean_then_exactly_the_corruptions_are_found(xs, domu, host_dump, tmp_path):
-    """dom0's own P2M (xen_p2m_addr, read through its page tables) against Xen's M2P and owners.
-
-    Clean: dom0's foreign mappings of the paused domU's ring pages (xenconsoled and xenstored map
-    the console and xenstore rings through grants: FOREIGN_FRAME_BIT entries naming d1 frames) are
-    informational (foreign-allowed, granted), and they are exactly the rings xenstore names, so the
-    check exits 0. Then three entries of a copy are corrupted: exactly those, and the frames they
-    named (now orphans), are found."""
-    import shutil
-    from xenstructs.paging import Paging, walk
-    from xenstructs.xen import p2m as P
-    code, res = _p2m_check(host_dump, domu)
-    assert {k: v for k, v in res["counts"].items() if v and k not in ("identity", "foreign-allowed")} == {}, \
-        res["counts"]
-    allowed = res["findings"]["foreign-allowed"]
-    assert code == 0 and {x["mfn"] for x in allowed} <= {domu.rings["store"], domu.rings["console"]}, allowed
-    assert allowed and all(x["foreign_bit"] and x["basis"] == "granted" for x in allowed), allowed
-    base_foreign = []
-    xc, ht, host = xs
-    domu_mfns = set(int(m) for m in xc.p2m_array().tolist() if m >> 62 == 0)
-    assert all(m in domu_mfns for _, m in base_foreign), base_foreign
-    # where dom0's P2M entries live, through the page tables the check used
-    cr3 = int(res["sources"]["cr3"].split()[0], 16)
-    pg = Paging("4level", cr3 & ~0xFFF)
-    va, size = P.linux_p2m_location(ht, pg, domu.dom0_system_map)
-    p2m = P.p2m_from_linux(ht, pg, va, size)
-    valid = [i for i in range(1000, 20000) if int(p2m[i]) < host.max_page][:50]
-    a, b, c = valid[3], valid[17], valid[40]
-    domu_mfn = int(xc.p2m_array()[5])
-    bad = tmp_path / "corrupt.elf"
-    shutil.copyfile(host_dump, bad)
-    with open(bad, "r+b") as f:
-        for pfn, value in ((a, host.max_page + 0x1000), (b, domu_mfn), (c, (1 << 64) - 1)):
-            f.seek(_file_offset(str(bad), walk(ht, pg, va + 8 * pfn).pa))
-            f.write(struct.pack("<Q", value))
-    code, res = _p2m_check(str(bad), domu)
-    assert code == 1
-    got = {k: sorted((x["pfn"], x["mfn"]) for x in v) for k, v in res["findings"].items()
-           if v and k not in ("identity", "foreign-allowed")}
-    orphans = sorted((pfn, int(p2m[pfn])) for pfn in (a, b, c))        # the frames the entries named
-    assert got == {"beyond-max": [(a, host.max_page + 0x1000)], "foreign": sorted(base_foreign + [(b, domu_mfn)]),
-                   "invalid-in-range": [(c, None)], "m2p-orphan": orphans}, got      # INVALID: mfn null
-    os.unlink(bad)
 
 
 def test_modcheck_and_tasks_on_the_pv_domu(xs, domu, tmp_path):

@@ -332,3 +332,65 @@ def test_the_release_build_is_silent_and_refuses_alike(xen_mmu_debug, xen_mmu_re
     result = xenscope_log(release["console_path"])
     assert result["summary"]["chains"] == [] and result["summary"]["source_lines"] is None
     assert any("debug=n: a release build" in s for s in result["summary"]["story"])
+
+
+def _request(request):
+    """A chain's request without its line number (the serial capture has dom0's lines too)."""
+    return {k: v for k, v in (request or {}).items() if k != "line_no"}
+
+
+def _chains(result):
+    return [(_request(chain["request"]), chain["text"], chain["root_cause"]["kind"], chain["root_cause"]["text"])
+            for chain in result["summary"]["chains"]]
+
+
+def test_the_dumps_own_console_ring_tells_the_same_chains(xen_mmu_debug, debug_logs):
+    """No log file: ``log --from-dump`` reads Xen's console ring in the host dump and finds the same
+    refused requests, the same paths through mm.c and the same root causes as in the console Xen's
+    serial wrote (the ring holds the whole boot: conring_size=1M); ``check`` without a log names each
+    of them from the ring."""
+    run, whole, _ = debug_logs
+    ring = xenscope_log("--from-dump", run["dump"], "--xen-syms", run["xen_syms"])
+    assert ring["console"]["pages"] == "from the same dump" and "nothing dropped" in ring["console"]["description"]
+    assert _chains(ring) == _chains(whole) and len(_chains(ring)) >= 6
+    r = subprocess.run([sys.executable, "-m", "xenstructs.cli", "check", run["dump"], "--xen-syms", run["xen_syms"],
+                        "--no-siblings", "--json"], capture_output=True, text=True, cwd=TOP, timeout=900)
+    (report,) = json.loads(r.stdout)
+    console = {c["name"]: c for c in report["checks"]}["console"]
+    assert console["summary"].startswith("Xen's console ring in the dump: ") and console["status"] == "findings"
+    found = [(_request(f["request"]), f["root_cause"]["kind"]) for f in console["findings"]
+             if f["kind"] == "refused-request"]
+    assert found == [(_request(chain["request"]), chain["root_cause"]["kind"]) for chain in whole["summary"]["chains"]]
+    assert {f["source"] for f in console["findings"]} == {"dump"}
+
+
+@pytest.mark.parametrize("symbols", ["dom0's kallsyms", "none"])
+def test_p2m_check_finds_the_module_s_wrong_p2m_entry(xen_mmu_release, tmp_path, symbols):
+    """p2m_wrong_mfn changed dom0's P2M entry of one of its pages (page_pfn) to the mfn of another of
+    its pages (what __set_phys_to_machine would do; Xen is not asked, so it says nothing): p2m-check
+    on the dump, with dom0's P2M symbols (its /proc/kallsyms) and with no guest symbol file (every PV
+    domain by its shared_info), finds exactly that: the two pfns naming other_mfn (duplicate) and
+    page_mfn, which no entry maps any more (m2p-orphan: its M2P still says page_pfn); the domU clean."""
+    run = xen_mmu_release
+    report = run["scenarios"]["p2m_wrong_mfn"]["report"]
+    page_pfn, page_mfn, other_pfn, other_mfn = (report[k] for k in ("page_pfn", "page_mfn", "other_pfn", "other_mfn"))
+    assert (report["p2m_before"], report["p2m_after"]) == (page_mfn, other_mfn), report
+    guest = []
+    if symbols != "none":
+        smap = tmp_path / "dom0.map"
+        smap.write_text("".join(f"{va:016x} D {name}\n" for name, va in run["dom0_p2m_symbols"].items()))
+        guest = ["--domain", "0", "--kernel-syms", str(smap)]
+    r = subprocess.run([sys.executable, "-m", "xenstructs.cli", "p2m-check", run["dump"], *guest, "--xen-syms",
+                        run["xen_syms"] or run["xen_map"], "--limit", "0", "--json"], capture_output=True,
+                       text=True, cwd=TOP, timeout=600)
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr
+    res = json.loads(r.stdout)
+    doms = {0: res} if guest else {d["domain"]: d for d in res["domains"]}
+    got = {k: sorted((f["pfn"], f["mfn"]) for f in v) for k, v in doms[0]["findings"].items()
+           if v and k not in ("identity", "foreign-allowed")}
+    assert got == {"duplicate": sorted([(page_pfn, other_mfn), (other_pfn, other_mfn)]),
+                   "m2p-orphan": [(page_pfn, page_mfn)]}, got
+    if not guest:
+        assert doms[0]["sources"]["p2m"].startswith("from shared_info") and len(doms) == 2, doms.keys()
+        domu = next(d for i, d in doms.items() if i)
+        assert domu["problems"] == 0, domu["counts"]

@@ -190,3 +190,53 @@ def test_fault_dump_log_walks_the_guest_tables(crash):
     assert bytes.fromhex(r["insn"]["bytes"]) == crash["iret_bytes"] and r["insn"]["mnemonic"] == "iretq"
     assert any("QEMU's TCG" in note for note in r["notes"]), r["notes"]
     assert r["assumed"][0]["fires"] == ["smap"] and not r["spurious"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The console the dump itself holds: Xen's console ring
+# ---------------------------------------------------------------------------------------------
+
+def _xen_lines(console):
+    """Xen's lines on com1 (from their "(XEN)" on: dom0's hvc0 output shares the stream)."""
+    return [line[line.index("(XEN)"):] for line in console.splitlines() if "(XEN)" in line]
+
+
+def _check(crash, *extra):
+    r = run_cli("check", crash["dump"], "--xen-syms", crash["host"].xen_syms_symtab, "--json", *extra, timeout=600)
+    assert r.returncode in (0, 1), r.stderr
+    (report,) = json.loads(r.stdout)
+    return {c["name"]: c for c in report["checks"]}
+
+
+def test_dmesg_holds_the_crash_as_xen_printed_it(crash):
+    """``dmesg`` of the dump taken after the crash: Xen's console ring is line for line what Xen
+    printed on com1, the crash block (Unhandled #PF, the page walk, domain_crash_sync, the register
+    dump) and the last line included."""
+    r = run_cli("dmesg", crash["dump"], "--xen-syms", crash["host"].xen_syms_symtab, "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["lines"] == _xen_lines(crash["console"]), got["description"]
+    p = _printed(crash["console"])
+    assert any(f"domain_crash_sync called from entry.S: fault at {p['sync'][0]:016x}" in line for line in got["lines"])
+    assert "Hardware Dom0 crashed" in got["lines"][-1] and got["details"]["dropped"] == 0
+
+
+def test_check_without_a_log_reads_the_ring(crash):
+    """``check`` with no log beside the dump: faults and console read Xen's console ring in the dump and
+    say so; what they find is what they find in the console file Xen's serial wrote (check --log):
+    the same fault (CR2, error code, cause: SMAP, the guest's access) and the same crash."""
+    alone, with_log = _check(crash, "--no-siblings"), _check(crash, "--log", crash["log"])
+    ring = "Xen's console ring in the dump"
+    assert alone["faults"]["status"] == "findings" and alone["faults"]["summary"].startswith(f"page fault from {ring}: ")
+    (fault,), (logged,) = alone["faults"]["findings"], with_log["faults"]["findings"]
+    assert (fault["source"], fault["log"], logged["source"]) == ("dump", ring, "file")
+    p = _printed(crash["console"])
+    assert (fault["cr2"], fault["error"]) == (logged["cr2"], logged["error"]) == (p["cr2"], p["unhandled"][2])
+    assert fault["cause"] == logged["cause"] and "SMAP violation" in fault["cause"]
+    assert alone["console"]["summary"].startswith(f"{ring}: ") and alone["console"]["status"] == "findings"
+
+    def without_source(findings):   # the line numbers differ: the serial has dom0's lines too
+        return [dict({k: v for k, v in f.items() if k not in ("source", "lines")},
+                     text=re.sub(r"^lines? [\d-]+", "", f["text"])) for f in findings]
+    assert without_source(alone["console"]["findings"]) == without_source(with_log["console"]["findings"])
+    assert [f["kind"] for f in alone["console"]["findings"]] == ["crash"]

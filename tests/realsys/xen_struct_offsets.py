@@ -29,6 +29,7 @@ import tempfile
 
 MEMBERS = (
     ("domain_size", "sizeof(struct domain)"),
+    ("domain_shared_info", "offsetof(struct domain, shared_info)"),
     ("domain_grant_table", "offsetof(struct domain, grant_table)"),
     ("domain_is_privileged", "offsetof(struct domain, is_privileged)"),
     ("domain_auto_node_affinity", "offsetof(struct domain, auto_node_affinity)"),

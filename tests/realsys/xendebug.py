@@ -32,6 +32,7 @@ hypervisor and its -dbg, to compare with the release build) can be fetched is us
 import glob
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -161,14 +162,31 @@ def debug_config(release_config):
     return text.replace("# CONFIG_DEBUG is not set", "CONFIG_DEBUG=y")
 
 
-def _make_args(version, tree):
+def _make_args(version, tree, cflags="", maintainer=MAINTAINER):
     return list(MAKE_ARGS) + [
-        f"EXTRA_CFLAGS_XEN_CORE=-ffile-prefix-map={tree}=. -fdebug-prefix-map={tree}=.",
-        f"DEB_VERSION={version}", f"DEB_MAINTAINER={MAINTAINER}"]
+        f"EXTRA_CFLAGS_XEN_CORE={cflags}-ffile-prefix-map={tree}=. -fdebug-prefix-map={tree}=.",
+        f"DEB_VERSION={version}", f"DEB_MAINTAINER={maintainer}"]
 
 
-def _build(version, config_text, out):
-    """Build into a temporary copy of the source tree; move the results to ``out``."""
+def debian_identity(tree):
+    """``(maintainer, environment)`` as debian/rules sets them: DEB_MAINTAINER from debian/control,
+    XEN_BUILD_DATE/TIME from the changelog's date (SOURCE_DATE_EPOCH): what the banner and
+    ``xen_compile_*`` show in Debian's own binary, so a rebuild puts .rodata at the same addresses."""
+    control = open(os.path.join(tree, "debian", "control")).read()
+    maintainer = re.search(r"^Maintainer: (.*)$", control, re.M).group(1).strip()
+    epoch = V.sh("dpkg-parsechangelog", "-l", os.path.join(tree, "debian", "changelog"),
+                 "-STimestamp").stdout.strip()
+    env = {"LC_ALL": "C", "TZ": "UTC"}
+    date = subprocess.run(["date", "-u", "-d", f"@{epoch}"], capture_output=True, text=True, env=env)
+    clock = subprocess.run(["date", "-u", "-d", f"@{epoch}", "+%T"], capture_output=True, text=True, env=env)
+    return maintainer, {"XEN_BUILD_DATE": date.stdout.strip(), "XEN_BUILD_TIME": clock.stdout.strip(),
+                        "SOURCE_DATE_EPOCH": epoch}
+
+
+def _build(version, config_text, out, cflags="", as_debian=False):
+    """Build into a temporary copy of the source tree; move the results to ``out``. ``cflags``
+    (e.g. ``"-g "``) go before the file-prefix maps in EXTRA_CFLAGS_XEN_CORE; ``as_debian``: with
+    Debian's maintainer and build date (:func:`debian_identity`) instead of xenscope's."""
     source = fetch_source(version)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
@@ -178,8 +196,9 @@ def _build(version, config_text, out):
         shutil.copytree(os.path.join(source, "tree"), tree, symlinks=True)
         with open(os.path.join(tree, "xen", ".config"), "w") as f:
             f.write(config_text)
-        args = _make_args(version, tree)
-        env = dict(os.environ, WGET="/bin/false", GIT="/bin/false")
+        maintainer, identity = debian_identity(tree) if as_debian else (MAINTAINER, {})
+        args = _make_args(version, tree, cflags, maintainer)
+        env = dict(os.environ, WGET="/bin/false", GIT="/bin/false", **identity)
         for target in (["olddefconfig"], [f"-j{os.cpu_count() or 2}"]):
             run = subprocess.run(["make", "-C", "xen", *target, *args], cwd=tree, env=env,
                                  capture_output=True, text=True)

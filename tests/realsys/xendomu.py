@@ -248,6 +248,8 @@ def domu_initramfs():
         "/bin/busybox --install -s /bin",
         "mount -t proc proc /proc",
         "mount -t devtmpfs dev /dev",
+        # kernel lines at level 2 (shown under loglevel=4): the truth for dmesg of the dump-core
+        "for i in 1 2 3; do echo \"<2>XENSCOPE-KMSG $i\" > /dev/kmsg; done",
         f"echo {DOMU_READY} $(uname -r) $(cat /proc/cmdline)",
         "sleep 100000 &",
         "while true; do sleep 3600; done",

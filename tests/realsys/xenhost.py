@@ -189,6 +189,24 @@ def xen_files(version=None):
     return out
 
 
+def elf_symtab(path):
+    """``{(address, name)}`` of an ELF's ``.symtab`` as Xen's tools/symbols.c names them: a local
+    symbol is ``FILE#name`` after the last STT_FILE before it; sections, files, undefined and
+    absolute symbols are not in Xen's table."""
+    from elftools.elf.elffile import ELFFile
+    out, current = set(), None
+    with open(path, "rb") as f:
+        for sym in ELFFile(f).get_section_by_name(".symtab").iter_symbols():
+            kind, bind = sym["st_info"]["type"], sym["st_info"]["bind"]
+            if kind == "STT_FILE":
+                current = sym.name or None
+                continue
+            if kind == "STT_SECTION" or not sym.name or sym["st_shndx"] in ("SHN_UNDEF", "SHN_ABS"):
+                continue
+            out.add((sym["st_value"], f"{current}#{sym.name}" if bind == "STB_LOCAL" and current else sym.name))
+    return out
+
+
 # ---------------------------------------------------------------- dom0 initramfs
 
 def dom0_initramfs(extra_files=None, extra_modules=(), extra_init=""):

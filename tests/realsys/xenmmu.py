@@ -193,3 +193,4 @@ def _collect(host, run):
     run["dom0_p2m_symbols"] = {line.split()[2]: int(line.split()[0], 16) for line in kallsyms.splitlines()
                                if len(line.split()) == 3}
     run["dom0_cr3"] = host.dom0_cr3()
+    run["key_q"] = host.debug_key("q")              # each domain's nr_pages/max_pages, as Xen counts them

@@ -258,4 +258,5 @@ from . import p2m  # noqa: E402,F401
 from . import fault  # noqa: E402,F401
 from . import linux  # noqa: E402,F401
 from . import stack  # noqa: E402,F401
+from . import dmesg  # noqa: E402,F401
 from . import check  # noqa: E402,F401

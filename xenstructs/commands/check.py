@@ -59,7 +59,9 @@ def _status(reports):
              arg("dumps", nargs="+", metavar="DUMP|DIR", help="dump files, or directories (their regular files)"),
              arg("--jobs", "-j", type=number, default=None, help="worker processes (default: CPU count)"),
              arg("--xen-syms", metavar="P", help="xen-syms or its .map (default: <dump>.map next to a Xen host dump)"),
-             arg("--kernel-syms", metavar="System.map", help="dom0's System.map: check dom0's P2M on host dumps"),
+             arg("--kernel-syms", metavar="System.map",
+                 help="dom0's System.map: where dom0's P2M list is on host dumps (default: every PV domain's P2M is "
+                      "found by its shared_info)"),
              arg("--profile", metavar="P", help="kernel profile JSON: run modcheck on kernel dumps"),
              arg("--vmlinux", metavar="P", help="vmlinux with DWARF: run modcheck on kernel dumps"),
              arg("--system-map", metavar="P", help="System.map for modcheck"),

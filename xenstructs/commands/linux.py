@@ -9,7 +9,7 @@ from .paging import PAGING
 KERNEL = group(
     "kernel types and symbols",
     arg("--vmlinux", metavar="PATH", help="vmlinux with DWARF (offsets and symbols; slow on a big "
-        "one: save a profile once with 'xenscope profile')"),
+        "one: save a profile once with 'xenscope profile'; default: the dump's own BTF and kallsyms)"),
     arg("--profile", metavar="FILE", help="kernel profile JSON (xenscope profile VMLINUX -o FILE)"),
     arg("--system-map", metavar="FILE", help="System.map, or a saved /proc/kallsyms"),
     arg("--kaslr-offset", type=address, help="KASLR offset (default: KERNELOFFSET, or found)"))
@@ -44,6 +44,12 @@ def _list_error_lines(errs):
     return [f"warning: {e['message']}" for e in errs]
 
 
+def _sources_line(r):
+    """Where the kernel's symbols and structure offsets came from (``kernel.sources``)."""
+    src = (r.get("kernel") or {}).get("sources") or {}
+    return [f"symbols: {src.get('symbols', '?')}; types: {src.get('types', '?')}"]
+
+
 def _list_status(result):
     return 1 if result["list_errors"] else 0
 
@@ -59,7 +65,7 @@ def _tasks_render(r, args):
         rows.append((t["pid"], t["comm"], _hex(t["task"]), _hex(t["mm"]), pgd,
                      t["error"] or _hex(t["cr3"])))
     out = [tabulate(rows, headers=("pid", "comm", "task", "mm", "pgd", "cr3"), tablefmt="plain")]
-    out += _list_error_lines(r["list_errors"])
+    out += _list_error_lines(r["list_errors"]) + _sources_line(r)
     return "\n".join(out)
 
 
@@ -83,7 +89,7 @@ def _modules_render(r, args):
         regs = ", ".join(f"{g['name']} {g['va']:#x}+{g['size']:#x}" for g in m["regions"])
         rows.append((m["name"], _hex(m["module"]), m["pages"], m["error"] or regs))
     out = [tabulate(rows, headers=("name", "module", "pages", "regions"), tablefmt="plain")]
-    out += _list_error_lines(r["list_errors"])
+    out += _list_error_lines(r["list_errors"]) + _sources_line(r)
     return "\n".join(out)
 
 
@@ -117,7 +123,7 @@ def _modcheck_render(r, args):
         out.append(f"note: {n} page(s) of {lab} are not mapped in init_mm.pgd either (not compared)")
     for t in r["skipped_tasks"]:
         out.append(f"note: task {t['pid']} {t['comm']} skipped: {t['why']}")
-    out += _list_error_lines(r["list_errors"])
+    out += _list_error_lines(r["list_errors"]) + _sources_line(r)
     return "\n".join(out)
 
 
@@ -143,7 +149,19 @@ def modcheck(target, args):
 # profile
 # ---------------------------------------------------------------------------------------------
 
+def _xen_profile_render(r, args):
+    out = [f"{r['xen_syms']}: Xen {r['xen'] or '?'}, build-id {', '.join(r['build_ids'])}, read in {r['seconds']} s"]
+    rows = [(f"{name}.{member}", off) for name, members in sorted(r["structs"].items())
+            for member, off in sorted(members.items())]
+    out.append(tabulate(rows, headers=("member", "offset"), tablefmt="plain"))
+    if r["output"]:
+        out.append(f"written to {r['output']} (give it to the Xen commands with --xen-syms)")
+    return "\n".join(out)
+
+
 def _profile_render(r, args):
+    if r.get("kind") == "xen":
+        return _xen_profile_render(r, args)
     m = r["meta"]
     out = [f"{m.get('vmlinux')}: Linux {m.get('kernel_version') or '?'}, build-id {m.get('build_id') or '-'}, "
            f"DWARF {m.get('dwarf_version')}, {m.get('cus_read')} of {m.get('cus_total')} CUs read in "
@@ -157,14 +175,22 @@ def _profile_render(r, args):
     return "\n".join(out)
 
 
-@command("profile", "Extract the kernel offsets and symbols xenscope needs from a vmlinux (DWARF) "
-                    "into a small JSON profile.", target=None,
-         arguments=[arg("vmlinux", help="vmlinux with DWARF debug info"),
+@command("profile", "Extract the kernel offsets and symbols xenscope needs from a vmlinux (DWARF), or "
+                    "the Xen structure offsets from a xen-syms with DWARF, into a small JSON profile.",
+         target=None,
+         arguments=[arg("vmlinux", help="vmlinux or xen-syms with DWARF debug info"),
                     arg("-o", "--output", metavar="FILE", help="write the profile to FILE")],
          render=_profile_render)
 def profile(target, args):
     from ..linux.profile import Profile
+    from ..xen import profile as xen_profile
     t0 = time.perf_counter()
+    if xen_profile.is_xen_syms(args.vmlinux):
+        prof = xen_profile.from_xen_syms(args.vmlinux)
+        if args.output:
+            prof.to_json(args.output)
+        return dict(prof.to_dict(), kind="xen", xen_syms=args.vmlinux, output=args.output,
+                    seconds=round(time.perf_counter() - t0, 3))
     prof = Profile.from_dwarf(args.vmlinux)
     if args.output:
         prof.to_json(args.output)

@@ -9,21 +9,29 @@ from .xen import XEN
 
 CHECK_LIMIT = 20
 
-SOURCES = (
-    arg("--domain", type=number, default=0, help="domain id (default 0)"),
-    group("where the guest's P2M list is (Xen host dumps)",
-          arg("--kernel-syms", metavar="System.map",
-              help="the guest kernel's System.map: xen_p2m_addr / xen_p2m_size (or, without them, "
-                   "xen_start_info's start_info.mfn_list / nr_pages) are read from its memory"),
-          arg("--p2m-va", type=address, metavar="VA", help="guest virtual address of the P2M list"),
-          arg("--p2m-entries", type=number, metavar="N",
-              help="number of entries (pfns) in the list; with --kernel-syms: read only the first N"),
-          arg("--cr3", type=address,
-              help="the guest's CR3 (default: the dump CPU's when it is the domain's, else one of "
-                   "the domain's pinned L4 tables)")),
-    arg("--host", metavar="DUMP", help="xl dump-core targets: a Xen host dump giving the M2P and owners"),
-    XEN,
-)
+
+
+def _sources(domain_help):
+    return (
+        arg("--domain", type=number, default=None, help=domain_help),
+        group("where the guest's P2M list is (Xen host dumps; default: found by the domain's shared_info)",
+              arg("--kernel-syms", metavar="System.map",
+                  help="the guest kernel's System.map: xen_p2m_addr / xen_p2m_size (or, without them, "
+                       "xen_start_info's start_info.mfn_list / nr_pages) are read from its memory"),
+              arg("--p2m-va", type=address, metavar="VA", help="guest virtual address of the P2M list"),
+              arg("--p2m-entries", type=number, metavar="N",
+                  help="number of entries (pfns) in the list; with --kernel-syms: read only the first N"),
+              arg("--cr3", type=address,
+                  help="the guest's CR3 (default: the dump CPU's when it is the domain's, else one of "
+                       "the domain's pinned L4 tables)")),
+        arg("--host", metavar="DUMP", help="xl dump-core targets: a Xen host dump giving the M2P and owners"),
+        XEN,
+    )
+
+
+CHECK_SOURCES = _sources("domain id (default on a Xen host dump: every PV domain; --kernel-syms, --p2m-va, "
+                         "--p2m-entries or --cr3 without it: domain 0)")
+ENTRY_SOURCES = _sources("domain id (default 0)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -31,6 +39,8 @@ SOURCES = (
 # ---------------------------------------------------------------------------------------------
 
 def _check_render(r, args):
+    if "domains" in r:
+        return _every_render(r, args)
     from ..xen.p2m_sources import finding_text
     from ..xen.p2m import CLASSES, INFORMATIONAL
     lim = args.limit or None
@@ -53,10 +63,25 @@ def _check_render(r, args):
     return "\n".join(out)
 
 
-@command("p2m-check", "Cross-check a PV domain's P2M with Xen's M2P and page owners (exit 1 on findings).",
-         arguments=[SOURCES, arg("--limit", type=number, default=CHECK_LIMIT,
+def _every_render(r, args):
+    """Every PV domain's result (:func:`~xenstructs.xen.p2m_sources.check_every_domain`)."""
+    out = [f"{len(r['domains'])} PV domain(s) checked, each P2M found by its shared_info unless an option says "
+           f"otherwise ({r['sources']['pv']})"]
+    for one in r["domains"]:
+        out += ["", f"== d{one['domain']} ==", _check_render(one, args)]
+    for s in r["skipped"]:
+        out += ["", f"== d{s['domain']}: skipped: {s['why']}"]
+    for e in r["errors"]:
+        out += ["", f"== d{e['domain']}: not checked: {e['error']}"]
+    out += ["", f"{r['problems']} problem(s) in {len(r['domains'])} domain(s)"
+            + (f", {len(r['errors'])} domain(s) not checked" if r["errors"] else "")]
+    return "\n".join(out)
+
+
+@command("p2m-check", "Cross-check PV domains' P2Ms with Xen's M2P and page owners (exit 1 on findings).",
+         arguments=[CHECK_SOURCES, arg("--limit", type=number, default=CHECK_LIMIT,
                                  help=f"findings printed per class (default {CHECK_LIMIT}; 0: all)")],
-         render=_check_render, status=lambda r: 1 if r["problems"] else 0)
+         render=_check_render, status=lambda r: 1 if r["problems"] or r.get("errors") else 0)
 def p2m_check(target, args):
     from ..xen.p2m_sources import P2MOptions, check_p2m
     return check_p2m(target, P2MOptions.from_namespace(args))
@@ -83,7 +108,7 @@ def _p2m_render(r, args):
 @command("p2m", "A PV domain's P2M entry for a pfn: pfn -> mfn -> M2P back (and the frame's owner).",
          arguments=[arg("pfn", type=address, help="guest pfn (hex)"),
                     arg("--count", type=number, default=1, help="this many pfns from PFN (default 1, at most 4096)"),
-                    SOURCES],
+                    ENTRY_SOURCES],
          render=_p2m_render)
 def p2m_cmd(target, args):
     import numpy as np
@@ -91,7 +116,8 @@ def p2m_cmd(target, args):
     from ..xen.p2m_sources import P2MOptions, find_sources
     if args.count < 1 or args.count > 4096:
         raise XenscopeError(f"--count {args.count} out of range (1..4096)")
-    src = find_sources(target, P2MOptions.from_namespace(args), first=args.pfn, count=args.count)
+    opts = P2MOptions.from_namespace(args)
+    src = find_sources(target, opts, first=args.pfn, count=args.count)
     try:
         e = np.asarray(src.p2m, np.uint64)
         mfn = e & np.uint64(p2m.MFN_MASK)
@@ -131,6 +157,7 @@ def p2m_cmd(target, args):
                 else:
                     row["verdict"] = f"mismatch: M2P says {p2m.m2p_text(back[i])}"
             rows.append(row)
-        return {"domain": args.domain, "sources": src.why, "entries": rows}
+        return {"domain": src.domain if src.domain is not None else args.domain, "sources": src.why,
+                "entries": rows}
     finally:
         src.close()

@@ -16,6 +16,8 @@ def _render(r, args):
            f"{r['stack_end']:#x} ({r['words']} words, {r['mode']}, cr3 {r['cr3']:#x})"]
     if not r["symbols"]:
         out.append("no --symbols: showing words that look like kernel text addresses")
+    else:
+        out.append(f"symbols: {'; '.join(r['symbols'])}")
     frames = {f["va"]: f for f in r["frames"]}
     shown = set()
     items = sorted([(e["va"], "e", e) for e in r["entries"]] + [(f["va"], "f", f) for f in r["frames"]],
@@ -49,6 +51,39 @@ def _render(r, args):
     return "\n".join(out)
 
 
+def _dump_symbols(target):
+    """The kernel's text symbols from a Linux dump's own kallsyms tables, or None."""
+    from ..linux.profile import Symbols
+    vi = target.facts.get("vmcoreinfo")
+    if vi is None or vi.symbol("kallsyms_names") is None:
+        return None
+    try:
+        found = Symbols.from_dump(target)
+    except XenscopeError:
+        return None
+    syms = TextSymbols()
+    syms.add(found.kallsyms.text_pairs(), found.get("_etext"), found.source)
+    _add_module_symbols(target, syms)
+    return syms
+
+
+def _add_module_symbols(target, syms):
+    """Each loaded module's own symbols (``module->kallsyms``), when the dump's BTF gives the types."""
+    from ..linux.kernel import open_kernel
+    from ..linux.modsyms import module_symbols
+    from ..linux.modules import for_each_module
+    try:
+        kernel = open_kernel(target)
+        if not kernel.profile.has("mod_kallsyms.symtab"):
+            return
+        for m in for_each_module(kernel):
+            pairs = [(a, n if t in "Tt" else None) for a, t, n in module_symbols(kernel, m.address)]
+            if any(n for _, n in pairs):
+                syms.add(pairs, source=f"from the dump (module {m.name}'s kallsyms)", module=m.name)
+    except XenscopeError:
+        return
+
+
 @command("stack", "Scan a vCPU's kernel stack from SP: candidate return addresses (function+0xoff/0xsize "
                   "[module] with --symbols, as the kernel's Call Trace prints them) and exception frames "
                   "(pt_regs, Xen PV rcx/r11).",
@@ -59,7 +94,7 @@ def _render(r, args):
              arg("--ip", type=address, help="instruction pointer for the first line (default: rip/eip)"),
              arg("--symbols", action="append", default=[], metavar="FILE",
                  help="System.map, saved /proc/kallsyms (or only its [module] lines) or vmlinux "
-                      "(repeatable)"),
+                      "(repeatable; default: a Linux dump's own kallsyms)"),
              arg("--depth", type=number, help="scan at most N words (default: to the end of the stack)"),
              arg("--thread-size", type=number,
                  help="stack size, a power of two (default 16 KiB on x86_64, 8 KiB on i386)"),
@@ -69,7 +104,7 @@ def _render(r, args):
 def stack(target, args):
     if args.depth is not None and not 0 < args.depth <= MAX_DEPTH:
         raise XenscopeError(f"--depth {args.depth} out of range (1..{MAX_DEPTH})")
-    syms = TextSymbols.from_files(args.symbols) if args.symbols else None
+    syms = TextSymbols.from_files(args.symbols) if args.symbols else _dump_symbols(target)
     ctx = resolve(target, cr3=args.cr3, mode=args.mode, cpu=args.cpu)
     machine = target.facts.get("machine") or ("x86_64" if ctx.paging.mode in ("4level", "5level")
                                               else "i386")

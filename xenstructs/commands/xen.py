@@ -9,7 +9,8 @@ MAX_LIST = 1 << 20
 XEN = group(
     "Xen (default: from the dump)",
     arg("--xen", metavar="VERSION", help="Xen release, e.g. 4.17.3 (decides the page_info layout)"),
-    arg("--xen-syms", metavar="PATH", help="xen-syms (ELF) or its .map: symbols VMCOREINFO_XEN lacks"),
+    arg("--xen-syms", metavar="PATH", help="xen-syms (ELF), its .map, or a Xen profile (xenscope profile): "
+                                           "default: the symbol table and build-id of Xen's own image"),
     arg("--cpu", type=number, default=0, help="CPU whose CR3 reaches Xen's page tables (default 0)"))
 
 
@@ -142,7 +143,11 @@ def _domains_render(r, args):
     out = [tabulate(rows, headers=("id", "name", "struct domain", "frames owned", "tot_pages", "max_pages",
                                    "found via"), tablefmt="simple", disable_numparse=True)]
     if any(d["max_pages"] is None for d in r["domains"]):
-        out.append("tot_pages/max_pages: '?' where struct domain offsets are unknown (give xen-syms with DWARF)")
+        out.append("tot_pages/max_pages: '?' where struct domain offsets are unknown (give xen-syms with DWARF, "
+                   "or a profile of this build: xenscope profile XEN-SYMS)")
+    structs = r["xen"]["sources"].get("structs")
+    if structs:
+        out.append(f"struct offsets: {structs}")
     if r["frames_error"]:
         out.append(f"frame counts unavailable: {r['frames_error']}")
     return "\n".join(out)
@@ -172,7 +177,7 @@ def domains(target, args):
             listed.add(d.pickled)
     out = [{"id": d.id, "name": d.name, "struct_va": d.struct_va, "source": d.source,
             "frames": counts.get(d.pickled, 0), "tot_pages": d.extra.get("tot_pages"),
-            "max_pages": d.extra.get("max_pages")} for d in doms]
+            "max_pages": d.extra.get("max_pages"), "shared_info": d.extra.get("shared_info")} for d in doms]
     return {"xen": h.describe(), "domains": out, "frames_error": counts_error}
 
 

@@ -12,15 +12,50 @@ def _add_dump(res, args):
     from ..xen.host import open_host
     target = open_dump(args.dump)
     try:
-        host = open_host(target, version=args.xen, syms=args.xen_syms)
-        res["summary"]["dump"] = {"file": args.dump}
-        for row in res["summary"]["by_mfn"][:DUMP_MFNS]:
-            try:
-                row["page"] = host.page(row["mfn"])
-            except XenscopeError as e:
-                row["page"] = {"mfn": row["mfn"], "error": str(e)}
-        from ..xen.console.chainstory import dump_story
-        res["summary"]["story"] += dump_story(res["summary"]["chains"], host)
+        _add_pages(res, open_host(target, version=args.xen, syms=args.xen_syms), args.dump)
+    finally:
+        target.close()
+
+
+def _add_pages(res, host, path):
+    """Each mfn's current page_info (the first DUMP_MFNS of the summary) and the dump's story."""
+    res["summary"]["dump"] = {"file": path}
+    for row in res["summary"]["by_mfn"][:DUMP_MFNS]:
+        try:
+            row["page"] = host.page(row["mfn"])
+        except XenscopeError as e:
+            row["page"] = {"mfn": row["mfn"], "error": str(e)}
+    from ..xen.console.chainstory import dump_story
+    res["summary"]["story"] += dump_story(res["summary"]["chains"], host)
+
+
+def _from_dump(args, keep):
+    """Annotate Xen's console ring in ``args.from_dump``, with each mfn's page state from that dump
+    when a XenHost can be made of it."""
+    from ..dumpconsole import dump_console, xen_console
+    from ..targets import open_dump
+    from ..xen.console import annotate_lines
+    from ..xen.host import open_host
+    target = open_dump(args.from_dump)
+    try:
+        try:
+            host = open_host(target, version=args.xen, syms=args.xen_syms)
+            console, why = xen_console(host), None
+        except XenscopeError as e:
+            host, why = None, str(e)
+            console = dump_console(target, xen_syms=args.xen_syms, xen=args.xen)
+        if console.kind != "xen":
+            raise XenscopeError(f"{args.from_dump} is a Linux dump: its console is the kernel's printk buffer, "
+                                f"not Xen's (xenscope dmesg prints it)")
+        dumped = None if args.xen or host is None else host.version
+        res = annotate_lines(console.lines, version=args.xen or dumped, keep=keep)
+        if dumped:
+            res["layout"]["why"] = f"Xen {dumped} from the dump ({host.sources.get('version')})"
+        res["console"] = {"file": args.from_dump, "description": console.description,
+                          "pages": "from the same dump" if host else f"not added: {why}"}
+        if host is not None:
+            _add_pages(res, host, args.from_dump)
+        return res
     finally:
         target.close()
 
@@ -46,6 +81,9 @@ def _ctx_text(c):
 def _log_render(r, args):
     from ..xen.console import KIND_TEXT
     out = [f"layout: {r['layout']['name']} ({r['layout']['why']})", ""]
+    if r.get("console"):
+        out[:0] = [f"console: {r['console']['description']} (in {r['console']['file']}; page states "
+                   f"{r['console']['pages']})"]
     limit = DEFAULT_LIMIT if args.limit is None else args.limit
     entries = r["entries"]
     for e in entries[:limit]:
@@ -87,17 +125,22 @@ def _log_render(r, args):
     return "\n".join(out)
 
 
-@command("log", "Annotate a Xen console log (xl dmesg, serial capture): decode every mm.c/traps.c "
-                "message, summarise per mfn and domain, tell the likely story.", target=None,
+@command("log", "Annotate a Xen console log (xl dmesg, serial capture, or the console ring a Xen host dump "
+                "holds: --from-dump): decode every mm.c/traps.c message, summarise per mfn and domain, tell "
+                "the likely story.", target=None,
          arguments=[
-             arg("file", metavar="FILE", help="the log file, or - for standard input"),
+             arg("file", metavar="FILE", nargs="?", help="the log file, or - for standard input"),
+             arg("--from-dump", metavar="DUMP",
+                 help="instead of FILE: Xen's console ring in this Xen host dump (with each mfn's page state "
+                      "from it, as --dump)"),
              arg("--xen", metavar="VERSION",
                  help="Xen version (X.Y.Z) for the page_info layout (default: the log's banner, "
                       "else guessed from a Bad type line)"),
              arg("--dump", metavar="DUMP",
                  help="a Xen host dump: add each mfn's current page_info state (count, type, owner, M2P)"),
              arg("--xen-syms", metavar="PATH",
-                 help="with --dump: xen-syms (ELF) or its .map, for symbols VMCOREINFO_XEN lacks"),
+                 help="with --dump or --from-dump: xen-syms (ELF) or its .map, for symbols VMCOREINFO_XEN "
+                      "lacks"),
              arg("--limit", type=number, default=DEFAULT_LIMIT,
                  help=f"annotated lines shown in text output (default {DEFAULT_LIMIT}; the summary is "
                       "always shown)")],
@@ -107,6 +150,14 @@ def log_cmd(target, args):
     if args.limit is not None and args.limit < 0:
         from . import UsageError
         raise UsageError("--limit must be >= 0")
+    if (args.file is None) == (args.from_dump is None):
+        from . import UsageError
+        raise UsageError("give a log FILE (or -) or --from-dump DUMP, one of them")
+    if args.from_dump:
+        if args.dump:
+            from . import UsageError
+            raise UsageError("--from-dump already reads the page states from its dump: --dump is not needed")
+        return _from_dump(args, max(5000, args.limit or 0))
     res = annotate_file(args.file, version=args.xen, keep=max(5000, args.limit or 0))
     if args.dump:
         _add_dump(res, args)

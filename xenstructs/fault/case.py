@@ -19,7 +19,7 @@ from ..errors import UsageError, XenscopeError
 from ..xen.release import parse_version
 from .explainer import explain
 from .insn import parse_hex_bytes
-from ..xen.console.faultlog import read_log
+from ..xen.console.faultlog import parse_log, read_log
 from .state import FaultState
 
 ENTRY_NAMES = (("pte", "PTE"), ("pde", "PDE"), ("pdpte", "PDPTE"), ("pml4e", "PML4E"), ("pml5e", "PML5E"))
@@ -31,6 +31,8 @@ class FaultInputs:
     """What the user says about the fault (each None when not given)."""
     cpu: int = 0
     log: Optional[str] = None
+    log_lines: Optional[list] = None    # the log's text already read (a dump's console), instead of log
+    log_name: Optional[str] = None      # what log_lines are, for the notes ("Xen's console ring in the dump")
     cr2: Optional[int] = None
     error: Optional[int] = None
     ip: Optional[int] = None
@@ -57,7 +59,7 @@ class FaultInputs:
     @classmethod
     def from_namespace(cls, namespace):
         """The inputs from an argparse namespace holding the same names."""
-        return cls(**{f.name: getattr(namespace, f.name) for f in fields(cls)})
+        return cls(**{f.name: getattr(namespace, f.name) for f in fields(cls) if hasattr(namespace, f.name)})
 
 
 def _state_from_inputs(given):
@@ -78,8 +80,9 @@ def _state_from_inputs(given):
     return state
 
 
-def _add_log(state, path, notes):
-    found, log_notes = read_log(path)
+def _add_log(state, path, notes, lines=None):
+    """The fault's fields a log gives: the file at ``path``, or ``lines`` (named ``path``)."""
+    found, log_notes = read_log(path) if lines is None else parse_log(lines)
     notes.extend(log_notes)
     pv = (state.guest or "") in ("pv32", "pv64")
     for name, (value, source) in found.items():
@@ -291,7 +294,9 @@ def explain_fault(target=None, given=None):
     given = given or FaultInputs()
     notes = []
     state = _state_from_inputs(given)
-    if given.log:
+    if given.log_lines is not None:
+        _add_log(state, given.log_name or "the log", notes, given.log_lines)
+    elif given.log:
         _add_log(state, given.log, notes)
     fault_walk = ctx = frame = None
     if target is not None:

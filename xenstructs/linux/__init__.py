@@ -7,6 +7,10 @@ Modules, one per subject (drgn helpers style):
     (pyelftools, read once and saved as a small JSON keyed by build-id/banner), from a JSON file,
     or from a callable (the gdb layer answers with gdb's own types). :class:`~.profile.Symbols`
     from vmlinux, System.map, kallsyms text or VMCOREINFO.
+:mod:`.fromdump`, :mod:`.kallsyms`, :mod:`.kallsyms_shape`, :mod:`.btf`, :mod:`.vmem`
+    symbols and types from the dump alone: the kernel's kallsyms tables (located by VMCOREINFO, or
+    by their shape in the kernel image) and its BTF blob (``__start_BTF``), read through the
+    kernel's own page tables; what :func:`~.kernel.open_kernel` uses when no file is given.
 :mod:`.kernel`
     :class:`~.kernel.Kernel`: kernel virtual memory read through the reference page tables
     (``init_mm.pgd``), KASLR offset, ``member(addr, "task_struct.pid")``.

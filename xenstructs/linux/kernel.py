@@ -11,8 +11,8 @@
    entries (and the target's ``read_phys``) are in machine frames: no direct-map arithmetic.
 
 Any task's page directory is found the same way (:meth:`Kernel.pgd_paging`).
-Symbols are looked up in, in order: the ``symbols`` given (System.map / kallsyms), the profile's
-(link-time, vmlinux), VMCOREINFO's (runtime). Link-time addresses get the KASLR offset: given,
+Symbols are looked up in, in order: the ``symbols`` given (System.map / kallsyms, or the dump's
+own kallsyms tables), the profile's (link-time, vmlinux), VMCOREINFO's (runtime). Link-time addresses get the KASLR offset: given,
 VMCOREINFO ``KERNELOFFSET``, ``SYMBOL(_stext)`` against the link-time ``_stext``, else found by
 looking for the profile's banner at ``linux_banner`` + k * 2 MiB.
 """
@@ -57,6 +57,9 @@ class Kernel:
         self.notes = []
         self._xlate = {}
         self._merge_vmcoreinfo_offsets()
+        self.sources["types"] = self.profile.meta.get("source", "none")
+        self.sources["symbols"] = symbols.source if symbols is not None else \
+            self.profile.meta.get("source") if self.profile.symbols else "VMCOREINFO SYMBOL() lines"
         self.kaslr_offset = self._kaslr_without_paging(kaslr_offset)
         self.boot = self._bootstrap(paging, dict(resolve_args or {}))
         self.paging = self.boot
@@ -133,8 +136,10 @@ class Kernel:
         if vi is not None and vi.symbol(name) is not None:
             return vi.symbol(name)
         if required:
-            raise XenscopeError(f"symbol {name} unknown: give --vmlinux, --system-map or a --profile "
-                                f"with symbols")
+            where = f" (not in the symbols {s.source}{'; ' + '; '.join(self.notes) if self.notes else ''})" \
+                if s is not None else ""
+            raise XenscopeError(f"symbol {name} unknown{where}: give --vmlinux, --system-map or a "
+                                f"--profile with symbols")
         return None
 
     def _bootstrap(self, paging, ra):
@@ -309,7 +314,9 @@ class Kernel:
 
 def open_kernel(target, vmlinux=None, profile=None, system_map=None, kaslr_offset=None, resolve_args=None):
     """The :class:`Kernel` of ``target`` described by files: a vmlinux with DWARF, or a saved
-    profile (``xenscope profile``), and optionally a System.map; with neither, VMCOREINFO's.
+    profile (``xenscope profile``), and optionally a System.map. What no file gives comes from the
+    dump itself: every symbol from its kallsyms tables (:meth:`~.profile.Symbols.from_dump`), the
+    structure offsets from its BTF (:meth:`~.profile.Profile.from_btf`), else VMCOREINFO's.
 
     :param resolve_args: :func:`~xenstructs.context.resolve` keywords (cr3, mode, cpu, efer, cr4,
         maxphyaddr) for the bootstrap tables
@@ -320,7 +327,21 @@ def open_kernel(target, vmlinux=None, profile=None, system_map=None, kaslr_offse
         raise XenscopeError("give --vmlinux or --profile, not both")
     prof = Profile.from_dwarf(vmlinux) if vmlinux else Profile.from_json(profile) if profile else None
     symbols = Symbols.from_file(system_map) if system_map else None
-    if prof is None and target.facts.get("vmcoreinfo") is None:
-        raise XenscopeError("the kernel's structure offsets are unknown: give --vmlinux VMLINUX or "
-                            "--profile FILE (xenscope profile VMLINUX -o FILE)")
-    return Kernel(target, prof, symbols, kaslr_offset=kaslr_offset, resolve_args=resolve_args)
+    notes = []
+    if symbols is None and (prof is None or not prof.symbols):
+        try:
+            symbols = Symbols.from_dump(target, resolve_args)
+        except XenscopeError as e:
+            notes.append(f"no kernel symbols in the dump: {e}")
+    if prof is None:
+        try:
+            prof = Profile.from_btf(target, symbols, resolve_args)
+        except XenscopeError as e:
+            if target.facts.get("vmcoreinfo") is None:
+                raise XenscopeError(f"the kernel's structure offsets are unknown ({e}): give --vmlinux "
+                                    "VMLINUX or --profile FILE (xenscope profile VMLINUX -o FILE)") from None
+            notes.append(str(e))
+            prof = Profile(meta={"source": f"VMCOREINFO only; {e}"})
+    kernel = Kernel(target, prof, symbols, kaslr_offset=kaslr_offset, resolve_args=resolve_args)
+    kernel.notes[:0] = notes
+    return kernel

@@ -36,7 +36,8 @@ WANTED = {
     "task_struct": ("tasks", "pid", "tgid", "comm", "mm", "active_mm"),
     "mm_struct": ("pgd",),
     "module": ("list", "name", "state", "mem", "core_layout", "init_layout", "module_core",
-               "core_size", "module_init", "init_size"),
+               "core_size", "module_init", "init_size", "kallsyms"),
+    "mod_kallsyms": ("symtab", "num_symtab", "strtab", "typetab"),
     "module_layout": ("base", "size"),
     "module_memory": ("base", "size"),
     "vmap_area": ("va_start", "va_end", "list", "rb_node", "vm"),
@@ -45,7 +46,7 @@ WANTED = {
 MEMBER_SIZES = ("task_struct.comm", "task_struct.pid", "module.name", "module.core_size",
                 "module_layout.size", "module_memory.size")
 REQUIRED_STRUCTS = ("task_struct", "mm_struct", "module")
-OPTIONAL_STRUCTS = ("vmap_area",)
+OPTIONAL_STRUCTS = ("vmap_area", "mod_kallsyms")
 # Compilation units that define the wanted structs in every kernel: read these first.
 LIKELY_CUS = ("init/main.c", "kernel/module/main.c", "kernel/module.c", "mm/vmalloc.c", "kernel/fork.c")
 OPTIONAL_CU_BUDGET = 64           # CUs read after the required structs are found, for optional ones
@@ -206,6 +207,18 @@ class Profile:
         """
         return _from_dwarf(cls, path, symbols)
 
+    # -- BTF ----------------------------------------------------------------------------------
+    @classmethod
+    def from_btf(cls, target, symbols=None, resolve_args=None):
+        """The offsets from the kernel's own BTF in the dump ``target`` (``__start_BTF`` ..
+        ``__stop_BTF``, located by the dump's kallsyms, else by ``symbols``); no symbols.
+        ``meta["source"]`` starts with "offsets from BTF in the dump".
+
+        :raises XenscopeError: no BTF in the dump, or not the structs needed
+        """
+        from .fromdump import btf_profile_of
+        return btf_profile_of(target, symbols, resolve_args)
+
 
 # ---------------------------------------------------------------------------------------------
 # DWARF reader
@@ -361,10 +374,12 @@ def _from_dwarf(cls, path, want_symbols):
 @dataclass
 class Symbols:
     """Symbol addresses and whether they are already relocated (runtime values: kallsyms,
-    VMCOREINFO) or link-time (vmlinux, System.map: add the KASLR offset)."""
+    VMCOREINFO) or link-time (vmlinux, System.map: add the KASLR offset). ``kallsyms`` is the
+    decoded :class:`~.kallsyms.Kallsyms` when the table came from the dump."""
     table: dict = field(default_factory=dict)
     relocated: bool = False
     source: str = "none"
+    kallsyms: object = None
 
     def get(self, name):
         return self.table.get(name)
@@ -407,9 +422,35 @@ class Symbols:
         return s
 
     @classmethod
+    def from_dump(cls, target, resolve_args=None):
+        """Every kernel symbol from the dump itself: its kallsyms tables (runtime addresses).
+        ``source`` is "from the dump (kallsyms via VMCOREINFO)" (or "... found by shape").
+
+        :raises XenscopeError: (a :class:`~.kallsyms.KallsymsError`) saying why not
+        """
+        from .fromdump import kallsyms_of
+        k = kallsyms_of(target, resolve_args)
+        table = k.table()
+        note = ", text symbols only: CONFIG_KALLSYMS_ALL off" if _text_only(k, table) else ""
+        return cls(table, True, f"from the dump ({k.how.split(' (')[0]}{note})", k)
+
+    @classmethod
     def from_vmcoreinfo(cls, vi):
         return cls(vi.symbols(), True, "VMCOREINFO")
 
     @classmethod
     def from_profile(cls, profile):
         return cls(dict(profile.symbols), False, profile.meta.get("source", "profile"))
+
+
+def _text_only(kallsyms, table):
+    """Whether every symbol is in ``[_stext, _etext]`` or ``[_sinittext, _einittext]``: what
+    ``scripts/kallsyms.c`` keeps without ``--all-symbols`` (``CONFIG_KALLSYMS_ALL`` off)."""
+    import numpy as np
+    ends = [table.get(n) for n in ("_stext", "_etext", "_sinittext", "_einittext")]
+    if None in ends:
+        return False
+    a = kallsyms.addresses
+    inside = ((a >= np.uint64(ends[0])) & (a <= np.uint64(ends[1]))) | \
+        ((a >= np.uint64(ends[2])) & (a <= np.uint64(ends[3])))
+    return bool(inside.all())

@@ -1,5 +1,11 @@
 """``struct domain`` / ``struct grant_table`` / ``struct active_grant_entry`` offsets per Xen release
-(x86_64), for dumps whose xen-syms has no DWARF (Debian's has none: only ``.symtab``).
+(x86_64), for dumps whose xen-syms has no DWARF (Debian's has none: only ``.symtab``) and no profile:
+:func:`select` takes them from xen-syms' DWARF or a profile first (``host.struct_offsets``,
+:mod:`.structs`: one source for every struct offset), this table only when neither gives them.
+
+``struct domain``'s ``shared_info`` (the page each guest shares with Xen, where the toolstack finds a
+PV guest's P2M: :mod:`.shared_info`) is at +16 in every release 4.14.0-4.19.6 and +24 in 4.20 (a
+``unique_id`` was added before it), release and debug builds alike.
 
 How the values were found: for every release tag 4.14.0 .. 4.20.4 of the public Xen repository, the
 hypervisor was configured (``make defconfig``, which at a RELEASE tag is a release build,
@@ -15,8 +21,10 @@ defconfig values: ``xen-hypervisor-4.14-amd64`` 4.14.6-1 (bullseye), ``-4.17-amd
 4.17.7+13-g2445b30a44-0+deb12u1 (bookworm), ``-4.20-amd64`` 4.20.4+63-g7abfd2bce2-0+deb13u1 (trixie),
 each ``/boot/xen-*.config`` compiled at the matching tag.
 
-Verified against a real dump (tests/realsys/test_xen_domu_boot.py): Debian's 4.17.7 release build
-with a PV domU made by its toolstack: ``is_privileged`` (+465) is 1 in dom0 and 0 in the domU,
+Verified against a real dump (tests/realsys/test_xen_domu_boot.py, test_xen_domu_p2m.py): Debian's
+4.17.7 release build with a PV domU made by its toolstack: ``shared_info`` (+16) of the domU names the
+page ``xl dump-core`` wrote as ``.xen_shared_info`` (byte for byte), dom0's the machine address Xen
+gave dom0 in ``start_info.shared_info``; ``is_privileged`` (+465) is 1 in dom0 and 0 in the domU,
 ``d->grant_table`` (+264) points at a table whose ``domain`` (+128) points back, and the domU's
 active entries 0 and 1 name the console and xenstore ring frames that ``xenstore-read`` prints, pinned
 by dom0 (``domid`` 0). The other rows are compiled, not seen in a dump: :func:`select` checks each
@@ -37,12 +45,13 @@ from .release import parse_version
 @dataclass(frozen=True)
 class DomainLayout:
     """Offsets of one release range and build (``debug``): ``struct domain`` members
-    ``grant_table``, ``is_privileged``, ``target``; ``struct grant_table`` members ``gt_version``,
+    ``shared_info``, ``grant_table``, ``is_privileged``, ``target``; ``struct grant_table`` members ``gt_version``,
     ``nr_grant_frames``, ``active``, ``domain`` (the back-pointer); ``struct active_grant_entry``
     size and members ``pin``, ``domid``, ``mfn``."""
     first: tuple
     last: tuple
     debug: bool
+    shared_info: int
     grant_table: int
     is_privileged: int
     target: int
@@ -54,9 +63,12 @@ class DomainLayout:
     act_pin: int
     act_domid: int
     act_mfn: int
+    label: str = ""
 
     @property
     def name(self):
+        if self.label:
+            return self.label
         first = ".".join(map(str, self.first))
         last = ".".join(map(str, self.last))
         return (first if first == last else f"{first}-{last}") + (" debug" if self.debug else " release")
@@ -74,39 +86,39 @@ def _row(first, last, debug, domain, gt, act):
                         *domain, *gt, *act)
 
 
-# first, last release, debug build, domain (grant_table, is_privileged, target),
+# first, last release, debug build, domain (shared_info, grant_table, is_privileged, target),
 # grant_table (gt_version, nr_grant_frames, active, domain), active_grant_entry (size, pin, domid, mfn);
 # every release tag 4.14.0-4.20.4 computed (release builds); debug builds at the tags named
 LAYOUTS = (
-    _row("4.14.0", "4.14.0", False, (264, 465, 472), (24, 36, 64, 80), (40, 0, 4, 24)),
-    _row("4.14.0", "4.14.0", True, (264, 465, 472), (32, 44, 72, 88), (48, 0, 4, 24)),
-    _row("4.14.1", "4.14.2", False, (272, 473, 480), (24, 36, 64, 80), (40, 0, 4, 24)),
-    _row("4.14.1", "4.14.1", True, (272, 473, 480), (32, 44, 72, 88), (48, 0, 4, 24)),
-    _row("4.14.3", "4.14.6", False, (272, 473, 480), (24, 36, 64, 120), (40, 0, 4, 24)),
-    _row("4.14.3", "4.14.3", True, (272, 473, 480), (32, 44, 72, 128), (48, 0, 4, 24)),
-    _row("4.14.6", "4.14.6", True, (272, 473, 480), (32, 44, 72, 128), (48, 0, 4, 24)),
-    _row("4.15.0", "4.15.0", False, (272, 473, 480), (24, 36, 64, 80), (40, 0, 4, 24)),
-    _row("4.15.0", "4.15.0", True, (272, 473, 480), (32, 44, 72, 88), (48, 0, 4, 24)),
-    _row("4.15.1", "4.15.7", False, (272, 473, 480), (24, 36, 64, 120), (40, 0, 4, 24)),
-    _row("4.15.1", "4.15.1", True, (272, 473, 480), (32, 44, 72, 128), (48, 0, 4, 24)),
-    _row("4.15.6", "4.15.7", True, (272, 473, 480), (32, 44, 72, 128), (48, 0, 4, 24)),
-    _row("4.16.0", "4.16.7", False, (272, 473, 480), (28, 40, 72, 128), (40, 0, 4, 24)),
-    _row("4.16.0", "4.16.0", True, (272, 473, 480), (36, 48, 80, 136), (48, 0, 4, 24)),
-    _row("4.16.7", "4.16.7", True, (272, 473, 480), (36, 48, 80, 136), (48, 0, 4, 24)),
-    _row("4.17.0", "4.17.7", False, (264, 465, 472), (28, 40, 72, 128), (40, 0, 4, 24)),
-    _row("4.17.0", "4.17.0", True, (264, 465, 472), (36, 48, 80, 136), (48, 0, 4, 24)),
-    _row("4.17.7", "4.17.7", True, (264, 465, 472), (36, 48, 80, 136), (48, 0, 4, 24)),
-    _row("4.18.0", "4.18.4", False, (264, 465, 472), (28, 40, 72, 128), (32, 0, 4, 16)),
-    _row("4.18.0", "4.18.0", True, (264, 465, 472), (36, 48, 80, 136), (40, 0, 4, 16)),
-    _row("4.18.5", "4.18.6", False, (264, 441, 448), (28, 40, 72, 104), (32, 0, 4, 16)),
-    _row("4.18.6", "4.18.6", True, (264, 441, 448), (36, 48, 80, 112), (40, 0, 4, 16)),
-    _row("4.19.0", "4.19.1", False, (264, 473, 480), (20, 32, 64, 120), (32, 0, 4, 16)),
-    _row("4.19.0", "4.19.0", True, (272, 489, 496), (36, 48, 80, 136), (40, 0, 4, 16)),
-    _row("4.19.2", "4.19.6", False, (264, 449, 456), (20, 32, 64, 96), (32, 0, 4, 16)),
-    _row("4.19.4", "4.19.6", True, (272, 465, 472), (36, 48, 80, 112), (40, 0, 4, 16)),
-    _row("4.20.0", "4.20.4", False, (272, 457, 464), (20, 32, 64, 96), (32, 0, 4, 16)),
-    _row("4.20.0", "4.20.0", True, (280, 473, 480), (36, 48, 80, 112), (40, 0, 4, 16)),
-    _row("4.20.3", "4.20.4", True, (280, 473, 480), (36, 48, 80, 112), (40, 0, 4, 16)),
+    _row("4.14.0", "4.14.0", False, (16, 264, 465, 472), (24, 36, 64, 80), (40, 0, 4, 24)),
+    _row("4.14.0", "4.14.0", True, (16, 264, 465, 472), (32, 44, 72, 88), (48, 0, 4, 24)),
+    _row("4.14.1", "4.14.2", False, (16, 272, 473, 480), (24, 36, 64, 80), (40, 0, 4, 24)),
+    _row("4.14.1", "4.14.1", True, (16, 272, 473, 480), (32, 44, 72, 88), (48, 0, 4, 24)),
+    _row("4.14.3", "4.14.6", False, (16, 272, 473, 480), (24, 36, 64, 120), (40, 0, 4, 24)),
+    _row("4.14.3", "4.14.3", True, (16, 272, 473, 480), (32, 44, 72, 128), (48, 0, 4, 24)),
+    _row("4.14.6", "4.14.6", True, (16, 272, 473, 480), (32, 44, 72, 128), (48, 0, 4, 24)),
+    _row("4.15.0", "4.15.0", False, (16, 272, 473, 480), (24, 36, 64, 80), (40, 0, 4, 24)),
+    _row("4.15.0", "4.15.0", True, (16, 272, 473, 480), (32, 44, 72, 88), (48, 0, 4, 24)),
+    _row("4.15.1", "4.15.7", False, (16, 272, 473, 480), (24, 36, 64, 120), (40, 0, 4, 24)),
+    _row("4.15.1", "4.15.1", True, (16, 272, 473, 480), (32, 44, 72, 128), (48, 0, 4, 24)),
+    _row("4.15.6", "4.15.7", True, (16, 272, 473, 480), (32, 44, 72, 128), (48, 0, 4, 24)),
+    _row("4.16.0", "4.16.7", False, (16, 272, 473, 480), (28, 40, 72, 128), (40, 0, 4, 24)),
+    _row("4.16.0", "4.16.0", True, (16, 272, 473, 480), (36, 48, 80, 136), (48, 0, 4, 24)),
+    _row("4.16.7", "4.16.7", True, (16, 272, 473, 480), (36, 48, 80, 136), (48, 0, 4, 24)),
+    _row("4.17.0", "4.17.7", False, (16, 264, 465, 472), (28, 40, 72, 128), (40, 0, 4, 24)),
+    _row("4.17.0", "4.17.0", True, (16, 264, 465, 472), (36, 48, 80, 136), (48, 0, 4, 24)),
+    _row("4.17.7", "4.17.7", True, (16, 264, 465, 472), (36, 48, 80, 136), (48, 0, 4, 24)),
+    _row("4.18.0", "4.18.4", False, (16, 264, 465, 472), (28, 40, 72, 128), (32, 0, 4, 16)),
+    _row("4.18.0", "4.18.0", True, (16, 264, 465, 472), (36, 48, 80, 136), (40, 0, 4, 16)),
+    _row("4.18.5", "4.18.6", False, (16, 264, 441, 448), (28, 40, 72, 104), (32, 0, 4, 16)),
+    _row("4.18.6", "4.18.6", True, (16, 264, 441, 448), (36, 48, 80, 112), (40, 0, 4, 16)),
+    _row("4.19.0", "4.19.1", False, (16, 264, 473, 480), (20, 32, 64, 120), (32, 0, 4, 16)),
+    _row("4.19.0", "4.19.0", True, (16, 272, 489, 496), (36, 48, 80, 136), (40, 0, 4, 16)),
+    _row("4.19.2", "4.19.6", False, (16, 264, 449, 456), (20, 32, 64, 96), (32, 0, 4, 16)),
+    _row("4.19.4", "4.19.6", True, (16, 272, 465, 472), (36, 48, 80, 112), (40, 0, 4, 16)),
+    _row("4.20.0", "4.20.4", False, (24, 272, 457, 464), (20, 32, 64, 96), (32, 0, 4, 16)),
+    _row("4.20.0", "4.20.0", True, (24, 280, 473, 480), (36, 48, 80, 112), (40, 0, 4, 16)),
+    _row("4.20.3", "4.20.4", True, (24, 280, 473, 480), (36, 48, 80, 112), (40, 0, 4, 16)),
 )
 
 
@@ -167,11 +179,35 @@ def _privilege_fits(host, domains, layout):
     return True
 
 
+_STRUCT_MEMBERS = (("domain", "grant_table"), ("domain", "is_privileged"), ("domain", "target"),
+                   ("grant_table", "gt_version"), ("grant_table", "nr_grant_frames"), ("grant_table", "active"),
+                   ("grant_table", "domain"), ("active_grant_entry", "size"), ("active_grant_entry", "pin"),
+                   ("active_grant_entry", "domid"), ("active_grant_entry", "mfn"))
+
+
+def from_struct_offsets(offsets):
+    """A :class:`DomainLayout` of every member from one DWARF or profile source (``offsets``: a
+    :class:`~.structs.StructOffsets`), or None when they do not give them all."""
+    sources = {offsets.source(s, m) for s, m in _STRUCT_MEMBERS}
+    if len(sources) != 1 or sources & {None, "dump", "vmcoreinfo"}:
+        return None
+    source = sources.pop()
+    values = [offsets.get(s, m) for s, m in _STRUCT_MEMBERS]
+    return DomainLayout((0, 0, 0), (0, 0, 0), False, *values, label=offsets.sources[source])
+
+
 def select(host, domains, grant_table=None):
     """``(layout, why)``: the first candidate layout of the host's Xen release whose grant tables
     point back at their domains in this dump (a layout of another point release must also fit
     ``is_privileged``: :func:`_privilege_fits`), or ``(None, why not)``; ``grant_table``: the offset
     of ``d->grant_table`` when known otherwise (DWARF)."""
+    structs = getattr(host, "struct_offsets", None)
+    known = from_struct_offsets(structs(*(f"{s}.{m}" for s, m in _STRUCT_MEMBERS))) if structs else None
+    if known is not None:
+        n = _backpointers(host, domains, known)
+        if n >= 0:
+            return known, (f"struct domain offsets: {known.name} (grant-table back-pointers of {n} domain(s) "
+                           "check out in this dump)")
     if not host.version:
         return None, "struct domain offsets: the Xen version is not known (give --xen)"
     try:

@@ -17,11 +17,19 @@ from ..errors import XenscopeError
 WANTED = {
     "page_info": {"count_info": "count_info", "u": "u", "type_info": "u.inuse.type_info", "v": "v",
                   "_domain": "v.inuse._domain"},
-    "domain": {k: k for k in ("domain_id", "next_in_list", "tot_pages", "max_pages", "shared_info",
-                              "vcpu", "max_vcpus", "arch", "is_privileged", "grant_table", "target")},
-    "vcpu": {k: k for k in ("vcpu_id", "domain", "processor", "vcpu_info", "arch",
-                            "arch.user_regs", "arch.guest_context", "arch.cr3", "arch.guest_table",
-                            "arch.guest_table_user")},
+    "domain": {k: k for k in ("domain_id", "max_vcpus", "vcpu", "shared_info", "tot_pages", "xenheap_pages",
+                              "outstanding_pages", "max_pages", "extra_pages", "next_in_list", "grant_table",
+                              "is_dying", "is_privileged", "target", "guest_type", "arch", "arch.paging.mode",
+                              "arch.p2m")},
+    "vcpu": {k: k for k in ("vcpu_id", "processor", "vcpu_info", "domain", "arch", "arch.user_regs",
+                            "arch.flags", "arch.guest_context", "arch.guest_table", "arch.guest_table_user",
+                            "arch.cr3", "arch.pv", "arch.hvm.guest_cr", "arch.hvm.hw_cr")},
+}
+# struct grant_table and struct active_grant_entry are private to xen/common/grant_table.c: only that
+# compilation unit defines them (profiles read them; a command reading xen-syms does not wait for it)
+GRANTS = {
+    "grant_table": {k: k for k in ("gt_version", "nr_grant_frames", "active", "domain")},
+    "active_grant_entry": {k: k for k in ("pin", "domid", "mfn")},
 }
 
 
@@ -118,11 +126,16 @@ def _struct_offsets(struct_die, members):
     return out
 
 
-def offsets_from_xen_syms(path):
-    """Read struct page_info / domain / vcpu offsets from the DWARF of ``path`` (xen-syms or any ELF)."""
+NO_DWARF = "symbols only, e.g. a distribution's xen-syms; give the Xen version with --xen instead"
+
+
+def offsets_from_xen_syms(path, wanted=None, no_dwarf=NO_DWARF):
+    """Read struct page_info / domain / vcpu offsets (``wanted``: ``{struct: {key: member path}}``,
+    default :data:`WANTED`; add :data:`GRANTS` for the grant structures) from the DWARF of ``path``;
+    ``no_dwarf``: what the error says when it has none."""
+    wanted = WANTED if wanted is None else wanted
     from ..formats.dwarf import dwarf_of
-    with dwarf_of(path, "symbols only, e.g. a distribution's xen-syms; give the Xen version with --xen "
-                        "instead") as (_, dwarf):
+    with dwarf_of(path, no_dwarf) as (_, dwarf):
         found = {}
         for cu in dwarf.iter_CUs():
             top = cu.get_top_DIE()
@@ -130,12 +143,12 @@ def offsets_from_xen_syms(path):
                 if die.tag != "DW_TAG_structure_type":
                     continue
                 name = _name(die)
-                if name not in WANTED or name in found:
+                if name not in wanted or name in found:
                     continue
                 if "DW_AT_declaration" in die.attributes or "DW_AT_byte_size" not in die.attributes:
                     continue
-                found[name] = _struct_offsets(die, WANTED[name])
-            if len(found) == len(WANTED):
+                found[name] = _struct_offsets(die, wanted[name])
+            if len(found) == len(wanted):
                 break
     if "page_info" not in found:
         raise XenscopeError(f"{path} has no definition of struct page_info in its DWARF (not a xen-syms?)")

@@ -20,8 +20,8 @@ reference is legitimate and why. Where a fact cannot be read (no offsets for the
 on the dump fails), ``notes`` say what was used instead; nothing is guessed silently.
 
 Facts come from the dump: ``hardware_domain`` (a ``struct domain *`` variable: needs xen-syms or
-its .map), each domain's ``struct domain`` at the offsets of :mod:`.domain_layouts` (or xen-syms'
-DWARF when it has any), its ``grant_table`` (checked by the table's back-pointer ``gt->domain``),
+its .map, or the image's own symbol table), each domain's ``struct domain`` at the offsets of xen-syms'
+DWARF or a profile (:meth:`~.host.XenHost.struct_offsets`), else of :mod:`.domain_layouts`, its ``grant_table`` (checked by the table's back-pointer ``gt->domain``),
 the active entries ``gt->active[i][j]`` (``ACGNT_PER_PAGE = PAGE_SIZE / sizeof(entry)`` per page,
 ``nr_grant_frames * (4096 / 8)`` entries for grant table v1, ``/ 16`` for v2).
 """
@@ -112,11 +112,17 @@ def _domains(host):
     return [d for d in host.domains() if 0 <= d.id < DOMID_FIRST_RESERVED]
 
 
-def _dwarf_domain_offsets(host):
-    """``struct domain`` members from xen-syms' DWARF, when the host has any."""
-    dwarf = getattr(host, "dwarf", None) or {}
-    dom = dwarf.get("domain") or {}
-    return {k: dom[k] for k in ("is_privileged", "grant_table", "target") if k in dom}
+def _known_domain_offsets(host):
+    """``struct domain`` members ``is_privileged``, ``grant_table``, ``target`` from xen-syms' DWARF or
+    a profile (:meth:`~.host.XenHost.struct_offsets`), with ``"where"``: the text of their source."""
+    offsets = host.struct_offsets("domain.is_privileged", "domain.grant_table", "domain.target")
+    out = {}
+    for member in ("is_privileged", "grant_table", "target"):
+        source = offsets.source("domain", member)
+        if source in ("dwarf", "profile"):
+            out[member] = offsets.get("domain", member)
+            out["where"] = offsets.sources[source]
+    return out
 
 
 def _bools_ok(host, domains, offset):
@@ -148,7 +154,7 @@ def _privilege(host, access, domains, layout, dwarf):
             else:
                 access.notes.append(f"hardware_domain = {va:#x} names no domain of the domain list")
     off = dwarf.get("is_privileged", layout.is_privileged if layout else None)
-    where = "xen-syms DWARF" if "is_privileged" in dwarf else (f"layout {layout.name}" if layout else None)
+    where = dwarf.get("where") if "is_privileged" in dwarf else (f"layout {layout.name}" if layout else None)
     if off is not None and _bools_ok(host, domains, off):
         for d in domains:
             if host.read_va(d.struct_va + off, 1)[0]:
@@ -244,7 +250,7 @@ def read_foreign_access(host):
     """:class:`ForeignAccess` of ``host`` (a :class:`~.host.XenHost`)."""
     access = ForeignAccess()
     domains = _domains(host)
-    dwarf = _dwarf_domain_offsets(host)
+    dwarf = _known_domain_offsets(host)
     layout, why = domain_layouts.select(host, domains, dwarf.get("grant_table"))
     access.layout = layout
     access.notes.append(why)

@@ -22,10 +22,13 @@ from .console.lines import banner_version
 from .frametable import masks_consistent
 from .release import (DIRECTMAP_PV_SIZE, RDWR_MPT_VIRT_START, directmap_start, frame_table_size,
                       frame_table_start, xen_virt_start_of)
+from .profile import is_profile, load as load_profile
+from .symbols import load_symbols
 
 INVALID_M2P_ENTRY = (1 << 64) - 1
 SHARED_M2P_ENTRY = (1 << 64) - 2
 MAX_DOMAINS = 1 << 15                        # domain_list walk bound (domids are 15-bit)
+DOMAIN_MEMBERS = ("domain_id", "next_in_list", "tot_pages", "max_pages", "shared_info")
 
 
 @dataclass
@@ -54,57 +57,6 @@ class Pdx:
         return (off & self.ma_va_bottom_mask) | ((off << self.hole_shift) & self.ma_top_mask)
 
 
-def _parse_map(path):
-    """Symbols from a System.map-style file (``ADDRESS TYPE name``), e.g. Xen's ``xen-syms.map``."""
-    syms = {}
-    try:
-        with open(path, errors="replace") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3:
-                    try:
-                        syms.setdefault(parts[2], int(parts[0], 16))
-                    except ValueError:
-                        continue
-    except OSError as e:
-        raise XenscopeError(f"cannot read symbols from {path}: {e.strerror}")
-    return syms
-
-
-def _elf_symbols(path):
-    """Symbols from xen-syms' ELF symbol table (pyelftools, imported lazily)."""
-    try:
-        from elftools.elf.elffile import ELFFile
-        from elftools.common.exceptions import ELFError
-    except ImportError:
-        raise XenscopeError("pyelftools is missing: run ./setup.sh")
-    syms = {}
-    try:
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            tab = elf.get_section_by_name(".symtab")
-            if tab is None:
-                raise XenscopeError(f"{path}: no symbol table")
-            for s in tab.iter_symbols():
-                if s.name and s["st_value"]:
-                    syms.setdefault(s.name, s["st_value"])
-    except (OSError, ELFError) as e:
-        raise XenscopeError(f"{path}: not a readable ELF file ({e})")
-    return syms
-
-
-def load_symbols(path):
-    """Symbols of a xen-syms ELF file or of a ``.map`` text file, by content."""
-    from ..inputs import require_regular
-    require_regular(path)                  # a FIFO blocks open(), a device reads forever
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise XenscopeError(f"cannot open {path}: {e.strerror}")
-    return _elf_symbols(path) if magic == b"\x7fELF" else _parse_map(path)
-
-
 @dataclass
 class Domain:
     id: int
@@ -120,7 +72,8 @@ class XenHost:
 
     :param target: a :class:`~xenstructs.target.Target` whose physical memory is machine memory
     :param version: ``--xen`` option (used when the dump does not say)
-    :param syms: path of xen-syms (ELF) or its ``.map``, for symbols VMCOREINFO_XEN lacks
+    :param syms: path of xen-syms (ELF) or its ``.map``; without it every symbol comes from the image's
+        own symbol table (:mod:`.symbols`), VMCOREINFO_XEN's too
     """
 
     def __init__(self, target, version=None, syms=None, cpu=0):
@@ -130,30 +83,34 @@ class XenHost:
         self.vi = vi if vi is not None and vi.symbol("frame_table") is not None else None
         self.symbols = {}
         self.sources = {}
+        self.symbol_table = None
+        self.profile = None
+        if syms and is_profile(syms):              # a Xen profile (xenscope profile): offsets, no symbols
+            self.profile = load_profile(syms)
+            syms = None
+        self.syms_path = syms
         if syms:
             self.symbols.update(load_symbols(syms))
             self.sources["symbols"] = syms
+        ci = target.facts.get("xen_crash_info") or {}
+        self.crash_info = ci
+        self.xen_phys_start = ci.get("xen_phys_start")
+        if self.xen_phys_start is not None:
+            self.sources["xen_phys_start"] = "the dump's Xen crash-info note"
+        self.paging = self._cpu_paging(cpu)
+        self.image = self._image(want_table=not syms)
+        self._embedded_symbols()
         if self.vi is not None:
             for name, va in self.vi.symbols().items():
                 self.symbols.setdefault(name, va)
             self.sources.setdefault("symbols", "VMCOREINFO_XEN")
-        ci = target.facts.get("xen_crash_info") or {}
-        self.crash_info = ci
-        self.xen_phys_start = ci.get("xen_phys_start")
-        self.paging = self._xen_paging(cpu)
+        if self.paging is None:
+            self.paging = self._symbol_paging()
         self.directmap = directmap_start()         # the BIGMEM layout moves it: set again below
         self.pdx = Pdx()
         self.pdx = self._pdx()                     # masks are read through the Xen image mapping
         self.version = self._version(version)
-        bigmem = None
-        if self.vi is not None and self.vi.size("page_info"):
-            bigmem = self.vi.size("page_info") == 48
-        exp = None
-        src = self.sources.get("version")
-        self.selection = layouts.select_layout(version=self.version, vmcoreinfo=self.vi,
-                                         crash_info=self._crash_info_for_layout(), bad_type_exp=exp,
-                                         bigmem=bigmem,
-                                         version_source=None if src in (None, "--xen option") else src)
+        self.selection = self._select_layout()
         self.layout = self.selection.layout
         self.dwarf = self._dwarf(syms)
         self.directmap = directmap_start(self.layout.bigmem)
@@ -161,6 +118,56 @@ class XenHost:
         self._max_page = None
         self._domains = None
         self._owner_cache = {}
+        self._structs = None
+        self._structs_asked = set()
+        self._build_id = False
+
+    def _select_layout(self):
+        """The page_info layout: the version's (:func:`.layouts.select_layout`), else the one the
+        frame table itself fits (:func:`.identify.identify_layout`)."""
+        bigmem = None
+        if self.vi is not None and self.vi.size("page_info"):
+            bigmem = self.vi.size("page_info") == 48
+        src = self.sources.get("version")
+        ci = self._crash_info_for_layout()
+        if self.version is None and ci is None:
+            from .identify import identify_layout
+            return identify_layout(self, bool(bigmem))
+        return layouts.select_layout(version=self.version, vmcoreinfo=self.vi, crash_info=ci, bigmem=bigmem,
+                                     version_source=None if src in (None, "--xen option") else src)
+
+    def _image(self, want_table):
+        """Xen's image in the dump (:func:`.image.read_images`: the candidate whose own symbol table is
+        found when ``want_table``, else the first); sets ``xen_phys_start`` from it when the crash note
+        does not, and ``symbol_table``."""
+        from .image import read_images
+        from .release import XEN_VIRT_START_NEW, XEN_VIRT_START_OLD
+        from .symbols import find_table
+        major = self.crash_info.get("xen_major_version")
+        origin = XEN_VIRT_START_OLD if major is not None and (major, self.crash_info.get(
+            "xen_minor_version") or 0) < (4, 14) else XEN_VIRT_START_NEW
+        candidates = read_images(self.t, self.paging, self.xen_phys_start, origin)
+        image, why = (candidates[0] if candidates else None), "Xen's image not found in the dump"
+        for cand in candidates if want_table else ():
+            try:
+                self.symbol_table, image = find_table(cand), cand
+                break
+            except XenscopeError as e:
+                why = str(e)
+        if want_table and self.symbol_table is None:
+            self.sources["symbol_table"] = f"none: {why}"
+        if image is not None and self.xen_phys_start is None:
+            self.xen_phys_start = image.phys_start
+            self.sources["xen_phys_start"] = image.how
+        return image
+
+    def _embedded_symbols(self):
+        """Every Xen symbol from the image's own table (:mod:`.symbols`), when no xen-syms is given."""
+        if self.symbol_table is None:
+            return
+        for name, va in self.symbol_table.addresses().items():
+            self.symbols.setdefault(name, va)
+        self.sources["symbols"] = self.symbol_table.describe()
 
     def _dwarf(self, syms):
         """Offsets from xen-syms' DWARF when it has any; they must agree with the layout registry."""
@@ -184,13 +191,30 @@ class XenHost:
         self.sources["dwarf"] = f"{syms} (struct offsets checked against layout {self.layout.name})"
         return off
 
-    def _domain_offset(self, member):
-        """Offset of a ``struct domain`` member: VMCOREINFO_XEN, then DWARF."""
-        if self.vi is not None and self.vi.offset("domain", member) is not None:
-            return self.vi.offset("domain", member)
-        if self.dwarf is not None:
-            return (self.dwarf.get("domain") or {}).get(member)
-        return None
+    @property
+    def build_id(self):
+        """The build-id (hex) of the image's GNU build-id note, or None (read once)."""
+        if self._build_id is False:
+            from .image import build_id
+            found = None
+            if self.image is not None:
+                try:
+                    found = build_id(self.image, self.read_va, self.symbols.get("__note_gnu_build_id_start"))
+                except XenscopeError:
+                    found = None
+            self._build_id = found[0] if found else None
+        return self._build_id
+
+    def struct_offsets(self, *want):
+        """The :class:`~.structs.StructOffsets` of this host, searched in the dump for the
+        ``"struct.member"`` names in ``want`` that no other source gives (cached)."""
+        from .structs import resolve
+        asked = set(want) | self._structs_asked
+        if self._structs is None or asked != self._structs_asked:
+            self._structs_asked = asked
+            self._structs = resolve(self, sorted(asked))
+            self.sources["structs"] = self._structs.describe()
+        return self._structs
 
     def _frametable(self):
         """FRAMETABLE_VIRT_START: x86's ``frame_table`` is a macro; VMCOREINFO_XEN's SYMBOL(frame_table)
@@ -235,6 +259,11 @@ class XenHost:
         if option:
             self.sources["version"] = "--xen option"
             return option
+        from .image import version_from_code
+        found = version_from_code(self.read_va, self.symbols)
+        if found:
+            self.sources["version"] = found[1]
+            return found[0]
         found = self._banner_version()
         if found:
             self.sources["version"] = "the banner in Xen's console ring"
@@ -254,9 +283,9 @@ class XenHost:
             return None
         return banner_version(buf.decode("ascii", "replace"))
 
-    def _xen_paging(self, cpu):
-        """Xen's page tables: any CPU's CR3 (Xen's idle table or a PV guest's L4, which carries
-        Xen's slots), else ``pgd_l4``/``idle_pg_table`` through the Xen image mapping."""
+    def _cpu_paging(self, cpu):
+        """Xen's page tables from a CPU's CR3 (Xen's idle table or a PV guest's L4, which carries
+        Xen's slots), or None."""
         try:
             ctx = resolve(self.t, cpu=cpu, mode=None)
             if ctx.paging.mode in ("4level", "5level"):
@@ -264,6 +293,10 @@ class XenHost:
                 return ctx.paging
         except XenscopeError:
             pass
+        return None
+
+    def _symbol_paging(self):
+        """Xen's page tables from ``pgd_l4``/``idle_pg_table`` through the Xen image mapping."""
         from ..paging import Paging
         va = self.symbols.get("pgd_l4") or self.symbols.get("idle_pg_table")
         if va is not None and self.xen_phys_start is not None:
@@ -402,8 +435,9 @@ class XenHost:
             return self._domains
         out = []
         seen = set()
-        next_off = self._domain_offset("next_in_list")
-        id_off = self._domain_offset("domain_id") or 0
+        offsets = self.struct_offsets(*(f"domain.{m}" for m in DOMAIN_MEMBERS))
+        next_off = offsets.get("domain", "next_in_list")
+        id_off = offsets.get("domain", "domain_id") or 0
         if "domain_list" in self.symbols and next_off is not None:
             va = self.read_u64(self.symbols["domain_list"])
             while va and va not in seen:
@@ -427,12 +461,13 @@ class XenHost:
             self._owner_cache[d.pickled] = d
         if next_off is None or "domain_list" not in self.symbols:
             out += self.owner_domains(seen)
-        for d in out:                       # page counts when the offsets are known (DWARF)
-            for member in ("tot_pages", "max_pages"):
-                off = self._domain_offset(member)
+        for d in out:                       # page counts, shared_info: when the offsets are known
+            for member, read in (("tot_pages", self.read_u32), ("max_pages", self.read_u32),
+                                 ("shared_info", self.read_u64)):
+                off = offsets.get("domain", member)
                 if off is not None:
                     try:
-                        d.extra[member] = self.read_u32(d.struct_va + off)
+                        d.extra[member] = read(d.struct_va + off)
                     except XenscopeError:
                         pass
         self._domains = out
@@ -489,7 +524,7 @@ class XenHost:
         """What this host is and where each fact came from (for ``xen info``-style output)."""
         return {"version": self.version, "layout": self.layout.name, "layout_why": self.selection.why,
                 "directmap_va": self.directmap, "frametable_va": self.frametable,
-                "xen_phys_start": self.xen_phys_start, "pdx": self.pdx.source,
+                "xen_phys_start": self.xen_phys_start, "build_id": self.build_id, "pdx": self.pdx.source,
                 "sources": dict(self.sources)}
 
 

@@ -36,8 +36,13 @@ import numpy as np
 
 from ..errors import NotInDump, XenscopeError
 from . import p2m_owners
+from .p2m_list import (MAX_ENTRIES, START_INFO, linux_p2m_end, linux_p2m_location, p2m_from_linux,
+                       p2m_from_symbols, read_virt_u64, start_info_mfn_list)
 from .p2m_owners import OWN_OTHER, FrameOwners, owner_codes
 
+# the list readers live in p2m_list; these names stay importable from here
+READERS = (MAX_ENTRIES, START_INFO, linux_p2m_end, linux_p2m_location, p2m_from_linux, p2m_from_symbols,
+           read_virt_u64, start_info_mfn_list)
 U64 = np.uint64
 INVALID_P2M_ENTRY = (1 << 64) - 1
 FOREIGN_FRAME_BIT = 1 << 63
@@ -47,7 +52,6 @@ INVALID_M2P_ENTRY = (1 << 64) - 1
 SHARED_M2P_ENTRY = (1 << 64) - 2
 UNKNOWN_OWNER = p2m_owners.UNKNOWN_OWNER   # in ``owners``: a frame whose owner is not known
 PAGE = 4096
-MAX_ENTRIES = 1 << 32                  # a P2M list longer than 16 TiB of guest memory is refused
 
 CLASSES = ("mismatch", "beyond-max", "duplicate", "foreign", "foreign-allowed", "identity", "invalid-in-range",
            "m2p-orphan")
@@ -269,7 +273,7 @@ def _workers():
     return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
-def check(p2m, m2p, max_mfn, owners=None, me=None, populated=None, xenheap=None, partial=False):
+def check(p2m, m2p, max_mfn, owners=None, me=None, populated=None, xenheap=None, partial=False, placeholders=None):
     """Cross-check a P2M list against the M2P (and the frame owners when given).
 
     :param p2m: uint64 array indexed by pfn (``INVALID_P2M_ENTRY`` for missing entries)
@@ -287,6 +291,9 @@ def check(p2m, m2p, max_mfn, owners=None, me=None, populated=None, xenheap=None,
                     never in the P2M), which are therefore not ``m2p-orphan``
     :param partial: ``p2m`` is only the first entries of a longer list: owned frames whose M2P pfn
                     lies beyond it are not judged (not ``m2p-orphan``)
+    :param placeholders: optional ``(k, 2)`` array of ``[first, end)`` pfn ranges the guest covers with
+                    a shared placeholder page (Linux's ``p2m_missing``/``p2m_identity``:
+                    :mod:`.p2m_list`): their INVALID entries are by design, not ``invalid-in-range``
     :return: :class:`P2MReport`
 
     Work is done :data:`CHUNK` entries at a time (on up to 4 threads: numpy releases the GIL),
@@ -348,6 +355,8 @@ def check(p2m, m2p, max_mfn, owners=None, me=None, populated=None, xenheap=None,
         lo, hi = 0, max(0, min(n, int(populated)))
     invi = cat("inv")
     invi = invi[(invi >= lo) & (invi < hi)]
+    if placeholders is not None and len(placeholders) and len(invi):
+        invi = invi[~_in_ranges(invi, placeholders)]
 
     def col(idx, what):
         return (p2m[idx] & U64(MFN_MASK)) if what == "mfn" else idx.astype(U64)
@@ -373,6 +382,16 @@ def check(p2m, m2p, max_mfn, owners=None, me=None, populated=None, xenheap=None,
                      findings={c: f[c] for c in CLASSES})
 
 
+def _in_ranges(idx, ranges):
+    """Bool per index: inside one of the sorted, disjoint ``[first, end)`` ``ranges``."""
+    ranges = np.asarray(ranges, np.int64).reshape(-1, 2)
+    pos = np.searchsorted(ranges[:, 0], idx, side="right") - 1
+    ok = pos >= 0
+    inside = np.zeros(len(idx), bool)
+    inside[ok] = idx[ok] < ranges[pos[ok], 1]
+    return inside
+
+
 def _orphans(p2m, m2p, codes, partial):
     """Frames owned by the domain that no P2M entry maps: ``pfn`` = their M2P value, ``other`` =
     the P2M entry at that pfn (~0 beyond the list)."""
@@ -389,164 +408,8 @@ def _orphans(p2m, m2p, codes, partial):
 
 
 # ---------------------------------------------------------------------------------------------
-# Sources
+# Sources (reading a guest's list out of memory: p2m_list; kept here under their old names)
 # ---------------------------------------------------------------------------------------------
-
-def _read_va_pages(target, paging, va, nbytes, what):
-    """Bytes ``[va, va+nbytes)`` through ``paging`` with :func:`translate_many` (one translation per
-    page, contiguous machine pages read together); any untranslatable page is one clear error."""
-    from ..paging import translate_many
-    from ..target import MAX_READ
-    first = va & ~(PAGE - 1)
-    npages = (va + nbytes - first + PAGE - 1) // PAGE
-    vas = np.arange(npages, dtype=U64) * U64(PAGE) + U64(first)
-    tr = translate_many(target, paging, vas)
-    bad = np.flatnonzero(~tr.ok)
-    if len(bad):
-        i = int(bad[0])
-        lvl = tr.stop_level_name(i)
-        raise XenscopeError(f"{what} at va {va:#x}: {len(bad)} of {npages} page(s) do not translate through "
-                            f"the page tables at {paging.root:#x} (first: va {int(vas[i]):#x}, "
-                            f"{tr.stop_name(i)}{' at ' + lvl if lvl else ''})")
-    pa = tr.pa
-    buf = bytearray(npages * PAGE)
-    brk = np.flatnonzero(np.diff(pa.astype(np.int64)) != PAGE) + 1 if npages > 1 else np.zeros(0, np.intp)
-    starts = np.concatenate([[0], brk]).astype(np.intp).tolist()
-    ends = np.concatenate([brk, [npages]]).astype(np.intp).tolist()
-    maxp = MAX_READ // PAGE
-    for s, e in zip(starts, ends):
-        for a in range(s, e, maxp):
-            b = min(e, a + maxp)
-            try:
-                buf[a * PAGE:b * PAGE] = target.read_phys(int(pa[a]), (b - a) * PAGE)
-            except NotInDump:
-                raise XenscopeError(f"{what}: va {int(vas[a]):#x} maps address {int(pa[a]):#x}, "
-                                    "which is not in the dump") from None
-    off = va - first
-    return bytes(buf[off:off + nbytes]) if off or len(buf) != nbytes else bytes(buf)
-
-
-def p2m_from_linux(target, paging, p2m_list_va, size):
-    """A Linux PV guest's linear P2M list (``xen_p2m_addr[0:size]``) read through ``paging``.
-
-    The guest's tables hold machine frames and ``target`` reads machine memory (a Xen host dump),
-    so the walk is the guest's own view. Linux sizes the list's virtual area for the largest guest
-    (a 256 MiB dom0 has 0x8000000 entries, 1 GiB) and maps its shared ``p2m_missing`` /
-    ``p2m_identity`` pages (arch/x86/xen/p2m.c) wherever it has no page of its own: every page of
-    the list is translated at once, a page whose machine frame backs several list pages is such a
-    shared page (read once, repeated), and the list ends after its last page of its own (what
-    follows is the shared pages only: no entry Linux could have set).
-
-    :return: uint64 array indexed by pfn (up to ``size`` entries; shorter when the tail is shared)
-    """
-    if size <= 0 or size > MAX_ENTRIES:
-        raise XenscopeError(f"P2M size {size} out of range (1..{MAX_ENTRIES})")
-    if p2m_list_va & 7:
-        raise XenscopeError(f"P2M list va {p2m_list_va:#x} is not 8-byte aligned")
-    if p2m_list_va & (PAGE - 1):
-        return np.frombuffer(_read_va_pages(target, paging, p2m_list_va, size * 8, "P2M list"), "<u8").astype(U64)
-    pages = (size * 8 + PAGE - 1) // PAGE
-    frames = _list_frames(target, paging, p2m_list_va, pages)
-    _, index, counts = np.unique(frames, return_inverse=True, return_counts=True)
-    own = np.flatnonzero(counts[index] == 1)
-    end = int(own[-1]) + 1 if len(own) else min(pages, 1)
-    _check_materialised(target, end)
-    out = np.empty(end * (PAGE // 8), U64)
-    read = {}
-    for page, frame in enumerate(frames[:end].tolist()):
-        data = read.get(frame)
-        if data is None:
-            try:
-                data = np.frombuffer(target.read_phys(frame, PAGE), "<u8")
-            except NotInDump:
-                raise XenscopeError(f"P2M list: va {p2m_list_va + page * PAGE:#x} maps address {frame:#x}, "
-                                    "which is not in the dump") from None
-            if counts[index[page]] > 1:
-                read[frame] = data          # a shared page: read once
-        out[page * (PAGE // 8):(page + 1) * (PAGE // 8)] = data
-    return out[:size]
-
-
-def _list_frames(target, paging, va, pages):
-    """The machine address of each of ``pages`` list pages from ``va`` (one clear error when one
-    does not translate)."""
-    from ..paging import translate_many
-    vas = np.arange(pages, dtype=U64) * U64(PAGE) + U64(va)
-    tr = translate_many(target, paging, vas)
-    bad = np.flatnonzero(~tr.ok)
-    if len(bad):
-        i = int(bad[0])
-        lvl = tr.stop_level_name(i)
-        raise XenscopeError(f"P2M list at va {va:#x}: {len(bad)} of {pages} page(s) do not translate through "
-                            f"the page tables at {paging.root:#x} (first: va {int(vas[i]):#x}, "
-                            f"{tr.stop_name(i)}{' at ' + lvl if lvl else ''})")
-    return tr.pa
-
-
-def _check_materialised(target, pages):
-    """The part of the list kept (up to its last page of its own) must be a size the dump's memory
-    can explain: at most 4 list pages per page the dump holds, plus 64 MiB."""
-    held = target.held_bytes()
-    if held is not None and pages * PAGE > 4 * held + (64 << 20):
-        raise XenscopeError(f"P2M list: {pages} pages of entries of its own ({pages * PAGE >> 20} MiB) for a dump "
-                            f"that holds {held >> 20} MiB: a corrupt size or list?")
-
-
-def read_virt_u64(target, paging, va, what):
-    return int(np.frombuffer(_read_va_pages(target, paging, va, 8, what), "<u8")[0])
-
-
-def linux_p2m_location(target, paging, syms):
-    """``(xen_p2m_addr, xen_p2m_size)`` of a Linux PV kernel: its System.map (path or dict) gives
-    the variables' addresses, their values are read through ``paging``."""
-    if isinstance(syms, str):
-        from .host import load_symbols
-        syms = load_symbols(syms)
-    if ("xen_p2m_addr" not in syms or "xen_p2m_size" not in syms) and "xen_start_info" in syms:
-        return start_info_mfn_list(target, paging, syms["xen_start_info"])
-    for name in ("xen_p2m_addr", "xen_p2m_size"):
-        if name not in syms:
-            raise XenscopeError(f"symbol {name} not in the kernel's symbols (a Linux >= 3.19 PV kernel's "
-                                "System.map is needed, or one with xen_start_info)")
-    va = read_virt_u64(target, paging, syms["xen_p2m_addr"], "xen_p2m_addr")
-    size = read_virt_u64(target, paging, syms["xen_p2m_size"], "xen_p2m_size")
-    if not va or size == 0 or size > MAX_ENTRIES:
-        raise XenscopeError(f"xen_p2m_addr {va:#x} / xen_p2m_size {size:#x} do not describe a P2M list")
-    return va, size
-
-
-# struct start_info (xen/include/public/xen.h): nr_pages and mfn_list, 64-bit / 32-bit guests
-START_INFO = {8: {"nr_pages": 32, "mfn_list": 104}, 4: {"nr_pages": 32, "mfn_list": 68}}
-
-
-def start_info_mfn_list(target, paging, start_info_ptr_va, width=None):
-    """``(mfn_list, nr_pages)`` from a PV guest's ``start_info`` (the P2M array Xen built at boot;
-    reference §2.3): ``start_info_ptr_va`` is the address of the kernel variable ``xen_start_info``
-    (a pointer). Before Linux 3.19 and for other PV kernels this is the P2M the guest started with."""
-    width = width or (4 if target.facts.get("machine") == "i386" else 8)
-    off = START_INFO[width]
-
-    def word(va, what):
-        raw = _read_va_pages(target, paging, va, width, what)
-        return int.from_bytes(raw, "little")
-    si = word(start_info_ptr_va, "xen_start_info")
-    if not si:
-        raise XenscopeError("xen_start_info is NULL: no start_info to take mfn_list from")
-    magic = _read_va_pages(target, paging, si, 32, "start_info.magic").split(b"\0", 1)[0]
-    if not magic.startswith(b"xen-"):
-        raise XenscopeError(f"start_info at {si:#x} has no 'xen-' magic ({magic[:16]!r}): not a start_info")
-    mfn_list = word(si + off["mfn_list"], "start_info.mfn_list")
-    nr_pages = word(si + off["nr_pages"], "start_info.nr_pages")
-    if not mfn_list or not nr_pages or nr_pages > MAX_ENTRIES:
-        raise XenscopeError(f"start_info mfn_list {mfn_list:#x} / nr_pages {nr_pages:#x} do not describe a P2M")
-    return mfn_list, nr_pages
-
-
-def p2m_from_symbols(target, paging, syms):
-    """The P2M list of a Linux PV guest found through ``xen_p2m_addr``/``xen_p2m_size``."""
-    va, size = linux_p2m_location(target, paging, syms)
-    return p2m_from_linux(target, paging, va, size)
-
 
 def m2p_reader(host):
     """A sparse M2P source for :func:`check`: reads only the M2P pages holding the asked mfns

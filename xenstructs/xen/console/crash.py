@@ -44,6 +44,9 @@ _FATAL = re.compile(r"(?:Xen |fatal )SM([AE])P violation|FATAL PAGE FAULT|FATAL 
 _BOUNCE_SYMBOLS = ("create_bounce_frame", "compat_create_bounce_frame")
 _FIXUP_LABELS = re.compile(r"(domain_crash_page_fault_(\d)x8|compat_crash_page_fault(?:_(\d))?|dom_crash_sync_extable)")
 AFTER_KINDS = ("walk", "fatal_pf", "fatal_trap", "fatal", "panic", "xen_smap", "error_code")
+CRASH_KINDS = ("unhandled", "domain_crash_sync", "domain_crashed", "xen_smap", "fatal_pf", "fatal_trap",
+               "fatal", "panic")
+_DEBUG_KEY = re.compile(r"'(.)' pressed -> ")      # keyhandler.c: a register dump asked for, not a crash
 STORE_WORDS = {0: "RCX", 1: "R11", 2: "RIP (or the error code)", 3: "CS", 4: "RFLAGS", 5: "RSP", 6: "SS"}
 
 
@@ -60,6 +63,10 @@ class CrashReader:
     def feed(self, line_no, body):
         """One line, prefixes already stripped (:func:`.lines.strip_prefix`)."""
         if self._block is not None and self._in_block(line_no, body):
+            return
+        key = _DEBUG_KEY.search(body)
+        if key:
+            self._event(line_no, "debug_key", {"key": key.group(1)}, None)
             return
         if not any(word in body for word in ("Xen", "crash", "Unhandled", "L1[", "L2[", "L3[", "L4[",
                                              "walk", "FATAL", "SM", "Panic", "error_code")):
@@ -96,7 +103,10 @@ class CrashReader:
         if len(self.crashes) >= MAX_CRASHES:
             return
         lead = [event for event in self._events if line_no - event["line_no"] <= LEAD_LINES]
+        kinds = {event["kind"] for event in lead}
+        asked = "debug_key" in kinds and not kinds & set(CRASH_KINDS)
         self._block = {"line_no": line_no, "version": fields["version"], "debug": fields["debug"],
+                       "debug_key": asked,
                        "cpu": None, "context": None, "vcpu": None, "registers": {}, "rip_symbol": None,
                        "call_trace": [], "guest_stack": None, "lead": lead, "after": [], "last": line_no}
         self._events = []
@@ -168,7 +178,7 @@ class CrashReader:
     def finish(self):
         """The crash dicts (:func:`.crashstory.describe`), in log order."""
         from .crashstory import describe
-        return [describe(block) for block in self.crashes]
+        return [describe(block) for block in self.crashes if not block["debug_key"]]
 
 
 def classify_sync(sync, walks, unhandled):
