@@ -520,7 +520,10 @@ def check_many(paths, options=None, jobs=None, progress=None, isolate=True):
 PRELOAD = ("xenstructs.targets.elfcore", "xenstructs.targets.xccore", "xenstructs.targets.kdump",
            "xenstructs.context", "xenstructs.paging", "xenstructs.xen.host", "xenstructs.xen.frames",
            "xenstructs.xen.ptaudit", "xenstructs.xen.p2m_sources", "xenstructs.linux.kernel",
-           "xenstructs.linux.modcheck", "xenstructs.xen.console", "xenstructs.fault.case", "kdumpfile")
+           "xenstructs.linux.modcheck", "xenstructs.linux.fromdump", "xenstructs.linux.btf",
+           "xenstructs.linux.kallsyms", "xenstructs.linux.printk", "xenstructs.xen.console",
+           "xenstructs.xen.conring", "xenstructs.xen.shared_info", "xenstructs.xen.symbols",
+           "xenstructs.xen.structs", "xenstructs.dumpconsole", "xenstructs.fault.case", "kdumpfile")
 
 
 def _preload():

@@ -249,13 +249,10 @@ def test_check_gives_the_same_p2m_answer_with_and_without_symbol_files(domu, hos
 
 
 def test_p2m_check_with_no_symbol_file_at_all(domu, host_dump):
-    """No Xen symbols either: the same answer as with them once Xen's symbols and version come from
-    the dump itself (issue 15's other part); until then the CLI says what it lacks, in one line."""
+    """No Xen symbols either: Xen's symbols and version come from the dump itself, and the answer is
+    the one given with every symbol file."""
     r, _ = _cli("p2m-check", host_dump, "--limit", 0, "--json")
-    if r.returncode == 2:
-        line = r.stderr.strip()
-        assert "Traceback" not in r.stderr and len(line.splitlines()) == 1, r.stderr
-        pytest.xfail(f"Xen's symbols/version not yet found in the dump itself (issue 15, another part): {line}")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     res = json.loads(r.stdout)
     _, want, _ = _p2m_check(host_dump, domu, False)
     assert {d["domain"]: _findings(d) for d in res["domains"]} == {k: _findings(v) for k, v in want.items()}

@@ -271,17 +271,14 @@ class XenHost:
         return None
 
     def _banner_version(self):
-        """The version of Xen's banner (or a register dump's header) in the console ring buffer
-        (symbol ``conring``) when known: :func:`.console.lines.banner_version`."""
-        va = self.symbols.get("conring")
-        if va is None:
-            return None
+        """The version of Xen's banner (or a register dump's header) in the console ring
+        (:func:`.conring.read_conring`) when known: :func:`.console.lines.banner_version`."""
+        from .conring import read_conring
         try:
-            ptr = self.read_u64(va)
-            buf = self.read_va(ptr, 16384) if ptr >> 47 else self.read_va(va, 16384)
+            ring = read_conring(self)
         except XenscopeError:
             return None
-        return banner_version(buf.decode("ascii", "replace"))
+        return banner_version(ring.text)
 
     def _cpu_paging(self, cpu):
         """Xen's page tables from a CPU's CR3 (Xen's idle table or a PV guest's L4, which carries
