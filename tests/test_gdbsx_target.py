@@ -180,12 +180,24 @@ def test_kernel_root_from_init_mm_pgd_when_no_root_symbol(guest, tmp_path):
     syms = tmp_path / "System.map"
     syms.write_text("".join(f"{MAN['symbols'][n]:016x} D {n}\n" for n in ("xen_p2m_addr", "xen_p2m_size")))
     t = target_of(guest, str(syms))
-    guest.values["init_mm.pgd"] = MAN["symbol_values"]["init_mm.pgd"]
+    pointer = MAN["symbols"]["init_mm"] + MAN["struct_offsets"]["mm_struct.pgd"]
+    guest.values["&init_mm.pgd"] = pointer        # an address: gdb reads no memory for it
     root, source = t.kernel_root()
     assert root == root_maddr()
     assert source.startswith(f"init_mm.pgd {MAN['symbol_values']['init_mm.pgd']:#x} "
                              "(the host's debug information): its Xen linear slot")
-    assert guest.evaluated == ["init_mm.pgd"]
+    assert guest.evaluated == ["&init_mm.pgd"]
+    assert (pointer, 8) in guest.reads            # the pointer read like every read (counted)
+
+
+def test_kernel_root_from_an_unreadable_init_mm_pgd(guest, tmp_path):
+    syms = tmp_path / "System.map"
+    syms.write_text("".join(f"{MAN['symbols'][n]:016x} D {n}\n" for n in ("xen_p2m_addr", "xen_p2m_size")))
+    t = target_of(guest, str(syms))
+    guest.values["&init_mm.pgd"] = 0x1000        # user space: no table maps it
+    with pytest.raises(NoRegister, match=r"^init_mm.pgd at 0x1000 cannot be read through gdbsx; "
+                       r"give --cr3 MADDR$"):
+        t.kernel_root()
 
 
 def test_kernel_root_that_cannot_be_placed(guest):
@@ -194,8 +206,9 @@ def test_kernel_root_that_cannot_be_placed(guest):
     t = target_of(guest)
     guest.symbols["init_top_pgt"] = p2m_list_va()
     want = (f"cannot place init_top_pgt {p2m_list_va():#x} (the host's symbol table) in machine memory: "
-            "not a direct-map or kernel-image address gives pfn None, not in the guest's P2M, and its "
-            f"L4[{LINEAR_PT_SLOT}] is not a self-reference; give --cr3 MADDR")
+            "not a direct-map or kernel-image address, not in the guest's P2M, and its "
+            f"L4[{LINEAR_PT_SLOT}] is not a self-reference (names mfn 0xffffffffff, not one of the "
+            "guest's frames); give --cr3 MADDR")
     with pytest.raises(NoRegister) as e:
         t.kernel_root()
     assert str(e.value) == want
@@ -213,7 +226,7 @@ def test_without_kernel_symbols_every_answer_says_what_to_set(guest):
     assert "`set xen kernel-syms /path/to/System.map`" in gdbsx.NEED_SYMS
     with pytest.raises(NoRegister, match=r"\(xen_p2m_addr, xen_p2m_size: the guest's P2M list\)"):
         t.read_phys(root_maddr(), 8)
-    assert guest.evaluated == ["init_mm.pgd"]
+    assert guest.evaluated == ["&init_mm.pgd"]
     assert guest.reads == [(RO_MPT_VIRT_START + 8 * (root_maddr() >> 12), 8)]   # the M2P view tried
     notes = t.info_notes()
     assert notes[2] == f"P2M: unknown ({gdbsx.NEED_SYMS} (xen_p2m_addr, xen_p2m_size: the guest's P2M list))"
@@ -224,7 +237,7 @@ def test_without_kernel_symbols_every_answer_says_what_to_set(guest):
 def test_a_32bit_guest_is_refused_before_any_read(guest):
     """gdbsx on a 32-bit PV guest (pv-i386-pae's symbols): no root search, no assumed registers."""
     t = target_of(guest, SYMS_I386, machine="i386")
-    with pytest.raises(Unsupported, match=r"only 64-bit PV guests are handled \(32-bit: give --cr3 and --mode pae\)"):
+    with pytest.raises(Unsupported, match=r"only 64-bit PV guests are handled \(32-bit: give --cr3 and --mode pae on a dump\)"):
         t.kernel_root()
     assert t.missing_hint().startswith("gdbsx: only 64-bit PV guests")
     assert guest.reads == []
@@ -336,16 +349,19 @@ def test_a_garbage_m2p_view_falls_back_to_the_inverse(guest):
     t = target_of(guest)
     for pfn, mfn in pairs:
         assert t.m2p(mfn) == pfn, mfn
-    assert t.m2p_view is None
+    # the first answer the P2M refuses marks the view garbage: it is not asked again
+    assert t.m2p_view == (f"garbage: Xen's RO M2P ({RO_MPT_VIRT_START:#x}) does not give pfn "
+                          f"{pairs[0][0]:#x} for the guest's mfn {pairs[0][1]:#x}")
+    assert t.stats["m2p_reads"] == 1
     assert len(whole_list_reads(guest)) == 1
-    assert not any(n.startswith("mfn -> pfn") for n in t.info_notes())
+    assert f"mfn -> pfn: M2P view {t.m2p_view}; using the inverse of the guest's P2M list" in t.info_notes()
 
 
 def test_p2m_lists_refused(guest):
     where = MAN["symbols"]["xen_p2m_size"]
     guest.overlay[where] = gdbsx.MAX_P2M_INVERSE + 1
     t = target_of(guest)
-    with pytest.raises(XenscopeError, match=f"has {gdbsx.MAX_P2M_INVERSE + 1} entries: inverting more "
+    with pytest.raises(XenscopeError, match=f"has {gdbsx.MAX_P2M_INVERSE + 1} entries: reading more "
                        f"than {gdbsx.MAX_P2M_INVERSE} over gdbsx is refused"):
         t.m2p(MAN["p2m"][0][1])
     guest.overlay[where] = 0

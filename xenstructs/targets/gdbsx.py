@@ -439,28 +439,33 @@ class GdbsxTarget(Target):
             return pfn, f"(va - __START_KERNEL_map + phys_base {phys_base:#x}) >> 12"
         return None, "not a direct-map or kernel-image address"
 
-    def _slot_self_reference(self, va, page_offset):
-        """``(mfn, pfn, why not)`` from the L4 at ``va``: its linear slot's frame when that frame,
-        read back through the direct map, holds the same entry (a self-reference)."""
+    def _slot_entry(self, va):
+        """``(entry, mfn, why not)`` of Xen's linear slot of the L4 at ``va``: ``mfn`` None when
+        the entry is unreadable or not present."""
         entry = self._read_or_none(va + ENTRY_SIZE * LINEAR_PT_SLOT)
         if entry is None or not entry & PRESENT:
-            return None, None, "not present" if entry is not None else "unreadable"
-        mfn = (entry & ENTRY_FRAME_MASK) >> PAGE_SHIFT
+            return entry, None, "not present" if entry is not None else "unreadable"
+        return entry, (entry & ENTRY_FRAME_MASK) >> PAGE_SHIFT, None
+
+    def _self_reference_pfn(self, entry, mfn, page_offset):
+        """``(pfn, why not)``: the pfn of the slot's frame ``mfn`` when that frame, read back
+        through the direct map, holds the same ``entry`` in its own slot (a self-reference)."""
         try:
             pfn = self.m2p(mfn)
         except XenscopeError as e:
-            return mfn, None, f"names mfn {mfn:#x} whose pfn is unknown ({e})"
+            return None, f"names mfn {mfn:#x} whose pfn is unknown ({e})"
         if pfn is None:
-            return mfn, None, f"names mfn {mfn:#x}, not one of the guest's frames"
+            return None, f"names mfn {mfn:#x}, not one of the guest's frames"
         back = self._read_or_none(page_offset + (pfn << PAGE_SHIFT) + ENTRY_SIZE * LINEAR_PT_SLOT)
         if back != entry:
-            return mfn, None, f"names mfn {mfn:#x} (pfn {pfn:#x}) whose own slot differs"
-        return mfn, pfn, None
+            return None, f"names mfn {mfn:#x} (pfn {pfn:#x}) whose own slot differs"
+        return pfn, None
 
     def _find_root(self):
         """The kernel's top table in machine memory: its pfn through the P2M, confirmed by (or,
-        failing that, taken from) the self-reference in Xen's linear slot of that L4. Every read is
-        guarded: what fails is said in the error."""
+        failing that, taken from) the self-reference in Xen's linear slot of that L4 (an M2P
+        lookup, hence the P2M's inverse, only in that second case). Every read is guarded: what
+        fails is said in the error."""
         self._require_64bit()
         name, va, where = self._root_symbol()
         page_offset, _ = self.page_offset()
@@ -468,10 +473,13 @@ class GdbsxTarget(Target):
         linear = f"L4[{LINEAR_PT_SLOT}]"
         pfn, how = self._pfn_of_kernel_address(va)
         mfn = self.p2m(pfn) if pfn is not None else None
-        slot_mfn, slot_pfn, why = self._slot_self_reference(va, page_offset)
+        entry, slot_mfn, why = self._slot_entry(va)
         if mfn is not None and slot_mfn in (None, mfn):
             check = f", confirmed by its Xen linear slot {linear}" if slot_mfn else ""
             return mfn << PAGE_SHIFT, f"{what}: pfn {pfn:#x} = {how}, mfn {mfn:#x} by the guest's P2M{check}"
+        slot_pfn = None
+        if slot_mfn is not None:
+            slot_pfn, why = self._self_reference_pfn(entry, slot_mfn, page_offset)
         if slot_pfn is not None:
             source = (f"{what}: its Xen linear slot {linear} holds its own mfn {slot_mfn:#x} "
                       f"(pfn {slot_pfn:#x}, read back through the direct map)")
