@@ -113,16 +113,20 @@ def _read_reply(conn, buffer):
 
 def replay(port, packets, timeout=60, host="127.0.0.1"):
     """Send ``packets`` to the stub at ``host:port`` one by one (acknowledging its replies, as gdb
-    does) and return its replies; None for a packet it answered with no reply (it hung up)."""
+    does) and return its replies; None for a packet it answered with no reply (it hung up). The ack
+    of a reply goes out with the next packet (one write: no Nagle/delayed-ACK wait per packet)."""
     import socket
-    replies, buffer = [], b""
+    replies, buffer, ack = [], b"", b""
     with socket.create_connection((host, port), timeout=timeout) as conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for packet in packets:
-            conn.sendall(_frame(packet))
+            conn.sendall(ack + _frame(packet))
             reply, buffer = _read_reply(conn, buffer)
             if reply is None:
                 replies.append(None)
                 break
-            conn.sendall(b"+")
+            ack = b"+"
             replies.append(reply)
+        if ack:
+            conn.sendall(ack)
     return replies + [None] * (len(packets) - len(replies))
