@@ -89,6 +89,7 @@ def run():
         ma = page["ma"] + d["va"] - page["va"]
         mas.append(ma)
         cmds.append((f"data{i}", f"xen read-phys {ma:#x} {len(d['hex']) // 2} --json"))
+    cmds += [("p2m", "xen p2m 0 --count 8 --json"), ("p2mcheck", "xen p2m-check --json --limit 0")]
     stub, r, texts, packets = session(cmds, setup=[f"set xen kernel-syms {SYMS}"])
     return {"man": man, "walks": walks, "data": data, "mas": mas, "pages": pages, "stub": stub,
             "r": r, "texts": texts, "packets": packets}
@@ -198,3 +199,20 @@ def test_explicit_cr3_and_a_user_root_still_need_the_p2m():
                                       setup=[f"set xen kernel-syms {SYMS}"])
     res = js(texts["walk"])
     assert (res["pa"], res["stop"], res["sources"]["cr3"]) == (w["ma"], None, "--cr3 option")
+
+
+def test_p2m_and_p2m_check_over_gdbsx(run):
+    """The guest's own list read over gdbsx (cached by the walks: no m packet), checked against its own
+    inverse: the holes below the last populated pfn are the manifest's invalid pfns."""
+    man = run["man"]
+    entries = js(run["texts"]["p2m"])["entries"]
+    assert [(e["pfn"], e["mfn"]) for e in entries] == [tuple(pair) for pair in man["p2m"][:8]]
+    check = js(run["texts"]["p2mcheck"])
+    assert check["format"] == "gdbsx" and check["pfns"] == man["linux_p2m"]["size"]
+    last = max(pfn for pfn, _ in man["p2m"])
+    holes = [pfn for pfn in man["linux_p2m"]["invalid_pfns"] if pfn < last]
+    assert [f["pfn"] for f in check["findings"]["invalid-in-range"]] == holes and holes
+    assert {k for k, v in check["findings"].items() if v} == {"invalid-in-range"}
+    assert "gdbsx cannot read Xen's M2P" in check["sources"]["m2p"]
+    for label in ("p2m", "p2mcheck"):
+        assert not m_packets(run["packets"][label]), label

@@ -357,6 +357,30 @@ def test_a_garbage_m2p_view_falls_back_to_the_inverse(guest):
     assert f"mfn -> pfn: M2P view {t.m2p_view}; using the inverse of the guest's P2M list" in t.info_notes()
 
 
+def _map_with_last_pfn(tmp_path):
+    """pv-x86_64's System.map plus ``xen_p2m_last_pfn`` (at max_pfn's address: its value 0x100)."""
+    syms = tmp_path / "System.map"
+    syms.write_text(open(SYMS).read() + f"{MAN['symbols']['max_pfn']:016x} D xen_p2m_last_pfn\n")
+    return str(syms)
+
+
+def test_the_p2m_list_is_read_up_to_xen_p2m_last_pfn(guest, tmp_path):
+    """Linux sizes xen_p2m_size for hotplug (Debian's kernel: 2^27 entries, seen on a real domU);
+    only the first xen_p2m_last_pfn entries can name a frame: that many are read."""
+    last = MAN["symbol_values"]["max_pfn"]
+    assert 0 < last < MAN["linux_p2m"]["size"]
+    t = target_of(guest, _map_with_last_pfn(tmp_path))
+    va, size, source = t.p2m_location()
+    assert (va, size) == (p2m_list_va(), last)
+    assert source.endswith(f"; its first xen_p2m_last_pfn {last:#x} entries")
+    pfn, mfn = next((pfn, mfn) for pfn, mfn in MAN["p2m"] if pfn < last)
+    assert t.m2p(mfn) == pfn
+    assert (p2m_list_va(), last * 8) in guest.reads and not whole_list_reads(guest)
+    guest.overlay[MAN["symbols"]["max_pfn"]] = MAN["linux_p2m"]["size"] + 1      # beyond the list: ignored
+    t = target_of(guest, _map_with_last_pfn(tmp_path))
+    assert t.p2m_location()[1] == MAN["linux_p2m"]["size"]
+
+
 def test_p2m_lists_refused(guest):
     where = MAN["symbols"]["xen_p2m_size"]
     guest.overlay[where] = gdbsx.MAX_P2M_INVERSE + 1

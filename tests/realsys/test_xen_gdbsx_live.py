@@ -449,3 +449,19 @@ def test_the_tier_stays_small(live):
     timings = live["timings"]
     print({name: round(seconds, 1) for name, seconds in timings.items()})
     assert timings["total"] < TIER_MAX_SECONDS
+
+
+def test_refs_on_the_host_dump_are_lookup_ptes(live):
+    """``xen refs`` (the reverse map) on the host dump, for every frame lookup-pte was asked about
+    (the sleep's page, then the tables that map it, level by level): the domU's references are
+    exactly the ones lookup-pte printed (it searches that domain's page tables only)."""
+    files = {int(name[len("judge/lookup-pte-"):-4], 16): path for name, path in live["files"].items()
+             if name.startswith("judge/lookup-pte-")}
+    assert live["user_mfn"] in files and len(files) >= 10
+    out = json.loads(cli("refs", live["host_dump"], *map(hex, sorted(files)), "--xen-syms", live["xen_syms"],
+                         "--limit", 0, "--json").stdout)
+    for mfn, path in files.items():
+        theirs = sorted(T.lookup_pte(open(path).read()))
+        ours = sorted((ref["table_mfn"], ref["slot"], ref["entry"]) for ref in out["references"]
+                      if ref["mfn"] == mfn and ref["domain"] == live["domid"])
+        assert theirs and ours == theirs, hex(mfn)
