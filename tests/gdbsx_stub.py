@@ -3,8 +3,10 @@
 This is the *independent* side of the gdbsx tests: it parses the xc_core file with ``struct`` only
 (no xenstructs) and answers packets the way gdbsx does. What gdbsx does was read in Xen's source
 (xen-project/xen), then checked against a real gdbsx (built from Debian's Xen 4.17.5 source, run in
-dom0 on a real PV domU: tests/realsys/test_xen_gdbsx.py replays every packet gdb sent it, here,
-serving that domU's ``xl dump-core`` of the same pause, and compares every reply):
+dom0 on a real PV domU under Debian's Xen 4.17.5 debug build: tests/realsys/test_xen_gdbsx_live.py
+replays every packet gdb sent it, here, serving that domU's ``xl dump-core`` of the same pause, and
+compares every reply; the real gdbsx's answers that this stub once gave differently: ``g`` after
+``H`` of a vCPU that does not exist, ``m`` of 0x800 bytes, ``m`` with uppercase hex digits, ``D``):
 
 * ``tools/debugger/gdbsx/gx/gx_main.c`` ``process_remote_request()``: ``q`` → only ``qfThreadInfo``
   (``"m0,1,...l"``: vCPU ids, from 0, and the ``l`` glued to the list) and ``qRcmd,`` (only
