@@ -22,15 +22,16 @@ SYMS = os.path.join(CORES, "pv-x86_64.map")
 DIRECT_MAP = (0xFFFF888000000000, 0xFFFF888000100000)
 ROOT = "vcpu0.cr3"
 
-# budgets: measured with gdb 13 (m packets of at most 164 bytes: gdbsx sends no PacketSize)
-# measured: setup 41, walks 21 in all (13 walks), again 0, maps 100 (4 whole tables x 25)
+# budgets: measured with gdb 13. gdb's own m packets carry at most 164 bytes (gdbsx sends no
+# PacketSize); reads longer than that are xenscope's own m packets of up to 0x7ff bytes.
+# measured: setup 19, walks 21 in all (13 walks), again 0, maps 12 (4 whole tables x 3)
 WALK_FIRST_MAX = 4          # one 8-byte m packet per level read, at most
 WALKS_TOTAL_MAX = 24        # the 13 vCPU 0 walks of the manifest, first time
 WALK_AGAIN_MAX = 0          # entries are cached until gdb stops or resumes
-SETUP_MAX = 45              # first command with symbols: gdb's own frame reads for 2 vCPUs (10),
-                            # M2P probe (1), xen_p2m_addr/size (2), P2M list (4 KiB: 25), root (2),
+SETUP_MAX = 20              # first command with symbols: gdb's own frame reads for 2 vCPUs (10),
+                            # M2P probe (1), xen_p2m_addr/size (2), P2M list (4 KiB: 3), root (2),
                             # vCPU 0's L4 through the linear slot (1)
-MAPS_MAX = 104              # L4, L3, L2, L1 of the direct map read whole (25 packets each)
+MAPS_MAX = 12               # L4, L3, L2, L1 of the direct map read whole (3 packets each)
 
 
 def manifest():

@@ -36,12 +36,12 @@ import rsplog
 from gdbsx_stub import GdbsxStub, XcCore
 from realsys import xentools as T
 from realsys.gdbsxlive import START_KERNEL_MAP
+from xenstructs.targets import gdbsx
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PFN_MASK = (1 << 55) - 1
 PRESENT_IN_RAM = 1 << 63                  # /proc/PID/pagemap bit 63
 ENTRY_MFN = ((1 << 52) - 1) & ~0xFFF
-GDB_M_BYTES = 164                         # gdb's m packets without a PacketSize from the stub
 
 # budgets (remote packets per command, gdb's own included), measured on this host: see the tests
 WALK_FIRST_MAX_EXTRA = 12                 # the first walk: the P2M list (its own packets) + this
@@ -275,13 +275,14 @@ def test_user_walks_are_lookup_pte_chains(live, p2m):
 
 
 def test_walk_packet_budgets(live):
-    """The first walk reads the guest's P2M list once (xen_p2m_last_pfn entries, gdb's 164-byte m
-    packets); every later walk of new tables costs one m packet per level not yet read; a walk
-    again, none."""
+    """The first walk reads the guest's P2M list once (xen_p2m_last_pfn entries, in xenscope's own
+    m packets of 0x7ff bytes: gdb's own would be 164 bytes each); every later walk of new tables
+    costs one m packet per level not yet read; a walk again, none."""
     list_bytes = live["p2m_entries"] * 8
     first = m_packets(live, "walk_banner")
-    assert len(first) <= -(-list_bytes // GDB_M_BYTES) + WALK_FIRST_MAX_EXTRA, len(first)
+    assert len(first) <= -(-list_bytes // gdbsx.M_PACKET_BYTES) + WALK_FIRST_MAX_EXTRA, len(first)
     assert sum(length for _, length, _ in first) >= list_bytes
+    assert max(length for _, length, _ in first) == gdbsx.M_PACKET_BYTES
     later = [label for label in live["gdbsx"]["packets"] if label.startswith("walk_") and label != "walk_banner"]
     assert len(later) >= 5
     for label in later:
@@ -313,7 +314,7 @@ def test_read_phys_is_dump_ptes_and_the_dumps_page(live, core):
     user = as_json(output(live, "read_user"))
     assert bytes.fromhex(user["hex"]) == core.frame(live["user_mfn"])[:256]
     assert user["hex"].startswith("7f454c46")          # busybox's ELF header: the sleep's first page
-    assert len(packets(live, "read_root")) <= -(-4096 // GDB_M_BYTES) + 2
+    assert len(packets(live, "read_root")) <= -(-4096 // gdbsx.M_PACKET_BYTES) + 2
 
 
 def test_maps_of_the_kernel_image_are_dump_p2ms_frames(live, p2m):

@@ -57,6 +57,9 @@ from ..xen.release import LINEAR_PT_SLOT, RO_MPT_VIRT_END, RO_MPT_VIRT_START, pm
 
 KIND = "gdbsx (guest-virtual reads only; PV guest: MFN page tables via the guest's M2P view/P2M)"
 READ_FAILED = "gdbsx could not read it through vCPU 0's page tables"
+GDB_M_PACKET_BYTES = 164        # gdb's m packets on gdbsx: its g reply's size (no PacketSize from gdbsx)
+M_PACKET_BYTES = 0x7FF          # the largest m gdbsx answers within its 4096-byte packet buffer: 2
+                                # hex digits a byte and the NUL (gx_main.c process_m_request())
 
 # gdbsx answers every monitor command but ``pgd3`` with this text, hex-encoded as the whole reply
 # (gx_main.c _do_qRcmd_req(), no O packet): a probe no other stub answers the same way.
@@ -106,6 +109,11 @@ def answers_like_gdbsx(reply_hex):
         return bytes.fromhex(reply_hex or "").decode("latin-1") == BAD_MONITOR_REPLY
     except ValueError:
         return False
+
+
+def is_hex(text):
+    """Whether ``text`` is only (lowercase) hex digits: an ``m`` reply's data, not ``E01``."""
+    return all(ch in "0123456789abcdef" for ch in text)
 
 
 def linear_self_address(slot=LINEAR_PT_SLOT):
@@ -573,4 +581,5 @@ class GdbsxTarget(Target):
                 f"(Xen's linear slot {LINEAR_PT_SLOT}){relation}")
 
 
-__all__ = ["GdbsxTarget", "KIND", "READ_FAILED", "PROBE_COMMAND", "answers_like_gdbsx", "NEED_SYMS"]
+__all__ = ["GdbsxTarget", "KIND", "READ_FAILED", "PROBE_COMMAND", "answers_like_gdbsx", "is_hex", "NEED_SYMS",
+           "GDB_M_PACKET_BYTES", "M_PACKET_BYTES"]
