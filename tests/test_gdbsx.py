@@ -217,3 +217,21 @@ def test_p2m_and_p2m_check_over_gdbsx(run):
     assert "gdbsx cannot read Xen's M2P" in check["sources"]["m2p"]
     for label in ("p2m", "p2mcheck"):
         assert not m_packets(run["packets"][label]), label
+
+
+def test_large_reads_are_xenscopes_own_m_packets():
+    """A read longer than gdb's 164-byte m packets: xenscope's own m packets of 0x7ff bytes; one the
+    stub answers E01 (an unmapped page in the range) fails the read at that packet's address."""
+    va = 0xFFFFFFFF81000000                  # the kernel image: mapped through vCPU 0's tables
+    probe = ("import gdbext.target as t, xenstructs.errors as e\n"
+             f"print('LEN', len(t._read_guest_virtual({va:#x}, 0x1800)))\n"
+             "try:\n"
+             "    t._read_guest_virtual(0x1000, 0x1000)\n"
+             "except e.NotInDump as x:\n"
+             "    print('FAILED', x)\n")
+    stub, r, texts, packets = session([("read", "python\n" + probe)])
+    assert "LEN 6144" in r.stdout, r.output
+    assert "FAILED" in r.stdout
+    reads = [p for p in packets["read"] if p.startswith("m")]
+    assert reads == [f"m{va:x},7ff", f"m{va + 0x7ff:x},7ff", f"m{va + 0xffe:x},7ff", f"m{va + 0x17fd:x},3",
+                     "m1000,7ff"], reads
