@@ -50,11 +50,13 @@ WALK_AGAIN_MAX = 2                        # a cached walk: gdb's qfThreadInfo/qs
 INFO_MAX = 20
 TASKS_MAX = 520
 MODULES_MAX = 30
-MODCHECK_MAX = 700
+MODCHECK_MAX = 480
+MAPS_MAX = 20                             # xen maps --pages: whole tables in 0x7ff-byte m packets
 STACK_MAX = 10
 P2M_MAX = 2                               # the list is cached: no m packet
 QEMU_MAX = {"domains": 6600, "summary": 3400, "page": 50, "page_root": 50, "p2m_check": 3700}
-TIER_MAX_SECONDS = 300                    # boot, tools, both gdb sessions, the dumps
+TIER_MAX_SECONDS = 420                    # boot, tools, both gdb sessions, the dumps: measured 150 s
+                                          # alone, 210-235 s with five other helpers' QEMUs running
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +150,7 @@ def test_every_reply_of_the_real_gdbsx_is_the_stubs_on_the_dump_of_that_pause(li
         differ = [(packet, logged, mine) for packet, logged, mine in zip(sent, real, replies)
                   if not rsplog.same_reply(logged, mine)]
         assert not differ, differ[:10]
-        assert len(sent) > (20 if session == "probes" else 2000)
+        assert len(sent) > (20 if session == "probes" else 1000)
     assert [packet for label in live["gdbsx"]["packets"] for packet, _ in packets(live, label)][-1] == "k"
     assert "WARN: k pkt:k" in live["gdbsx_log"]
 
@@ -324,6 +326,7 @@ def test_maps_of_the_kernel_image_are_dump_p2ms_frames(live, p2m):
     assert len(pages) == 1024
     for page in pages:
         assert page["pa"] >> 12 == p2m[(page["va"] - START_KERNEL_MAP) >> 12][0], hex(page["va"])
+    assert len(packets(live, "maps_kernel")) <= MAPS_MAX
 
 
 def test_maps_of_the_sleep_are_its_pagemap(live, p2m):
@@ -337,6 +340,7 @@ def test_maps_of_the_sleep_are_its_pagemap(live, p2m):
     for va, pfn in resident.items():
         assert pages[va]["pa"] >> 12 == p2m[pfn][0], hex(va)
         assert pages[va]["user"]
+    assert len(packets(live, "maps_user")) <= MAPS_MAX
 
 
 def test_p2m_windows_are_dump_p2m_and_dump_m2p(live, p2m, m2p):

@@ -189,7 +189,9 @@ p2m)
     echo "XS-OK p2m"
     ;;
 syms)
-    shift; for name in "$@"; do grep " $name\$" /proc/kallsyms | head -1 | sed "s/^/XS-SYM /"; done
+    # one pass over /proc/kallsyms (each name's first line)
+    shift; names=$(echo "$@" | sed 's/ /|/g')
+    grep -E " ($names)\$" /proc/kallsyms | awk '!seen[$3]++' | sed "s/^/XS-SYM /"
     echo "XS-OK syms"
     ;;
 carry)
