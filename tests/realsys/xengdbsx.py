@@ -6,7 +6,7 @@ QEMU's gdbstub on the whole host, all at one pause of the domU.
     run.tools()                                 # xenctx, xen-mfndump, xen-hvmctx in dom0, kept
     run.walk_down(l4, va), run.walk_up(mfn, va) # xen-mfndump dump-ptes / lookup-pte chains
     run.carry()                                 # xl dump-core + every tool output, out of the VM
-    run.qemu_session(commands, dump_path)       # gdb on QEMU's gdbstub, then a host dump in that stop
+    run.qemu_port                               # QEMU's gdbstub (gdbsxlive.collect attaches gdb, dumps the host)
     run.close()
 
 Which hypervisor: Debian's Xen 4.17 release builds (4.17.5+72 and 4.17.7+13 checked) have no gdbsx
