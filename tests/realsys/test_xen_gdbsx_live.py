@@ -206,6 +206,18 @@ def test_registers_are_xenctxs_and_the_dumps(live, core):
         assert gdb[name] == ctx[0][name] == core.vcpus[0]["regs"][name], name
 
 
+def test_control_registers_are_xenctxs(live):
+    """xenctx's cr0, cr3, cr4 of vCPU 0 are what xenscope reads in the dump of that pause; what
+    xenscope assumes on gdbsx (which gives no control register) holds in them: every assumed bit set."""
+    ctx = T.xenctx_registers(judge(live, "xenctx-a.txt"))[0]
+    offline = json.loads(cli("info", live["files"]["domu.core"], "--json").stdout)
+    assert (offline["cr0"], offline["cr3"], offline["cr4"]) == (ctx["cr0"], ctx["cr3"], ctx["cr4"])
+    assumed = as_json(output(live, "info"))
+    for register in ("cr0", "cr4"):
+        assert assumed["sources"][register].startswith("assumed: gdbsx gives no")
+        assert assumed[register] & ctx[register] == assumed[register], register
+
+
 def test_info_says_where_cr3_came_from_and_which_l4_vcpu0_runs_on(live):
     info = as_json(output(live, "info"))
     assert info["cr3"] == info["root_pa"] == live["root_mfn"] << 12        # dump-p2m of init_top_pgt's pfn
