@@ -401,6 +401,11 @@ def test_tasks_are_the_domus_processes(live):
     extra = {pid: comm for pid, comm in tasks.items() if pid not in listed}
     assert extra.pop(0) == "swapper/0"
     assert set(extra.values()) == {"sleep"} and len(extra) == 1
+    # every process's L4 (task cr3) maps the busybox page the sleep's pagemap named: lookup-pte found
+    # it upwards (64-bit PV Linux gives each process a second, user-mode L4: the others)
+    roots = {task["pid"]: task["cr3"] >> 12 for task in as_json(output(live, "tasks"))["tasks"] if task["mm"]}
+    assert live["guest"]["pid"] in roots and len(roots) >= 5
+    assert set(roots.values()) <= set(live["user_l4s"]) and len(live["user_l4s"]) == 2 * len(set(roots.values()))
     assert len(packets(live, "tasks")) <= TASKS_MAX
 
 
