@@ -68,6 +68,15 @@ UREG_NAMES = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8"
 G64 = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12",
        "r13", "r14", "r15", "rip")
 G32 = ("eflags", "cs", "ss", "ds", "es", "fs", "gs")
+# gdbsx -a DOMID 32: xg_main.c xg_regs_read() reads the context as a 32-bit PV one whatever the guest
+# is: struct cpu_user_regs_x86_32 at 512 + 4 (ebx ecx edx esi edi ebp eax, error_code/entry_vector
+# u16, eip, cs u16 (+ 2), eflags, esp, ss es ds fs gs u16 (+ 2 each)), copied into struct
+# xg_gdb_regs32 (eax ecx edx ebx esp ebp esi edi eip eflags cs ss ds es fs gs, u32) by
+# _cp_32ctxt_to_32gdb()
+UREGS32_OFF = 516
+UREGS32 = struct.Struct("<7I2HIH2xIIH2xH2xH2xH2xH2x")
+G32_ORDER = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags", "cs", "ss", "ds", "es",
+             "fs", "gs")
 
 
 class XcCore:
@@ -118,7 +127,8 @@ class XcCore:
              regs["fs"], regs["gs"]) = struct.unpack_from("<QH6xQQH6xH6xH6xH6xH6x", d, base + UREGS_OFF + 128)
             regs["eflags"] = regs["rflags"]
             ctrl = struct.unpack_from("<8Q", d, base + CTRLREG_OFF)
-            self.vcpus.append({"regs": regs, "cr3": ctrl[3] & ADDR_MASK})   # 64-bit: xen_pfn_to_cr3 = mfn << 12
+            self.vcpus.append({"regs": regs, "cr3": ctrl[3] & ADDR_MASK,    # 64-bit: xen_pfn_to_cr3 = mfn << 12
+                               "context": base})
 
     def frame(self, mfn):
         """The 4 KiB page of machine frame ``mfn``, or None (not one of the guest's pages)."""
@@ -206,8 +216,9 @@ def _kind(pkt):
 class GdbsxStub:
     """Serve one gdb connection like ``gdbsx -a DOMID 64 PORT`` on 127.0.0.1 (thread)."""
 
-    def __init__(self, path):
+    def __init__(self, path, bits=64):
         self.core = XcCore(path)
+        self.bits = bits              # the width gdbsx was told (-a DOMID 32|64): only the g layout changes
         self.pgd3val = 0
         self.vcpu = 0
         self.log = []                 # every packet received, in order
@@ -298,6 +309,8 @@ class GdbsxStub:
         if c == "g":
             if self.vcpu >= self.core.nr_vcpus:
                 return ""                             # getvcpucontext fails: gx_read_guest_regs()
+            if self.bits == 32:
+                return self._regs32(self.core.vcpus[self.vcpu]["context"])
             r = self.core.vcpus[self.vcpu]["regs"]
             return (struct.pack("<17Q", *(r[n] & (1 << 64) - 1 for n in G64))
                     + struct.pack("<7I", *(r[n] & 0xFFFFFFFF for n in G32))).hex()
@@ -320,6 +333,13 @@ class GdbsxStub:
         if c == "D":
             return "OK"
         return ""                     # k, v, C, S, R, Z, Q... : not supported
+
+    def _regs32(self, context):
+        """The g reply of a gdbsx started with 32: the context read as a 32-bit PV one (see G32_ORDER)."""
+        fields = UREGS32.unpack_from(self.core.data, context + UREGS32_OFF)
+        named = dict(zip(("ebx", "ecx", "edx", "esi", "edi", "ebp", "eax", "error_code", "entry_vector", "eip",
+                          "cs", "eflags", "esp", "ss", "es", "ds", "fs", "gs"), fields))
+        return struct.pack("<16I", *(named[name] for name in G32_ORDER)).hex()
 
     def _monitor(self, text):
         """gx_main.c _do_qRcmd_req(): only ``pgd3 HEX``."""

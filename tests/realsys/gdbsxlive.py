@@ -129,6 +129,15 @@ def _gdbsx_sessions(run, facts):
     facts["timings"]["gdbsx_session"] = time.time() - started
     (facts["probes"], facts["probes_log"]) = _session(run.gdbsx_session(probes))
 
+    def width32(port):
+        """gdbsx told the wrong width (32 on this 64-bit guest): what it answers, what xenscope says."""
+        cmds = [("g", "maintenance packet g"), ("m", "maintenance packet mffffffff81000000,8"),
+                ("regs", "info registers rip rsp"), ("info", "xen info --json"), ("stack", "xen stack"),
+                ("detach", "detach")]
+        return rsplog.marked_session(connect + [f"target remote 127.0.0.1:{port}", f"set xen kernel-syms "
+                                                f"{facts['system_map']}"], cmds, timeout=300)
+    (facts["width32"], facts["width32_log"]) = _session(run.gdbsx_session(width32, bits=32))
+
 
 def _session(pair):
     (result, outputs, packets), stub_log = pair

@@ -179,6 +179,30 @@ def test_what_the_real_gdbsx_answers_to_the_probes(live):
     assert "Remote connection closed" in live["probes"]["result"]["stderr"]
 
 
+def test_gdbsx_told_32_on_this_64bit_guest(live):
+    """``gdbsx -a DOMID 32`` on a 64-bit PV guest: gdbsx does not check the width; its g reply is
+    struct xg_gdb_regs32 filled from the 64-bit context read as a 32-bit one (the stub, told 32,
+    gives the same bytes from the dump), rip is missing, gdb's p packet is not supported, and gdb
+    gives up attaching ("PC register is not available"): xenscope says there is no target, in one
+    line per command."""
+    session = live["width32"]["result"]
+    pairs = rsplog.exchanges(session["stderr"])
+    registers = [reply for packet, reply in pairs if packet == "g"]
+    assert len(registers) == 1 and len(registers[0]) == 2 * 16 * 4
+    assert ("p10", "") in pairs
+    stub = GdbsxStub(live["files"]["domu.core"], bits=32)
+    try:
+        assert rsplog.replay(stub.port, [packet for packet, _ in pairs]) == [reply for _, reply in pairs]
+    finally:
+        stub.close()
+    assert "PC register is not available" in session["stderr"]
+    for command in ("info", "stack"):
+        assert (f"xen {command}: no target: open a core (gdb -c FILE), attach to a stub, or `set xen dump "
+                "FILE`") in session["stderr"]
+    assert "Traceback" not in session["stderr"] + session["stdout"]
+    assert "Remote debugging from host 10.0.2.2" in live["width32_log"]
+
+
 def test_the_ro_m2p_is_mapped_with_2mib_pages_in_the_domus_l4(live):
     """Why the M2P view cannot be read through gdbsx: slot 256 of the domU's L4 (dump-ptes)
     leads to an L2 of PSE entries (read on the host dump: Xen's own tables are not the domU's)."""
