@@ -53,8 +53,15 @@ def initramfs(arch, modules=(), extra_init=""):
         "mount -t proc proc /proc",
         "mount -t sysfs sys /sys",
         *lines,
+        # a non-interactive shell's background job opens /dev/null for its stdin: without it the
+        # sleeps die at once ("can't open '/dev/null'")
+        "[ -e /dev/null ] || mknod /dev/null c 1 3",
         "sleep 100000 &",
         "sleep 100001 &",
+        # tests list the guest's processes: wait (at most 10 s) until both sleeps have exec'd (a
+        # loaded host can catch a forked child still named sh)
+        "n=0; while [ $n -lt 100 ] && [ $(cat /proc/[0-9]*/comm 2>/dev/null | grep -c '^sleep$') -lt 2 ]; "
+        "do sleep 0.1; n=$((n+1)); done",
         "cat /proc/self/maps > /dev/null",
         extra_init,
         f"echo {READY}",

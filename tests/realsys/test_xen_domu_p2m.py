@@ -270,3 +270,27 @@ def test_xl_dump_core_own_p2m_with_and_without_symbol_files(domu):
         assert not any(res[name]["counts"].values()), res[name]["counts"]
     assert res["none"]["sources"]["p2m"].startswith("the guest's own P2M list from shared_info: the virtually")
     assert res["symbols"]["pfns"] == res["none"]["pfns"] == DOMU_MEM_MB << 8
+
+
+WANTS_A_FILE = ("--xen-syms", "--kernel-syms", "System.map", "symbol file", "give ")
+
+
+def test_check_with_nothing_given_answers_as_with_every_symbol_file(domu, host_dump):
+    """``check HOST_DUMP`` with no option on the real host (dom0 + the paused domU): every check runs,
+    none is "n.a." for want of a symbol file, the statuses and findings are those of a run given
+    Debian's xen-syms and dom0's System.map, in the same time or less (one second of noise allowed
+    on a loaded 2-core machine). The times are printed (pytest -s) for the closing note."""
+    runs = {}
+    for name, extra in (("nothing", []), ("symbols", ["--xen-syms", _xen_syms(domu),
+                                                      "--kernel-syms", domu.dom0_system_map])):
+        r, took = _cli("check", host_dump, *extra, "--no-siblings", "--jobs", 1, "--json")
+        assert r.returncode in (0, 1), r.stderr
+        runs[name] = ({c["name"]: c for c in json.loads(r.stdout)[0]["checks"]}, took)
+    bare, given = runs["nothing"][0], runs["symbols"][0]
+    for check in bare.values():
+        assert not (check["status"] == "n.a." and any(w in check["summary"] for w in WANTS_A_FILE)), check
+    assert {n: c["status"] for n, c in bare.items()} == {n: c["status"] for n, c in given.items()}
+    assert {n: c["findings"] for n, c in bare.items()} == {n: c["findings"] for n, c in given.items()}
+    print(f"\ncheck of the real host dump: nothing given {runs['nothing'][1]:.2f} s, "
+          f"xen-syms + System.map {runs['symbols'][1]:.2f} s", end="")
+    assert runs["nothing"][1] <= 1.5 * runs["symbols"][1] + 1.0, (runs["nothing"][1], runs["symbols"][1])
