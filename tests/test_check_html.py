@@ -1,0 +1,223 @@
+"""``check --html``: the page headless Chromium renders says what the batch found, and draws it.
+
+Truths: the builder's manifests under cores/ (each Xen host's frame census and domains, each paging
+core's ranges and problems), the ``--json`` of the same run (statuses, findings' texts), and the
+pixels of Chromium's screenshot (the charts are drawn, not only declared)."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import pytest
+
+import pngpixels
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORES = os.path.join(TOP, "cores")
+SLOT_SIZES = {"2level": 1 << 22, "pae": 1 << 30, "4level": 1 << 39, "5level": 1 << 48}
+VOID = {"br", "meta", "img", "input", "hr", "link", "wbr"}
+
+
+class Node:
+    def __init__(self, tag, attrs, parent=None):
+        self.tag, self.attrs, self.parent, self.children, self.texts = tag, dict(attrs), parent, [], []
+
+    @property
+    def text(self):
+        return "".join(self.texts) + "".join(c.text for c in self.children)
+
+    def find(self, tag=None, **attrs):
+        """Every descendant with ``tag`` and these attribute values (``class_`` matches a class)."""
+        out = []
+        for c in self.children:
+            ok = tag in (None, c.tag) and all(
+                (k == "class_" and v in c.attrs.get("class", "").split()) or c.attrs.get(k.replace("_", "-")) == v
+                for k, v in attrs.items())
+            if ok:
+                out.append(c)
+            out += c.find(tag, **attrs)
+        return out
+
+
+class Tree(HTMLParser):
+    def __init__(self, text):
+        super().__init__()
+        self.root = self.node = Node("#root", {})
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        node = Node(tag, attrs, self.node)
+        self.node.children.append(node)
+        if tag not in VOID:
+            self.node = node
+
+    def handle_endtag(self, tag):
+        node = self.node
+        while node is not self.root and node.tag != tag:
+            node = node.parent
+        if node is not self.root:
+            self.node = node.parent
+
+    def handle_data(self, data):
+        self.node.texts.append(data)
+
+
+def chromium(*options):
+    path = shutil.which("chromium")
+    assert path, "chromium is not installed: ./setup.sh installs the Debian package chromium"
+    return subprocess.run([sys.executable, os.path.join(TOP, "docs", "report_screenshot.py"), *options],
+                          capture_output=True, text=True, cwd=TOP, timeout=300)
+
+
+def dump_dom(html):
+    """The DOM Chromium built from the page (no network: it runs behind a proxy nobody serves)."""
+    sys.path.insert(0, os.path.join(TOP, "docs"))
+    try:
+        import report_screenshot
+    finally:
+        sys.path.pop(0)
+    return report_screenshot.browse("file://" + str(html), "--dump-dom")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """``check --html --json`` over every bundled dump, a truncated core and a text file."""
+    tmp = tmp_path_factory.mktemp("html")
+    (tmp / "truncated.core").write_bytes(open(os.path.join(CORES, "x86_64-4level.core"), "rb").read()[:200])
+    (tmp / "notes.txt").write_text("not a dump\n")
+    html = tmp / "report.html"
+    r = subprocess.run([sys.executable, "-m", "xenstructs.cli", "check", CORES, str(tmp / "truncated.core"),
+                        str(tmp / "notes.txt"), "--html", str(html), "--json"],
+                       capture_output=True, text=True, cwd=TOP)
+    assert r.returncode == 2, r.stderr
+    page = html.read_text()
+    return json.loads(r.stdout), page, Tree(dump_dom(html)).root
+
+
+def sections(root):
+    return {s.attrs["data-dump"]: s for s in root.find("section", class_="dump")}
+
+
+def manifest(dump):
+    path = os.path.splitext(dump)[0] + ".json"
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+def test_self_contained(run):
+    _, page, _ = run
+    assert not re.search(r"<(script|link|img|iframe|object)\b", page)
+    assert "http://" not in page and "https://" not in page and "url(" not in page
+
+
+def test_a_row_per_dump_with_its_checks(run):
+    reports, _, root = run
+    rows = root.find("tr", class_="dump")
+    assert [r.attrs["data-dump"] for r in rows] == [d["dump"] for d in reports]
+    for row, d in zip(rows, reports):
+        cells = {c.attrs["data-check"]: c for c in row.find("td") if "data-check" in c.attrs}
+        assert {n: c.attrs["data-status"] for n, c in cells.items()} == {c["name"]: c["status"] for c in d["checks"]}
+        for c in d["checks"]:
+            assert cells[c["name"]].attrs["title"] == c["summary"]
+
+
+def test_findings_expand_to_their_details(run):
+    reports, _, root = run
+    by_dump = sections(root)
+    assert set(by_dump) == {d["dump"] for d in reports}
+    for d in reports:
+        checks = {c.attrs["data-check"]: c for c in by_dump[d["dump"]].find("details", class_="check")}
+        for c in d["checks"]:
+            node = checks[c["name"]]
+            assert node.attrs["data-status"] == c["status"]
+            assert ("open" in node.attrs) == (c["status"] in ("findings", "error"))
+            findings = node.find("details", class_="finding")
+            assert [f.find("summary")[0].text for f in findings] == [f["text"] for f in c["findings"]]
+            for shown, f in zip(findings, c["findings"]):
+                fields = {tr.find("td")[0].text for tr in shown.find("tr")}
+                assert fields == set(f) - {"text"}
+    unreadable = by_dump[next(d["dump"] for d in reports if d["dump"].endswith("notes.txt"))]
+    assert unreadable.attrs["data-kind"] == "unreadable"
+
+
+def test_census_bars_are_the_manifest_census(run):
+    _, _, root = run
+    hosts = [s for d, s in sections(root).items() if os.path.basename(d).startswith("xen-")]
+    assert len(hosts) == 2
+    for sec in hosts:
+        want = manifest(sec.attrs["data-dump"])
+        census = {(owner, kind, n) for owner, types in want["census"].items() if owner != "free"
+                  for kind, n in types.items()}
+        got = {(r.attrs["data-owner"], r.attrs["data-type"], int(r.attrs["data-count"]))
+               for r in sec.find("rect", class_="seg")}
+        assert got == census
+        assert f"free {want['free_frames']}" in sec.text
+
+
+def test_domains_are_the_manifest_domains(run):
+    _, _, root = run
+    for dump, sec in sections(root).items():
+        if not os.path.basename(dump).startswith("xen-"):
+            continue
+        rows = {(int(r.attrs["data-id"]), r.attrs["data-name"]) for r in sec.find("tr", class_="domain")}
+        assert rows == {(d["id"], d["name"]) for d in manifest(dump)["domains"]}
+
+
+def pieces(start, end, size):
+    out = []
+    while start < end:
+        stop = min(end, (start // size + 1) * size)
+        out.append((start, stop))
+        start = stop
+    return out
+
+
+def test_address_map_strips_are_the_manifest_ranges(run):
+    """Each range of a paging core's manifest is drawn in its lane (supervisor/user) and colour class
+    (its rights), cut at the top-level slots; each problem as a mark; nothing else is drawn."""
+    _, _, root = run
+    checked = 0
+    for dump, sec in sections(root).items():
+        want = manifest(dump)
+        if not want or "ranges" not in want:
+            continue
+        size, top = SLOT_SIZES[want["mode"]], (1 << 64) - 1
+        ranges = {(a, b, "user" if r["user"] else "kernel", ("w" if r["writable"] else "") + ("" if r["nx"] else "x") or "r")
+                  for r in want["ranges"] for a, b in pieces(r["va_start"], r["va_end"], size)}
+        marks = {(a, b) for p in want["problems"] for a, b in pieces(p["va_start"], p["va_end"], size)}
+        boxes = sec.find("rect", class_="range")
+        got = {(int(b.attrs["data-va-start"], 16), int(b.attrs["data-va-end"], 16), b.attrs["data-lane"],
+                b.attrs["data-rights"]) for b in boxes if b.attrs["data-lane"] != "problem"}
+        assert got == ranges, dump
+        assert {(int(b.attrs["data-va-start"], 16), int(b.attrs["data-va-end"], 16)) for b in boxes
+                if b.attrs["data-lane"] == "problem"} == marks, dump
+        slots = {int(s.attrs["data-base"], 16) for s in sec.find("div", class_="slot")}
+        assert slots == {a - a % size for a, _ in marks} | {a - a % size for a, *_ in ranges}
+        assert all(a <= top for a in slots)
+        checked += 1
+    assert checked == 5
+
+
+def test_screenshot_draws_the_charts(tmp_path):
+    """docs/report_screenshot.py (the README's picture) renders the report in Chromium; its pixels
+    hold the census bars (the 675 anonymous frames' grey bar is 520 x 16 px), the slot strips' grey
+    and every rights colour of the legend and the maps."""
+    png = tmp_path / "report.png"
+    r = chromium("--out", str(png))
+    assert r.returncode == 0, r.stderr
+    pixels = pngpixels.read_png(str(png))
+    assert pixels.shape[:2] == (1900, 1280)
+    assert pngpixels.colour_count(pixels, "#bdbdbd") > 520 * 16          # census: the type "none"
+    assert pngpixels.colour_count(pixels, "#fd8d3c") > 250 * 16          # census: dom_io's writable frames
+    assert pngpixels.colour_count(pixels, "#f4f4f4") > 760 * 28 * 5      # >= 5 slot strips on the screen
+    for colour in ("#d62728", "#ff7f0e", "#1f77b4", "#8c8c8c"):
+        assert pngpixels.colour_count(pixels, colour) > 121, colour      # more than its legend key
+
+
+def test_bad_html_path_refused_before_checking(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "xenstructs.cli", "check", os.path.join(CORES, "x86_64-5level.core"),
+                        "--html", str(tmp_path / "missing" / "r.html")], capture_output=True, text=True, cwd=TOP)
+    assert r.returncode == 2 and r.stdout == "" and "--html: no directory" in r.stderr
