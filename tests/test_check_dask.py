@@ -6,6 +6,7 @@ test itself raises in the workers."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -64,16 +65,24 @@ def check(cwd, *argv):
 @pytest.fixture(scope="module")
 def local(batch):
     """The local run of the batch (forked children on this machine)."""
-    return check(batch, "dumps", "notes.txt", "--json", "--jobs", "2")
+    return check(batch, "dumps", "notes.txt", "--json", "--jobs", "2", "--html", "local.html")
+
+
+def written(page):
+    """The HTML report without the time it was written."""
+    return re.sub(r"Written [0-9-]+ [0-9:]+ UTC", "Written", page)
 
 
 def test_dask_run_equals_local_run(scheduler, batch, local):
     """Relative paths, from a directory the workers were not started in (each task checks from the
-    client's directory): the JSON and the exit status are the local run's."""
-    dask = check(batch, "dumps", "notes.txt", "--json", "--dask", scheduler)
+    client's directory): the JSON, the exit status and the HTML report (its pictures' data gathered
+    on the workers) are the local run's."""
+    dask = check(batch, "dumps", "notes.txt", "--json", "--dask", scheduler, "--html", "dask.html")
     assert local.returncode == 2, local.stderr
     assert dask.returncode == local.returncode, dask.stderr
     assert dask.stdout == local.stdout
+    page = written((batch / "dask.html").read_text())
+    assert page == written((batch / "local.html").read_text()) and 'class="seg"' in page
     reports = {os.path.basename(r["dump"]): r for r in json.loads(dask.stdout)}
     assert {"qemu.kdump", "x86_64-4level.core", "xen-4.6-host.core", "pv-x86_64.xc"} <= set(reports)
     assert reports["notes.txt"]["kind"] == "unreadable" and reports["qemu.kdump"]["kind"] != "unreadable"

@@ -7,7 +7,10 @@
   512 GiB in 4-level, PML5 slot of 256 TiB in 5-level, PDPT slot of 1 GiB in PAE, PGD slot of 4 MiB
   in 2-level), each range a box at its place in the slot, coloured by its rights (writable and
   executable, writable, executable, read-only), supervisor ranges above, user ranges below, the
-  enumeration's problems as black marks.
+  enumeration's problems as black marks. A strip of more than :data:`EXACT` pieces (a real kernel's
+  direct map and vmalloc area: tens of thousands of ranges) is drawn by pixel column: a box per run
+  of columns whose most permissive rights (writable and executable, then writable, then executable)
+  are the same: at most 760 boxes per lane of a strip.
 
 Every drawn box carries its numbers as ``data-*`` attributes and a ``<title>`` tooltip.
 """
@@ -21,7 +24,7 @@ RIGHTS = (("wx", "writable and executable", "#d62728"), ("w", "writable, no-exec
 RIGHTS_COLOURS = {key: colour for key, _, colour in RIGHTS}
 SLOT_BITS = {"2level": (22, 1023), "pae": (30, 3), "4level": (39, 511), "5level": (48, 511)}
 STRIP = 760                                 # px: the width of a whole slot
-BOXES = 4000                                # boxes drawn per dump at most
+EXACT = 64                                  # pieces a strip draws one by one; more: by pixel column
 
 
 def _attrs(**items):
@@ -109,39 +112,83 @@ def address_map(maps):
     for p in maps.get("problems") or []:
         for index, base, a, b in slot_pieces(mode, p["va_start"], p["va_end"]):
             slots.setdefault((base, index), []).append(("problem", p["reason"], a, b, p))
-    drawn, rows = 0, []
-    for (base, index), boxes in sorted(slots.items()):
-        take = boxes[:max(0, BOXES - drawn)]
-        drawn += len(take)
-        rows.append(_strip(mode, index, base, span, take))
-    shown = sum(len(b) for b in slots.values())
-    more = f"; {shown - drawn} more piece(s) not drawn" if drawn < shown else ""
+    rows = [_strip(index, base, span, boxes) for (base, index), boxes in sorted(slots.items())]
     head = (f'<p class="caption">{escape(mode)}, CR3 {maps.get("cr3", 0):#x}: {len(maps.get("ranges") or [])} '
             f'range(s) of equal rights in {len(slots)} top-level slot(s), each strip one slot of '
-            f'{_size(span)} (supervisor above, user below){more}</p>')
+            f'{_size(span)} (supervisor above, user below); a strip of more than {EXACT} pieces is drawn '
+            f"by pixel column, each in the most permissive rights mapped in it</p>")
     keys = [(text, colour) for _, text, colour in RIGHTS] + [("problem (reserved, not in dump, loop)", "#000")]
     return head + legend(keys) + '<div class="slots">' + "".join(rows) + "</div>"
 
 
-def _strip(mode, index, base, span, boxes):
-    lanes = {"kernel": 2, "user": 16, "problem": 30}
-    heights = {"kernel": 13, "user": 13, "problem": 5}
+LANES = {"kernel": (2, 13), "user": (16, 13), "problem": (30, 5)}       # y, height
+
+
+def _strip(index, base, span, boxes):
     out = [f'<div class="slot"{_attrs(data_slot=index, data_base=f"{base:#x}")}>'
            f'<span class="slotname">slot {index}<br><code>{base:#018x}</code></span>'
-           f'<svg width="{STRIP + 170}" height="36"><rect x="0" y="1" width="{STRIP}" height="30" fill="#f4f4f4"/>']
+           f'<svg width="{STRIP + 170}" height="36"><rect class="strip" x="0" y="1" width="{STRIP}" height="30" '
+           f'fill="#f4f4f4"/>']
     mapped = [b - a for lane, _, a, b, _ in boxes if lane != "problem"]
     out.append(f'<text x="{STRIP + 8}" y="21">{len(mapped)} range(s), {_size(sum(mapped))}</text>')
+    out += _exact(base, span, boxes) if len(boxes) <= EXACT else _binned(base, span, boxes)
+    out.append("</svg></div>")
+    return "".join(out)
+
+
+def _exact(base, span, boxes):
+    """A box per piece, at its place (at least 2 px wide: a 4 KiB page in 512 GiB is still seen)."""
+    out = []
     for lane, rights, a, b, src in boxes:
-        x = STRIP * (a - base) / span
-        w = max(2.0, STRIP * (b - a) / span)            # a 4 KiB page in 512 GiB is still seen
+        x, w = STRIP * (a - base) / span, max(2.0, STRIP * (b - a) / span)
         colour = "#000" if lane == "problem" else RIGHTS_COLOURS[rights]
         what = (f"{src['reason']} at {src['level']}" if lane == "problem"
                 else f"{lane} {rights}" + ("" if src.get("pa_start") is None else f", pa {src['pa_start']:#x}"))
+        y, h = LANES[lane]
         out.append(f'<rect class="range"{_attrs(data_lane=lane, data_rights=rights, data_va_start=f"{a:#x}", data_va_end=f"{b:#x}")}'
-                   f' x="{x:.2f}" y="{lanes[lane]}" width="{w:.2f}" height="{heights[lane]}" fill="{colour}">'
+                   f' x="{x:.2f}" y="{y}" width="{w:.2f}" height="{h}" fill="{colour}">'
                    f"<title>{a:#x}-{b:#x} ({_size(b - a)}): {escape(what)}</title></rect>")
-    out.append("</svg></div>")
-    return "".join(out)
+    return out
+
+
+def columns(base, span, a, b):
+    """The pixel columns ``[first, end)`` of a strip that ``[a, b)`` touches."""
+    first = (a - base) * STRIP // span
+    return first, max(first + 1, -(-(b - base) * STRIP // span))
+
+
+def _binned(base, span, boxes):
+    """A box per run of pixel columns of a lane whose most permissive rights are the same."""
+    rank = {"r": 1, "x": 2, "w": 3, "wx": 4}
+    best = {lane: [0] * STRIP for lane in LANES}
+    for lane, rights, a, b, _ in boxes:
+        level = 1 if lane == "problem" else rank[rights]
+        row = best[lane]
+        first, end = columns(base, span, a, b)
+        for col in range(first, end):
+            if row[col] < level:
+                row[col] = level
+    names = {v: k for k, v in rank.items()}
+    out = []
+    for lane, row in best.items():
+        col = 0
+        while col < STRIP:
+            end = col + 1
+            while end < STRIP and row[end] == row[col]:
+                end += 1
+            if row[col]:
+                out.append(_column_box(lane, "problem" if lane == "problem" else names[row[col]], base, span, col, end))
+            col = end
+    return out
+
+
+def _column_box(lane, rights, base, span, first, end):
+    a, b = base + first * span // STRIP, base + end * span // STRIP
+    colour = "#000" if lane == "problem" else RIGHTS_COLOURS[rights]
+    y, h = LANES[lane]
+    return (f'<rect class="range binned"{_attrs(data_lane=lane, data_rights=rights, data_col_start=first, data_col_end=end)}'
+            f' x="{first}" y="{y}" width="{end - first}" height="{h}" fill="{colour}">'
+            f"<title>{a:#x}-{b:#x}: {escape(lane)}, most permissive {escape(rights)}</title></rect>")
 
 
 def _size(n):
