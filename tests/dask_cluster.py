@@ -8,7 +8,33 @@ reading it (as a libkdumpfile crash would), so the test can see one dump kill it
 """
 
 import argparse
+import contextlib
+import os
+import subprocess
 import sys
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextlib.contextmanager
+def cluster(workers, crash_on=None):
+    """``with cluster(2) as address:`` a LocalCluster of ``workers`` processes, in a process of its
+    own (never threads in the test process, which forks), importing this checkout's xenstructs."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TOP, os.path.join(TOP, "tests")]))
+    argv = [sys.executable, os.path.abspath(__file__), str(workers)] + (["--crash-on", crash_on] if crash_on else [])
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env=env, cwd=TOP)
+    try:
+        address = proc.stdout.readline().strip()
+        assert address.startswith("tcp://127.0.0.1:"), "the LocalCluster did not start"
+        yield address
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def crash_on(name):

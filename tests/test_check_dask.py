@@ -13,6 +13,7 @@ import sys
 import pytest
 
 import kdumpcorpus
+from dask_cluster import cluster
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORES = os.path.join(TOP, "cores")
@@ -22,27 +23,15 @@ CRASHING = "crash.kdump"                  # the workers' kdump reader dies of SI
 @pytest.fixture(scope="module")
 def scheduler():
     """The address of a LocalCluster of 2 worker processes (1 thread each), in its own process."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TOP, os.path.join(TOP, "tests")]))
-    proc = subprocess.Popen([sys.executable, os.path.join(TOP, "tests", "dask_cluster.py"), "2",
-                             "--crash-on", CRASHING], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=env, cwd=TOP)
-    address = proc.stdout.readline().strip()
-    try:
-        assert address.startswith("tcp://127.0.0.1:"), "the LocalCluster did not start"
+    with cluster(2, crash_on=CRASHING) as address:
         yield address
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
     """A directory of dumps named relative to it: every bundled core with its .map/.log/.json beside
-    it, a real QEMU ``dump-guest-memory -z`` kdump file, a truncated core and a text file."""
+    it, a real QEMU ``dump-guest-memory -z`` kdump file, makedumpfile's kdump-compressed file (plain
+    and flattened), a truncated core and a text file."""
     top = tmp_path_factory.mktemp("fleet")
     dumps = top / "dumps"
     dumps.mkdir()
@@ -51,6 +40,9 @@ def batch(tmp_path_factory):
             os.symlink(os.path.join(CORES, name), dumps / name)
     real = kdumpcorpus._qemu_bases()["qemu"]
     (dumps / "qemu.kdump").write_bytes(real)
+    mdf, flat = kdumpcorpus._makedumpfile_bases(str(top))           # makedumpfile -c, plain and -F
+    (dumps / "mdf64.kdump").write_bytes(mdf)
+    (dumps / "mdf64.flat").write_bytes(flat)
     (dumps / "truncated.core").write_bytes(open(os.path.join(CORES, "x86_64-4level.core"), "rb").read()[:200])
     (top / "notes.txt").write_text("not a dump\n")
     (top / CRASHING).write_bytes(real)
@@ -84,8 +76,9 @@ def test_dask_run_equals_local_run(scheduler, batch, local):
     page = written((batch / "dask.html").read_text())
     assert page == written((batch / "local.html").read_text()) and 'class="seg"' in page
     reports = {os.path.basename(r["dump"]): r for r in json.loads(dask.stdout)}
-    assert {"qemu.kdump", "x86_64-4level.core", "xen-4.6-host.core", "pv-x86_64.xc"} <= set(reports)
-    assert reports["notes.txt"]["kind"] == "unreadable" and reports["qemu.kdump"]["kind"] != "unreadable"
+    assert {"qemu.kdump", "mdf64.kdump", "mdf64.flat", "x86_64-4level.core", "pv-x86_64.xc"} <= set(reports)
+    assert reports["notes.txt"]["kind"] == "unreadable"
+    assert all(reports[n]["kind"] != "unreadable" for n in ("qemu.kdump", "mdf64.kdump", "mdf64.flat"))
     assert reports["truncated.core"]["kind"] == "unreadable" or any(
         c["status"] == "error" for c in reports["truncated.core"]["checks"])
     assert dask.stderr == ""

@@ -10,60 +10,15 @@ import re
 import shutil
 import subprocess
 import sys
-from html.parser import HTMLParser
 
 import pytest
 
 import pngpixels
+from addrmap import check_map, rights
+from htmldom import dom
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORES = os.path.join(TOP, "cores")
-SLOT_SIZES = {"2level": 1 << 22, "pae": 1 << 30, "4level": 1 << 39, "5level": 1 << 48}
-VOID = {"br", "meta", "img", "input", "hr", "link", "wbr"}
-
-
-class Node:
-    def __init__(self, tag, attrs, parent=None):
-        self.tag, self.attrs, self.parent, self.children, self.texts = tag, dict(attrs), parent, [], []
-
-    @property
-    def text(self):
-        return "".join(self.texts) + "".join(c.text for c in self.children)
-
-    def find(self, tag=None, **attrs):
-        """Every descendant with ``tag`` and these attribute values (``class_`` matches a class)."""
-        out = []
-        for c in self.children:
-            ok = tag in (None, c.tag) and all(
-                (k == "class_" and v in c.attrs.get("class", "").split()) or c.attrs.get(k.replace("_", "-")) == v
-                for k, v in attrs.items())
-            if ok:
-                out.append(c)
-            out += c.find(tag, **attrs)
-        return out
-
-
-class Tree(HTMLParser):
-    def __init__(self, text):
-        super().__init__()
-        self.root = self.node = Node("#root", {})
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        node = Node(tag, attrs, self.node)
-        self.node.children.append(node)
-        if tag not in VOID:
-            self.node = node
-
-    def handle_endtag(self, tag):
-        node = self.node
-        while node is not self.root and node.tag != tag:
-            node = node.parent
-        if node is not self.root:
-            self.node = node.parent
-
-    def handle_data(self, data):
-        self.node.texts.append(data)
 
 
 def chromium(*options):
@@ -71,16 +26,6 @@ def chromium(*options):
     assert path, "chromium is not installed: ./setup.sh installs the Debian package chromium"
     return subprocess.run([sys.executable, os.path.join(TOP, "docs", "report_screenshot.py"), *options],
                           capture_output=True, text=True, cwd=TOP, timeout=300)
-
-
-def dump_dom(html):
-    """The DOM Chromium built from the page (no network: it runs behind a proxy nobody serves)."""
-    sys.path.insert(0, os.path.join(TOP, "docs"))
-    try:
-        import report_screenshot
-    finally:
-        sys.path.pop(0)
-    return report_screenshot.browse("file://" + str(html), "--dump-dom")
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +40,7 @@ def run(tmp_path_factory):
                        capture_output=True, text=True, cwd=TOP)
     assert r.returncode == 2, r.stderr
     page = html.read_text()
-    return json.loads(r.stdout), page, Tree(dump_dom(html)).root
+    return json.loads(r.stdout), page, dom(html)
 
 
 def sections(root):
@@ -164,71 +109,6 @@ def test_domains_are_the_manifest_domains(run):
             continue
         rows = {(int(r.attrs["data-id"]), r.attrs["data-name"]) for r in sec.find("tr", class_="domain")}
         assert rows == {(d["id"], d["name"]) for d in manifest(dump)["domains"]}
-
-
-def pieces(start, end, size):
-    out = []
-    while start < end:
-        stop = min(end, (start // size + 1) * size)
-        out.append((start, stop))
-        start = stop
-    return out
-
-
-def rights(writable, nx):
-    return ("w" if writable else "") + ("" if nx else "x") or "r"
-
-
-RANK = {"r": 1, "x": 2, "w": 3, "wx": 4, "problem": 1}
-
-
-def merged(boxes):
-    """``(lane, rights, start, end)`` boxes with the adjacent ones of equal lane and rights joined."""
-    out = []
-    for box in sorted(boxes, key=lambda b: (b[0], b[2])):
-        if out and out[-1][:2] == box[:2] and out[-1][3] == box[2]:
-            out[-1] = (box[0], box[1], out[-1][2], box[3])
-        else:
-            out.append(box)
-    return out
-
-
-def check_map(sec, mode, truth, lanes=("kernel", "user", "problem")):
-    """The strips drawn in ``sec`` against ``truth``: ``(lane, rights, va_start, va_end)`` of the
-    mappings (and ``("problem", "problem", a, b)`` of the problems). A strip drawn box by box must
-    show exactly the truth's pieces (adjacent equal ones joined); a strip drawn by pixel column must
-    show, in each column of each lane, the most permissive rights the truth maps there."""
-    size = SLOT_SIZES[mode]
-    want = {}
-    for lane, what, a, b in truth:
-        for pa, pb in pieces(a, b, size):
-            want.setdefault(pa - pa % size, []).append((lane, what, pa, pb))
-    strips = {int(s.attrs["data-base"], 16): s for s in sec.find("div", class_="slot")
-              if any(b.attrs["data-lane"] in lanes for b in s.find("rect", class_="range"))}
-    assert set(strips) == set(want)
-    binned = 0
-    for base, strip in strips.items():
-        width = int(strip.find("rect", class_="strip")[0].attrs["width"])
-        boxes = strip.find("rect", class_="range")
-        if not any("binned" in b.attrs["class"].split() for b in boxes):
-            got = [(b.attrs["data-lane"], "problem" if b.attrs["data-lane"] == "problem" else b.attrs["data-rights"],
-                    int(b.attrs["data-va-start"], 16), int(b.attrs["data-va-end"], 16)) for b in boxes]
-            assert merged([g for g in got if g[0] in lanes]) == merged([w for w in want[base] if w[0] in lanes])
-            continue
-        binned += 1
-        columns = {lane: [0] * width for lane in lanes}
-        for lane, what, a, b in want[base]:
-            if lane in lanes:
-                first = (a - base) * width // size
-                for col in range(first, max(first + 1, -(-(b - base) * width // size))):
-                    columns[lane][col] = max(columns[lane][col], RANK[what])
-        drawn = {lane: [0] * width for lane in lanes}
-        for b in boxes:
-            if b.attrs["data-lane"] in lanes:
-                for col in range(int(b.attrs["data-col-start"]), int(b.attrs["data-col-end"])):
-                    drawn[b.attrs["data-lane"]][col] = RANK[b.attrs["data-rights"]]
-        assert drawn == columns, base
-    return binned
 
 
 def test_address_map_strips_are_the_manifest_ranges(run):
