@@ -107,3 +107,9 @@ def test_json_and_json_lines_together_refused():
                        capture_output=True, text=True, cwd=TOP)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip() == "xenscope check: give --json or --json-lines, not both"
+
+
+def test_jobs_and_dask_together_refused():
+    r = subprocess.run(command(os.path.join(CORES, "x86_64-5level.core"), "--jobs", "2", "--dask", "tcp://127.0.0.1:9"),
+                       capture_output=True, text=True, cwd=TOP)
+    assert r.returncode == 2 and r.stdout == "" and "give --jobs or --dask, not both" in r.stderr

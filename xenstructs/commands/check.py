@@ -130,6 +130,8 @@ def check(target, args):
                    siblings=not args.no_siblings)
     if args.json and args.json_lines:
         raise UsageError("give --json or --json-lines, not both")
+    if args.dask and args.jobs is not None:
+        raise UsageError("give --jobs or --dask, not both (the cluster's workers say how many run at once)")
     if args.html:
         opts.views = True
         _writable(args.html)
