@@ -36,6 +36,7 @@ class _Progress:
         if self.bar is not None:
             self._name(name)
             self.bar.update(done - self.bar.n)
+            self.bar.refresh()                  # every count is shown (update alone is rate-limited)
 
     def _name(self, finished=None):
         if self.bar is None:
