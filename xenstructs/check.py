@@ -88,8 +88,9 @@ class Options:
     """What the checks may use beyond the dump: ``xen_syms`` (xen-syms or its .map), ``kernel_syms``
     (dom0's System.map: where dom0's P2M list is on host dumps, instead of its shared_info), ``profile``/``vmlinux``/``system_map`` (modcheck),
     ``log`` (a console/oops excerpt for ``faults``, for every dump), ``siblings`` (look for
-    ``<stem>.map`` / ``<stem>.log`` next to each dump), ``views`` (also gather the data of the
-    HTML report's pictures into :attr:`DumpReport.views`: :func:`xenstructs.views.gather`)."""
+    ``<stem>.map`` / ``<stem>.log`` next to each dump), ``pictures`` (also draw the HTML report's
+    pictures of the dump into :attr:`DumpReport.pictures`, from the JSON :func:`xenstructs.views.gather`
+    takes: drawn where the dump is read, so a batch keeps kilobytes of markup per dump, not its ranges)."""
     xen_syms: Optional[str] = None
     kernel_syms: Optional[str] = None
     profile: Optional[str] = None
@@ -97,7 +98,7 @@ class Options:
     system_map: Optional[str] = None
     log: Optional[str] = None
     siblings: bool = True
-    views: bool = False
+    pictures: bool = False
 
 
 @dataclass
@@ -117,11 +118,12 @@ class CheckResult:
 @dataclass
 class DumpReport:
     """Every check run on one dump: ``dump`` (path), ``kind``, ``checks`` (list of CheckResult),
-    ``views`` (the pictures' data with ``Options(views=True)``, else None; not in :meth:`as_dict`)."""
+    ``pictures`` (the HTML report's pictures of the dump with ``Options(pictures=True)``, else None;
+    not in :meth:`as_dict`)."""
     dump: str
     kind: str
     checks: List[CheckResult] = field(default_factory=list)
-    views: Optional[dict] = field(default=None, compare=False, repr=False)
+    pictures: Optional[str] = field(default=None, compare=False, repr=False)
 
     @property
     def readable(self):
@@ -487,9 +489,10 @@ def check_dump(path, options=None):
         rep.checks.append(_guard("modcheck", _check_modcheck, target, ctx, opts))
         rep.checks.append(_guard("faults", _check_faults, target, ctx, opts, path))
         rep.checks.append(_guard("console", _check_console, target, ctx, opts, path))
-        if opts.views:
+        if opts.pictures:
+            from .report_html import pictures
             from .views import gather
-            rep.views = gather(target, kind, used)
+            rep.pictures = pictures(gather(target, kind, used))
         return rep
     finally:
         try:

@@ -28,7 +28,7 @@ PRELOAD = ("xenstructs.targets.elfcore", "xenstructs.targets.xccore", "xenstruct
            "xenstructs.linux.kallsyms", "xenstructs.linux.printk", "xenstructs.xen.console",
            "xenstructs.xen.conring", "xenstructs.xen.shared_info", "xenstructs.xen.symbols",
            "xenstructs.xen.structs", "xenstructs.dumpconsole", "xenstructs.fault.case",
-           "xenstructs.commands", "xenstructs.views", "kdumpfile")
+           "xenstructs.commands", "xenstructs.views", "xenstructs.report_html", "kdumpfile")
 
 
 def preload():

@@ -5,8 +5,9 @@ The page: a summary line (dumps, unreadable, checks with findings, errors, the e
 with a row per dump and a column per check (its status, the summary as a tooltip); then a section
 per dump: each check as an expandable ``<details>`` whose findings are ``<details>`` of their own
 (the one-line text, expanding to every field; the checks with findings or an error are open), and the pictures of :mod:`xenstructs.report_svg`
-from the dump's :attr:`~xenstructs.check.DumpReport.views` (``frames --summary``, ``domains``,
-``maps`` JSON): the frame census and the domains of a Xen host, and the address-space map.
+drawn by :func:`pictures` where the dump was read (:attr:`~xenstructs.check.DumpReport.pictures`)
+from the ``frames --summary``, ``domains`` and ``maps`` JSON (:mod:`xenstructs.views`): the frame
+census and the domains of a Xen host, and the address-space map.
 """
 
 import datetime
@@ -101,14 +102,20 @@ def _section(index, report, d):
     out = [f'<section class="dump" id="dump-{index}" data-dump="{escape(d["dump"])}" data-kind="{escape(d["kind"])}">'
            f'<h2>{escape(d["dump"])} <span class="kind">{escape(d["kind"])}</span></h2>']
     out += [_check(c) for c in d["checks"]]
-    views = report.views or {}
+    out.append(report.pictures or "")
+    out.append("</section>")
+    return "".join(out)
+
+
+def pictures(views):
+    """The markup of one dump's pictures from :func:`xenstructs.views.gather`'s ``views``."""
+    out = []
     if views.get("frames"):
         out.append("<h3>Frame census (frames --summary)</h3>" + _view(views["frames"], lambda v: report_svg.census_chart(v["census"])))
     if views.get("domains"):
         out.append("<h3>Domains</h3>" + _view(views["domains"], lambda v: report_svg.domains_table(v["domains"])))
     if views.get("maps"):
         out.append("<h3>Address space of CPU 0 (maps)</h3>" + _view(views["maps"], report_svg.address_map))
-    out.append("</section>")
     return "".join(out)
 
 

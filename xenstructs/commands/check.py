@@ -134,7 +134,7 @@ def check(target, args):
     if args.dask and args.jobs is not None:
         raise UsageError("give --jobs or --dask, not both (the cluster's workers say how many run at once)")
     if args.html:
-        opts.views = True
+        opts.pictures = True
         _writable(args.html)
     can_fork = active_front().can_fork
     jobs = args.jobs if args.jobs is not None or can_fork else 1
