@@ -18,8 +18,9 @@ syspy=/usr/bin/python3
 # modules against the booted kernel's linux-headers, which the tier fetches into its cache itself;
 # flex and bison build the debug Xen of the real-system tier; dpkg-dev unpacks Debian's Xen source
 # (dpkg-source) and dates its rebuild with -g (dpkg-parsechangelog) for the shipped Xen profiles' check.
+# chromium renders `check --html`'s report headless in the tests (its text and a screenshot).
 debs=(gdb python3 python3-venv python3-pip python3-libkdumpfile makedumpfile qemu-system-x86 busybox-static
-      crash gcc libc6-dev python3-dev make gcc-12 flex bison dpkg-dev)
+      crash gcc libc6-dev python3-dev make gcc-12 flex bison dpkg-dev chromium)
 
 say() { printf '== %s\n' "$*"; }
 
@@ -55,7 +56,7 @@ install_venv() {
         "$syspy" -m venv --system-site-packages "$venv"
     fi
     say "installing xenscope and its Python dependencies into $venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,dask]"
     echo "$want" > "$stamp"
 }
 

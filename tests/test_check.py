@@ -155,22 +155,6 @@ def test_table_output_and_no_progress_when_piped():
     assert "xen-frames" in r.stdout and "details:" in r.stdout and "linear-rw" in r.stdout
 
 
-def test_progress_bar_on_tty():
-    import io
-    from xenstructs.commands.check import _Progress
-
-    class Tty(io.StringIO):
-        def isatty(self):
-            return True
-    s = Tty()
-    rep = check_dump(os.path.join(CORES, "x86_64-5level.core"))
-    _Progress(s)(1, 2, rep)
-    assert "1/2" in s.getvalue()
-    quiet = io.StringIO()
-    _Progress(quiet)(1, 2, rep)
-    assert quiet.getvalue() == ""
-
-
 def test_check_error_is_contained(monkeypatch):
     import xenstructs.check as C
 

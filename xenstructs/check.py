@@ -88,7 +88,9 @@ class Options:
     """What the checks may use beyond the dump: ``xen_syms`` (xen-syms or its .map), ``kernel_syms``
     (dom0's System.map: where dom0's P2M list is on host dumps, instead of its shared_info), ``profile``/``vmlinux``/``system_map`` (modcheck),
     ``log`` (a console/oops excerpt for ``faults``, for every dump), ``siblings`` (look for
-    ``<stem>.map`` / ``<stem>.log`` next to each dump)."""
+    ``<stem>.map`` / ``<stem>.log`` next to each dump), ``pictures`` (also draw the HTML report's
+    pictures of the dump into :attr:`DumpReport.pictures`, from the JSON :func:`xenstructs.views.gather`
+    takes: drawn where the dump is read, so a batch keeps kilobytes of markup per dump, not its ranges)."""
     xen_syms: Optional[str] = None
     kernel_syms: Optional[str] = None
     profile: Optional[str] = None
@@ -96,6 +98,7 @@ class Options:
     system_map: Optional[str] = None
     log: Optional[str] = None
     siblings: bool = True
+    pictures: bool = False
 
 
 @dataclass
@@ -114,10 +117,13 @@ class CheckResult:
 
 @dataclass
 class DumpReport:
-    """Every check run on one dump: ``dump`` (path), ``kind``, ``checks`` (list of CheckResult)."""
+    """Every check run on one dump: ``dump`` (path), ``kind``, ``checks`` (list of CheckResult),
+    ``pictures`` (the HTML report's pictures of the dump with ``Options(pictures=True)``, else None;
+    not in :meth:`as_dict`)."""
     dump: str
     kind: str
     checks: List[CheckResult] = field(default_factory=list)
+    pictures: Optional[str] = field(default=None, compare=False, repr=False)
 
     @property
     def readable(self):
@@ -483,6 +489,10 @@ def check_dump(path, options=None):
         rep.checks.append(_guard("modcheck", _check_modcheck, target, ctx, opts))
         rep.checks.append(_guard("faults", _check_faults, target, ctx, opts, path))
         rep.checks.append(_guard("console", _check_console, target, ctx, opts, path))
+        if opts.pictures:
+            from .report_html import pictures
+            from .views import gather
+            rep.pictures = pictures(gather(target, kind, used))
         return rep
     finally:
         try:
@@ -491,153 +501,43 @@ def check_dump(path, options=None):
             pass
 
 
-def check_many(paths, options=None, jobs=None, progress=None, isolate=True):
+def check_many(paths, options=None, jobs=None, progress=None, isolate=True, dask=None):
     """Check many dumps (directories expanded by :func:`expand`), each in its own child process.
 
-    Each dump is checked in a forked child (a small scheduler keeps ``jobs`` children busy; each
-    sends its report back through a pipe), so a dump that kills its child (a C library crashing
-    on it) is reported ``unreadable`` (":func:`crashed_report`") and the others are unaffected.
+    Each dump is checked in a forked child (:func:`xenstructs.fleet.run_local` keeps ``jobs``
+    children busy; each sends its report back through a pipe), so a dump that kills its child (a C
+    library crashing on it) is reported ``unreadable`` (:func:`xenstructs.fleet.crashed_report`)
+    and the others are unaffected.
 
     :param jobs: children at a time (default ``os.cpu_count()``)
-    :param progress: optional ``progress(done, total, report)`` called as each dump finishes
+    :param progress: optional ``progress(done, total, report)`` called as each dump finishes (and,
+        when it has one, ``progress.started(path)`` as a dump's check starts on this machine)
     :param isolate: False checks in this process, one dump after the other (inside gdb or crash,
         where forking is not safe; the dump readers' own validation is the only guard there)
-    :returns: list of :class:`DumpReport` in input order (identical for any ``jobs``)
+    :param dask: a Dask scheduler address (``tcp://host:8786``): each dump is checked on the
+        cluster's workers instead (:func:`xenstructs.fleet.run_dask`; they read the same paths)
+    :returns: list of :class:`DumpReport` in input order (identical for any ``jobs``, and on Dask)
     """
+    from . import fleet
     files = expand(paths)
+    if dask:
+        return fleet.run_dask(files, options, dask, progress)
     jobs = max(1, int(jobs or os.cpu_count() or 1))
     if not isolate or not hasattr(os, "fork"):
         out = []
         for i, p in enumerate(files):
+            started = getattr(progress, "started", None)
+            if started:
+                started(p)
             out.append(check_dump(p, options))
             if progress:
                 progress(i + 1, len(files), out[i])
         return out
-    _preload()
-    return _Scheduler(files, options, jobs, progress).run()
-
-
-PRELOAD = ("xenstructs.targets.elfcore", "xenstructs.targets.xccore", "xenstructs.targets.kdump",
-           "xenstructs.context", "xenstructs.paging", "xenstructs.xen.host", "xenstructs.xen.frames",
-           "xenstructs.xen.ptaudit", "xenstructs.xen.p2m_sources", "xenstructs.linux.kernel",
-           "xenstructs.linux.modcheck", "xenstructs.linux.fromdump", "xenstructs.linux.btf",
-           "xenstructs.linux.kallsyms", "xenstructs.linux.printk", "xenstructs.xen.console",
-           "xenstructs.xen.conring", "xenstructs.xen.shared_info", "xenstructs.xen.symbols",
-           "xenstructs.xen.structs", "xenstructs.dumpconsole", "xenstructs.fault.case", "kdumpfile")
-
-
-def _preload():
-    """Import what the checks import, once in the parent: each forked child inherits it instead of
-    importing numpy, construct and libkdumpfile again (0.3 s a dump)."""
-    import importlib
-    for name in PRELOAD:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass
+    fleet.preload()
+    return fleet.run_local(files, options, jobs, progress)
 
 
 def crashed_report(path, status):
-    """The report of a dump whose child ended with wait ``status`` without sending a report."""
-    import signal
-    if os.WIFSIGNALED(status):
-        num = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(num).name
-        except ValueError:
-            name = "unknown"
-        from .targets import sniff
-        try:
-            kdump = sniff(path).startswith((b"KDUMP   ", b"DISKDUMP", b"makedumpfile"))
-        except Exception:                   # noqa: BLE001 - only the wording depends on it
-            kdump = False
-        who = "the kdump library" if kdump else "the process checking it"
-        text = f"{who} crashed on it (signal {num}, {name})"
-    else:
-        text = f"the process checking it failed (exit status {os.WEXITSTATUS(status)}) without a report"
-    return DumpReport(path, "unreadable", [CheckResult("open", "error", text)])
-
-
-class _Scheduler:
-    """Fork one child per dump, at most ``jobs`` at a time; collect pickled reports from pipes."""
-
-    def __init__(self, files, options, jobs, progress):
-        self.files, self.options, self.jobs, self.progress = files, options, jobs, progress
-        self.out = [None] * len(files)
-        self.running = {}                   # read fd -> [index, pid, chunks]
-        self.done = 0
-
-    def run(self):
-        queue = list(range(len(self.files)))[::-1]
-        try:
-            while queue or self.running:
-                while queue and len(self.running) < self.jobs:
-                    self._start(queue.pop())
-                self._collect()
-        finally:
-            self._kill_all()
-        return self.out
-
-    def _start(self, index):
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:                        # the child: never returns
-            os.close(read_fd)
-            _child(self.files[index], self.options, write_fd)
-        os.close(write_fd)
-        self.running[read_fd] = [index, pid, []]
-
-    def _collect(self):
-        import select
-        ready, _, _ = select.select(list(self.running), [], [])
-        for fd in ready:
-            data = os.read(fd, 1 << 16)
-            if data:
-                self.running[fd][2].append(data)
-                continue
-            index, pid, chunks = self.running.pop(fd)
-            os.close(fd)
-            _, status = os.waitpid(pid, 0)
-            self.out[index] = self._report(index, status, b"".join(chunks))
-            self.done += 1
-            if self.progress:
-                self.progress(self.done, len(self.files), self.out[index])
-
-    def _report(self, index, status, data):
-        import pickle
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and data:
-            try:
-                return pickle.loads(data)
-            except Exception:               # noqa: BLE001 - a torn report is the child's failure
-                pass
-        return crashed_report(self.files[index], status)
-
-    def _kill_all(self):
-        import signal
-        for fd, (_, pid, _) in list(self.running.items()):
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except OSError:
-                pass
-            os.close(fd)
-        self.running.clear()
-
-
-def _child(path, options, write_fd):
-    """Check ``path`` and write its pickled report to ``write_fd``; exit without cleanup."""
-    import pickle
-    import signal
-    code = 0
-    try:
-        import faulthandler
-        faulthandler.disable()              # a crash is reported by the parent, in one line
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        data = pickle.dumps(check_dump(path, options))
-        view = memoryview(data)
-        while view:
-            view = view[os.write(write_fd, view):]
-    except BaseException:                   # noqa: BLE001 - the parent reports a missing report
-        code = 70
-    finally:
-        os._exit(code)
+    """The report of a dump whose child ended with wait ``status`` (see :mod:`xenstructs.fleet`)."""
+    from .fleet import crashed_report as report
+    return report(path, status)

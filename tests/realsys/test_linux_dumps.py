@@ -466,3 +466,65 @@ def test_dmesg_is_what_the_console_printed(system, dumps, kind):
     assert [line.split("] ", 1)[1] for line in console[-KMSG:]] == [f"XENSCOPE-KMSG {i}" for i in range(1, KMSG + 1)]
     assert c.lines == [line for r in records for line in as_console(r)]
     assert "VMCOREINFO" in c.description and "printk_ringbuffer" in c.description
+
+
+@pytest.fixture(scope="module")
+def dask_scheduler():
+    """A real Dask LocalCluster of 2 worker processes on this machine (tests/dask_cluster.py)."""
+    from dask_cluster import cluster
+    with cluster(2) as address:
+        yield address
+
+
+def test_check_on_dask_and_the_html_map_of_the_real_dumps(system, dask_scheduler, tmp_path):
+    """``check`` of both real dumps on a Dask LocalCluster equals the local run (JSON, exit status and
+    the HTML page); the page's address-space map of the ELF dump, rendered by Chromium, shows what
+    QEMU's ``info mem`` lists (each range in its lane, user or supervisor, writable where it is) and
+    nothing else; under LA57 (QEMU 7.2's ``info mem`` prints nothing) every ``info tlb`` page's
+    column is drawn instead."""
+    import json
+    import subprocess
+    import sys
+    from addrmap import SLOT_SIZES, check_map
+    from htmldom import dom
+    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    dumps = [system["elf"], system["kdump"]]
+
+    def check(html, *extra):
+        return subprocess.run([sys.executable, "-m", "xenstructs.cli", "check", *dumps, "--json", "--html",
+                               str(tmp_path / html), *extra], capture_output=True, text=True, cwd=top,
+                              env=dict(os.environ, PYTHONPATH=top))
+    local, dask = check("local.html", "--jobs", "2"), check("dask.html", "--dask", dask_scheduler)
+    assert local.returncode in (0, 1), local.stderr
+    assert dask.returncode == local.returncode and dask.stdout == local.stdout, dask.stderr
+    assert [r["kind"] for r in json.loads(local.stdout)] == ["linux", "linux"]
+
+    def page(name):
+        return re.sub(r"Written [0-9-]+ [0-9:]+ UTC", "Written", (tmp_path / name).read_text())
+    assert page("dask.html") == page("local.html")
+    sec = next(s for s in dom(tmp_path / "local.html").find("section", class_="dump")
+               if s.attrs["data-dump"] == system["elf"])
+    mode = "pae" if system["cfg"]["arch"] == "i386" else "5level" if system["cfg"].get("la57") else "4level"
+    if mode != "5level":
+        truth = [("user" if user else "kernel", "w" if write else "r", a, b) for a, b, user, write in system["mem"]]
+        binned = check_map(sec, mode, truth, lanes=("kernel", "user"), rank={"r": 1, "w": 2},
+                           classify=lambda rights: "w" if "w" in rights else "r")
+        print(f"\nHTML MAP {system['shape']}: {len(truth)} info mem ranges, {binned} strip(s) by column")
+        return
+    assert system["mem"] == []                     # QEMU 7.2 prints nothing under LA57: tlb is the truth
+    size, width = SLOT_SIZES[mode], int(sec.find("rect", class_="strip")[0].attrs["width"])
+    drawn = {}
+    for strip in sec.find("div", class_="slot"):
+        base = int(strip.attrs["data-base"], 16)
+        cols = drawn.setdefault(base, set())
+        for box in strip.find("rect", class_="range"):
+            if box.attrs["data-lane"] == "problem":
+                continue
+            if "data-col-start" in box.attrs:
+                cols.update(range(int(box.attrs["data-col-start"]), int(box.attrs["data-col-end"])))
+            else:
+                a, b = int(box.attrs["data-va-start"], 16) - base, int(box.attrs["data-va-end"], 16) - base
+                cols.update(range(a * width // size, max(a * width // size + 1, -(-b * width // size))))
+    for va in system["tlb"]:
+        base = va - va % size
+        assert (va - base) * width // size in drawn.get(base, ()), hex(va)

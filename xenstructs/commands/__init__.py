@@ -177,11 +177,14 @@ class HelpShown(Exception):
 
 def output(cmd, result, args):
     """The text every front end prints for a result: JSON with ``--json``, else the command's
-    rendering, followed (``host_notes`` commands: info) by the host's notes in ``result["notes"]``."""
+    rendering, followed (``host_notes`` commands: info) by the host's notes in ``result["notes"]``;
+    None when the command has written its output itself as it went (``check --json-lines``)."""
     if args.json:
         import json
         return json.dumps(result, indent=1, sort_keys=True)
     text = cmd.render(result, args)
+    if text is None:
+        return None
     if cmd.host_notes and isinstance(result, dict) and result.get("notes"):
         text += "".join(f"\nnote: {n}" for n in result["notes"])
     return text

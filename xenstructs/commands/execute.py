@@ -93,6 +93,12 @@ class Front:
     def write(self, text):
         (self.out or sys.stdout).write(text + "\n")    # one write (json.dump's many are slow)
 
+    def flush(self):
+        """Push what was written out now (a line of a stream, e.g. ``check --json-lines``)."""
+        stream = self.out or sys.stdout
+        if hasattr(stream, "flush"):
+            stream.flush()
+
 
 _ACTIVE = contextvars.ContextVar("xenscope_front", default=None)
 _CLI = Front()
@@ -171,7 +177,9 @@ def _execute(cmd, argv, front):
         if cmd.host_notes and isinstance(result, dict) and hasattr(target, "info_notes"):
             result["notes"] = target.info_notes()
         credit_defaults(result, credits)
-        front.write(output(cmd, result, args))
+        text = output(cmd, result, args)
+        if text is not None:
+            front.write(text)
         return cmd.exit_status(result)
     finally:
         if target is not None and release is not None:
