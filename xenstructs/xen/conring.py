@@ -93,13 +93,12 @@ def find_symbol(symbols, name, source_file=CONSOLE_C):
     return None, None
 
 
-def _addresses(symbols):
+def _addresses(symbols, where="Xen's symbols"):
     found, spelled = {}, {}
     for name in NAMES:
         va, spelling = find_symbol(symbols, name)
         if va is None:
-            raise XenscopeError(f"Xen's console ring: symbol {name} unknown (give --xen-syms: "
-                                f"xen-syms or its .map)")
+            raise XenscopeError(f"Xen's console ring: symbol {name} is not in {where}")
         found[name], spelled[name] = va, spelling
     return found, spelled
 
@@ -136,7 +135,7 @@ def read_conring(host):
 
     :raises XenscopeError: a symbol unknown, a value no ring can have, or the ring not in the dump
     """
-    found, spelled = _addresses(host.symbols)
+    found, spelled = _addresses(host.symbols, getattr(host, "sources", {}).get("symbols", "Xen's symbols"))
     try:
         pointer = host.read_u64(found["conring"])
         size = host.read_u32(found["conring_size"])
