@@ -17,6 +17,9 @@ A host may also override :meth:`Target.batch`, which a front end enters around o
 (the gdb layer does): a remote host sets up its reading mode once there instead of per read.
 
 Everything else (bounded reads, whole-table caching for slow hosts, integer helpers) is shared here.
+A host whose memory cannot change while it is open (a dump file) sets ``fixed``: :func:`walk
+<xenstructs.paging.walk>` then keeps the whole tables it reads (bounded). A live host sets ``live``
+and calls :meth:`Target.invalidate` when the memory may have changed.
 Virtual reads go through :mod:`xenstructs.paging`, never through a host, except hosts that can only
 read virtual memory (gdbsx), which override :meth:`Target.read_virt`.
 """
@@ -56,6 +59,8 @@ class Target:
     path = None              # file the target reads, when there is one
     slow = False             # True for remote hosts: whole 4 KiB tables are cached there
     live = False             # True when the target runs and can change (cache dropped on stop)
+    fixed = False            # True when the memory cannot change while open (a dump file): walk()
+                             # then keeps whole tables (paging.walk.WALK_TABLES, until invalidate())
 
     def __init__(self):
         self.facts = {}      # format-specific hints, e.g. {"vmcoreinfo": {...}, "machine": "x86_64"}
@@ -138,6 +143,8 @@ class Target:
     def invalidate(self):
         """Forget cached memory (a live target resumed)."""
         self._tables.clear()
+        for name in [name for name in self.__dict__ if name.startswith("_walk_")]:   # paging.plan's
+            del self.__dict__[name]
 
     def cpu(self, index=0):
         cpus = self.cpus()

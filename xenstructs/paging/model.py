@@ -47,6 +47,11 @@ class Paging:
     maxphyaddr: int = 52
     cr4: int = decode.CR4_PSE
 
+    def __setattr__(self, name, value):
+        # walk() keeps the rules it works out from these fields on the object: a change drops them
+        self.__dict__.pop("_plan", None)
+        object.__setattr__(self, name, value)
+
     @property
     def entry_size(self):
         return GEOMETRY[self.mode][0]
