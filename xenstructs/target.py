@@ -53,7 +53,15 @@ class CpuState:
 
 
 class Target:
-    """Base class of every host: see the module docstring for what a host implements."""
+    """What every analysis reads through: a dump file (:func:`~xenstructs.targets.open_dump`), or a
+    debugger's live view (gdb, crash).
+
+    A script asks it raw questions: :meth:`read_phys` (bytes of physical memory, machine memory on
+    a Xen host; :class:`~xenstructs.errors.NotInDump` for a hole), :meth:`phys_ranges` (what it
+    holds), :meth:`cpu` (a CPU's registers and where each came from), :meth:`symbol` and
+    ``facts`` (format hints: ``machine``, ``vmcoreinfo``...); ``kind`` says what it is. Virtual
+    memory is read through :mod:`xenstructs.paging`. A host implements the four methods the
+    module docstring lists."""
 
     kind = "target"          # human-readable kind, e.g. "ELF vmcore (QEMU dump-guest-memory)"
     path = None              # file the target reads, when there is one
@@ -72,9 +80,11 @@ class Target:
         raise NotInDump(addr)
 
     def phys_ranges(self):
+        """The ``[start, end)`` physical ranges the target holds, sorted (empty when unknown: live)."""
         return []
 
     def cpus(self):
+        """A :class:`CpuState` per CPU, with whatever registers the target knows (may be empty)."""
         return getattr(self, "_cpus", None) or []
 
     def symbol(self, name):
@@ -83,7 +93,7 @@ class Target:
         return vi.symbol(name) if vi is not None else None
 
     def close(self):
-        pass
+        """Release the file or connection (the target is not used afterwards)."""
 
     @contextlib.contextmanager
     def batch(self):
@@ -107,9 +117,11 @@ class Target:
         return self._read_phys(addr, size)
 
     def read_u64(self, addr):
+        """The little-endian 64-bit value at physical ``addr``."""
         return struct.unpack("<Q", self.read_phys(addr, 8))[0]
 
     def read_u32(self, addr):
+        """The little-endian 32-bit value at physical ``addr``."""
         return struct.unpack("<I", self.read_phys(addr, 4))[0]
 
     def read_table(self, table_addr):
@@ -147,6 +159,10 @@ class Target:
             del self.__dict__[name]
 
     def cpu(self, index=0):
+        """CPU ``index``'s :class:`CpuState` (an empty one when the target knows no CPU).
+
+        :raises XenscopeError: ``index`` beyond the CPUs the target has
+        """
         cpus = self.cpus()
         if not cpus:
             return CpuState(index)
