@@ -25,7 +25,8 @@ from ..errors import NotInDump
 from .model import GEOMETRY, reserved_mask
 
 WALK_TABLES = 4096           # tables kept per target and entry size (16 MiB at most); oldest first out
-WALK_REGIONS = 1 << 16       # regions kept per target and plan (~15 MiB at most); oldest first out
+WALK_REGIONS = 4096          # regions kept per target and plan (8 GiB of addresses); oldest first out.
+                             # A region holds its last table: with the tables, 32 MiB at most
 UNREADABLE = False           # kept for a table page the target cannot read whole
 
 
