@@ -54,17 +54,37 @@ class Walk:
     entry (``"PDE"``...). ``levels`` is the list of :class:`Level` the walk went through, top down.
     """
 
-    __slots__ = ("va", "mode", "root", "pa", "page_size", "writable", "user", "nx", "stop", "stop_level",
-                 "_levels", "_entries", "_paging", "_plan")
+    __slots__ = ("va", "mode", "root", "pa", "page_size", "stop", "stop_level", "_levels", "_entries", "_last",
+                 "_paging", "_plan", "_and", "_or")
+    # A walk() result keeps the raw entries (``_entries``, then ``_last``: the last-level entry when
+    # it came from a kept region, else _NO_ENTRY), the rights bits ANDed (``_and``) and ORed
+    # (``_or``, XD counted only where NXE is on) over the levels; the rest is made from them on use.
 
     def __init__(self, va, mode, root, levels=None, pa=None, page_size=None, writable=None, user=None,
                  nx=None, stop=None, stop_level=None):
         self.va, self.mode, self.root = va, mode, root
         self.pa, self.page_size = pa, page_size
-        self.writable, self.user, self.nx = writable, user, nx
+        self._and = (2 if writable else 0) | (4 if user else 0)
+        self._or = 1 << 63 if nx else 0
         self.stop, self.stop_level = stop, stop_level
         self._levels = [] if levels is None else levels
         self._entries = self._paging = self._plan = None
+        self._last = _NO_ENTRY
+
+    @property
+    def writable(self):
+        """RW at every level (None when the address did not translate)."""
+        return None if self.pa is None else self._and & 2 != 0
+
+    @property
+    def user(self):
+        """US at every level (None when the address did not translate)."""
+        return None if self.pa is None else self._and & 4 != 0
+
+    @property
+    def nx(self):
+        """XD at any level while EFER.NXE=1 (None when the address did not translate)."""
+        return None if self.pa is None else self._or >> 63 & 1 == 1
 
     @property
     def levels(self):
@@ -107,11 +127,14 @@ class Walk:
 
 
 _new_walk = object.__new__
+_NO_ENTRY = object()
 
 
 def _levels_of(res):
     """The :class:`Level` list of a walk made by :func:`walk`, from the entries it read."""
     paging, plan, entries = res._paging, res._plan, res._entries
+    if res._last is not _NO_ENTRY:
+        entries = entries + (res._last,)
     levels, seen = [], set()
     table = res.root
     for i, entry in enumerate(entries):
@@ -139,10 +162,9 @@ def _mapped(va, plan, paging, entries, pa, shift, rights_and, rights_or):
     """The :class:`Walk` of an address that translated (made without ``__init__``: cheap)."""
     res = _new_walk(Walk)
     res.va, res.mode, res.root, res.pa, res.page_size = va, plan.mode, paging.root, pa, 1 << shift
-    res.writable, res.user = rights_and & 2 != 0, rights_and & 4 != 0
-    res.nx = plan.nx and rights_or >> 63 & 1 == 1
+    res._and, res._or = rights_and, rights_or if plan.nx else 0
     res.stop = res.stop_level = res._levels = None
-    res._entries, res._paging, res._plan = entries, paging, plan
+    res._entries, res._last, res._paging, res._plan = entries, _NO_ENTRY, paging, plan
     return res
 
 
@@ -150,11 +172,12 @@ def _stopped(va, plan, paging, entries, stop, index):
     """The :class:`Walk` of a walk that stopped at level ``index`` (None: before reading)."""
     res = _new_walk(Walk)
     res.va, res.mode, res.root = va, plan.mode, paging.root
-    res.pa = res.page_size = res.writable = res.user = res.nx = None
+    res.pa = res.page_size = None
+    res._and = res._or = 0
     res.stop = stop
     res.stop_level = None if index is None else plan.entry_names[index]
     res._levels = None if entries else []
-    res._entries, res._paging, res._plan = entries, paging, plan
+    res._entries, res._last, res._paging, res._plan = entries, _NO_ENTRY, paging, plan
     return res
 
 
@@ -184,11 +207,9 @@ def walk(target, paging, va):
                 res = _new_walk(Walk)
                 res.va, res.mode, res.root, res.pa, res.page_size = (va, plan.mode, paging.root,
                                                                      (value & frame) | (va & 0xFFF), 4096)
-                rights_and &= value
-                res.writable, res.user = rights_and & 2 != 0, rights_and & 4 != 0
-                res.nx = nx and (rights_or | value) >> 63 & 1 == 1
+                res._and, res._or = rights_and & value, (rights_or | value) if nx else 0
                 res.stop = res.stop_level = res._levels = None
-                res._entries, res._paging, res._plan = upper + (value,), paging, plan
+                res._entries, res._last, res._paging, res._plan = upper, value, paging, plan
                 return res
     return _walk_levels(target, paging, plan, va, regions)
 
