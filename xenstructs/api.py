@@ -43,8 +43,9 @@ def page_info(host, mfn):
         such as ``inuse``/``free``, ``count``, ``flags``, ``text``), ``type`` (decoded ``type_info``:
         ``type`` such as ``writable``/``l1``...``l4``/``none``, ``count``, ``flags`` such as
         ``validated``/``pinned``, ``text``), ``domain_raw`` (the owner field as stored), ``owner``
-        (the owning domain's id, None when free or not a domain), ``owner_name`` (``d0``,
-        ``dom_xen``, ``anonymous``...) and ``m2p`` (the frame's M2P entry: a guest pfn, or None)
+        (the owning domain's id, dom_xen/dom_io/dom_cow's included; None when the frame is free or
+        the field names no domain), ``owner_name`` (``d0``, ``dom_io``, ``anonymous``...) and
+        ``m2p`` (the frame's M2P entry: a guest pfn, or None)
     :raises XenscopeError: ``mfn`` at or beyond ``max_page``, or its record is not in the dump
     """
     return host.page(mfn)
@@ -69,9 +70,10 @@ def p2m_check(target, domain=None, xen_syms=None, xen=None, kernel_syms=None, ho
     :param p2m_entries: its number of entries
     :param cr3: the page tables to read the list through (default: the domain's own)
     :param cpu: the CPU whose registers reach Xen's page tables
-    :return: the ``p2m-check`` command's JSON object as a dict. Every domain:
-        ``{"domains": [...], "problems": N, ...}``, one element per domain; one domain: the
-        domain's element itself. An element has ``domain``, ``pfns``, ``counts`` (class ->
+    :return: the ``p2m-check`` command's JSON object as a dict. Every domain: ``domains`` (one
+        element per domain checked), ``skipped`` and ``errors`` (domains not checked, and why),
+        ``counts`` and ``problems`` (summed), ``xen`` and ``sources`` (where each input came from);
+        one domain: the domain's element itself. An element has ``domain``, ``pfns``, ``counts`` (class ->
         number), ``problems`` (findings that are not informational), ``summary`` (class -> one
         line) and ``findings`` (class -> list of dicts with ``pfn``, ``mfn`` and what the class
         needs: ``m2p`` for ``mismatch``, ``owner_id``/``owner_name`` for ``foreign``...). Classes:
