@@ -12,6 +12,7 @@ addresses = np.concatenate([np.arange(0x3FF000, 0x603000, 0x800, dtype=np.uint64
 translations = translate_many(target, paging, addresses)
 print(f"{int(translations.ok.sum())} of {len(translations)} addresses translate")
 for i in np.flatnonzero(translations.ok)[:4].tolist():
-    print(f"  {int(translations.va[i]):#x} -> {int(translations.pa[i]):#x} ({int(translations.page_size[i]) >> 10} KiB)")
+    size = int(translations.page_size[i])
+    print(f"  {int(translations.va[i]):#x} -> {int(translations.pa[i]):#x} ({size >> 10} KiB)")
 for i in np.flatnonzero(~translations.ok)[:3].tolist():
     print(f"  {int(translations.va[i]):#x}: {translations.stop_name(i)} at {translations.stop_level_name(i)}")
