@@ -10,7 +10,8 @@
 (b) gdb load time of the extension: ``gdb -nx -batch -ex 'source gdbext/xenscope.py'`` minus plain
     ``gdb -nx -batch``, median of 5. Target: <= 0.3 s.
 (c) on a real Debian kernel under QEMU (bench/real.py): translations per second against drgn on the
-    same addresses, and ``maps`` against QEMU's own ``info tlb``. Skipped with --quick or --no-real.
+    same addresses (targets: ``walk()`` and ``translate_many()`` >= drgn's ``follow_phys``), and
+    ``maps`` against QEMU's own ``info tlb``. Skipped with --quick or --no-real.
 (d) ``p2m-check`` of a 64 GiB guest (16 M pfns) in memory (bench/p2m.py): seconds for the numpy check
     with owners (best of 3) and the ratio to a naive per-pfn loop (timed on a sample, scaled).
     Target: <= 1 s. With --quick: 1 M pfns. Then the real layout: Linux's sparse 1 GiB virtual P2M
@@ -25,6 +26,9 @@
     without their .map), each run a child process measured with wait4(); bound: the RAM the dump
     holds / 4 + 200 MiB. (c) measures the real kernel dump the same way. With --quick: the Xen
     host cores only.
+
+Exit status 1 when any target above is missed ("MISSED" printed) or any answer disagrees with its
+baseline, 0 when every one is met; every part runs either way.
 """
 
 import argparse

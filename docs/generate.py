@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Regenerate docs/commands.md (every subcommand's help, from the argparse parsers) and
-docs/gallery.md (real output of the commands on the bundled cores).
+"""Regenerate docs/commands.md (every subcommand's help, from the argparse parsers),
+docs/gallery.md (real output of the commands on the bundled cores) and docs/api.md (the scripting
+API's docstrings, each function's example and its output: docs/apidoc.py).
 
-    .venv/bin/python docs/generate.py          # rewrite both files
+    .venv/bin/python docs/generate.py          # rewrite the three files
     .venv/bin/python docs/generate.py --check  # exit 1 when a file is out of date (a test runs this)
 """
 import os
@@ -12,6 +13,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
 sys.path.insert(0, TOP)
+sys.path.insert(0, HERE)
 
 # (title, CLI arguments) run from the checkout; outputs are deterministic for the bundled cores
 GALLERY = [
@@ -66,7 +68,8 @@ def gallery_md():
 def main():
     check = "--check" in sys.argv[1:]
     stale = []
-    for name, text in (("commands.md", commands_md()), ("gallery.md", gallery_md())):
+    from apidoc import api_md
+    for name, text in (("commands.md", commands_md()), ("gallery.md", gallery_md()), ("api.md", api_md())):
         path = os.path.join(HERE, name)
         old = open(path).read() if os.path.exists(path) else None
         if old != text + "\n":

@@ -18,4 +18,7 @@ def test_every_command_is_documented_and_the_readme_links_the_docs():
     ref = open(os.path.join(TOP, "docs", "commands.md")).read()
     assert all(f"## {name}\n" in ref for name in COMMANDS)
     readme = open(os.path.join(TOP, "README.md")).read()
-    assert "docs/commands.md" in readme and "docs/gallery.md" in readme
+    assert "docs/commands.md" in readme and "docs/gallery.md" in readme and "docs/api.md" in readme
+    from xenstructs import api
+    text = open(os.path.join(TOP, "docs", "api.md")).read()
+    assert all(f"### {name}\n" in text for name in api.__all__)

@@ -57,11 +57,26 @@ def _assume_efer(regs, src, mode):
 
 
 def resolve(target, cr3=None, mode=None, cpu=0, efer=None, cr4=None, maxphyaddr=None):
-    """Resolve the address space to walk on ``target``.
+    """Resolve the address space to walk on ``target``: which page tables, in which paging mode.
 
-    :param cr3: CR3 value (flags and PCID are masked off); default: the CPU's CR3, then VMCOREINFO
-    :param mode: ``2level``/``pae``/``4level``/``5level``; default: from CR0/CR4/EFER
+    Each value comes from the first source that has it: the argument, the CPU's registers in the
+    target (QEMU CPU notes, Xen crash notes, a live stub), the kernel's facts (VMCOREINFO), then a
+    stated assumption; ``Context.sources`` says which, one line per value.
+
+    :param target: a :class:`~xenstructs.target.Target`
+    :param cr3: CR3 value (flags and PCID are masked off); default: the CPU's CR3, then the kernel's
+        top table from VMCOREINFO (``init_top_pgt`` / ``swapper_pg_dir``)
+    :param mode: ``2level``/``pae``/``4level``/``5level``; default: from CR0/CR4/EFER, then VMCOREINFO
+    :param cpu: whose registers to use (default CPU 0)
+    :param efer: EFER value (its NXE bit decides whether XD is a rights bit or reserved); default:
+        the CPU's, else long mode with NXE=1 assumed (and said in ``sources``)
+    :param cr4: CR4 value (PSE matters in 2-level mode); default: the CPU's
+    :param maxphyaddr: physical address width (bits above it are reserved in entries); default 52
+    :return: :class:`Context`: ``paging`` (the :class:`~xenstructs.paging.Paging` to pass to
+        :func:`~xenstructs.paging.walk` and the others), ``cr3``, ``cpu``, ``regs`` (the registers
+        used) and ``sources`` (register name -> where its value came from)
     :raises NoRegister: when no CR3 or mode can be found; the message names the option to give.
+    :raises XenscopeError: an unknown mode, or a CR3 whose top table is not in the dump
     """
     state = target.cpu(cpu) if target is not None else None
     regs = dict(state.regs) if state else {}

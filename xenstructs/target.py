@@ -17,6 +17,9 @@ A host may also override :meth:`Target.batch`, which a front end enters around o
 (the gdb layer does): a remote host sets up its reading mode once there instead of per read.
 
 Everything else (bounded reads, whole-table caching for slow hosts, integer helpers) is shared here.
+A host whose memory cannot change while it is open (a dump file) sets ``fixed``: :func:`walk
+<xenstructs.paging.walk>` then keeps the whole tables it reads (bounded). A live host sets ``live``
+and calls :meth:`Target.invalidate` when the memory may have changed.
 Virtual reads go through :mod:`xenstructs.paging`, never through a host, except hosts that can only
 read virtual memory (gdbsx), which override :meth:`Target.read_virt`.
 """
@@ -50,12 +53,22 @@ class CpuState:
 
 
 class Target:
-    """Base class of every host: see the module docstring for what a host implements."""
+    """What every analysis reads through: a dump file (:func:`~xenstructs.targets.open_dump`), or a
+    debugger's live view (gdb, crash).
+
+    A script asks it raw questions: :meth:`read_phys` (bytes of physical memory, machine memory on
+    a Xen host; :class:`~xenstructs.errors.NotInDump` for a hole), :meth:`phys_ranges` (what it
+    holds), :meth:`cpu` (a CPU's registers and where each came from), :meth:`symbol` and
+    ``facts`` (format hints: ``machine``, ``vmcoreinfo``...); ``kind`` says what it is. Virtual
+    memory is read through :mod:`xenstructs.paging`. A host implements the four methods the
+    module docstring lists."""
 
     kind = "target"          # human-readable kind, e.g. "ELF vmcore (QEMU dump-guest-memory)"
     path = None              # file the target reads, when there is one
     slow = False             # True for remote hosts: whole 4 KiB tables are cached there
     live = False             # True when the target runs and can change (cache dropped on stop)
+    fixed = False            # True when the memory cannot change while open (a dump file): walk()
+                             # then keeps whole tables (paging.walk.WALK_TABLES, until invalidate())
 
     def __init__(self):
         self.facts = {}      # format-specific hints, e.g. {"vmcoreinfo": {...}, "machine": "x86_64"}
@@ -67,9 +80,11 @@ class Target:
         raise NotInDump(addr)
 
     def phys_ranges(self):
+        """The ``[start, end)`` physical ranges the target holds, sorted (empty when unknown: live)."""
         return []
 
     def cpus(self):
+        """A :class:`CpuState` per CPU, with whatever registers the target knows (may be empty)."""
         return getattr(self, "_cpus", None) or []
 
     def symbol(self, name):
@@ -78,7 +93,7 @@ class Target:
         return vi.symbol(name) if vi is not None else None
 
     def close(self):
-        pass
+        """Release the file or connection (the target is not used afterwards)."""
 
     @contextlib.contextmanager
     def batch(self):
@@ -102,9 +117,11 @@ class Target:
         return self._read_phys(addr, size)
 
     def read_u64(self, addr):
+        """The little-endian 64-bit value at physical ``addr``."""
         return struct.unpack("<Q", self.read_phys(addr, 8))[0]
 
     def read_u32(self, addr):
+        """The little-endian 32-bit value at physical ``addr``."""
         return struct.unpack("<I", self.read_phys(addr, 4))[0]
 
     def read_table(self, table_addr):
@@ -138,8 +155,14 @@ class Target:
     def invalidate(self):
         """Forget cached memory (a live target resumed)."""
         self._tables.clear()
+        for name in [name for name in self.__dict__ if name.startswith("_walk_")]:   # paging.plan's
+            del self.__dict__[name]
 
     def cpu(self, index=0):
+        """CPU ``index``'s :class:`CpuState` (an empty one when the target knows no CPU).
+
+        :raises XenscopeError: ``index`` beyond the CPUs the target has
+        """
         cpus = self.cpus()
         if not cpus:
             return CpuState(index)

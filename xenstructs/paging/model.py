@@ -40,12 +40,23 @@ MAX_MAPPINGS_LIVE = 1 << 26
 
 @dataclass
 class Paging:
-    """How to walk: mode, root table address, and the bits that change the rules."""
+    """How to walk: mode, root table address, and the bits that change the rules.
+
+    ``mode``: ``2level``, ``pae``, ``4level`` or ``5level``; ``root``: physical address of the top
+    table (:func:`root_from_cr3` of a CR3 value); ``nxe``: EFER.NXE (XD is a rights bit, else
+    reserved); ``maxphyaddr``: physical address width (entry bits above it are reserved); ``cr4``:
+    CR4 (PSE decides 4 MiB pages in 2-level mode). :func:`~xenstructs.context.resolve` makes one
+    from a target's registers."""
     mode: str
     root: int                    # physical address of the top table (CR3 with flags masked off)
     nxe: bool = True
     maxphyaddr: int = 52
     cr4: int = decode.CR4_PSE
+
+    def __setattr__(self, name, value):
+        # walk() keeps the rules it works out from these fields on the object: a change drops them
+        self.__dict__.pop("_plan", None)
+        object.__setattr__(self, name, value)
 
     @property
     def entry_size(self):

@@ -173,6 +173,8 @@ def analyse_notes(notes, machine, elfclass):
 class ElfCoreTarget(Target):
     """A little-endian x86 ELF core, read by ``p_paddr`` through an mmap of ``path``."""
 
+    fixed = True             # a file: its memory never changes (a live view sets live)
+
     def __init__(self, path):
         super().__init__()
         self.path = path

@@ -187,6 +187,8 @@ class KdumpTarget(Target):
     """A kdump-compressed (or flattened) dump read through libkdumpfile, once
     :func:`~.kdump_validate.validate_kdump` has accepted it."""
 
+    fixed = True             # a file: its memory never changes (a live view sets live)
+
     def __init__(self, path):
         super().__init__()
         kdumpfile = import_kdumpfile()

@@ -108,6 +108,8 @@ def _set(cpu, name, value, source):
 class XcCoreTarget(Target):
     """An ``xl dump-core`` file: machine memory of a PV guest, guest-physical of an HVM one."""
 
+    fixed = True             # a file: its memory never changes (a live view sets live)
+
     def __init__(self, path):
         super().__init__()
         self.path = path

@@ -526,5 +526,22 @@ class XenHost:
 
 
 def open_host(target, version=None, syms=None, cpu=0):
-    """A :class:`XenHost` over ``target`` (see the class docstring)."""
+    """Xen's view of a Xen host dump: its frame table, M2P, domains and symbols (a :class:`XenHost`).
+
+    Opening reads what every Xen question needs: Xen's page tables (from ``cpu``'s CR3 in the
+    crash notes, else from its symbols), the frame table's address, the PDX compression masks,
+    the release (which decides the ``page_info`` layout: ``host.layout``, and ``host.selection.why``
+    says how it was chosen) and the domain list. ``host.describe()`` says where each came from.
+
+    :param target: a :class:`~xenstructs.target.Target` whose physical memory is machine memory
+        (a Xen ``kexec``/``crash`` dump, or a QEMU dump of a Xen host)
+    :param version: the Xen release (``"4.17.3"``) when the dump does not say
+    :param syms: xen-syms (ELF), its ``.map``, or a Xen profile (``xenscope profile``); default:
+        the symbol table of Xen's own image in the dump
+    :param cpu: the CPU whose CR3 reaches Xen's page tables
+    :return: :class:`XenHost`: ``host.page(mfn)`` (see :func:`~xenstructs.api.page_info`),
+        ``host.m2p(mfn)``, ``host.domains()``, ``host.max_page``, ``host.version``, ``host.layout``
+    :raises XenscopeError: not a Xen host dump, or a value it needs cannot be found (the message
+        says which option gives it)
+    """
     return XenHost(target, version=version, syms=syms, cpu=cpu)
