@@ -260,3 +260,4 @@ from . import linux  # noqa: E402,F401
 from . import stack  # noqa: E402,F401
 from . import dmesg  # noqa: E402,F401
 from . import check  # noqa: E402,F401
+from . import install  # noqa: E402,F401
