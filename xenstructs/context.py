@@ -63,6 +63,10 @@ def resolve(target, cr3=None, mode=None, cpu=0, efer=None, cr4=None, maxphyaddr=
     :param mode: ``2level``/``pae``/``4level``/``5level``; default: from CR0/CR4/EFER
     :raises NoRegister: when no CR3 or mode can be found; the message names the option to give.
     """
+    refusal = getattr(target, "paging_refusal", None)
+    why = refusal() if refusal is not None else None
+    if why:
+        raise XenscopeError(f"page tables cannot be walked: {why}")
     state = target.cpu(cpu) if target is not None else None
     regs = dict(state.regs) if state else {}
     src = dict(state.source) if state else {}

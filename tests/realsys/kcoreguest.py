@@ -1,0 +1,99 @@
+"""Run inside a guest of the real-system tier (the host's Python and checkout, through a read-only
+share): xenscope on the guest's own running kernel, ``/proc/kcore``, in one Python process.
+
+    python tests/realsys/kcoreguest.py OUTDIR
+
+Writes to OUTDIR: ``info.txt``/``info.json`` (``xenscope info /proc/kcore``), ``check.json``
+(:mod:`kcorecheck`: walks of /proc/kallsyms symbols against kcore's bytes), ``tasks.json``,
+``dmesg.txt`` (``xenscope dmesg /proc/kcore``), ``pids_before.json``/``pids_after.json`` (the
+guest's /proc around ``tasks``), ``denied.json`` (what an unprivileged user gets: the kernel's own
+errno opening /proc/kcore, and xenscope's exit status and error line), ``status.json``.
+"""
+import contextlib
+import io
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))                    # tests/: kcorecheck
+NOBODY = 65534
+
+
+def cli(args, path):
+    """``xenscope ARGS`` in this process, stdout to ``path``; ``(status, stderr)``."""
+    from xenstructs.cli import run
+    err = io.StringIO()
+    with open(path, "w") as out, contextlib.redirect_stderr(err):
+        status = run(args, out=out)
+    return status, err.getvalue()
+
+
+def pids():
+    out = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/comm") as f:
+                    out[int(name)] = f.read().strip()
+            except OSError:
+                pass
+    return out
+
+
+def unprivileged():
+    """Fork, drop to nobody, try /proc/kcore directly and through xenscope; the child's report."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read_end)
+        report = {}
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            try:
+                os.close(os.open("/proc/kcore", os.O_RDONLY))
+                report["errno"] = 0
+            except OSError as e:
+                report["errno"] = e.errno
+            from xenstructs.cli import run
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                report["status"] = run(["info", "/proc/kcore"], out=io.StringIO())
+            report["stderr"] = err.getvalue()
+        except BaseException as e:                       # the report says what went wrong
+            report["error"] = f"{type(e).__name__}: {e}"
+        os.write(write_end, json.dumps(report).encode())
+        os._exit(0)
+    os.close(write_end)
+    data = b""
+    while True:
+        chunk = os.read(read_end, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.waitpid(child, 0)
+    return json.loads(data)
+
+
+def main(out):
+    import kcorecheck
+    status = {}
+
+    def save(name, value):
+        with open(os.path.join(out, name), "w") as f:
+            json.dump(value, f)
+    status["info"] = cli(["info", "/proc/kcore"], os.path.join(out, "info.txt"))
+    status["info_json"] = cli(["info", "/proc/kcore", "--json"], os.path.join(out, "info.json"))
+    with open(os.path.join(out, "check.json"), "w") as f, contextlib.redirect_stdout(f):
+        kcorecheck.main(["--every", "300"])
+    save("pids_before.json", pids())
+    status["tasks"] = cli(["tasks", "/proc/kcore", "--json"], os.path.join(out, "tasks.json"))
+    save("pids_after.json", pids())
+    status["dmesg"] = cli(["dmesg", "/proc/kcore"], os.path.join(out, "dmesg.txt"))
+    save("denied.json", unprivileged())
+    save("status.json", status)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
