@@ -1,13 +1,15 @@
 """Run inside a guest of the real-system tier (the host's Python and checkout, through a read-only
 share): xenscope on the guest's own running kernel, ``/proc/kcore``, in one Python process.
 
-    python tests/realsys/kcoreguest.py OUTDIR
+    python tests/realsys/kcoreguest.py OUTDIR            # a guest booted as usual
+    python tests/realsys/kcoreguest.py OUTDIR --locked   # a guest booted with lockdown=confidentiality
 
 Writes to OUTDIR: ``info.txt``/``info.json`` (``xenscope info /proc/kcore``), ``check.json``
 (:mod:`kcorecheck`: walks of /proc/kallsyms symbols against kcore's bytes), ``tasks.json``,
 ``dmesg.txt`` (``xenscope dmesg /proc/kcore``), ``pids_before.json``/``pids_after.json`` (the
 guest's /proc around ``tasks``), ``denied.json`` (what an unprivileged user gets: the kernel's own
-errno opening /proc/kcore, and xenscope's exit status and error line), ``status.json``.
+errno opening /proc/kcore, and xenscope's exit status and error line), ``status.json``. With
+``--locked``, only ``locked.json``: the same for root under lockdown, with the kernel's lockdown file.
 """
 import contextlib
 import io
@@ -76,6 +78,23 @@ def unprivileged():
     return json.loads(data)
 
 
+def locked(out):
+    """Root on a locked-down kernel: the kernel's errno, its lockdown state, xenscope's answer."""
+    from xenstructs.cli import run
+    report = {"lockdown": open("/sys/kernel/security/lockdown").read()}
+    try:
+        os.close(os.open("/proc/kcore", os.O_RDONLY))
+        report["errno"] = 0
+    except OSError as e:
+        report["errno"] = e.errno
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        report["status"] = run(["info", "/proc/kcore"], out=io.StringIO())
+    report["stderr"] = err.getvalue()
+    with open(os.path.join(out, "locked.json"), "w") as f:
+        json.dump(report, f)
+
+
 def main(out):
     import kcorecheck
     status = {}
@@ -96,4 +115,4 @@ def main(out):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    locked(sys.argv[1]) if sys.argv[2:] == ["--locked"] else main(sys.argv[1])

@@ -106,7 +106,8 @@ class Command:
     status: Optional[Callable] = None  # status(result) -> exit status (0 when not given)
     target: Optional[str] = "required"
     host_notes: bool = False           # the host's notes about its target join the result (info)
-    dump_help: str = field(default="dump file: ELF vmcore or kdump-compressed (plain or flattened)")
+    dump_help: str = field(default="dump file: ELF vmcore or kdump-compressed (plain or flattened), or "
+                                   "/proc/kcore (the running kernel, as root)")
 
     @property
     def needs_target(self):

@@ -60,14 +60,19 @@ def denied(path, err):
         return (f"{path} does not exist: this kernel is built without CONFIG_PROC_KCORE, so its memory "
                 "cannot be read live (take a dump instead)")
     if isinstance(err, PermissionError):
-        lockdown = read_text(SYS["lockdown"]) or ""
-        if "[confidentiality]" in lockdown:
+        lockdown = read_text(SYS["lockdown"])
+        if lockdown is not None and "[confidentiality]" in lockdown:
             return (f"{path}: permission denied: the kernel is locked down ([confidentiality] in "
                     f"{SYS['lockdown']}, e.g. Secure Boot): it refuses /proc/kcore even to root")
         if os.geteuid() != 0:
             return f"{path}: permission denied: reading the running kernel needs root (CAP_SYS_RAWIO)"
+        if lockdown is None:
+            return (f"{path}: permission denied to root: kernel lockdown (confidentiality; "
+                    f"{SYS['lockdown']} is not readable here to tell: mount securityfs), or CAP_SYS_RAWIO "
+                    "is missing (a container?), or a security module refuses it")
         return (f"{path}: permission denied to root: CAP_SYS_RAWIO is missing (a container?) or a "
-                "security module refuses it")
+                "security module refuses it (lockdown is not the reason: "
+                f"{lockdown.strip()})")
     return f"cannot open {path}: {err.strerror or err}"
 
 
