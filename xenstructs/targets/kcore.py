@@ -229,8 +229,9 @@ class KcoreTarget(ElfCoreTarget):
         guest = self.facts.get("xen_guest")
         if guest and guest["type"] == "PV":
             return ("a Xen PV domain: its page tables hold machine frames but /proc/kcore reads "
-                    "pseudo-physical memory, and Xen's M2P (machine to pseudo-physical) is not reachable "
-                    "read-only from here: take a dump (xl dump-core, or the host's) to walk it")
+                    "pseudo-physical memory; Xen's M2P (machine to pseudo-physical) is not reachable "
+                    "read-only from here and the P2M's inverse is not used on a live kernel: take a dump "
+                    "(xl dump-core, or the host's) to walk it")
         return None
 
     def info_notes(self):
@@ -322,8 +323,8 @@ def _xen_notes(guest):
     if guest["type"] != "PV":
         return [f"Xen {guest['type']} guest ({who}): its page tables hold guest-physical frames, walked as usual"]
     return [f"Xen PV guest ({who}): page tables hold machine frames; kcore reads pseudo-physical memory",
-            "reachable read-only: the P2M (pfn -> mfn), the kernel's xen_p2m_addr list, through kcore's "
-            "vmalloc segment",
+            "reachable read-only: the P2M (pfn -> mfn), the kernel's xen_p2m_addr list, in the vmalloc "
+            "area kcore reads (not used yet: walks are refused)",
             "not reachable read-only: Xen's M2P (mfn -> pfn): its read-only window at 0xffff800000000000 "
             "is no kcore segment, /dev/mem reads pseudo-physical memory only, and mapping it through "
             "privcmd (XENMEM_machphys_mfn_list, then DOMID_XEN's frames) is not done: walk, maps and "
