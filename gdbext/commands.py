@@ -32,7 +32,7 @@ def _build_specs():
     os.environ["COLUMNS"] = HELP_COLUMNS          # argparse wraps to the terminal width otherwise
     try:
         specs = []
-        for cmd in library.COMMANDS.values():
+        for cmd in library.debugger_commands().values():
             p = cmd.parser(f"xen {cmd.name}")
             acts = p._actions
             specs.append({

@@ -34,7 +34,7 @@ def _render_gdbinit(r, args):
                     "it in a throw-away gdb: when gdb's Python cannot see the package, say why and print the "
                     "commands that install it where gdb can (a venv made from /usr/bin/python3). Exit 1 when "
                     "gdb cannot load it.",
-         target=None, status=lambda r: 1 if r["loads"] is False or r["why"] else 0,
+         target=None, cli_only=True, status=lambda r: 1 if r["loads"] is False or r["why"] else 0,
          arguments=[arg("--no-check", action="store_true", help="only print the line; do not start gdb")],
          render=_render_gdbinit)
 def gdbinit_cmd(target, args):
@@ -52,7 +52,7 @@ def _render_crash(r, args):
 @command("crash-extension", "Build the crash bridge xenscope.so into this install (gcc, crash's defs.h, "
                             "/usr/bin/python3's libpython; again only when one of them changed) and print the "
                             "`extend` line for crash.",
-         target=None,
+         target=None, cli_only=True,
          arguments=[arg("--defs", default="/usr/include/crash/defs.h", metavar="PATH",
                         help="crash's defs.h (default: Debian's package crash)"),
                     arg("--force", action="store_true", help="build even when the .so is up to date")],
