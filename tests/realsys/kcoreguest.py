@@ -6,7 +6,9 @@ share): xenscope on the guest's own running kernel, ``/proc/kcore``, in one Pyth
 
 Writes to OUTDIR: ``info.txt``/``info.json`` (``xenscope info /proc/kcore``), ``check.json``
 (:mod:`kcorecheck`: walks of /proc/kallsyms symbols against kcore's bytes), ``tasks.json``,
-``dmesg.txt`` (``xenscope dmesg /proc/kcore``), ``pids_before.json``/``pids_after.json`` (the
+``dmesg.txt`` (``xenscope dmesg /proc/kcore``), ``modules.json``, ``modcheck.json``,
+``vtop.json``, ``maps.json`` (the kernel image's range), ``batch.json`` (``check``), ``proc_modules.json``,
+``pids_before.json``/``pids_after.json`` (the
 guest's /proc around ``tasks``), ``denied.json`` (what an unprivileged user gets: the kernel's own
 errno opening /proc/kcore, and xenscope's exit status and error line), ``status.json``. With
 ``--locked``, only ``locked.json``: the same for root under lockdown, with the kernel's lockdown file.
@@ -110,6 +112,16 @@ def main(out):
     status["tasks"] = cli(["tasks", "/proc/kcore", "--json"], os.path.join(out, "tasks.json"))
     save("pids_after.json", pids())
     status["dmesg"] = cli(["dmesg", "/proc/kcore"], os.path.join(out, "dmesg.txt"))
+    with open("/proc/modules") as f:
+        save("proc_modules.json", [line.split()[0] for line in f])
+    status["modules"] = cli(["modules", "/proc/kcore", "--json"], os.path.join(out, "modules.json"))
+    status["modcheck"] = cli(["modcheck", "/proc/kcore", "--json"], os.path.join(out, "modcheck.json"))
+    rows = json.load(open(os.path.join(out, "check.json")))["symbols"][:8]
+    status["vtop"] = cli(["vtop", "/proc/kcore", *(f"{r['va']:x}" for r in rows), "--json"],
+                         os.path.join(out, "vtop.json"))
+    status["maps"] = cli(["maps", "/proc/kcore", "--range", "ffffffff80000000-ffffffffc0000000", "--json"],
+                         os.path.join(out, "maps.json"))
+    status["check"] = cli(["check", "/proc/kcore", "--json", "--jobs", "1"], os.path.join(out, "batch.json"))
     save("denied.json", unprivileged())
     save("status.json", status)
 

@@ -81,7 +81,9 @@ def kallsyms(out):
 
 def test_every_command_ran(guest):
     status = load(guest[1], "status.json")
-    assert {k: v[0] for k, v in status.items()} == {"info": 0, "info_json": 0, "tasks": 0, "dmesg": 0}, status
+    assert {k: v[0] for k, v in status.items()} == {
+        "info": 0, "info_json": 0, "tasks": 0, "dmesg": 0, "modules": 0, "modcheck": 0, "vtop": 0, "maps": 0,
+        "check": 0}, status
 
 
 def test_info_on_the_running_kernel(guest):
@@ -160,3 +162,22 @@ def test_root_on_a_locked_down_kernel_is_told_why(tmp_path):
     assert report["status"] == 2 and report["stderr"] == (
         "xenscope info: /proc/kcore: permission denied: the kernel is locked down ([confidentiality] in "
         "/sys/kernel/security/lockdown, e.g. Secure Boot): it refuses /proc/kcore even to root\n"), report
+
+
+def test_modules_vtop_maps_check_of_the_running_kernel(guest):
+    """The modules the guest's /proc/modules lists; vtop and the kernel image's maps as QEMU translates
+    them; modcheck and check find nothing on a healthy kernel."""
+    vm, out = guest
+    modules = load(out, "modules.json")
+    assert sorted(m["name"] for m in modules["modules"]) == sorted(load(out, "proc_modules.json"))
+    assert load(out, "modcheck.json")["ok"] is True
+    vtop = load(out, "vtop.json")["translations"]
+    assert len(vtop) == 8 and all(t["pa"] == gva2gpa(vm, t["va"]) for t in vtop), vtop
+    ranges = load(out, "maps.json")["ranges"]
+    stext = kallsyms(out)["_stext"]
+    assert any(r["va_start"] <= stext < r["va_end"] for r in ranges), ranges[:5]
+    for r in ranges[:20]:
+        assert r["pa_start"] == gva2gpa(vm, r["va_start"]), r
+    batch = load(out, "batch.json")
+    assert len(batch) == 1 and batch[0]["kind"] != "unreadable", batch
+    assert all(c["status"] in ("ok", "n.a.") for c in batch[0]["checks"]), batch[0]["checks"]
