@@ -139,8 +139,7 @@ class KcoreTarget(ElfCoreTarget):
         if not physical or all(ph.p_paddr == 0 for ph in physical):
             raise BadDump(f"{self.path}: no segment has a physical address (a kernel older than 4.x "
                           "gives none): nothing to walk page tables with")
-        keep = [ph if ph.p_paddr != NO_PADDR else None for ph in phdrs]
-        super()._index_segments([ph for ph in keep if ph is not None and ph.p_type == elf.PT_LOAD])
+        super()._index_segments(physical)
 
     def segments(self):
         """``[(va_start, va_end, pa_start or None)]`` of every kcore segment, by virtual address."""
