@@ -119,7 +119,7 @@ def test_kcore_shaped_file_notes_say_what_is_missing(shaped):
     assert any(n.startswith("types: no ") for n in notes), notes
 
 
-def test_pv_domain_refuses_walks_and_says_what_is_reachable(tmp_path):
+def test_pv_domain_without_its_p2m_refuses_walks_and_says_why(tmp_path):
     path = str(tmp_path / "kcore")
     kcore_shaped(path)
     for name, text in (("hypervisor", "xen\n"), ("guest_type", "PV\n"), ("capabilities", "control_d\n")):
@@ -131,8 +131,9 @@ def test_pv_domain_refuses_walks_and_says_what_is_reachable(tmp_path):
         with pytest.raises(Exception) as e:
             resolve(target)
         assert "page tables cannot be walked: a Xen PV domain" in str(e.value)
+        assert "the kernel's P2M could not be read" in str(e.value) and "(cannot read " in str(e.value)
         notes = "\n".join(target.info_notes())
-        assert "Xen PV guest (dom0)" in notes and "reachable read-only: the P2M" in notes
+        assert "Xen PV guest (dom0)" in notes and "P2M could not be read: walks are refused" in notes
         assert "not reachable read-only: Xen's M2P" in notes
     finally:
         target.close()

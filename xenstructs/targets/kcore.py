@@ -17,8 +17,10 @@ read is a ``pread``. Never written to: the file is opened ``O_RDONLY``.
 Opening says in one line what denies it: no ``CONFIG_PROC_KCORE``, not root (``CAP_SYS_RAWIO``),
 kernel lockdown (confidentiality); hidden kallsyms addresses (``kptr_restrict``) are said by the
 commands that need them. In a Xen PV domain kcore's "physical" addresses are pseudo-physical while
-page-table entries hold machine frames: :meth:`KcoreTarget.paging_refusal` says why walks are refused
-there and :meth:`KcoreTarget.info_notes` what is and is not reachable read-only.
+page-table entries hold machine frames: the target then reads machine addresses through the inverse
+of the kernel's P2M (:mod:`.kcore_pv`; walks name each table's pfn through ``m2p``), or, when the P2M
+cannot be read, :meth:`KcoreTarget.paging_refusal` says why walks are refused; :meth:`KcoreTarget.
+info_notes` says what is and is not reachable read-only (Xen's M2P is not).
 """
 
 import os
@@ -141,6 +143,27 @@ class KcoreTarget(ElfCoreTarget):
                           "gives none): nothing to walk page tables with")
         super()._index_segments(physical)
 
+    def pseudo_ranges(self):
+        """kcore's physical ranges (pseudo-physical in a Xen PV domain)."""
+        return ElfCoreTarget.phys_ranges(self)
+
+    def pseudo_of(self, va):
+        """The (pseudo-)physical address kcore gives kernel virtual ``va``, or None."""
+        for start, end, _, pa in self._virt:
+            if pa is not None and start <= va < end:
+                return pa + va - start
+        return None
+
+    def phys_ranges(self):
+        machine = getattr(self, "_machine", None)
+        return machine.machine_ranges() if machine is not None else self.pseudo_ranges()
+
+    def _read_phys(self, addr, size):
+        machine = getattr(self, "_machine", None)
+        if machine is None:
+            return ElfCoreTarget._read_phys(self, addr, size)
+        return machine.read(lambda pa, n: ElfCoreTarget._read_phys(self, pa, n), addr, size)
+
     def segments(self):
         """``[(va_start, va_end, pa_start or None)]`` of every kcore segment, by virtual address."""
         return [(s, e, pa) for s, e, _, pa in self._virt]
@@ -161,6 +184,22 @@ class KcoreTarget(ElfCoreTarget):
         if self.facts.get("vmcoreinfo") is None:
             self.facts["vmcoreinfo"] = self._sys_vmcoreinfo()
         self.facts["xen_guest"] = _xen_guest(self.system)
+        if self.facts["xen_guest"] and self.facts["xen_guest"]["type"] == "PV":
+            self._machine_view()
+
+    def _machine_view(self):
+        """A PV domain: reads in machine addresses through its P2M's inverse (:mod:`.kcore_pv`)."""
+        from .kcore_pv import MachineView
+        try:
+            machine = MachineView(self)
+            cr3, why = machine.kernel_root(self)
+        except XenscopeError as e:
+            self._machine_error = str(e)
+            return
+        self._machine, self.m2p = machine, machine.pfn
+        self._held_bytes = False
+        for cpu in self._cpus:
+            cpu.regs["cr3"], cpu.source["cr3"] = cr3, why
 
     def _sys_vmcoreinfo(self):
         """VMCOREINFO from the note ``/sys/kernel/vmcoreinfo`` points at (``PA SIZE``), or None."""
@@ -226,11 +265,10 @@ class KcoreTarget(ElfCoreTarget):
         """Why page tables cannot be walked here, or None: in a Xen PV domain they hold machine
         frames, while kcore reads pseudo-physical memory."""
         guest = self.facts.get("xen_guest")
-        if guest and guest["type"] == "PV":
+        if guest and guest["type"] == "PV" and getattr(self, "_machine", None) is None:
             return ("a Xen PV domain: its page tables hold machine frames but /proc/kcore reads "
-                    "pseudo-physical memory; Xen's M2P (machine to pseudo-physical) is not reachable "
-                    "read-only from here and the P2M's inverse is not used on a live kernel: take a dump "
-                    "(xl dump-core, or the host's) to walk it")
+                    "pseudo-physical memory, and the kernel's P2M could not be read to translate them "
+                    f"({getattr(self, '_machine_error', 'unknown')}): take a dump (xl dump-core, or the host's)")
         return None
 
     def info_notes(self):
@@ -247,7 +285,7 @@ class KcoreTarget(ElfCoreTarget):
         notes.append(f"types: {btf}" if os.path.exists(btf) else f"types: no {btf} (no BTF): give --vmlinux")
         guest = self.facts.get("xen_guest")
         if guest:
-            notes += _xen_notes(guest)
+            notes += _xen_notes(guest, getattr(self, "_machine", None))
         return notes
 
     def close(self):
@@ -314,20 +352,26 @@ def _xen_guest(system):
     if (read_text(system["hypervisor"]) or "").strip() != "xen":
         return None
     kind = (read_text(system["guest_type"]) or "unknown").strip()
-    return {"type": kind, "dom0": "control_d" in (read_text(system["capabilities"]) or "")}
+    caps = read_text(system["capabilities"])
+    return {"type": kind, "dom0": None if caps is None else "control_d" in caps}
 
 
-def _xen_notes(guest):
-    who = "dom0" if guest["dom0"] else "a domU"
+def _xen_notes(guest, machine):
+    who = {True: "dom0", False: "a domU", None: "dom0 or a domU (mount xenfs on /proc/xen to tell)"}[guest["dom0"]]
     if guest["type"] != "PV":
         return [f"Xen {guest['type']} guest ({who}): its page tables hold guest-physical frames, walked as usual"]
+    if machine is not None:
+        view = (f"addresses are machine addresses: walks and reads go through the inverse of the kernel's P2M "
+                f"(xen_p2m_addr {machine.p2m_va:#x}, {machine.entries} entries, read through kcore): the "
+                "domain's own frames only, Xen's and other domains' are not reachable")
+    else:
+        view = "the kernel's P2M could not be read: walks are refused"
     return [f"Xen PV guest ({who}): page tables hold machine frames; kcore reads pseudo-physical memory",
-            "reachable read-only: the P2M (pfn -> mfn), the kernel's xen_p2m_addr list, in the vmalloc "
-            "area kcore reads (not used yet: walks are refused)",
-            "not reachable read-only: Xen's M2P (mfn -> pfn): its read-only window at 0xffff800000000000 "
-            "is no kcore segment, /dev/mem reads pseudo-physical memory only, and mapping it through "
-            "privcmd (XENMEM_machphys_mfn_list, then DOMID_XEN's frames) is not done: walk, maps and "
-            "p2m-check need a dump here"]
+            view,
+            "not reachable read-only: Xen's M2P (mfn -> pfn of every domain): its read-only window at "
+            "0xffff800000000000 is no kcore segment, /dev/mem reads pseudo-physical memory only, and mapping it "
+            "through privcmd (XENMEM_machphys_mfn_list, then DOMID_XEN's frames) is not done: p2m-check "
+            "needs a dump here"]
 
 
 __all__ = ["KcoreTarget", "is_kcore", "KCORE"]
