@@ -138,3 +138,40 @@ def test_pv_domain_without_its_p2m_refuses_walks_and_says_why(tmp_path):
     finally:
         target.close()
 
+
+
+def test_machine_view_inverts_the_p2m_and_reads_through_it():
+    """kcore_pv.MachineView over a P2M laid out by hand (pfn -> mfn, with identity, foreign and
+    invalid entries): machine reads land on the pseudo-physical page the P2M names."""
+    import numpy as np
+    from xenstructs.errors import NotInDump
+    from xenstructs.targets.kcore_pv import MachineView
+    p2m = [0x500, 0x501, (1 << 64) - 1, 0x9000 | (1 << 62), 0x777 | (1 << 63), 0x300, 0x502]
+    view = MachineView.from_p2m(np.array(p2m, dtype=np.uint64), 0xffffc90000000000)
+    assert [view.pfn(m) for m in (0x500, 0x501, 0x502, 0x300, 0x9000, 0x777, 0x503)] == [0, 1, 6, 5, None, None, None]
+    assert [view.mfn(p) for p in range(8)] == [0x500, 0x501, None, None, None, 0x300, 0x502, None]
+    assert view.machine_ranges() == [(0x300000, 0x301000), (0x500000, 0x503000)]
+    pages = {p << 12: bytes([p]) * 4096 for p in range(7)}
+    got = view.read(lambda pa, n: pages[pa & ~0xfff][pa & 0xfff:(pa & 0xfff) + n], 0x500ffe, 4)
+    assert got == b"\0\0\1\1"                       # the end of pfn 0, the start of pfn 1
+    with pytest.raises(NotInDump):
+        view.read(lambda pa, n: b"", 0x777000, 8)
+
+
+def test_hidden_kallsyms_are_said(tmp_path):
+    """/proc/kallsyms with every address zeroed (kptr_restrict, or not root): said in one line."""
+    path = str(tmp_path / "kcore")
+    kcore_shaped(path)
+    (tmp_path / "kallsyms").write_text("0000000000000000 T _stext\n0000000000000000 D jiffies\n")
+    (tmp_path / "kptr_restrict").write_text("2\n")
+    target = KcoreTarget(path, system={"kallsyms": str(tmp_path / "kallsyms"), "btf": str(tmp_path / "none"),
+                                       "kptr_restrict": str(tmp_path / "kptr_restrict"),
+                                       "hypervisor": str(tmp_path / "none")})
+    try:
+        with pytest.raises(Exception) as e:
+            target.own_kallsyms()
+        assert str(e.value).startswith(f"{tmp_path}/kallsyms hides every address (kptr_restrict=2"), str(e.value)
+        assert any(n.startswith("symbols: VMCOREINFO only (") and "kptr_restrict=2" in n for n in target.info_notes())
+        assert target.symbol("init_top_pgt") == 0xffffffff82200000        # VMCOREINFO still names it
+    finally:
+        target.close()

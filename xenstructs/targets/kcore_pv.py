@@ -30,12 +30,21 @@ class MachineView:
         p2m_va = _u64(target, table["xen_p2m_addr"])
         size = _u64(target, table["xen_p2m_size"])
         ram_end = max(end for _, end in target.pseudo_ranges())
-        self.entries = min(size, ram_end >> PAGE_SHIFT)           # beyond RAM: no frame of ours
-        self.p2m_va = p2m_va
-        self.p2m = np.frombuffer(target.read_kcore_virt(p2m_va, self.entries * 8), dtype=np.uint64)
-        valid = (self.p2m & FLAG_BITS) == 0
+        entries = min(size, ram_end >> PAGE_SHIFT)                # beyond RAM: no frame of ours
+        self._invert(np.frombuffer(target.read_kcore_virt(p2m_va, entries * 8), dtype=np.uint64), p2m_va)
+
+    @classmethod
+    def from_p2m(cls, p2m, p2m_va=0):
+        """A view over a P2M array already read (tests)."""
+        view = cls.__new__(cls)
+        view._invert(np.asarray(p2m, dtype=np.uint64), p2m_va)
+        return view
+
+    def _invert(self, p2m, p2m_va):
+        self.p2m, self.entries, self.p2m_va = p2m, len(p2m), p2m_va
+        valid = (p2m & FLAG_BITS) == 0
         pfns = np.nonzero(valid)[0].astype(np.uint64)
-        mfns = self.p2m[valid]
+        mfns = p2m[valid]
         order = np.argsort(mfns, kind="stable")
         self.mfns, self.pfns = mfns[order], pfns[order]
         if not len(self.mfns):
