@@ -72,17 +72,31 @@ def wheelhouse(wheel):
 
 
 def installed_venv(wheel):
-    """A venv made from /usr/bin/python3 with the wheel installed (cached by the wheel's hash)."""
+    """A venv made from /usr/bin/python3 with the wheel installed (cached by the wheel's hash; built
+    under a lock, complete once its marker exists; venvs of other wheels unused for a day are removed:
+    each is ~300 MB)."""
+    import fcntl
+    import time
     digest = hashlib.sha256(open(wheel, "rb").read()).hexdigest()[:16]
-    venv = os.path.join(CACHE, "wheel-venv", digest)
+    base = os.path.join(CACHE, "wheel-venv")
+    os.makedirs(base, exist_ok=True)
+    venv = os.path.join(base, digest)
     marker = os.path.join(venv, ".xenscope-complete")
-    if os.path.isfile(marker):
-        return venv
-    shutil.rmtree(venv, ignore_errors=True)
-    _run([SYSTEM_PYTHON, "-m", "venv", "--system-site-packages", venv])
-    _run([os.path.join(venv, "bin", "pip"), "install", "-q", "--no-index", "--find-links", wheelhouse(wheel),
-          wheel])
-    open(marker, "w").close()
+    with open(os.path.join(base, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.isfile(marker):
+            shutil.rmtree(venv, ignore_errors=True)
+            _run([SYSTEM_PYTHON, "-m", "venv", "--system-site-packages", venv])
+            _run([os.path.join(venv, "bin", "pip"), "install", "-q", "--no-index", "--find-links",
+                  wheelhouse(wheel), wheel])
+            open(marker, "w").close()
+        os.utime(marker)
+        for other in os.listdir(base):
+            used = os.path.join(base, other, ".xenscope-complete")
+            path = os.path.join(base, other)
+            if other != digest and os.path.isdir(path) and \
+                    (not os.path.exists(used) or os.path.getmtime(used) < time.time() - 86400):
+                shutil.rmtree(path, ignore_errors=True)
     return venv
 
 
