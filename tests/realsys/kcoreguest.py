@@ -3,7 +3,7 @@ share): xenscope on the guest's own running kernel, ``/proc/kcore``, in one Pyth
 
     python tests/realsys/kcoreguest.py OUTDIR            # a guest booted as usual
     python tests/realsys/kcoreguest.py OUTDIR --locked   # a guest booted with lockdown=confidentiality
-    python tests/realsys/kcoreguest.py OUTDIR --pv       # a Xen PV dom0: info.txt/json, check.json
+    python tests/realsys/kcoreguest.py OUTDIR --pv       # a Xen PV dom0: info.txt/json, check.json, p2m_check.json
 
 Writes to OUTDIR: ``info.txt``/``info.json`` (``xenscope info /proc/kcore``), ``check.json``
 (:mod:`kcorecheck`: walks of /proc/kallsyms symbols against kcore's bytes), ``tasks.json``,
@@ -99,12 +99,13 @@ def locked(out):
 
 
 def pv(out):
-    """A Xen PV dom0: info and the symbol walks only (judged by QEMU's view of machine memory)."""
+    """A Xen PV dom0: info, the symbol walks (judged by QEMU's view of machine memory), p2m-check."""
     import kcorecheck
     status = {"info": cli(["info", "/proc/kcore"], os.path.join(out, "info.txt")),
               "info_json": cli(["info", "/proc/kcore", "--json"], os.path.join(out, "info.json"))}
     with open(os.path.join(out, "check.json"), "w") as f, contextlib.redirect_stdout(f):
         kcorecheck.main(["--every", "300"])
+    status["p2m_check"] = cli(["p2m-check", "/proc/kcore", "--json"], os.path.join(out, "p2m_check.json"))
     with open(os.path.join(out, "status.json"), "w") as f:
         json.dump(status, f)
 

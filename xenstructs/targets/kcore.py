@@ -261,6 +261,27 @@ class KcoreTarget(ElfCoreTarget):
             raise XenscopeError(f"{path} is larger than {MAX_BTF} bytes")
         return blob, path
 
+    def live_p2m_sources(self, src, first=0, count=None):
+        """``p2m-check`` on a running PV dom0: the kernel's P2M read through kcore, Xen's M2P mapped
+        read-only through privcmd (:mod:`.privcmd`); no frame owners (Xen's frame table is not mapped)."""
+        machine = getattr(self, "_machine", None)
+        if machine is None:
+            raise XenscopeError("p2m-check on /proc/kcore needs a running Xen PV domain whose P2M was read"
+                                + (f" ({self._machine_error})" if getattr(self, "_machine_error", None) else ""))
+        from .privcmd import read_m2p
+        m2p, max_page, device = read_m2p()
+        guest = self.facts.get("xen_guest") or {}
+        src.domain = 0 if guest.get("dom0") else None
+        src.size = machine.entries
+        src.p2m = machine.p2m[first:None if count is None else first + count]
+        src.first_pfn = first
+        src.m2p, src.max_mfn = m2p, max_page
+        src.why.update(p2m=f"the running kernel's P2M (xen_p2m_addr {machine.p2m_va:#x}, {machine.entries:#x} "
+                           "entries) read through /proc/kcore",
+                       m2p=f"Xen's M2P mapped read-only through {device} (max_page {max_page:#x})",
+                       owners="unavailable (Xen's frame table is not mapped from a live domain): owner "
+                              "checks skipped")
+
     def paging_refusal(self):
         """Why page tables cannot be walked here, or None: in a Xen PV domain they hold machine
         frames, while kcore reads pseudo-physical memory."""
@@ -368,10 +389,9 @@ def _xen_notes(guest, machine):
         view = "the kernel's P2M could not be read: walks are refused"
     return [f"Xen PV guest ({who}): page tables hold machine frames; kcore reads pseudo-physical memory",
             view,
-            "not reachable read-only: Xen's M2P (mfn -> pfn of every domain): its read-only window at "
-            "0xffff800000000000 is no kcore segment, /dev/mem reads pseudo-physical memory only, and mapping it "
-            "through privcmd (XENMEM_machphys_mfn_list, then DOMID_XEN's frames) is not done: p2m-check "
-            "needs a dump here"]
+            "Xen's M2P: no kcore segment; p2m-check maps it read-only through privcmd (XENMEM_machphys_mfn_list, "
+            "then DOMID_XEN's frames, PROT_READ: a privileged domain, dom0, may), as libxc's xc_map_m2p does; "
+            "Xen's frame table is not mapped, so owner checks (m2p-orphan) need a dump"]
 
 
 __all__ = ["KcoreTarget", "is_kcore", "KCORE"]

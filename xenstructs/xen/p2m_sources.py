@@ -241,6 +241,8 @@ def find_sources(target, opts, first=0, count=None, ctx=None):
     try:
         if target.facts.get("format") == "xc_core":
             _xc_core_sources(target, opts, src, first, count)
+        elif getattr(target, "live_p2m_sources", None) is not None:     # a running PV domain's /proc/kcore
+            target.live_p2m_sources(src, first, count)
         else:
             ctx = ctx or HostContext(target, opts)
             h = ctx.host
@@ -361,7 +363,8 @@ def check_p2m(target, opts):
     """Check the domain's P2M (``opts``: :class:`P2MOptions`) against the M2P and the owners:
     the ``p2m-check`` command's JSON (README "p2m-check"); every PV domain's (:func:`check_every_domain`)
     on a host dump when :func:`every_domain`."""
-    if target.facts.get("format") != "xc_core" and every_domain(opts):
+    live = getattr(target, "live_p2m_sources", None) is not None
+    if target.facts.get("format") != "xc_core" and not live and every_domain(opts):
         return check_every_domain(target, opts)
     src = find_sources(target, opts)
     try:
@@ -379,8 +382,9 @@ def _check_sources(target, src, opts):
     for f in res["findings"]["foreign"]:
         f["owner_id"], f["owner_name"] = src.owner_name(f["owner"])
     xc = target.facts.get("format") == "xc_core"
+    live = getattr(target, "live_p2m_sources", None) is not None
     res.update(domain=src.domain if not xc or opts.host else target.facts.get("domid"),
-               sources=src.why, xen=src.xen, format="xc_core" if xc else "xen-host")
+               sources=src.why, xen=src.xen, format="xc_core" if xc else ("kcore" if live else "xen-host"))
     _allowed_foreign(res, src, res["domain"])
     return res
 
