@@ -60,20 +60,13 @@ install_venv() {
     echo "$want" > "$stamp"
 }
 
-# The crash extension (crashext/xenscope.so): a thin C bridge embedding $syspy's libpython.
-# Rebuilt when its source, crash's defs.h or the Python version changes.
+# The crash extension (crashext/xenscope.so): a thin C bridge embedding $syspy's libpython, built
+# by `xenscope crash-extension` (the same command an installed wheel uses: gcc against crash's
+# defs.h); rebuilt only when its source, crash's defs.h or the Python library changes.
 build_crash_ext() {
-    local src=crashext/xenscope.c so=crashext/xenscope.so stamp=crashext/.xenscope.so.stamp want pylib
-    pylib=$("$syspy" -c 'import sysconfig; print(sysconfig.get_config_var("INSTSONAME"))')
-    want=$(cat "$src" /usr/include/crash/defs.h | sha256sum | cut -d' ' -f1)-$pylib
-    if [ -f "$so" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
-        return 0
-    fi
-    say "building the crash extension $so (against crash's defs.h and $pylib)"
-    gcc -shared -fPIC -O2 -Wall -DX86_64 -DPYTHON_LIBRARY="\"$pylib\"" -I/usr/include/crash \
-        $("$syspy-config" --includes) "$src" -o "$so.tmp" $("$syspy-config" --embed --ldflags)
-    mv "$so.tmp" "$so"
-    echo "$want" > "$stamp"
+    local out
+    out=$("$venv/bin/xenscope" crash-extension) || { echo "$out" >&2; return 1; }
+    case "$out" in *": built ("*) say "built the crash extension crashext/xenscope.so (against crash's defs.h)" ;; esac
 }
 
 demo() {

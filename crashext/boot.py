@@ -4,14 +4,12 @@ Standard library only until the venv is on ``sys.path``. ``load()`` returns the 
 one sentence saying why xenscope cannot load (the bridge prints it and keeps crash running).
 """
 
-import os
-
 
 def load(checkout):
-    from xenstructs.venv import activate
+    from xenstructs.venv import activate, fix_hint
     why = activate(checkout)
     if why:
-        return f"{why}; run {os.path.join(checkout, 'setup.sh')}, then extend again"
+        return f"{why}; {fix_hint(checkout)}, then extend again"
     try:
         import _crash
         from . import front

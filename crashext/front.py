@@ -61,7 +61,7 @@ def help_lines():
              "  context's mm->pgd (use `set PID` first to walk a user task's tables), else the",
              "  CPU's CR3; in hypervisor mode --xen-syms is the xen-syms crash was started with.",
              "", "  Subcommands:"]
-    lines += [f"    {c.name:<10} {c.summary}" for c in C.COMMANDS.values()]
+    lines += [f"    {c.name:<10} {c.summary}" for c in C.debugger_commands().values()]
     lines += ["", "EXAMPLES",
               "  Walk a kernel address and compare with crash's own vtop:\n",
               "    crash> xen walk ffffffff81000000",
@@ -78,7 +78,7 @@ def help_lines():
 def _overview():
     C = _commands()
     out = ["xenscope subcommands (xen NAME --help for details):"]
-    out += [f"  xen {c.name:<10} {c.summary}" for c in C.COMMANDS.values()]
+    out += [f"  xen {c.name:<10} {c.summary}" for c in C.debugger_commands().values()]
     return "\n".join(out)
 
 
@@ -159,12 +159,12 @@ def _run(argv):
     from xenstructs.commands.execute import execute
     C = _commands()
     if not argv or argv[0] in ("help", "-h", "--help"):
-        if len(argv) > 1 and argv[1] in C.COMMANDS:
+        if len(argv) > 1 and argv[1] in C.debugger_commands():
             argv = [argv[1], "--help"]
         else:
             print(_overview())
             return
-    cmd = C.COMMANDS.get(argv[0])
+    cmd = C.debugger_commands().get(argv[0])
     if cmd is None:
         raise C.UsageError(f"unknown subcommand {argv[0]!r}: see `xen help`")
     execute(cmd, argv[1:], _front())

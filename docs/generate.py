@@ -47,7 +47,8 @@ def commands_md():
            "Generated from the argparse parsers by `docs/generate.py`: the same subcommands and options",
            "in gdb (`xen NAME ...`) and the CLI (`xenscope NAME DUMP ...`). Do not edit by hand.", ""]
     for name, cmd in COMMANDS.items():
-        out += [f"## {name}", "", cmd.summary, "", "```",
+        only = ["", "CLI only (not a gdb or crash command)."] if cmd.cli_only else []
+        out += [f"## {name}", "", cmd.summary, *only, "", "```",
                 cmd.parser(f"xenscope {name}", dump=True).format_help().rstrip(), "```", ""]
     return "\n".join(out)
 

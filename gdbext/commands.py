@@ -17,7 +17,6 @@ import gdb
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _CHECKOUT = os.path.dirname(_HERE)
-_SETUP = os.path.join(_CHECKOUT, "setup.sh")
 MODES = ("auto", "2level", "pae", "4level", "5level")
 HELP_COLUMNS = "80"
 
@@ -33,7 +32,7 @@ def _build_specs():
     os.environ["COLUMNS"] = HELP_COLUMNS          # argparse wraps to the terminal width otherwise
     try:
         specs = []
-        for cmd in library.COMMANDS.values():
+        for cmd in library.debugger_commands().values():
             p = cmd.parser(f"xen {cmd.name}")
             acts = p._actions
             specs.append({
@@ -67,7 +66,8 @@ def _library():
         try:
             from xenstructs import commands as library
         except ImportError as e:
-            raise gdb.GdbError(f"xenscope: cannot import the library ({e}); run {_SETUP}")
+            from xenstructs.venv import fix_hint
+            raise gdb.GdbError(f"xenscope: cannot import the library ({e}); {fix_hint(_CHECKOUT)}")
         _lib = library
     return _lib
 

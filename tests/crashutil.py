@@ -29,11 +29,11 @@ def crash_env(**extra):
     return env
 
 
-def run_crash(namelist, dump, commands, extend=True, options=(), timeout=600, env=None):
-    """Run ``commands`` in one crash session; ``extend=True`` loads xenscope first."""
+def run_crash(namelist, dump, commands, extend=True, options=(), timeout=600, env=None, extension=EXTENSION):
+    """Run ``commands`` in one crash session; ``extend=True`` loads xenscope (``extension``) first."""
     work = tempfile.mkdtemp(prefix="xenscope-crash-")
     try:
-        lines = [f"extend {EXTENSION}"] if extend else []
+        lines = [f"extend {extension}"] if extend else []
         outs = []
         for i, c in enumerate(commands):
             out = os.path.join(work, f"out.{i}")

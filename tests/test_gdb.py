@@ -19,7 +19,7 @@ NAMES = ("info", "walk", "vtop", "maps", "pte", "decode", "read-phys")
 
 def command_names():
     import subprocess
-    r = subprocess.run([venv_python(), "-c", "from xenstructs.commands import COMMANDS; print(' '.join(COMMANDS))"],
+    r = subprocess.run([venv_python(), "-c", "from xenstructs.commands import debugger_commands as d; print(' '.join(d()))"],
                        capture_output=True, text=True, cwd=TOP, check=True)
     return r.stdout.split()
 

@@ -78,6 +78,10 @@ def resolve(target, cr3=None, mode=None, cpu=0, efer=None, cr4=None, maxphyaddr=
     :raises NoRegister: when no CR3 or mode can be found; the message names the option to give.
     :raises XenscopeError: an unknown mode, or a CR3 whose top table is not in the dump
     """
+    refusal = getattr(target, "paging_refusal", None)
+    why = refusal() if refusal is not None else None
+    if why:
+        raise XenscopeError(f"page tables cannot be walked: {why}")
     state = target.cpu(cpu) if target is not None else None
     regs = dict(state.regs) if state else {}
     src = dict(state.source) if state else {}

@@ -106,7 +106,9 @@ class Command:
     status: Optional[Callable] = None  # status(result) -> exit status (0 when not given)
     target: Optional[str] = "required"
     host_notes: bool = False           # the host's notes about its target join the result (info)
-    dump_help: str = field(default="dump file: ELF vmcore or kdump-compressed (plain or flattened)")
+    cli_only: bool = False             # not a debugger command (installing: gdbinit, crash-extension)
+    dump_help: str = field(default="dump file: ELF vmcore or kdump-compressed (plain or flattened), or "
+                                   "/proc/kcore (the running kernel, as root)")
 
     @property
     def needs_target(self):
@@ -132,7 +134,8 @@ class Command:
 COMMANDS = {}
 
 
-def command(name, summary, arguments=(), render=None, status=None, target="required", host_notes=False):
+def command(name, summary, arguments=(), render=None, status=None, target="required", host_notes=False,
+            cli_only=False):
     """Declare a subcommand on its run function ``run(target, args) -> result``.
 
     :param arguments: :func:`arg`, :func:`group`, :func:`exclusive` entries (lists may nest)
@@ -140,15 +143,21 @@ def command(name, summary, arguments=(), render=None, status=None, target="requi
     :param status: ``status(result) -> int``, the exit status (default 0)
     :param target: ``"required"``, ``"optional"`` or ``None`` (see the module docstring)
     :param host_notes: the host's notes about its target are added as ``result["notes"]``
+    :param cli_only: only the CLI has it (gdb and crash do not list or run it)
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}")
 
     def declare(run):
         COMMANDS[name] = Command(name, summary, run, render, tuple(_flatten(arguments)), status,
-                                 target, host_notes)
+                                 target, host_notes, cli_only=cli_only)
         return run
     return declare
+
+
+def debugger_commands():
+    """``{name: Command}`` of the commands gdb and crash have (all but the CLI-only ones)."""
+    return {name: c for name, c in COMMANDS.items() if not c.cli_only}
 
 
 def _flatten(items):
@@ -263,3 +272,4 @@ from . import linux  # noqa: E402,F401
 from . import stack  # noqa: E402,F401
 from . import dmesg  # noqa: E402,F401
 from . import check  # noqa: E402,F401
+from . import install  # noqa: E402,F401

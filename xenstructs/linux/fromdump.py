@@ -56,6 +56,12 @@ def kallsyms_of(target, resolve_args=None):
 
 
 def _load_kallsyms(target, mem):
+    own = getattr(target, "own_kallsyms", None)        # a live kernel's /proc/kallsyms
+    if own is not None:
+        try:
+            return own()
+        except KallsymsError:                           # hidden (kptr_restrict=2): the tables in memory
+            pass
     vi = target.facts.get("vmcoreinfo")
     if vi is not None and vi.symbol("kallsyms_names") is not None:
         return from_vmcoreinfo(mem, vi)
@@ -90,8 +96,16 @@ def btf_of(target, symbols=None, resolve_args=None):
 
     :raises XenscopeError: when the dump holds no BTF
     """
-    from .btf import read_btf
+    from .btf import Btf, read_btf
     e = _entry(target)
+    own = getattr(target, "own_btf", None)              # a live kernel's /sys/kernel/btf/vmlinux
+    if "btf" not in e and own is not None:
+        try:
+            blob, where = own()
+            e["btf_range"] = (0, len(blob), where)
+            e["btf"] = Btf(blob, 8)
+        except XenscopeError as err:
+            e["btf"] = err
     if "btf" not in e:
         try:
             e["btf_range"] = btf_range(target, symbols, resolve_args)
@@ -117,8 +131,10 @@ def btf_profile_of(target, symbols=None, resolve_args=None):
             btf = btf_of(target, symbols, resolve_args)
             start, stop, where = e["btf_range"]
             vi = target.facts.get("vmcoreinfo")
-            meta = {"source": f"offsets from BTF in the dump ({stop - start} bytes, {len(btf)} types at "
-                              f"{start:#x}, located by {where})",
+            where_text = (f"offsets from the running kernel's BTF ({where}, {stop - start} bytes, {len(btf)} types)"
+                          if start == 0 else f"offsets from BTF in the dump ({stop - start} bytes, {len(btf)} "
+                          f"types at {start:#x}, located by {where})")
+            meta = {"source": where_text,
                     "btf": {"start": start, "stop": stop, "types": len(btf)},
                     "kernel_version": vi.osrelease if vi is not None else None,
                     "build_id": vi.get("BUILD-ID") if vi is not None else None}

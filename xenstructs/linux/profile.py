@@ -432,7 +432,8 @@ class Symbols:
         k = kallsyms_of(target, resolve_args)
         table = k.table()
         note = ", text symbols only: CONFIG_KALLSYMS_ALL off" if _text_only(k, table) else ""
-        return cls(table, True, f"from the dump ({k.how.split(' (')[0]}{note})", k)
+        where = "the running kernel" if hasattr(target, "own_kallsyms") else "the dump"
+        return cls(table, True, f"from {where} ({k.how.split(' (')[0]}{note})", k)
 
     @classmethod
     def from_vmcoreinfo(cls, vi):

@@ -32,12 +32,16 @@ def looks_like_dump(path):
 def open_dump(path):
     """Open a dump file and return its :class:`~xenstructs.target.Target`.
 
-    ELF cores (``\\x7fELF``) → :class:`~.elfcore.ElfCoreTarget`, except ``xl dump-core`` files
+    ``/proc/kcore`` → :class:`~.kcore.KcoreTarget` (the running kernel, read-only); ELF cores (``\\x7fELF``) → :class:`~.elfcore.ElfCoreTarget`, except ``xl dump-core`` files
     (ELF without program headers, with Xen dumpcore sections) → :class:`~.xccore.XcCoreTarget`;
     kdump-compressed (``KDUMP   ``/``DISKDUMP``) and makedumpfile's flattened form
     (``makedumpfile``) → :class:`~.kdump.KdumpTarget`. The pre-ELF xc_core format of Xen 3.0
     raises :class:`~xenstructs.errors.Unsupported`; anything else raises :class:`BadDump`.
     """
+    from .kcore import is_kcore
+    if is_kcore(path):
+        from .kcore import KcoreTarget
+        return KcoreTarget(path)
     head = sniff(path)
     if not head:
         raise BadDump(f"{path}: empty file")

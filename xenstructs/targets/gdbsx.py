@@ -305,6 +305,8 @@ class GdbsxTarget(Target):
         order = np.argsort(mfns, kind="stable")
         self._inverse = (mfns[order], pfns[order])
 
+    own_p2m_view = "gdbsx"
+
     def own_p2m_sources(self, opts, src, first, count):
         """Fill ``src`` (:class:`xenstructs.xen.p2m_sources.P2MSources`) for the P2M commands:
         :func:`xenstructs.targets.gdbsx_p2m.own_p2m_sources`."""

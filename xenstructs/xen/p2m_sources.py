@@ -239,7 +239,7 @@ def find_sources(target, opts, first=0, count=None, ctx=None):
     None); ``ctx``: the host's :class:`HostContext` when the caller has one (see the module docstring)."""
     src = P2MSources()
     try:
-        if hasattr(target, "own_p2m_sources"):     # a live guest from inside: gdbsx (targets/gdbsx_p2m.py)
+        if _inside(target):
             target.own_p2m_sources(opts, src, first, count)
         elif target.facts.get("format") == "xc_core":
             _xc_core_sources(target, opts, src, first, count)
@@ -352,6 +352,13 @@ def _xc_core_sources(target, opts, src, first, count):
 
 # ---------------------------------------------------------------------------------------------
 
+def _inside(target):
+    """The name of the view when ``target`` is a guest seen from inside that reads its own P2M
+    (``own_p2m_sources``: gdbsx, targets/gdbsx_p2m.py; a running PV domain's /proc/kcore,
+    targets/kcore.py), else None."""
+    return getattr(target, "own_p2m_view", None) if hasattr(target, "own_p2m_sources") else None
+
+
 def every_domain(opts):
     """True when ``opts`` name no domain and nothing of one guest: ``p2m-check`` then checks every PV
     domain of a host dump."""
@@ -363,7 +370,7 @@ def check_p2m(target, opts):
     """Check the domain's P2M (``opts``: :class:`P2MOptions`) against the M2P and the owners:
     the ``p2m-check`` command's JSON (README "p2m-check"); every PV domain's (:func:`check_every_domain`)
     on a host dump when :func:`every_domain`."""
-    if target.facts.get("format") != "xc_core" and not hasattr(target, "own_p2m_sources") and every_domain(opts):
+    if target.facts.get("format") != "xc_core" and not _inside(target) and every_domain(opts):
         return check_every_domain(target, opts)
     src = find_sources(target, opts)
     try:
@@ -381,9 +388,9 @@ def _check_sources(target, src, opts):
     for f in res["findings"]["foreign"]:
         f["owner_id"], f["owner_name"] = src.owner_name(f["owner"])
     xc = target.facts.get("format") == "xc_core"
-    own = hasattr(target, "own_p2m_sources")       # a live guest from inside: gdbsx
-    res.update(domain=src.domain if not (xc or own) or opts.host else target.facts.get("domid"),
-               sources=src.why, xen=src.xen, format="xc_core" if xc else "gdbsx" if own else "xen-host")
+    inside = _inside(target)
+    res.update(domain=src.domain if not (xc or inside) or opts.host else target.facts.get("domid"),
+               sources=src.why, xen=src.xen, format="xc_core" if xc else inside or "xen-host")
     _allowed_foreign(res, src, res["domain"])
     return res
 
