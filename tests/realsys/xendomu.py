@@ -174,15 +174,15 @@ def _find(roots, path):
     return None, None
 
 
-def toolstack_files(roots):
-    """({cpio path: (mode, bytes)}, manifest) for PROGRAMS and the libraries they need.
+def toolstack_files(roots, programs=PROGRAMS):
+    """({cpio path: (mode, bytes)}, manifest) for ``programs`` and the libraries they need.
 
     Libraries are resolved by soname in /lib/x86_64-linux-gnu and /usr/lib/x86_64-linux-gnu of
     the unpacked packages and shipped as regular files in /lib/x86_64-linux-gnu (the dynamic
     loader as /lib64/ld-linux-x86-64.so.2). A soname that no package provides is an error.
     """
     files, manifest, todo, libs = {}, {"programs": {}, "libraries": {}}, [], {}
-    for prog in PROGRAMS:
+    for prog in programs:
         pkg, full = _find(roots, prog)
         if not full:
             raise RuntimeError(f"{prog} is in none of {sorted(roots)}")
@@ -242,7 +242,9 @@ def _dirs(paths):
 
 # ---------------------------------------------------------------- domU and dom0 contents
 
-def domu_initramfs():
+def domu_initramfs(extra_files=None, extra_init=""):
+    """The domU's initramfs; ``extra_files`` (``{path: (mode, bytes)}``) added, ``extra_init``
+    (shell lines) run before the ready marker."""
     init = "\n".join([
         "#!/bin/busybox sh",
         "/bin/busybox --install -s /bin",
@@ -250,17 +252,30 @@ def domu_initramfs():
         "mount -t devtmpfs dev /dev",
         # kernel lines at level 2 (shown under loglevel=4): the truth for dmesg of the dump-core
         "for i in 1 2 3; do echo \"<2>XENSCOPE-KMSG $i\" > /dev/kmsg; done",
+        extra_init,
         f"echo {DOMU_READY} $(uname -r) $(cat /proc/cmdline)",
         "sleep 100000 &",
         "while true; do sleep 3600; done",
     ]) + "\n"
-    return V.busybox_initramfs(init)
+    return V.busybox_initramfs(init, extra=extra_files)
 
 
-def xl_config():
+class Guest:
+    """What kind of domU to make (the default: a PV one): ``kind`` (xl's ``type``), ``cpu`` (QEMU's
+    ``-cpu`` for the host, None: xenhost's), ``domu_files``/``domu_init`` (see :func:`domu_initramfs`),
+    ``programs`` (dom0's toolstack programs), ``after_pause(d)`` (called once the domU is paused,
+    before its dump-core), ``boot_wait`` (seconds the domU's ready marker is waited for)."""
+
+    def __init__(self, kind="pv", cpu=None, domu_files=None, domu_init="", programs=PROGRAMS,
+                 after_pause=None, boot_wait=150):
+        self.kind, self.cpu, self.domu_files, self.domu_init = kind, cpu, domu_files, domu_init
+        self.programs, self.after_pause, self.boot_wait = programs, after_pause, boot_wait
+
+
+def xl_config(kind="pv"):
     return "\n".join([
         f'name = "{DOMU_NAME}"',
-        'type = "pv"',
+        f'type = "{kind}"',
         'kernel = "/boot/vmlinuz"',
         'ramdisk = "/boot/domu-initrd.gz"',
         f'extra = "{DOMU_ARGS}"',
@@ -327,14 +342,15 @@ esac
 """
 
 
-def dom0_extra(version=None):
+def dom0_extra(version=None, guest=None):
     """(files, modules, init lines, manifest) to add to xenhost's dom0 initramfs."""
+    guest = guest or Guest()
     vmlinuz, moddir, _, release = L.kernel_files("x86_64")
     roots = package_roots(version)
-    files, manifest = toolstack_files(roots)
+    files, manifest = toolstack_files(roots, guest.programs)
     files["boot/vmlinuz"] = (0o100644, open(vmlinuz, "rb").read())
-    files["boot/domu-initrd.gz"] = (0o100644, domu_initramfs())
-    files["etc/xen/domu.cfg"] = (0o100644, xl_config().encode())
+    files["boot/domu-initrd.gz"] = (0o100644, domu_initramfs(guest.domu_files, guest.domu_init))
+    files["etc/xen/domu.cfg"] = (0o100644, xl_config(guest.kind).encode())
     files["xs/run"] = (0o100755, RUN.encode())
     files.update(_dirs(files))
     modules = module_closure(moddir, DOM0_MODULES)
@@ -410,12 +426,14 @@ def parse_rings(text):
     return {"store": int(m.group(1)), "console": int(m.group(2))}, maps
 
 
-def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=DOM0_MEM_MB):
-    """Boot Xen + dom0 with Debian's toolstack, create, pause and dump-core a PV domU; return
-    a :class:`DomU` (the host keeps running, the domU paused)."""
+def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=DOM0_MEM_MB,
+                       guest=None):
+    """Boot Xen + dom0 with Debian's toolstack, create, pause and dump-core a domU (``guest``: a
+    :class:`Guest`, PV by default); return a :class:`DomU` (the host keeps running, the domU paused)."""
     t0 = time.time()
+    guest = guest or Guest()
     os.makedirs(workdir, exist_ok=True)
-    files, modules, init, manifest = dom0_extra(version)
+    files, modules, init, manifest = dom0_extra(version, guest)
     disk = os.path.join(workdir, "carry.img")
     if "," in disk:
         raise RuntimeError(f"QEMU -drive file= path {disk!r} has a comma")
@@ -427,7 +445,8 @@ def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=
     host = X.boot_xen_host(workdir=os.path.join(workdir, "vm"), timeout=timeout, mem=mem,
                            version=version, xen_args=xen_args, extra_files=files,
                            extra_modules=modules, extra_init=init,
-                           qemu_args=["-drive", f"file={disk},if=virtio,format=raw"])
+                           qemu_args=["-drive", f"file={disk},if=virtio,format=raw"],
+                           **({"cpu": guest.cpu} if guest.cpu else {}))
     d = DomU(host, workdir)
     d.manifest, d.disk = manifest, disk
     d.timings["prepare"] = t_prep
@@ -436,7 +455,7 @@ def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=
     try:
         _step(d, "toolstack", "/xs/run toolstack", 90, "XS-OK toolstack")
         _step(d, "create", "/xs/run create", 180, "XS-OK create")
-        _step(d, "domu_boot", "/xs/run wait 150", 180, "XS-OK wait")
+        _step(d, "domu_boot", f"/xs/run wait {guest.boot_wait}", guest.boot_wait + 30, "XS-OK wait")
         d.domu_console = host.dom0_shell("cat /var/log/xen/console/guest-domu.log", timeout=60)
         out = _step(d, "pause", "/xs/run pause", 60, "XS-OK pause")
         d.xl_list = out
@@ -448,6 +467,8 @@ def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=
         d.rings, d.gntdev_maps = parse_rings(out)
         m = re.search(r"XS-CAPS (.*)", out)
         d.dom0_capabilities = m.group(1).strip() if m else ""
+        if guest.after_pause:
+            guest.after_pause(d)
         out = _step(d, "dump_core", "/xs/run dump", 300, "XS-OK dump")
         m = re.search(r"XS-SIZE core (\d+) kallsyms (\d+)", out)
         d.xc_core_size_in_dom0 = int(m.group(1)) if m else None
