@@ -264,12 +264,14 @@ class Guest:
     """What kind of domU to make (the default: a PV one): ``kind`` (xl's ``type``), ``cpu`` (QEMU's
     ``-cpu`` for the host, None: xenhost's), ``domu_files``/``domu_init`` (see :func:`domu_initramfs`),
     ``programs`` (dom0's toolstack programs), ``after_pause(d)`` (called once the domU is paused,
-    before its dump-core), ``boot_wait`` (seconds the domU's ready marker is waited for)."""
+    before its dump-core), ``boot_wait`` (seconds the domU's ready marker is waited for), ``dump_wait``
+    (seconds ``xl dump-core`` and the carrying out may take)."""
 
     def __init__(self, kind="pv", cpu=None, domu_files=None, domu_init="", programs=PROGRAMS,
-                 after_pause=None, boot_wait=150):
+                 after_pause=None, boot_wait=150, dump_wait=300):
         self.kind, self.cpu, self.domu_files, self.domu_init = kind, cpu, domu_files, domu_init
         self.programs, self.after_pause, self.boot_wait = programs, after_pause, boot_wait
+        self.dump_wait = dump_wait
 
 
 def xl_config(kind="pv"):
@@ -469,7 +471,7 @@ def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=
         d.dom0_capabilities = m.group(1).strip() if m else ""
         if guest.after_pause:
             guest.after_pause(d)
-        out = _step(d, "dump_core", "/xs/run dump", 300, "XS-OK dump")
+        out = _step(d, "dump_core", "/xs/run dump", guest.dump_wait, "XS-OK dump")
         m = re.search(r"XS-SIZE core (\d+) kallsyms (\d+)", out)
         d.xc_core_size_in_dom0 = int(m.group(1)) if m else None
         # xl dump-core neither pauses nor unpauses: the domU must still be paused

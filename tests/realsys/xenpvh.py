@@ -35,6 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MARKER_SOURCE = os.path.join(HERE, "pvhmarker", "marker.c")
 HVMCTX = f"{D.XEN_BIN}/xen-hvmctx"
 PVH_BOOT_WAIT = 400
+PVH_DUMP_WAIT = 1500
 # the Debian Xen whose struct offsets xenscope ships (xenstructs/xen/profiles/, made from the DWARF of
 # Debian's release rebuilt with -g: tests/realsys/xenprofile.py): the vCPU's saved HVM state and the
 # domain's P2M are read through it
@@ -119,7 +120,7 @@ def boot_xen_with_pvh(workdir, timeout=300, version=XEN_VERSION):
     pvh = PVH(None, marker_text)
     guest = D.Guest(kind="pvh", cpu=CPU_MODEL, domu_files={"marker": (0o100755, open(marker_binary(), "rb").read())},
                     domu_init=_domu_init(marker_text), programs=D.PROGRAMS + (HVMCTX,),
-                    after_pause=_after_pause(pvh, workdir), boot_wait=PVH_BOOT_WAIT)
+                    after_pause=_after_pause(pvh, workdir), boot_wait=PVH_BOOT_WAIT, dump_wait=PVH_DUMP_WAIT)
     pvh.domu = D.boot_xen_with_domu(workdir, timeout=timeout, version=version, guest=guest)
     console = pvh.domu.domu_console
     pvh.marker = parse_marker(console)

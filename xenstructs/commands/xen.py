@@ -135,13 +135,42 @@ def frames(target, args):
 # domains
 # ---------------------------------------------------------------------------------------------
 
+def _vcpu_cells(d):
+    """``v0 0x1234 v1 ...``: each vCPU's saved CR3 (a PV vCPU's is a machine address)."""
+    cells = []
+    for v in d.get("vcpus") or ():
+        cells.append(f"v{v['vcpu']} {v['cr3']:#x}" if "cr3" in v else f"({v.get('error')})")
+    return " ".join(cells) or "-"
+
+
+def domain_kinds(h, domains):
+    """Each real domain's type, paging mode and vCPUs' saved registers (:mod:`~xenstructs.xen.hvm`)
+    as ``{domain id: {...}}``; a domain whose structures cannot be read gets ``kind_error``."""
+    from ..xen import hvm
+    out = {}
+    for d in domains:
+        if not 0 <= d.id < 0x7FF0:            # DOMID_FIRST_RESERVED: dom_xen/io/cow have no vCPUs
+            continue
+        try:
+            k = hvm.kind(h, d)
+        except XenscopeError as e:
+            out[d.id] = {"kind_error": str(e)}
+            continue
+        out[d.id] = {"type": k.type, "paging": k.paging, "paging_mode": k.paging_mode,
+                     "paging_words": k.paging_words(), "emulation_flags": k.emulation_flags,
+                     "vcpus": hvm.describe_vcpus(h, d, k)}
+    return out
+
+
 def _domains_render(r, args):
     def n(v):
         return "?" if v is None else v
     rows = [(d["id"], d["name"], f"{d['struct_va']:#x}", d["frames"], n(d["tot_pages"]), n(d["max_pages"]),
-             d["source"]) for d in r["domains"]]
+             d.get("type") or "-", d.get("paging") or "-", _vcpu_cells(d), d["source"]) for d in r["domains"]]
     out = [tabulate(rows, headers=("id", "name", "struct domain", "frames owned", "tot_pages", "max_pages",
-                                   "found via"), tablefmt="simple", disable_numparse=True)]
+                                   "type", "paging", "vCPU saved CR3", "found via"),
+                    tablefmt="simple", disable_numparse=True)]
+    out += [f"domain {d['id']}: type/paging unknown: {d['kind_error']}" for d in r["domains"] if d.get("kind_error")]
     if any(d["max_pages"] is None for d in r["domains"]):
         out.append("tot_pages/max_pages: '?' where struct domain offsets are unknown (give xen-syms with DWARF, "
                    "or a profile of this build: xenscope profile XEN-SYMS)")
@@ -175,9 +204,11 @@ def domains(target, args):
         if d.pickled not in listed:
             doms.append(d)
             listed.add(d.pickled)
-    out = [{"id": d.id, "name": d.name, "struct_va": d.struct_va, "source": d.source,
-            "frames": counts.get(d.pickled, 0), "tot_pages": d.extra.get("tot_pages"),
-            "max_pages": d.extra.get("max_pages"), "shared_info": d.extra.get("shared_info")} for d in doms]
+    kinds = domain_kinds(h, doms)
+    out = [dict({"id": d.id, "name": d.name, "struct_va": d.struct_va, "source": d.source,
+                 "frames": counts.get(d.pickled, 0), "tot_pages": d.extra.get("tot_pages"),
+                 "max_pages": d.extra.get("max_pages"), "shared_info": d.extra.get("shared_info")},
+                **kinds.get(d.id, {})) for d in doms]
     return {"xen": h.describe(), "domains": out, "frames_error": counts_error}
 
 

@@ -22,7 +22,7 @@
 """
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Optional
 
 from ..errors import NotInDump, XenscopeError
 from . import ept, npt
@@ -125,18 +125,17 @@ def vcpus(host, dom, translated=None):
 
 
 class P2M:
-    """A translated domain's P2M as Xen keeps it: ``format`` (an :mod:`.npt`/:mod:`.ept` Format),
-    ``root_mfn``, ``p2m_va`` (its struct p2m_domain), ``eptp`` (an :class:`.ept.Eptp` or None),
-    ``source`` (text); :meth:`translate` one gfn (cached), :meth:`leaves` every entry."""
+    """A translated domain's P2M in machine memory ``target``: ``format`` (an :mod:`.npt`/:mod:`.ept`
+    Format), ``root_mfn``, ``eptp`` (an :class:`.ept.Eptp` or None), ``source`` (where it was found);
+    :meth:`translate` one gfn (cached), :meth:`leaves` every entry."""
 
-    def __init__(self, host, dom, fmt, root_mfn, p2m_va, eptp=None):
-        self.host, self.dom, self.format, self.root_mfn = host, dom, fmt, root_mfn
-        self.p2m_va, self.eptp = p2m_va, eptp
-        self.source = f"d{dom.id}'s struct p2m_domain at {p2m_va:#x}: phys_table mfn {root_mfn:#x}"
+    def __init__(self, target, fmt, root_mfn, source, eptp=None):
+        self.target, self.format, self.root_mfn = target, fmt, root_mfn
+        self.source, self.eptp = source, eptp
         self._cache = {}
 
     def read_table(self, mfn):
-        return self.host.t.read_phys(mfn << 12, 4096)
+        return self.target.read_phys(mfn << 12, 4096)
 
     def translate(self, gfn):
         t = self._cache.get(gfn)
@@ -167,9 +166,10 @@ def domain_p2m(host, dom, kind_=None):
     if not root:
         raise XenscopeError(f"domain {dom.id}: its P2M has no root table (phys_table 0)")
     eptp = ept.Eptp(host.read_u64(p2m_va + _need(s, "p2m_domain.ept")))
+    source = f"d{dom.id}'s struct p2m_domain at {p2m_va:#x}: phys_table mfn {root:#x}"
     if kind_.paging == "HAP" and eptp.raw and eptp.mfn == root:
-        return P2M(host, dom, ept.Format(ept.layout_for(host.version)), root, p2m_va, eptp)
-    return P2M(host, dom, npt.Format(), root, p2m_va)
+        return P2M(host.t, ept.Format(ept.layout_for(host.version)), root, source + f", EPTP {eptp.raw:#x}", eptp)
+    return P2M(host.t, npt.Format(), root, source)
 
 
 def find_domain(host, domid):
