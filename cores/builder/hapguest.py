@@ -233,7 +233,9 @@ def write(fmt, out):
     root = build_p2m(mem, fmt)
     build_guest(mem)
     name = f"hap-{fmt}"
-    cpu = {"cr0": 0x80050033, "cr3": 0, "cr4": 0x1526E0}
+    # the host CPU: on the NPT core its CR3 is the P2M root (p2m-pt tables are x86 long-mode tables, so
+    # a plain walk of a gpa there is the second stage); the EPT core's CPU has no page tables (CR3 0)
+    cpu = {"cr0": 0x80050033, "cr3": root << 12 if fmt == "npt" else 0, "cr4": 0x1526E0}
     write_elf_core(os.path.join(out, name + ".core"), machine="x86_64", segments=mem.segments(), cpus=[cpu])
     vas = sorted(GUEST_PAGES) + [LARGE_VA + 0x5008, UNMAPPED_VA, PAGED_TABLE_VA]
     walks = [_walk_truth(va) for va in vas]
