@@ -51,5 +51,9 @@ def stage2_of(guest, gpa):
 
 def header(dom):
     """The line saying which domain and P2M a result was read through."""
-    return (f"domain {dom['id']} ({dom['type']}, {dom['paging']}), vCPU {dom['vcpu']}; P2M: {dom['format']}, "
+    line = (f"domain {dom['id']} ({dom['type']}, {dom['paging']}), vCPU {dom['vcpu']}; P2M: {dom['format']}, "
             f"{dom['p2m']}")
+    if dom["paging"] == "shadow":
+        line += ("\nshadow paging: the guest's own tables and its P2M are followed; the shadow tables the CPU "
+                 "really walks (Xen's private copies, hw_cr[3]) are not")
+    return line
