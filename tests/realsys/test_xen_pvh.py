@@ -12,6 +12,7 @@ Truth that does not come from xenscope:
   domain was paused, before the dump-core copied it into dom0) is the machine frame.
 """
 import json
+import mmap
 import os
 import struct
 import subprocess
@@ -66,15 +67,13 @@ def _segments(path):
 def _aligned_copies(path, needle):
     """Machine addresses of every page-aligned occurrence of ``needle`` in the host image."""
     found = []
-    with open(path, "rb") as f:
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
         for paddr, off, size in _segments(path):
-            f.seek(off)
-            data = f.read(size)
-            at = data.find(needle)
+            at = data.find(needle, off, off + size)
             while at >= 0:
-                if (paddr + at) % PAGE == 0:
-                    found.append(paddr + at)
-                at = data.find(needle, at + 1)
+                if (paddr + at - off) % PAGE == 0:
+                    found.append(paddr + at - off)
+                at = data.find(needle, at + 1, off + size)
     return found
 
 

@@ -70,10 +70,10 @@ def parse_hvmctx(text):
     """The first CPU record of ``xen-hvmctx``: ``{"cr0", "cr2", "cr3", "cr4", "efer"}``."""
     out = {}
     for name in ("cr0", "cr2", "cr3", "cr4"):
-        m = re.search(rf"\b{name} 0x([0-9a-f]+)", text)
+        m = re.search(rf"\b{name}\s+0x([0-9a-f]+)", text)
         if m:
             out[name] = int(m.group(1), 16)
-    m = re.search(r"\befer 0x([0-9a-f]+)", text)
+    m = re.search(r"\befer\s+0x([0-9a-f]+)", text)
     if m:
         out["efer"] = int(m.group(1), 16)
     if "cr3" not in out:
