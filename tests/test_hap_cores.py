@@ -87,6 +87,8 @@ def test_entry_fields(hap):
     grant = p2m.translate(0x300).entry
     paged = p2m.translate(0x220).entry
     assert marker.writable and not marker.nx and not marker.recalc
+    assert p2m.translate(man["recalc_gfn"]).entry.recalc and "recalc" in p2m.translate(man["recalc_gfn"]).entry.flags()
+    assert not paged.recalc
     assert grant.writable and grant.nx
     assert not paged.present and paged.type_name == "p2m_ram_paged"
     if man["format"] == "npt":
@@ -115,3 +117,36 @@ def test_npt_flags_words():
     assert npt.pte_flags(0x8000000000000000 | 0x67) == 0x800067
     assert npt.entry_type(0) == 1 and npt.entry_type(0x67) == 0
     assert npt.entry_type((5 << 52) | 0x77) == 5
+
+
+class _Offsets:
+    def get(self, struct_name, member):
+        return {"domain.options": 0, "domain.arch.paging.mode": 4, "domain.arch.emulation_flags": 8}.get(
+            f"{struct_name}.{member}")
+
+
+class _Host:
+    """A struct domain of three words: options, arch.paging.mode, arch.emulation_flags."""
+
+    def __init__(self, options, mode, emulation):
+        self.words = {0: options, 4: mode, 8: emulation}
+
+    def struct_offsets(self, *want):
+        return _Offsets()
+
+    def read_u32(self, va):
+        return self.words[va]
+
+
+@pytest.mark.parametrize("options,mode,emulation,want", [
+    (0, 0, 0, ("PV", "PV", [])),
+    (0, 1 << 20 | 1 << 12, 0, ("PV", "shadow", ["shadow", "log_dirty"])),   # a PV guest in live migration
+    (1, 1 << 21 | 0x7 << 11, 1, ("PVH", "HAP", ["hap", "refcounts", "log_dirty", "translate"])),
+    (3, 0x206800, 0x1, ("PVH", "HAP", ["hap", "refcounts", "translate", "external"])),  # the real PVH domU's
+    (1, 1 << 20 | 1 << 13, 0x3FF, ("HVM", "shadow", ["shadow", "translate"])),   # X86_EMU_ALL & ~VPCI
+])
+def test_domain_kind(options, mode, emulation, want):
+    from types import SimpleNamespace
+    from xenstructs.xen.hvm import kind
+    k = kind(_Host(options, mode, emulation), SimpleNamespace(struct_va=0, id=1))
+    assert (k.type, k.paging, k.paging_words()) == want

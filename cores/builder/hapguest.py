@@ -35,6 +35,7 @@ P2M_BASE = 0x100                 # mfns of the P2M tables
 GUEST_SUPER_MFN = 0x1000         # gfns 0..0x1ff: one 2 MiB P2M superpage here
 GUEST_4K_MFN = 0x2000            # gfns 0x200..0x23f: 4 KiB P2M entries, frames shuffled
 FOREIGN_MFN = 0x3000             # what the grant and foreign entries map (another domain's frames)
+RECALC_GFN = 0x212               # its leaf waits for a type recalculation (p2m-pt: U and A cleared; EPT: bit 10)
 
 
 # ------------------------------------------------------------------------------------- the P2M
@@ -137,7 +138,10 @@ def build_p2m(mem, fmt):
             child = table(key)
             put(parent, gfn >> (9 * (level - 1)) & 0x1FF, middle(child))
             parent = child
-        put(parent, gfn >> (9 * (stop - 1)) & 0x1FF, leaf(kind, mfn, stop))
+        value = leaf(kind, mfn, stop)
+        if gfn == RECALC_GFN:
+            value = value | 1 << 10 if fmt == "ept" else value & ~(US | A)     # set_recalc: RECALC_FLAGS off
+        put(parent, gfn >> (9 * (stop - 1)) & 0x1FF, value)
     return root
 
 
@@ -242,7 +246,7 @@ def write(fmt, out):
     for w in walks:
         if w.get("mfn") is not None and mem.has(w["mfn"] << 12):
             w["bytes"] = mem.read((w["mfn"] << 12) | (w["gpa"] & 0xFFF), 32).hex()
-    man = {"core": name + ".core", "format": fmt, "root_mfn": root,
+    man = {"core": name + ".core", "format": fmt, "root_mfn": root, "recalc_gfn": RECALC_GFN,
            "guest": {"cr0": GUEST_CR0, "cr3": PML4_GFN << 12, "cr4": GUEST_CR4, "efer": GUEST_EFER},
            "marker": {"va": 0x4A9000, "gpa": 0x230 << 12, "mfn": _mfn_of(0x230), "text": MARKER.decode()},
            "p2m": [{"gfn": g, "type": k, "mfn": m, "order": o} for g, (k, m, o) in sorted(p2m_map().items())],

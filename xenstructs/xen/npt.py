@@ -14,8 +14,9 @@ master; unchanged):
   ``p2m_ram_rw``, ``p2m_grant_map_rw``, ``p2m_map_foreign``, writable MMIO; NX on every type that is
   not RAM or MMIO, and on the grant and foreign types); non-present types (invalid, mmio_dm,
   populate_on_demand, paging_out/paged/paging_in) keep their type with NX and no PRESENT;
-* an entry whose USER bit is clear must have its type recalculated (``RECALC_FLAGS``/``_needs_recalc``:
-  log-dirty or type changes over a range mark intermediate and leaf entries this way);
+* a present entry whose USER bit is clear must have its type recalculated (``RECALC_FLAGS``/
+  ``_needs_recalc``: log-dirty or type changes over a range mark intermediate and leaf entries this way;
+  the nested page fault the guest then takes brings Xen to ``do_recalc``);
 * intermediate entries: ``P2M_BASE_FLAGS | _PAGE_RW`` (type bits 0).
 """
 
@@ -73,7 +74,7 @@ class Entry:
             out.append("PSE")
         if self.raw & NX:
             out.append("NX")
-        if self.recalc and self.raw:
+        if self.recalc:
             out.append("recalc")
         return out
 
@@ -84,7 +85,7 @@ def decode(raw, level):
     leaf = level == 1 or (level in (2, 3) and bool(raw & PSE))
     mask = LARGE_ADDR_MASK if leaf and level > 1 else ADDR_MASK
     return Entry(raw, level, present, leaf, (raw & mask) >> 12, entry_type(raw), bool(raw & RW),
-                 bool(raw & NX), not raw & USER)
+                 bool(raw & NX), present and not raw & USER)
 
 
 class Format:

@@ -17,7 +17,7 @@ GRANT = frozenset(("grant_map_rw", "grant_map_ro"))
 # types whose frame is not there (p2m_type_to_flags: no PRESENT); paged-out frames have no mfn
 NOT_BACKED = frozenset(("invalid", "mmio_dm", "populate_on_demand", "ram_paging_out", "ram_paged",
                         "ram_paging_in"))
-# p2m_access_t (mem_access.h): r=1, w=2, x=4 combined, then the two special values
+# p2m_access_t (mem_access.h): r=1, w=2, x=4 combined, then the special values (r_pw: 4.20 and later)
 ACCESS = {0: "n", 1: "r", 2: "w", 3: "rw", 4: "x", 5: "rx", 6: "wx", 7: "rwx", 8: "rx2rw", 9: "n2rwx",
           10: "r_pw"}
 
