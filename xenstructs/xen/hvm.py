@@ -34,7 +34,7 @@ PG_REFCOUNTS, PG_LOG_DIRTY, PG_TRANSLATE, PG_EXTERNAL = (1 << 11, 1 << 12, 1 << 
 PG_SH_ENABLE, PG_HAP_ENABLE = 1 << 20, 1 << 21
 MAX_VCPUS = 1 << 13
 NEEDED = ("domain.options", "domain.arch.emulation_flags", "domain.arch.paging.mode", "domain.arch.p2m",
-          "domain.vcpu", "domain.max_vcpus", "vcpu.vcpu_id", "vcpu.arch.hvm.guest_cr", "vcpu.arch.hvm.guest_efer",
+          "domain.vcpu", "domain.max_vcpus", "vcpu.arch.hvm.guest_cr", "vcpu.arch.hvm.guest_efer",
           "vcpu.arch.cr3", "p2m_domain.phys_table", "p2m_domain.ept", "p2m_domain.domain")
 
 
@@ -81,9 +81,39 @@ def _need(offsets, key):
     return off
 
 
-def kind(host, dom):
-    """The :class:`Kind` of a :class:`~.host.Domain`."""
+def pv_widths(host, cols=None):
+    """``{domain id: word size or None}``: which domains own validated PV page-table frames
+    (:func:`.shared_info.guest_widths`; ``cols``: the frame table's :func:`.frames.classify` columns)."""
+    from .frames import classify
+    from .shared_info import guest_widths
+    return guest_widths(cols if cols is not None else classify(host, host.frame_arrays()), host.domains())
+
+
+def _pv_by_frames(host, dom, why, widths):
+    """The :class:`Kind` of a domain that owns validated PV page-table frames (found without struct
+    offsets), else XenscopeError ``why``."""
+    if widths is None:
+        try:
+            widths = pv_widths(host)
+        except XenscopeError:
+            raise XenscopeError(why) from None
+    if widths.get(dom.id) is None:
+        raise XenscopeError(why)
+    return Kind("PV", "PV", None, None, None)
+
+
+def kind(host, dom, widths=None):
+    """The :class:`Kind` of a :class:`~.host.Domain`: from ``options``/``arch.paging.mode``/
+    ``arch.emulation_flags`` when their offsets are known; else a domain owning validated page-table
+    frames is PV (paging "PV": a log-dirty shadow during migration is then not seen; ``widths``:
+    :func:`pv_widths` when the caller has them)."""
     s = _offsets(host)
+    if s.get("domain", "options") is None or s.get("domain", "arch.paging.mode") is None:
+        try:
+            _need(s, "domain.options")
+            _need(s, "domain.arch.paging.mode")
+        except XenscopeError as e:
+            return _pv_by_frames(host, dom, f"not a PV domain by its frames, and {e}", widths)
     options = host.read_u32(dom.struct_va + _need(s, "domain.options"))
     mode = host.read_u32(dom.struct_va + _need(s, "domain.arch.paging.mode"))
     emu = None
@@ -110,7 +140,7 @@ def vcpus(host, dom, translated=None):
         va = host.read_u64(array + 8 * i)
         if not va:
             continue
-        vid = host.read_u32(va + _need(s, "vcpu.vcpu_id"))
+        vid = i                                   # d->vcpu[i]->vcpu_id == i (vcpu_create)
         if translated:
             cr = _need(s, "vcpu.arch.hvm.guest_cr")
             words = [host.read_u64(va + cr + 8 * n) for n in range(5)]
