@@ -264,14 +264,14 @@ class Guest:
     """What kind of domU to make (the default: a PV one): ``kind`` (xl's ``type``), ``cpu`` (QEMU's
     ``-cpu`` for the host, None: xenhost's), ``domu_files``/``domu_init`` (see :func:`domu_initramfs`),
     ``programs`` (dom0's toolstack programs), ``after_pause(d)`` (called once the domU is paused,
-    before its dump-core), ``boot_wait`` (seconds the domU's ready marker is waited for), ``dump_wait``
-    (seconds ``xl dump-core`` and the carrying out may take)."""
+    before its dump-core), ``create_wait``, ``boot_wait``, ``dump_wait`` (seconds ``xl create``, the
+    domU's ready marker and ``xl dump-core`` with the carrying out may take)."""
 
     def __init__(self, kind="pv", cpu=None, domu_files=None, domu_init="", programs=PROGRAMS,
-                 after_pause=None, boot_wait=150, dump_wait=300):
+                 after_pause=None, create_wait=180, boot_wait=150, dump_wait=300):
         self.kind, self.cpu, self.domu_files, self.domu_init = kind, cpu, domu_files, domu_init
         self.programs, self.after_pause, self.boot_wait = programs, after_pause, boot_wait
-        self.dump_wait = dump_wait
+        self.create_wait, self.dump_wait = create_wait, dump_wait
 
 
 def xl_config(kind="pv"):
@@ -456,7 +456,7 @@ def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=
     d.initramfs_bytes = os.path.getsize(os.path.join(workdir, "vm", "dom0-initrd.gz"))
     try:
         _step(d, "toolstack", "/xs/run toolstack", 90, "XS-OK toolstack")
-        _step(d, "create", "/xs/run create", 180, "XS-OK create")
+        _step(d, "create", "/xs/run create", guest.create_wait, "XS-OK create")
         _step(d, "domu_boot", f"/xs/run wait {guest.boot_wait}", guest.boot_wait + 30, "XS-OK wait")
         d.domu_console = host.dom0_shell("cat /var/log/xen/console/guest-domu.log", timeout=60)
         out = _step(d, "pause", "/xs/run pause", 60, "XS-OK pause")

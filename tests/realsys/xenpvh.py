@@ -34,8 +34,11 @@ CPU_MODEL = "qemu64,+svm,+npt,+nrip-save,+x2apic,+fsgsbase"
 HERE = os.path.dirname(os.path.abspath(__file__))
 MARKER_SOURCE = os.path.join(HERE, "pvhmarker", "marker.c")
 HVMCTX = f"{D.XEN_BIN}/xen-hvmctx"
-PVH_BOOT_WAIT = 400
-PVH_DUMP_WAIT = 1500
+# seconds; measured on the 2-core machine: create 15 s, boot 30 s, dump-core 570 s (xl dump-core maps every
+# gfn below the special pages at 0xfeff8 one by one: ~1 M foreign mappings); the bounds allow a loaded machine
+PVH_CREATE_WAIT = 600
+PVH_BOOT_WAIT = 600
+PVH_DUMP_WAIT = 1800
 # the Debian Xen whose struct offsets xenscope ships (xenstructs/xen/profiles/, made from the DWARF of
 # Debian's release rebuilt with -g: tests/realsys/xenprofile.py): the vCPU's saved HVM state and the
 # domain's P2M are read through it
@@ -120,7 +123,8 @@ def boot_xen_with_pvh(workdir, timeout=300, version=XEN_VERSION):
     pvh = PVH(None, marker_text)
     guest = D.Guest(kind="pvh", cpu=CPU_MODEL, domu_files={"marker": (0o100755, open(marker_binary(), "rb").read())},
                     domu_init=_domu_init(marker_text), programs=D.PROGRAMS + (HVMCTX,),
-                    after_pause=_after_pause(pvh, workdir), boot_wait=PVH_BOOT_WAIT, dump_wait=PVH_DUMP_WAIT)
+                    after_pause=_after_pause(pvh, workdir), create_wait=PVH_CREATE_WAIT, boot_wait=PVH_BOOT_WAIT,
+                    dump_wait=PVH_DUMP_WAIT)
     pvh.domu = D.boot_xen_with_domu(workdir, timeout=timeout, version=version, guest=guest)
     console = pvh.domu.domu_console
     pvh.marker = parse_marker(console)
