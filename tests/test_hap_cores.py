@@ -150,3 +150,35 @@ def test_domain_kind(options, mode, emulation, want):
     from xenstructs.xen.hvm import kind
     k = kind(_Host(options, mode, emulation), SimpleNamespace(struct_va=0, id=1))
     assert (k.type, k.paging, k.paging_words()) == want
+
+
+class _P2MHost:
+    """A domain whose struct p2m_domain has ``eptp`` (and phys_table 0x100): what domain_p2m reads."""
+
+    class _Structs:
+        def get(self, struct_name, member):
+            return {"domain.arch.p2m": 0, "p2m_domain.domain": 8, "p2m_domain.phys_table": 16,
+                    "p2m_domain.ept": 24}.get(f"{struct_name}.{member}")
+
+    def __init__(self, eptp):
+        self.words = {0x5000: 0x1000, 0x1008: 0x5000, 0x1010: 0x100, 0x1018: eptp}
+        self.t, self.version = None, "4.17.5"
+
+    def struct_offsets(self, *want):
+        return self._Structs()
+
+    def read_u64(self, va):
+        return self.words[va]
+
+
+@pytest.mark.parametrize("eptp,paging,want", [
+    (0x100000 | 6 | 3 << 3 | 1 << 6, "HAP", "ept"),     # Intel HAP: the EPTP names the root
+    (0, "HAP", "npt"),                                  # AMD HAP: p2m->ept stays zero
+    (0x100000 | 6 | 3 << 3, "shadow", "npt"),           # shadow mode uses p2m-pt on any CPU
+])
+def test_p2m_format_choice(eptp, paging, want):
+    from types import SimpleNamespace
+    from xenstructs.xen.hvm import Kind, domain_p2m
+    p2m = domain_p2m(_P2MHost(eptp), SimpleNamespace(id=1, struct_va=0x5000),
+                     Kind("HVM", paging, 1, 0x3FF, 0))
+    assert p2m.format.name == want and p2m.root_mfn == 0x100

@@ -334,6 +334,9 @@ def _maps_render(r, args):
     what = "pages enumerated" if r.get("stopped_at") is not None else "pages"
     out.append(f"{r['page_count']} {what}, {r['tables']} tables read, {r['mode']}, cr3 {r['cr3']:#x}; "
                "rights: u/s user/supervisor, w writable, x executable")
+    if r.get("domain") and "ranges" in r:
+        out.append("maddr start: the machine address of each range's first page (a guest-physically contiguous "
+                   "range need not be contiguous in machine memory: --pages gives every page's)")
     for pr in r["problems"]:
         ent = "" if pr["entry"] is None else f" (entry {pr['entry']:#x})"
         out.append(f"problem: {pr['va_start']:#x}-{pr['va_end']:#x} {pr['level']}: "
