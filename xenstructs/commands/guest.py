@@ -6,7 +6,7 @@ from . import arg, group, number
 
 DOMAIN = group(
     "a translated guest (HVM/PVH) of a Xen host dump",
-    arg("--domain", type=number, metavar="D",
+    arg("--domain", dest="guest_domain", type=number, metavar="D",
         help="walk domain D: its vCPU's saved CR0/CR3/CR4/EFER, every guest table and page read through the "
              "domain's P2M (NPT/EPT); addresses are guest-physical (gpa), each with its machine frame"),
     arg("--vcpu", type=number, default=0, metavar="V", help="with --domain: the saved state of vCPU V (default 0)"),
@@ -19,12 +19,12 @@ def guest_target(target, args):
     """``(target, domain facts or None)``: with ``--domain``, the domain's
     :class:`~xenstructs.paging.nested.GuestMemory` and ``{"id", "type", "paging", "p2m", "format",
     "vcpu"}``; ``args.cpu`` becomes the vCPU."""
-    if getattr(args, "domain", None) is None:
+    if getattr(args, "guest_domain", None) is None:
         return target, None
     from ..xen.host import open_host
     from ..xen.hvm import guest_memory
     host = open_host(target, version=args.xen, syms=args.xen_syms, cpu=0)
-    guest, dom, kind, p2m = guest_memory(host, args.domain)
+    guest, dom, kind, p2m = guest_memory(host, args.guest_domain)
     args.cpu = args.vcpu
     facts = {"id": dom.id, "type": kind.type, "paging": kind.paging, "p2m": p2m.source,
              "format": p2m.format.title, "vcpu": args.vcpu}

@@ -68,9 +68,11 @@ def _info_render(r, args):
 
 
 def _xen_domains(target, vi):
-    """A Xen host's domains with their type, paging mode and vCPUs' saved CR3 (None when the target is
-    not a Xen host: a Linux kernel's VMCOREINFO, an xl dump-core, or no Xen found in it)."""
-    if vi is not None and vi.symbol("frame_table") is None or "xl dump-core" in (target.kind or ""):
+    """A Xen host dump's domains with their type, paging mode and vCPUs' saved CR3 (None when the target
+    is not a Xen host dump: a Linux kernel's VMCOREINFO, an xl dump-core, no Xen found in it; or a live
+    or remote target, where looking for Xen would cost reads nobody asked for)."""
+    if vi is not None and vi.symbol("frame_table") is None or "xl dump-core" in (target.kind or "") \
+            or target.live or target.slow:
         return None
     from ..xen.host import open_host
     from .xen import domain_kinds
