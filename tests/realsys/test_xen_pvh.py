@@ -185,3 +185,56 @@ def test_p2m_check_clean_and_iomem_ram_mapped(pvh):
             start = int(line.split("-")[0], 16)
             got = _json("read-phys", pvh.host_image, hex(start), "8", "--domain", _domu(pvh))
             assert got["frames"][0]["p2m_type"] == "p2m_ram_rw", line
+
+
+def _entry_copies(path, value):
+    """File offsets of every 8-byte-aligned occurrence of the u64 ``value`` in the host image."""
+    needle, found = struct.pack("<Q", value), []
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        for paddr, off, size in _segments(path):
+            at = data.find(needle, off, off + size)
+            while at >= 0:
+                if (paddr + at - off) % 8 == 0:
+                    found.append(at)
+                at = data.find(needle, at + 1, off + size)
+    return found
+
+
+def _ram_leaf(path, maddr):
+    """``(file offset, frames)`` of the P2M leaf that maps machine address ``maddr`` as ``p2m_ram_rw``:
+    the only aligned copy of ``maddr's frame | P RW U A D`` (p2m-pt's flags, type 0) or, when the page
+    sits in a 2 MiB superpage, of ``its 2 MiB frame | P RW U A D PSE``."""
+    for mask, flags, frames in ((0xFFF, 0x67, 1), (0x1FFFFF, 0xE7, 512)):
+        at = _entry_copies(path, (maddr & ~mask) | flags)
+        if at:
+            assert len(at) == 1, at
+            return at[0], frames
+    raise AssertionError(f"no P2M leaf of maddr {maddr:#x} in the host image")
+
+
+def test_p2m_check_finds_a_frame_mapped_twice(pvh, tmp_path):
+    """A copy of the host image in which the P2M leaf of the marker's page (found in the image by value,
+    :func:`_ram_leaf`) is overwritten with its neighbour (the next gfns' leaf, a RAM leaf of the same
+    size): the marker's gfns now map the neighbour's frames, whose M2P names the neighbour's gfns."""
+    import shutil
+    maddr = _aligned_copies(pvh.host_image, pvh.marker["text"].encode())[0]
+    at, frames = _ram_leaf(pvh.host_image, maddr)
+    with open(pvh.host_image, "rb") as f:
+        f.seek(at + 8)
+        neighbour, = struct.unpack("<Q", f.read(8))
+    flags = 0x67 if frames == 1 else 0xE7
+    assert neighbour & 0xFFF == flags and neighbour >> 52 == 0, hex(neighbour)    # RAM leaf, p2m_ram_rw
+    bad = str(tmp_path / "host-bad.elf")
+    shutil.copyfile(pvh.host_image, bad)
+    os.chmod(bad, 0o600)
+    with open(bad, "r+b") as f:
+        f.seek(at)
+        f.write(struct.pack("<Q", neighbour))
+    r = _cli("p2m-check", bad, "--domain", _domu(pvh), "--json", "--limit", "0")
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr
+    res = json.loads(r.stdout)
+    first, other = pvh.marker["pfn"] & ~(frames - 1), (neighbour & 0x000FFFFFFFFFF000) >> 12
+    moved = {(first + i, other + i) for i in range(frames)}
+    got = {c: {(f["pfn"], f["mfn"]) for f in v} for c, v in res["findings"].items() if v}
+    assert got == {"mismatch": moved, "duplicate": moved | {(first + frames + i, other + i) for i in range(frames)}}
+    assert {f["m2p"] - f["pfn"] for f in res["findings"]["mismatch"]} == {frames}
