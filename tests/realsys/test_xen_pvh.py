@@ -37,6 +37,14 @@ def pvh(tmp_path_factory):
     p.close()
 
 
+@pytest.fixture(scope="module")
+def shadow(tmp_path_factory):
+    """The same PVH domU with shadow paging (xl's ``hap = 0``): host image only, no dump-core (~70 s)."""
+    p = boot_xen_with_pvh(str(tmp_path_factory.mktemp("xenpvh-shadow")), hap=False)
+    yield p
+    p.close()
+
+
 def _cli(*args):
     r = subprocess.run([sys.executable, "-m", "xenstructs.cli", *map(str, args)], capture_output=True, text=True,
                        cwd=TOP, timeout=600)
@@ -238,3 +246,22 @@ def test_p2m_check_finds_a_frame_mapped_twice(pvh, tmp_path):
     got = {c: {(f["pfn"], f["mfn"]) for f in v} for c, v in res["findings"].items() if v}
     assert got == {"mismatch": moved, "duplicate": moved | {(first + frames + i, other + i) for i in range(frames)}}
     assert {f["m2p"] - f["pfn"] for f in res["findings"]["mismatch"]} == {frames}
+
+
+def test_shadow_mode_guest(shadow):
+    """Shadow paging: Xen keeps the P2M in p2m-pt format on any CPU, and the guest's own tables with its
+    saved CR3 (xen-hvmctx's): both are followed to the marker; the shadow tables are said not to be."""
+    m = shadow.marker
+    doms = {d["id"]: d for d in _json("domains", shadow.host_image)["domains"]}
+    domu = doms[_domu(shadow)]
+    assert (domu["type"], domu["paging"]) == ("PVH", "shadow")
+    assert domu["vcpus"][0]["cr3"] == shadow.saved["cr3"]
+    copies = _aligned_copies(shadow.host_image, m["text"].encode())
+    assert len(copies) == 1, [hex(c) for c in copies]
+    w = _json("walk", shadow.host_image, hex(m["va"]), "--domain", _domu(shadow))
+    assert w["pa"] == m["gpa"] and w["stage2"]["maddr"] == copies[0]
+    assert w["domain"]["format"].startswith("x86 page tables (p2m-pt")
+    text = _cli("walk", shadow.host_image, hex(m["va"]), "--domain", _domu(shadow)).stdout
+    assert "shadow tables the CPU really walks" in text
+    r = _cli("p2m-check", shadow.host_image, "--domain", _domu(shadow), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["problems"] == 0, r.stdout[-2000:] + r.stderr

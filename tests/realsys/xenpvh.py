@@ -8,6 +8,7 @@ QEMU's TCG emulates them), for truth about a translated guest's two stages of pa
     p.hvmctx                # xen-hvmctx's text for the domU: the vCPU's saved CR0/CR3/CR4/EFER
     p.saved                 # {"cr0", "cr3", "cr4", "efer"} parsed from it
     p.iomem                 # the domU's /proc/iomem
+    boot_xen_with_pvh(workdir, hap=False)   # the same domU in shadow mode (xl: hap = 0), no dump-core
 
 How: the host is booted with ``-cpu`` :data:`CPU_MODEL` (SVM with NPT: TCG has no VMX); Xen prints
 "HVM: SVM enabled" and "HVM: Hardware Assisted Paging (HAP) detected". The domU is Debian's kernel
@@ -24,7 +25,6 @@ import hashlib
 import os
 import re
 import secrets
-import shutil
 import subprocess
 
 from . import vm as V
@@ -115,16 +115,17 @@ def _after_pause(pvh, workdir):
     return hook
 
 
-def boot_xen_with_pvh(workdir, timeout=300, version=XEN_VERSION):
+def boot_xen_with_pvh(workdir, timeout=300, version=XEN_VERSION, hap=True):
     """Boot Xen (SVM, HAP) + dom0, create a PVH domU running the marker, pause it, dump the host,
-    then ``xl dump-core`` it; return a :class:`PVH`."""
+    then ``xl dump-core`` it; return a :class:`PVH`. ``hap=False``: the domU in shadow mode (xl's
+    ``hap = 0``), and no dump-core."""
     os.makedirs(workdir, exist_ok=True)
     marker_text = f"XENSCOPE-PVH-MARKER-{secrets.token_hex(8)}"
     pvh = PVH(None, marker_text)
     guest = D.Guest(kind="pvh", cpu=CPU_MODEL, domu_files={"marker": (0o100755, open(marker_binary(), "rb").read())},
                     domu_init=_domu_init(marker_text), programs=D.PROGRAMS + (HVMCTX,),
                     after_pause=_after_pause(pvh, workdir), create_wait=PVH_CREATE_WAIT, boot_wait=PVH_BOOT_WAIT,
-                    dump_wait=PVH_DUMP_WAIT)
+                    dump_wait=PVH_DUMP_WAIT, xl_extra="" if hap else "hap = 0\n", dump_core=hap)
     pvh.domu = D.boot_xen_with_domu(workdir, timeout=timeout, version=version, guest=guest)
     console = pvh.domu.domu_console
     pvh.marker = parse_marker(console)
@@ -133,9 +134,3 @@ def boot_xen_with_pvh(workdir, timeout=300, version=XEN_VERSION):
     pvh.iomem = "\n".join(line.split("XS-IOMEM ", 1)[1] for line in console.splitlines() if "XS-IOMEM " in line)
     return pvh
 
-
-def keep(pvh, where):
-    """Copy the outputs of a boot to ``where`` (for iterating without booting again)."""
-    os.makedirs(where, exist_ok=True)
-    for path in (pvh.host_image, pvh.domu.xc_core_path, pvh.domu.dom0_system_map):
-        shutil.copy(path, where)
