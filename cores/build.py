@@ -19,7 +19,7 @@ sys.path.insert(0, HERE)
 
 from builder.elfcore_writer import VADDR_BASE, write_elf_core  # noqa: E402
 from builder.pagetables import PageTables, PhysMem, coalesce, A, RW, US, P, PS, XD  # noqa: E402
-from builder import xenhost  # noqa: E402
+from builder import hapguest, xenhost  # noqa: E402
 from builder import kernelcores  # noqa: E402
 from builder import pvguest  # noqa: E402
 
@@ -320,6 +320,7 @@ CORES = (core_2level, core_pae, core_4level, core_5level, core_kdump)
 XEN_CORES = ("4.6", "4.17")           # builder/xenhost.py: xen-<ver>-host.{core,json,map[,log]}
 # builder/kernelcores.py: mod-*.{core,json} and the gcc-compiled mod-*.vmlinux (needs gcc -m32 and ld)
 PV_CORES = ("pv-x86_64", "pv-i386-pae")  # builder/pvguest.py: xl dump-core files <name>.{xc,json,map}
+HAP_CORES = ("npt", "ept")            # builder/hapguest.py: hap-<fmt>.{core,json}: a translated guest's P2M
 
 
 def build_one(fn, out):
@@ -356,6 +357,8 @@ def build_all(out):
         files += xenhost.write(key, out)
     for name in PV_CORES:
         files += pvguest.write(name, out)
+    for fmt in HAP_CORES:
+        files += hapguest.write(fmt, out)
     files += kernelcores.write_all(out)
     return files
 

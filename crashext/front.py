@@ -102,7 +102,9 @@ def _crash_defaults(args, missing, target):
     # p2m-check without --domain checks every PV domain by its shared_info: crash's symbols and
     # context (one kernel's) only say where a named domain's list is
     named = getattr(args, "domain", 0) is not None
-    if "cr3" in missing and args.cr3 is None and not target.hypervisor and named:
+    # walk/maps/vtop --domain D: a translated guest's walk starts at its vCPU's saved CR3, not crash's
+    guest = getattr(args, "guest_domain", None) is not None
+    if "cr3" in missing and args.cr3 is None and not target.hypervisor and named and not guest:
         cr3, why = target.context_root(_C.member_offset)
         if cr3 is not None:
             args.cr3, filled["cr3"] = cr3, why

@@ -13,7 +13,7 @@ assert GDB is not None, "gdb is not installed: ./setup.sh installs it"
 
 CORES = os.path.join(TOP, "cores")
 MANIFESTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CORES, "*.json"))
-                   if not os.path.basename(p).startswith(("xen-", "mod-", "pv-")))
+                   if not os.path.basename(p).startswith(("xen-", "mod-", "pv-", "hap-")))
 NAMES = ("info", "walk", "vtop", "maps", "pte", "decode", "read-phys")
 
 

@@ -242,7 +242,9 @@ def _dirs(paths):
 
 # ---------------------------------------------------------------- domU and dom0 contents
 
-def domu_initramfs():
+def domu_initramfs(extra_files=None, extra_init=""):
+    """The domU's initramfs; ``extra_files`` (``{path: (mode, bytes)}``) added, ``extra_init``
+    (shell lines) run before the ready marker."""
     init = "\n".join([
         "#!/bin/busybox sh",
         "/bin/busybox --install -s /bin",
@@ -250,17 +252,41 @@ def domu_initramfs():
         "mount -t devtmpfs dev /dev",
         # kernel lines at level 2 (shown under loglevel=4): the truth for dmesg of the dump-core
         "for i in 1 2 3; do echo \"<2>XENSCOPE-KMSG $i\" > /dev/kmsg; done",
+        extra_init,
         f"echo {DOMU_READY} $(uname -r) $(cat /proc/cmdline)",
         "sleep 100000 &",
         "while true; do sleep 3600; done",
     ]) + "\n"
-    return V.busybox_initramfs(init)
+    return V.busybox_initramfs(init, extra=extra_files)
 
 
-def xl_config():
-    return "\n".join([
+class Guest:
+    """What kind of domU to make (the default: a PV one): ``kind`` (xl's ``type``), ``cpu`` (QEMU's
+    ``-cpu`` for the host, None: xenhost's), ``domu_files``/``domu_init`` (see :func:`domu_initramfs`),
+    ``programs`` (dom0's toolstack programs), ``after_pause(d)`` (called once the domU is paused,
+    before its dump-core), ``create_wait``, ``boot_wait``, ``dump_wait`` (seconds ``xl create``, the
+    domU's ready marker and ``xl dump-core`` with the carrying out may take), ``xl_extra`` (more lines
+    of the xl config), ``dump_core`` (False: no ``xl dump-core``: the caller dumps, its own way);
+    ``modules`` (dom0's kernel modules, with their ``depends=``), ``domu_initrd`` (a whole initramfs
+    for the domU instead of :func:`domu_initramfs`), ``extra_roots`` (``{name: directory laid out like
+    /}`` where ``programs`` are also looked for, e.g. a program built here), ``extra_files`` (more
+    dom0 files, ``{path: (mode, bytes)}``)."""
+
+    def __init__(self, kind="pv", cpu=None, domu_files=None, domu_init="", programs=PROGRAMS,
+                 after_pause=None, create_wait=180, boot_wait=150, dump_wait=300, xl_extra="",
+                 dump_core=True, modules=DOM0_MODULES, domu_initrd=None, extra_roots=None, extra_files=None):
+        self.kind, self.cpu, self.domu_files, self.domu_init = kind, cpu, domu_files, domu_init
+        self.programs, self.after_pause, self.boot_wait = programs, after_pause, boot_wait
+        self.create_wait, self.dump_wait = create_wait, dump_wait
+        self.xl_extra, self.dump_core = xl_extra, dump_core
+        self.modules, self.domu_initrd = modules, domu_initrd
+        self.extra_roots, self.extra_files = extra_roots or {}, extra_files or {}
+
+
+def xl_config(kind="pv", extra=""):
+    return extra + "\n".join([
         f'name = "{DOMU_NAME}"',
-        'type = "pv"',
+        f'type = "{kind}"',
         'kernel = "/boot/vmlinuz"',
         'ramdisk = "/boot/domu-initrd.gz"',
         f'extra = "{DOMU_ARGS}"',
@@ -327,26 +353,21 @@ esac
 """
 
 
-def dom0_extra(version=None, programs=PROGRAMS, modules=DOM0_MODULES, domu_initrd=None, extra_roots=None,
-               extra_files=None):
-    """(files, modules, init lines, manifest) to add to xenhost's dom0 initramfs.
-
-    ``programs``: Xen's programs to carry with their libraries (:func:`toolstack_files`), found in
-    the packages' roots and ``extra_roots`` (``{name: directory laid out like /}``, e.g. a program
-    built here); ``modules``: dom0's kernel modules (with their ``depends=``); ``domu_initrd``: the
-    domU's initramfs (default :func:`domu_initramfs`); ``extra_files``: more files (``{path: (mode,
-    bytes)}``, e.g. a script of more steps)."""
+def dom0_extra(version=None, guest=None):
+    """(files, modules, init lines, manifest) to add to xenhost's dom0 initramfs."""
+    guest = guest or Guest()
     vmlinuz, moddir, _, release = L.kernel_files("x86_64")
     roots = package_roots(version)
-    roots.update(extra_roots or {})
-    files, manifest = toolstack_files(roots, programs)
+    roots.update(guest.extra_roots)
+    files, manifest = toolstack_files(roots, guest.programs)
     files["boot/vmlinuz"] = (0o100644, open(vmlinuz, "rb").read())
-    files["boot/domu-initrd.gz"] = (0o100644, domu_initrd or domu_initramfs())
-    files["etc/xen/domu.cfg"] = (0o100644, xl_config().encode())
+    files["boot/domu-initrd.gz"] = (0o100644, guest.domu_initrd or domu_initramfs(guest.domu_files,
+                                                                                  guest.domu_init))
+    files["etc/xen/domu.cfg"] = (0o100644, xl_config(guest.kind, guest.xl_extra).encode())
     files["xs/run"] = (0o100755, RUN.encode())
-    files.update(extra_files or {})
+    files.update(guest.extra_files)
     files.update(_dirs(files))
-    modules = module_closure(moddir, modules)
+    modules = module_closure(moddir, guest.modules)
     manifest["modules"] = modules
     manifest["kernel"] = release
     init = "export PATH=/bin:/usr/bin:/usr/sbin:/usr/lib/xen-4.17/bin"
@@ -419,18 +440,16 @@ def parse_rings(text):
     return {"store": int(m.group(1)), "console": int(m.group(2))}, maps
 
 
-def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=DOM0_MEM_MB, hypervisor=None,
-                       extra=None, qemu_args=(), dump=True):
-    """Boot Xen + dom0 with Debian's toolstack, create, pause and dump-core a PV domU; return
-    a :class:`DomU` (the host keeps running, the domU paused).
-
+def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=DOM0_MEM_MB,
+                       guest=None, hypervisor=None, qemu_args=()):
+    """Boot Xen + dom0 with Debian's toolstack, create, pause and dump-core a domU (``guest``: a
+    :class:`Guest`, PV by default); return a :class:`DomU` (the host keeps running, the domU paused).
     ``hypervisor``: another build of ``version`` to boot (:func:`realsys.xenhost.boot_xen_host`);
-    ``extra``: keyword arguments of :func:`dom0_extra` (more programs, modules, the domU's
-    initramfs); ``qemu_args``: more QEMU arguments (devices, a gdbstub); ``dump``: False stops
-    after the ``rings`` step (the caller dumps, its own way)."""
+    ``qemu_args``: more QEMU arguments (devices, a gdbstub)."""
     t0 = time.time()
+    guest = guest or Guest()
     os.makedirs(workdir, exist_ok=True)
-    files, modules, init, manifest = dom0_extra(version, **(extra or {}))
+    files, modules, init, manifest = dom0_extra(version, guest)
     disk = os.path.join(workdir, "carry.img")
     if "," in disk:
         raise RuntimeError(f"QEMU -drive file= path {disk!r} has a comma")
@@ -442,7 +461,8 @@ def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=
     host = X.boot_xen_host(workdir=os.path.join(workdir, "vm"), timeout=timeout, mem=mem,
                            version=version, xen_args=xen_args, extra_files=files,
                            extra_modules=modules, extra_init=init, hypervisor=hypervisor,
-                           qemu_args=["-drive", f"file={disk},if=virtio,format=raw", *qemu_args])
+                           qemu_args=["-drive", f"file={disk},if=virtio,format=raw", *qemu_args],
+                           **({"cpu": guest.cpu} if guest.cpu else {}))
     d = DomU(host, workdir)
     d.manifest, d.disk = manifest, disk
     d.timings["prepare"] = t_prep
@@ -450,8 +470,8 @@ def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=
     d.initramfs_bytes = os.path.getsize(os.path.join(workdir, "vm", "dom0-initrd.gz"))
     try:
         _step(d, "toolstack", "/xs/run toolstack", 90, "XS-OK toolstack")
-        _step(d, "create", "/xs/run create", 180, "XS-OK create")
-        _step(d, "domu_boot", "/xs/run wait 150", 180, "XS-OK wait")
+        _step(d, "create", "/xs/run create", guest.create_wait, "XS-OK create")
+        _step(d, "domu_boot", f"/xs/run wait {guest.boot_wait}", guest.boot_wait + 30, "XS-OK wait")
         d.domu_console = host.dom0_shell("cat /var/log/xen/console/guest-domu.log", timeout=60)
         out = _step(d, "pause", "/xs/run pause", 60, "XS-OK pause")
         d.xl_list = out
@@ -463,10 +483,12 @@ def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=
         d.rings, d.gntdev_maps = parse_rings(out)
         m = re.search(r"XS-CAPS (.*)", out)
         d.dom0_capabilities = m.group(1).strip() if m else ""
-        if not dump:
+        if guest.after_pause:
+            guest.after_pause(d)
+        if not guest.dump_core:
             d.timings["total"] = time.time() - t0
             return d
-        out = _step(d, "dump_core", "/xs/run dump", 300, "XS-OK dump")
+        out = _step(d, "dump_core", "/xs/run dump", guest.dump_wait, "XS-OK dump")
         m = re.search(r"XS-SIZE core (\d+) kallsyms (\d+)", out)
         d.xc_core_size_in_dom0 = int(m.group(1)) if m else None
         # xl dump-core neither pauses nor unpauses: the domU must still be paused

@@ -346,15 +346,14 @@ def boot(workdir, timeout=300):
     root = os.path.join(workdir, "gdbsx-root")
     os.makedirs(os.path.join(root, "usr", "sbin"), exist_ok=True)
     shutil.copy(gdbsx["path"], os.path.join(root, "usr", "sbin", "gdbsx"))
-    extra = {"programs": U.PROGRAMS + TOOLS + (GDBSX,), "modules": DOM0_MODULES, "domu_initrd": domu_init(),
-             "extra_roots": {"gdbsx (built here)": root}}
+    guest = U.Guest(programs=U.PROGRAMS + TOOLS + (GDBSX,), modules=DOM0_MODULES, domu_initrd=domu_init(),
+                    extra_roots={"gdbsx (built here)": root},
+                    extra_files={"xs/judge": (0o100755, JUDGE.encode())}, dump_core=False)
     gdbsx_port, qemu_port = free_port(), free_port()
     qemu = ["-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{gdbsx_port}-:{GDBSX_PORT}",
             "-device", "virtio-net-pci,netdev=net0", "-gdb", f"tcp:127.0.0.1:{qemu_port}"]
-    files = {"xs/judge": (0o100755, JUDGE.encode())}
-    extra["extra_files"] = files
-    domu = U.boot_xen_with_domu(workdir, timeout=timeout, version=version, hypervisor=hypervisor, extra=extra,
-                                qemu_args=qemu, dump=False)
+    domu = U.boot_xen_with_domu(workdir, timeout=timeout, version=version, hypervisor=hypervisor, guest=guest,
+                                qemu_args=qemu)
     run = Run(domu, hypervisor, gdbsx, gdbsx_port, qemu_port)
     try:
         run.timings["prepare_and_boot"] = time.time() - started

@@ -38,9 +38,29 @@ ENTRY_SOURCES = _sources("domain id (default 0)")
 # p2m-check
 # ---------------------------------------------------------------------------------------------
 
+def _translated_render(r, args):
+    """A translated (HVM/PVH) domain's check (:mod:`~xenstructs.xen.p2m_hap`)."""
+    from ..xen.p2m_hap import CLASSES, INFORMATIONAL, finding_text
+    lim = args.limit or None
+    out = [f"d{r['domain']} ({r['type']}, {r['paging']}): P2M of {r['frames']:#x} frames ({r['p2m_format']}, "
+           f"{r['tables']} tables) checked against the M2P and the frame owners"]
+    out += [f"  {k}: {v}" for k, v in r["sources"].items()]
+    out.append("counts: " + ", ".join(f"{c} {r['counts'][c]}" for c in CLASSES))
+    out += [f"P2M table problem: {p}" for p in r["table_problems"]]
+    for c in CLASSES:
+        for f in r["findings"][c][:lim]:
+            out.append(f"{c}{' (informational)' if c in INFORMATIONAL else ''}: {finding_text(c, f)}")
+        if lim and r["counts"][c] > lim:
+            out.append(f"  ... {r['counts'][c] - lim} more {c} (use --limit 0)")
+    out.append(f"{r['problems']} problem(s) found" if r["problems"] else "clean: P2M, M2P and owners agree")
+    return "\n".join(out)
+
+
 def _check_render(r, args):
     if "domains" in r:
         return _every_render(r, args)
+    if r.get("translated"):
+        return _translated_render(r, args)
     from ..xen.p2m_sources import finding_text
     from ..xen.p2m import CLASSES, INFORMATIONAL
     lim = args.limit or None
@@ -69,16 +89,19 @@ def _every_render(r, args):
            f"otherwise ({r['sources']['pv']})"]
     for one in r["domains"]:
         out += ["", f"== d{one['domain']} ==", _check_render(one, args)]
+    for one in r.get("translated") or ():
+        out += ["", f"== d{one['domain']} ({one['type']}) ==", _translated_render(one, args)]
     for s in r["skipped"]:
         out += ["", f"== d{s['domain']}: skipped: {s['why']}"]
     for e in r["errors"]:
         out += ["", f"== d{e['domain']}: not checked: {e['error']}"]
-    out += ["", f"{r['problems']} problem(s) in {len(r['domains'])} domain(s)"
+    out += ["", f"{r['problems']} problem(s) in {len(r['domains']) + len(r.get('translated') or ())} domain(s)"
             + (f", {len(r['errors'])} domain(s) not checked" if r["errors"] else "")]
     return "\n".join(out)
 
 
-@command("p2m-check", "Cross-check PV domains' P2Ms with Xen's M2P and page owners (exit 1 on findings).",
+@command("p2m-check", "Cross-check domains' P2Ms with Xen's M2P and page owners: PV guests' lists, HVM/PVH "
+                      "guests' NPT/EPT tables (exit 1 on findings).",
          arguments=[CHECK_SOURCES, arg("--limit", type=number, default=CHECK_LIMIT,
                                  help=f"findings printed per class (default {CHECK_LIMIT}; 0: all)")],
          render=_check_render, status=lambda r: 1 if r["problems"] or r.get("errors") else 0)

@@ -7,6 +7,7 @@ from ..context import resolve
 from ..errors import XenscopeError
 from ..paging import STOP_REASONS, coalesce, enumerate_mappings, walk
 from . import UsageError, address, arg, command, group, number, tabulate, va_range
+from .guest import DOMAIN, add_walk_stages, guest_target, header, stage2_of
 
 MAX_READ_PHYS = 1 << 20
 
@@ -50,6 +51,10 @@ def _info_render(r, args):
         total = sum(e - s for s, e in mem)
         rows.append(("memory", f"{len(mem)} range(s), {total // 1024} KiB, "
                                f"{mem[0][0]:#x}-{mem[-1][1]:#x}"))
+    for d in r.get("domains") or ():
+        kind = f"{d['type']}, {d['paging']}" if "type" in d else d.get("kind_error", "?")
+        cr3 = " ".join(f"v{v['vcpu']} cr3 {v['cr3']:#x}" for v in d.get("vcpus") or () if "cr3" in v)
+        rows.append((f"domain {d['id']}", f"{kind}; {cr3 or 'no vCPU'}"))
     if "paging_error" in r:
         rows.append(("paging", r["paging_error"]))
     else:
@@ -62,6 +67,24 @@ def _info_render(r, args):
     return tabulate(rows, tablefmt="plain")
 
 
+def _xen_domains(target, vi):
+    """A Xen host dump's domains with their type, paging mode and vCPUs' saved CR3 (None when the target
+    is not a Xen host dump: a Linux kernel's VMCOREINFO, an xl dump-core, no Xen found in it; or a live
+    or remote target, where looking for Xen would cost reads nobody asked for)."""
+    if vi is not None and vi.symbol("frame_table") is None or "xl dump-core" in (target.kind or "") \
+            or target.live or target.slow:
+        return None
+    from ..xen.host import open_host
+    from .xen import domain_kinds
+    try:
+        host = open_host(target)
+        doms = host.domains()
+        kinds = domain_kinds(host, doms)
+    except XenscopeError:
+        return None
+    return [dict(id=d.id, **kinds[d.id]) for d in doms if d.id in kinds]
+
+
 @command("info", "What the target is: kind, file, CPUs, paging mode and where CR3/CR4/EFER came from.",
          arguments=[PAGING], render=_info_render, host_notes=True)
 def info(target, args):
@@ -70,6 +93,7 @@ def info(target, args):
     vi = target.facts.get("vmcoreinfo")
     if vi is not None:
         res["osrelease"] = vi.get("OSRELEASE")
+    res["domains"] = _xen_domains(target, vi)
     try:
         ctx = _context(target, args)
         res.update(mode=ctx.paging.mode, cr3=ctx.cr3, root_pa=ctx.paging.root, nxe=ctx.paging.nxe,
@@ -114,6 +138,8 @@ def _size_name(n):
 
 
 def _walk_render(r, args):
+    if r.get("domain"):
+        return _nested_walk_render(r)
     head = f"va {r['va']:#x}  {r['mode']}  cr3 {r['cr3']:#x} ({r['sources'].get('cr3')})"
     rows = []
     for lv in r["levels"]:
@@ -145,13 +171,47 @@ def _walk_render(r, args):
     return "\n".join(out)
 
 
+def _nested_walk_render(r):
+    """Both stages per level: the guest table's gpa and its machine frame with the p2m type."""
+    out = [header(r["domain"]), f"va {r['va']:#x}  {r['mode']}  cr3 {r['cr3']:#x} (gpa; {r['sources'].get('cr3')})"]
+    rows = []
+    for lv in r["levels"]:
+        mfn = "-" if lv["table_mfn"] is None else f"{lv['table_mfn']:#x}"
+        p2m = lv["table_p2m_type"] or lv["table_p2m_stop"] or "-"
+        if lv["entry"] is None:
+            rows.append((lv["level"], f"{lv['table_pa']:#x}", mfn, p2m, lv["index"], "(not mapped)", "", ""))
+            continue
+        nxt = "" if lv["next_pa"] is None else f"{lv['next_pa']:#x}" + (" page" if lv["leaf"] else "")
+        rows.append((lv["level"], f"{lv['table_pa']:#x}", mfn, p2m, lv["index"], f"{lv['entry']:#018x}",
+                     " ".join(lv["flags"]), nxt))
+    out.append(tabulate(rows, headers=("entry", "table gpa", "table mfn", "p2m type", "idx", "value", "flags",
+                                       "points to (gpa)"), tablefmt="simple", disable_numparse=True))
+    s2 = r["stage2"]
+    if r["pa"] is None:
+        out.append(f"=> not mapped: {STOP_REASONS[r['stop']]}" + (f" at {r['stop_level']}" if r["stop_level"] else ""))
+    elif s2["mfn"] is None:
+        out.append(f"=> gpa {r['pa']:#x}: not in the P2M ({s2['stop']})")
+    else:
+        out.append(f"=> gpa {r['pa']:#x} -> maddr {s2['maddr']:#x} (mfn {s2['mfn']:#x}, {s2['p2m_type']}; "
+                   f"{_size_name(r['page_size'])} guest page, {'writable' if r['writable'] else 'read-only'}, "
+                   f"{'user' if r['user'] else 'supervisor'})")
+        out.append("   P2M: " + "; ".join(f"{x['level']} {x['entry']:#x} [{' '.join(x['flags'])}]"
+                                          for x in s2["p2m_levels"] if x["entry"] is not None))
+    return "\n".join(out)
+
+
 @command("walk", "Walk the page tables for one virtual address and show every level.",
-         arguments=[arg("va", type=address, help="virtual address (hex)"), PAGING], render=_walk_render)
+         arguments=[arg("va", type=address, help="virtual address (hex)"), PAGING, DOMAIN], render=_walk_render)
 def walk_cmd(target, args):
+    target, dom = guest_target(target, args)
     ctx = _context(target, args)
-    res = walk_result(walk(target, ctx.paging, args.va), target)
+    w = walk(target, ctx.paging, args.va)
+    res = walk_result(w, target)
     res["cr3"] = ctx.cr3
     res["sources"] = ctx.sources
+    if dom:
+        add_walk_stages(res, target, w)
+        res["domain"] = dom
     return res
 
 
@@ -197,8 +257,14 @@ def _vtop_render(r, args):
         if t["pa"] is None:
             out.append(f"va {t['va']:#x}: not mapped ({STOP_REASONS[t['stop']]}"
                        + (f" at {t['stop_level']})" if t["stop_level"] else ")"))
+        elif "maddr" in t:
+            s2 = "not in the P2M: " + t["p2m_stop"] if t["maddr"] is None else \
+                f"maddr {t['maddr']:#x}, mfn {t['mfn']:#x}, {t['p2m_type']}"
+            out.append(f"va {t['va']:#x} -> gpa {t['pa']:#x} ({_size_name(t['page_size'])} page) -> {s2}")
         else:
             out.append(f"va {t['va']:#x} -> pa {t['pa']:#x} ({_size_name(t['page_size'])} page)")
+    if r.get("domain"):
+        out.insert(0, header(r["domain"]))
     return "\n".join(out)
 
 
@@ -206,13 +272,14 @@ def _vtop_render(r, args):
          arguments=[arg("va", type=address, nargs="*", help="virtual address(es) (hex)"),
                     arg("--from", dest="from_file", metavar="FILE",
                         help="also translate the addresses in FILE, one per line (hex; - for stdin)"),
-                    PAGING],
+                    PAGING, DOMAIN],
          render=_vtop_render)
 def vtop(target, args):
     from ..paging import translate_many
     vas = list(args.va) + (_read_addresses(args.from_file) if args.from_file else [])
     if not vas:
         raise UsageError("give at least one address (or --from FILE)")
+    target, dom = guest_target(target, args)
     ctx = _context(target, args)
     t = translate_many(target, ctx.paging, [v & ((1 << 64) - 1) for v in vas])
     rows = []
@@ -221,30 +288,46 @@ def vtop(target, args):
         rows.append({"va": va, "pa": pa if ok else None, "page_size": size if ok else None,
                      "stop": None if ok else t.stop_name(i),
                      "stop_level": None if ok else t.stop_level_name(i)})
-    return {"mode": ctx.paging.mode, "cr3": ctx.cr3, "translations": rows}
+        if dom and ok:
+            rows[-1].update(stage2_of(target, pa))
+    res = {"mode": ctx.paging.mode, "cr3": ctx.cr3, "translations": rows}
+    if dom:
+        res["domain"] = dom
+    return res
 
 
 # ---------------------------------------------------------------------------------------------
 # maps
 # ---------------------------------------------------------------------------------------------
 
+def _stage2_cells(row):
+    """The maddr and p2m-type cells of a maps row of a translated guest (none otherwise)."""
+    if "maddr" not in row:
+        return ()
+    return ("-" if row["maddr"] is None else f"{row['maddr']:#x}", row["p2m_type"] or row["p2m_stop"] or "-")
+
+
 def _maps_render(r, args):
     lim = args.limit or None
-    out = []
+    out = [header(r["domain"])] if r.get("domain") else []
     if "pages" in r:
         rows = [(f"{p['va']:#018x}", f"{p['pa']:#014x}", _size_name(p["size"]),
-                 _rights(p["writable"], p["user"], p["nx"]), f"{p['entry']:#018x}")
+                 _rights(p["writable"], p["user"], p["nx"]), f"{p['entry']:#018x}") + _stage2_cells(p)
                 for p in r["pages"][:lim]]
-        out.append(tabulate(rows, headers=("va", "pa", "size", "rights", "entry"), tablefmt="simple",
-                            disable_numparse=True))
+        heads = ("va", "pa", "size", "rights", "entry")
+        if r.get("domain"):
+            heads = ("va", "gpa", "size", "rights", "entry", "maddr", "p2m type")
+        out.append(tabulate(rows, headers=heads, tablefmt="simple", disable_numparse=True))
         shown, total = len(rows), r["page_count"]
     else:
         rows = [(f"{g['va_start']:#018x}-{g['va_end']:#018x}", f"{g['size']:#x}",
                  "-" if g["pa_start"] is None else f"{g['pa_start']:#x}", g["pages"],
-                 _rights(g["writable"], g["user"], g["nx"]))
+                 _rights(g["writable"], g["user"], g["nx"])) + _stage2_cells(g)
                 for g in r["ranges"][:lim]]
-        out.append(tabulate(rows, headers=("va range", "size", "pa start", "pages", "rights"),
-                            tablefmt="simple", disable_numparse=True))
+        heads = ("va range", "size", "pa start", "pages", "rights")
+        if r.get("domain"):
+            heads = ("va range", "size", "gpa start", "pages", "rights", "maddr start", "p2m type")
+        out.append(tabulate(rows, headers=heads, tablefmt="simple", disable_numparse=True))
         shown, total = len(rows), r.get("range_count", len(r["ranges"]))
     if r.get("stopped_at") is not None:
         out.append(f"... --limit {args.limit}: listing stopped at va {r['stopped_at']:#x} (use --limit 0 for all)")
@@ -253,6 +336,9 @@ def _maps_render(r, args):
     what = "pages enumerated" if r.get("stopped_at") is not None else "pages"
     out.append(f"{r['page_count']} {what}, {r['tables']} tables read, {r['mode']}, cr3 {r['cr3']:#x}; "
                "rights: u/s user/supervisor, w writable, x executable")
+    if r.get("domain") and "ranges" in r:
+        out.append("maddr start: the machine address of each range's first page (a guest-physically contiguous "
+                   "range need not be contiguous in machine memory: --pages gives every page's)")
     for pr in r["problems"]:
         ent = "" if pr["entry"] is None else f" (entry {pr['entry']:#x})"
         out.append(f"problem: {pr['va_start']:#x}-{pr['va_end']:#x} {pr['level']}: "
@@ -273,10 +359,11 @@ def _maps_render(r, args):
                  help="merge pages whose only difference is NX (with --ignore-pa: exactly QEMU's info mem)"),
              arg("--limit", type=number, default=0,
                  help="list at most N lines (0: all); the enumeration stops once they are known"),
-             PAGING],
+             PAGING, DOMAIN],
          render=_maps_render)
 def maps(target, args):
     from ..paging import first_mappings
+    target, dom = guest_target(target, args)
     ctx = _context(target, args)
     start, end = args.va_range
     stopped = None
@@ -303,6 +390,12 @@ def maps(target, args):
                           "user": r.user, "nx": None if args.ignore_nx else r.nx}
                          for _, r in zip(range(lim or len(ranges)), ranges)]
         res["range_count"] = len(ranges)
+    if dom:
+        res["domain"] = dom
+        for row in res.get("pages") or res["ranges"]:
+            pa = row["pa"] if "pa" in row else row["pa_start"]
+            row.update(stage2_of(target, pa) if pa is not None else
+                       {"mfn": None, "maddr": None, "p2m_type": None, "p2m_stop": None})
     return res
 
 
@@ -407,18 +500,30 @@ def decode_cmd(target, args):
 
 def _read_phys_render(r, args):
     from pwnlib.util.fiddling import hexdump    # lazy: pwntools is heavy
-    return hexdump(bytes.fromhex(r["hex"]), begin=r["pa"], skip=False)
+    dump = hexdump(bytes.fromhex(r["hex"]), begin=r["pa"], skip=False)
+    if not r.get("domain"):
+        return dump
+    frames = [f"gpa {f['gpa']:#x} -> mfn {f['mfn']:#x} ({f['p2m_type']})" for f in r["frames"]]
+    return "\n".join([header(r["domain"])] + frames + [dump])
 
 
-@command("read-phys", "Hexdump physical memory (machine memory on a Xen host dump).",
-         arguments=[arg("pa", type=address, help="physical address (hex)"),
+@command("read-phys", "Hexdump physical memory (machine memory on a Xen host dump; a translated guest's "
+                      "guest-physical memory with --domain).",
+         arguments=[arg("pa", type=address, help="physical address (hex; guest-physical with --domain)"),
                     arg("length", type=number, nargs="?", default=64,
-                        help="bytes (default 64, at most 1 MiB)")],
+                        help="bytes (default 64, at most 1 MiB)"),
+                    DOMAIN],
          render=_read_phys_render)
 def read_phys(target, args):
     if args.length <= 0 or args.length > MAX_READ_PHYS:
         raise XenscopeError(f"length {args.length} out of range (1..{MAX_READ_PHYS})")
-    data = target.read_phys(args.pa, args.length)
-    return {"pa": args.pa, "length": len(data), "hex": data.hex()}
+    guest, dom = guest_target(target, args)
+    data = guest.read_phys(args.pa, args.length)
+    res = {"pa": args.pa, "length": len(data), "hex": data.hex()}
+    if dom:
+        res["domain"] = dom
+        res["frames"] = [dict(gpa=page, **stage2_of(guest, page))
+                         for page in range(args.pa & ~0xFFF, args.pa + args.length, 0x1000)]
+    return res
 
 

@@ -135,13 +135,46 @@ def frames(target, args):
 # domains
 # ---------------------------------------------------------------------------------------------
 
+def _vcpu_cells(d):
+    """``v0 0x1234 v1 ...``: each vCPU's saved CR3 (a PV vCPU's is a machine address)."""
+    cells = []
+    for v in d.get("vcpus") or ():
+        cells.append(f"v{v['vcpu']} {v['cr3']:#x}" if "cr3" in v else "?")
+    return " ".join(cells) or "-"
+
+
+def domain_kinds(h, domains, cols=None):
+    """Each real domain's type, paging mode and vCPUs' saved registers (:mod:`~xenstructs.xen.hvm`)
+    as ``{domain id: {...}}``; a domain whose structures cannot be read gets ``kind_error``
+    (``cols``: the frame table's classified columns, when the caller has them)."""
+    from ..xen import hvm
+    out = {}
+    widths = None
+    for d in domains:
+        if not 0 <= d.id < 0x7FF0:            # DOMID_FIRST_RESERVED: dom_xen/io/cow have no vCPUs
+            continue
+        try:
+            if widths is None and cols is not None:
+                widths = hvm.pv_widths(h, cols)
+            k = hvm.kind(h, d, widths)
+        except XenscopeError as e:
+            out[d.id] = {"kind_error": str(e)}
+            continue
+        out[d.id] = {"type": k.type, "paging": k.paging, "vcpus": hvm.describe_vcpus(h, d, k)}
+    return out
+
+
 def _domains_render(r, args):
     def n(v):
         return "?" if v is None else v
     rows = [(d["id"], d["name"], f"{d['struct_va']:#x}", d["frames"], n(d["tot_pages"]), n(d["max_pages"]),
-             d["source"]) for d in r["domains"]]
+             d.get("type") or "-", d.get("paging") or "-", _vcpu_cells(d), d["source"]) for d in r["domains"]]
     out = [tabulate(rows, headers=("id", "name", "struct domain", "frames owned", "tot_pages", "max_pages",
-                                   "found via"), tablefmt="simple", disable_numparse=True)]
+                                   "type", "paging", "vCPU saved CR3", "found via"),
+                    tablefmt="simple", disable_numparse=True)]
+    out += [f"domain {d['id']}: type/paging unknown: {d['kind_error']}" for d in r["domains"] if d.get("kind_error")]
+    errors = sorted({v["error"] for d in r["domains"] for v in d.get("vcpus") or () if "error" in v})
+    out += [f"vCPU saved CR3 '?': {e}" for e in errors]
     if any(d["max_pages"] is None for d in r["domains"]):
         out.append("tot_pages/max_pages: '?' where struct domain offsets are unknown (give xen-syms with DWARF, "
                    "or a profile of this build: xenscope profile XEN-SYMS)")
@@ -160,7 +193,7 @@ def domains(target, args):
     from ..xen.frames import classify
     h = host_of(target, args)
     doms = h.domains()
-    counts = {}
+    counts, cols = {}, None
     try:
         cols = classify(h, h.frame_arrays())
         inuse = cols["present"] & (cols["state"] != STATES.index("free"))
@@ -175,9 +208,11 @@ def domains(target, args):
         if d.pickled not in listed:
             doms.append(d)
             listed.add(d.pickled)
-    out = [{"id": d.id, "name": d.name, "struct_va": d.struct_va, "source": d.source,
-            "frames": counts.get(d.pickled, 0), "tot_pages": d.extra.get("tot_pages"),
-            "max_pages": d.extra.get("max_pages"), "shared_info": d.extra.get("shared_info")} for d in doms]
+    kinds = domain_kinds(h, doms, cols)
+    out = [dict({"id": d.id, "name": d.name, "struct_va": d.struct_va, "source": d.source,
+                 "frames": counts.get(d.pickled, 0), "tot_pages": d.extra.get("tot_pages"),
+                 "max_pages": d.extra.get("max_pages"), "shared_info": d.extra.get("shared_info")},
+                **kinds.get(d.id, {})) for d in doms]
     return {"xen": h.describe(), "domains": out, "frames_error": counts_error}
 
 

@@ -179,7 +179,8 @@ def _privilege_fits(host, domains, layout):
     return True
 
 
-_STRUCT_MEMBERS = (("domain", "grant_table"), ("domain", "is_privileged"), ("domain", "target"),
+_STRUCT_MEMBERS = (("domain", "shared_info"), ("domain", "grant_table"), ("domain", "is_privileged"),
+                   ("domain", "target"),
                    ("grant_table", "gt_version"), ("grant_table", "nr_grant_frames"), ("grant_table", "active"),
                    ("grant_table", "domain"), ("active_grant_entry", "size"), ("active_grant_entry", "pin"),
                    ("active_grant_entry", "domid"), ("active_grant_entry", "mfn"))

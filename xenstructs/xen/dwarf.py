@@ -19,11 +19,14 @@ WANTED = {
                   "_domain": "v.inuse._domain"},
     "domain": {k: k for k in ("domain_id", "max_vcpus", "vcpu", "shared_info", "tot_pages", "xenheap_pages",
                               "outstanding_pages", "max_pages", "extra_pages", "next_in_list", "grant_table",
-                              "is_dying", "is_privileged", "target", "guest_type", "arch", "arch.paging.mode",
-                              "arch.p2m")},
+                              "is_dying", "is_privileged", "target", "guest_type", "options", "arch", "arch.paging.mode",
+                              "arch.p2m", "arch.emulation_flags")},
     "vcpu": {k: k for k in ("vcpu_id", "processor", "vcpu_info", "domain", "arch", "arch.user_regs",
                             "arch.flags", "arch.guest_context", "arch.guest_table", "arch.guest_table_user",
-                            "arch.cr3", "arch.pv", "arch.hvm.guest_cr", "arch.hvm.hw_cr")},
+                            "arch.cr3", "arch.pv", "arch.hvm.guest_cr", "arch.hvm.hw_cr",
+                            "arch.hvm.guest_efer")},
+    # the domain's P2M as Xen keeps it for a translated guest (asm/p2m.h): its root and, for EPT, the EPTP
+    "p2m_domain": {k: k for k in ("domain", "p2m_class", "phys_table", "ept")},
 }
 # struct grant_table and struct active_grant_entry are private to xen/common/grant_table.c: only that
 # compilation unit defines them (profiles read them; a command reading xen-syms does not wait for it)

@@ -372,6 +372,10 @@ def check_p2m(target, opts):
     on a host dump when :func:`every_domain`."""
     if target.facts.get("format") != "xc_core" and not _inside(target) and every_domain(opts):
         return check_every_domain(target, opts)
+    if target.facts.get("format") != "xc_core" and opts.domain is not None:
+        translated = _translated(HostContext(target, opts).host, opts.domain, explicit=True)
+        if translated is not None:
+            return translated
     src = find_sources(target, opts)
     try:
         return _check_sources(target, src, opts)
@@ -395,6 +399,23 @@ def _check_sources(target, src, opts):
     return res
 
 
+def _translated(host, domid, explicit=False):
+    """The translated-domain check (:mod:`.p2m_hap`) of ``domid``, or None when it is a PV domain (or,
+    unless ``explicit``, when its kind cannot be read)."""
+    from . import hvm
+    from .p2m_hap import check_translated
+    dom = hvm.find_domain(host, domid)
+    try:
+        kind = hvm.kind(host, dom)
+    except XenscopeError:
+        if explicit:
+            return None
+        raise
+    if not kind.translated:
+        return None
+    return check_translated(host, dom, hvm.domain_p2m(host, dom, kind), kind)
+
+
 def check_every_domain(target, opts, host=None):
     """Every PV domain of a Xen host dump, each P2M found by its shared_info (``opts.kernel_syms`` /
     ``p2m_va`` / ``cr3`` / ``p2m_entries``, when given, still say where dom0's is):
@@ -406,10 +427,20 @@ def check_every_domain(target, opts, host=None):
     ctx = HostContext(target, opts, host)
     pages = ctx.shared_info()
     out = {"format": "xen-host", "xen": ctx.host.describe(), "domains": [], "skipped": [], "errors": []}
+    out["translated"] = []
     for d in pages.domains:
         if pages.widths.get(d.id) is None:
+            try:
+                one = _translated(ctx.host, d.id)
+            except XenscopeError as e:
+                one, why = None, f"; its P2M tables not read: {e}"
+            else:
+                why = ""
+            if one is not None:
+                out["translated"].append(one)
+                continue
             out["skipped"].append({"domain": d.id, "why": "not a PV domain (it owns no validated page-table "
-                                                         "frames): its P2M is Xen's, not a list to check"})
+                                                         "frames): its P2M is Xen's, not a list to check" + why})
             continue
         guest = opts if d.id == 0 else replace(opts, kernel_syms=None, p2m_va=None, p2m_entries=None, cr3=None)
         try:
@@ -424,11 +455,11 @@ def check_every_domain(target, opts, host=None):
             out["domains"].append(_check_sources(target, src, opts))
         finally:
             src.close()
-    if not out["domains"] and not out["errors"]:
+    if not out["domains"] and not out["errors"] and not out["translated"]:
         raise XenscopeError("no PV domain in the dump to check: " +
                             ("; ".join(f"d{s['domain']}: {s['why']}" for s in out["skipped"]) or "no domain found"))
     out["counts"] = {c: sum(r["counts"][c] for r in out["domains"]) for c in CLASSES}
-    out["problems"] = sum(r["problems"] for r in out["domains"])
+    out["problems"] = sum(r["problems"] for r in out["domains"] + out["translated"])
     out["sources"] = {"shared_info": pages.offset()[1] if out["domains"] else None,
                       "pv": "PV domains and their word size from the page-table frames each owns in Xen's "
                             "frame table (" + ", ".join(f"d{i}: {w * 8 if w else 'not PV'}"
