@@ -306,6 +306,11 @@ def test_kallsyms_equal_debians_system_map(system, dumps):
             for a, t, n in zip(k.addresses.tolist(), k.types, k.names)]
     wrong = [s for s in ours if s not in exact and not (s[0] <= percpu_end and s[1] == "A" and
                                                         (s[0], s[2]) in by_name)]
+    # 5.10's scripts/kallsyms.c keeps the compiler's local .L labels (1237 .LC* here, the guest's
+    # /proc/kallsyms lists them too: the test above) that scripts/mksysmap's grep (" \.L") drops
+    local = [s for s in wrong if s[2].startswith(".L")]
+    assert not local or system["cfg"].get("kernel") == "5.10", local[:5]
+    wrong = [s for s in wrong if not s[2].startswith(".L")]
     assert not wrong, wrong[:5]
     decoded = {(a, n) for a, _, n in ours}
     left = [s for s in smap if (s[0], s[2]) not in decoded]
