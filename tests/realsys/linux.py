@@ -91,6 +91,9 @@ def initramfs(arch, modules=(), extra_init="", kernel=None):
         "/bin/busybox --install -s /bin",
         "mount -t proc proc /proc",
         "mount -t sysfs sys /sys",
+        # /dev/null for the shell's background jobs (their stdin): trixie's 6.12 finds no device
+        # node in the initramfs and fails "sleep &" ("can't open '/dev/null'")
+        "mount -t devtmpfs dev /dev",
         *lines,
         "sleep 100000 &",
         "sleep 100001 &",
@@ -181,7 +184,11 @@ def debug_vmlinux(kernel=None):
 # The guest's own kallsyms and process list, for tests that judge symbols and tasks read from dumps:
 # /proc/kallsyms goes out on a second serial port into a file (4 MB in a few seconds), the process
 # list on the console between markers.
-KALLSYMS_INIT = ("mknod /dev/ttyS1 c 4 65; cat /proc/kallsyms > /dev/ttyS1; echo PIDS-BEGIN; "
+# The listing waits (at most 10 s) until the two sleeps the initramfs forked have exec'd: a loaded
+# host can catch a forked child still named sh.
+KALLSYMS_INIT = ("[ -e /dev/ttyS1 ] || mknod /dev/ttyS1 c 4 65; cat /proc/kallsyms > /dev/ttyS1; n=0; while [ $n -lt 100 ] && "
+                 "[ $(cat /proc/[0-9]*/comm 2>/dev/null | grep -c '^sleep$') -lt 2 ]; do sleep 0.1; "
+                 "n=$((n+1)); done; echo PIDS-BEGIN; "
                  "for p in /proc/[0-9]*; do echo ${p#/proc/} $(cat $p/comm); done; echo PIDS-END")
 
 
@@ -225,3 +232,14 @@ def debug_profile(kernel=None):
                        check=True, cwd=top, capture_output=True, timeout=900)
         os.rename(tmp, out)
     return out
+
+
+def comm_matches(proc_comm, task_comm):
+    """Is ``task_comm`` (task_struct.comm, read from a dump) the task whose /proc/PID/comm the guest
+    printed as ``proc_comm``? /proc shows comm (at most 15 characters), and for a workqueue worker
+    (wq_worker_comm) the comm followed by "-desc" or "+desc"; rescuers are "kworker/R-name" (6.9+)
+    with no suffix."""
+    if proc_comm[:15] == task_comm:
+        return True
+    rest = proc_comm[len(task_comm):]
+    return proc_comm.startswith("kworker/") and proc_comm.startswith(task_comm) and rest[:1] in ("-", "+")

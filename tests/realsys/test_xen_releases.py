@@ -16,7 +16,9 @@ One boot per release. The truth, printed by Xen or read by QEMU before the dump,
   alike, so dom0's kernel image pages have a known P2M and M2P;
 - the xen-syms of the release's ``-dbg`` package (symbols; 4.20's carries DWARF) -- bullseye ships no
   -dbg package of Xen 4.14, so there the symbols are judged by Xen's own symbolised call traces only;
-- Xen's com1 lines for ``dmesg``.
+- Xen's com1 lines for ``dmesg``; dom0's own /proc/modules and process list for ``tasks``,
+  ``modules`` and ``modcheck`` of the dom0 kernel in the host image (through dom0's CR3 as the ``0``
+  key printed it: symbols and types from that kernel's kallsyms and BTF, found in the image).
 """
 import bisect
 import json
@@ -29,6 +31,7 @@ import time
 import numpy as np
 import pytest
 
+from realsys.linux import comm_matches
 from realsys.xenhost import FRAMETABLE_VIRT_START, PAGE_INFO_SIZE, boot_xen_host, elf_symtab, parse_q
 from xenstructs.targets import open_dump
 from xenstructs.xen import frames as F
@@ -56,6 +59,8 @@ def rel(request, tmp_path_factory):
         facts["key_H"] = h.debug_key("H")
         facts["key_m"] = h.debug_key("m", needle="Physical memory information:")
         facts["qemu_l4"] = h.page_info(facts["dom0_cr3"] >> 12)
+        facts["proc_modules"] = h.dom0_shell("cat /proc/modules")
+        facts["pids"] = h.dom0_shell("for p in /proc/[0-9]*; do echo ${p#/proc/} $(cat $p/comm); done")
         path = h.dump(str(d / "xen.elf"))
         frames = raw_frame_table(h, str(d / "frametable.bin"))
         console = h.console
@@ -240,3 +245,22 @@ def test_dmesg_is_what_xen_printed(rel):
     lines = [ln[ln.index("(XEN)"):] for ln in rel["console"].replace("\r", "").splitlines() if "(XEN)" in ln]
     assert got["kind"] == "xen" and got["details"]["dropped"] == 0
     assert got["lines"] == lines, got["description"]
+
+
+def test_dom0_tasks_modules_modcheck_in_the_host_image(rel):
+    """dom0's kernel (6.12 on 4.20, 5.10 on 4.14) read in the host image through its CR3: its
+    processes and modules (names, sizes: /proc/modules), and a clean modcheck."""
+    cr3 = f"{rel['facts']['dom0_cr3']:#x}"
+    got = {c: cli_json(c, rel["path"], "--cr3", cr3, "--mode", "4level") for c in ("tasks", "modules", "modcheck")}
+    assert got["tasks"]["kernel"]["sources"]["symbols"] == "from the dump (kallsyms found by shape)"
+    mods = [(ln.split()[0], int(ln.split()[1])) for ln in rel["facts"]["proc_modules"].splitlines() if ln.strip()]
+    assert {"xenfs", "xen_privcmd"} <= {n for n, _ in mods}
+    assert [(m["name"], sum(r["size"] for r in m["regions"])) for m in got["modules"]["modules"]] == mods
+    seen = {t["pid"]: t["comm"] for t in got["tasks"]["tasks"]}
+    listed = dict(ln.split(None, 1) for ln in rel["facts"]["pids"].splitlines() if len(ln.split()) == 2)
+    lasting = {int(p): c for p, c in listed.items() if p != "1" and c not in ("cat", "sh")}
+    assert len(lasting) > 10 and "sleep" in lasting.values()
+    for pid, comm in lasting.items():
+        assert comm_matches(comm, seen.get(pid, "")), (pid, comm, seen.get(pid))
+    mc = got["modcheck"]
+    assert mc["groups"] == [] and not mc["list_errors"] and mc["modules"] == len(mods)
