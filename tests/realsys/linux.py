@@ -155,19 +155,19 @@ def boot_linux(arch="x86_64", la57=False, kaslr=False, pti=False, mem=256, modul
 
 
 def debug_deb(kernel=None):
-    """The cached -dbg .deb of an x86_64 kernel of :data:`KERNELS` (Debian's vmlinux with DWARF
-    and its real System.map; ~600-900 MB)."""
-    _, _, _, release = kernel_files("x86_64", kernel)
-    dist = KERNELS[kernel or DEFAULT_KERNEL["x86_64"]][1]
+    """The cached -dbg .deb of a kernel of :data:`KERNELS` (by default bookworm's x86_64 one):
+    Debian's vmlinux with DWARF and its real System.map; ~600-900 MB."""
+    arch, dist, _ = KERNELS[kernel or DEFAULT_KERNEL["x86_64"]]
+    _, _, _, release = kernel_files(arch, kernel)
     if dist is None:
-        return V.deb(f"linux-image-{release}-dbg")
+        return V.deb(f"linux-image-{release}-dbg" + (":i386" if arch == "i386" else ""))
     from . import debian
     return debian.release_deb(dist, f"linux-image-{release}-dbg")
 
 
 def debug_vmlinux(kernel=None):
     """Debian's vmlinux with DWARF for the booted kernel: extracted once from the -dbg package."""
-    _, _, _, release = kernel_files("x86_64", kernel)
+    _, _, _, release = kernel_files(KERNELS[kernel or DEFAULT_KERNEL["x86_64"]][0], kernel)
     out = os.path.join(V.CACHE, "vmlinux", f"vmlinux-{release}")
     if not os.path.exists(out):
         deb = debug_deb(kernel)
@@ -221,7 +221,7 @@ def debug_profile(kernel=None):
     import json
     import sys
     from xenstructs.linux.profile import MEMBER_SIZES, WANTED
-    _, _, _, release = kernel_files("x86_64", kernel)
+    _, _, _, release = kernel_files(KERNELS[kernel or DEFAULT_KERNEL["x86_64"]][0], kernel)
     wanted = hashlib.sha1(json.dumps([WANTED, MEMBER_SIZES], sort_keys=True).encode()).hexdigest()[:10]
     out = os.path.join(V.CACHE, "profiles", f"profile-{release}-{wanted}.json")   # what xenscope asks
     if not os.path.exists(out):

@@ -60,6 +60,7 @@ def rel(request, tmp_path_factory):
         facts["key_m"] = h.debug_key("m", needle="Physical memory information:")
         facts["qemu_l4"] = h.page_info(facts["dom0_cr3"] >> 12)
         facts["proc_modules"] = h.dom0_shell("cat /proc/modules")
+        facts["dom0_end"] = int(h.dom0_shell("grep ' _end$' /proc/kallsyms").split()[0], 16)
         facts["pids"] = h.dom0_shell("for p in /proc/[0-9]*; do echo ${p#/proc/} $(cat $p/comm); done")
         path = h.dump(str(d / "xen.elf"))
         frames = raw_frame_table(h, str(d / "frametable.bin"))
@@ -193,6 +194,22 @@ def test_p2m_and_m2p_of_dom0s_kernel_are_what_the_dom0_builder_made(rel):
         assert m == {"mfn": spfn + pfn, "pfn": pfn}
     got = cli_json("m2p", rel["path"], "--range", f"{spfn + lo:x}-{spfn + hi:x}")["entries"]
     assert [(x["mfn"], x["pfn"]) for x in got] == [(spfn + p, p) for p in range(lo, hi)]
+
+
+def test_walks_of_dom0s_kernel_reach_the_frames_the_dom0_builder_gave(rel):
+    """Walks through machine frames: dom0's kernel image, from Xen's "Loaded kernel" start to the
+    kernel's own _end (dom0's /proc/kallsyms; Linux unmaps the rest of Xen's boot area), walked in
+    the host image from dom0's CR3, lands on the machine frame A/4096 + pfn, byte offset kept."""
+    from xenstructs.paging import Paging, root_from_cr3, walk
+    spfn, lo, _ = dom0_alloc(rel["console"])
+    end = (rel["facts"]["dom0_end"] - 0xffffffff80000000 + 0xfff) >> 12
+    paging = Paging("4level", root_from_cr3(rel["facts"]["dom0_cr3"], "4level"), nxe=True)
+    wrong = []
+    for pfn in range(lo, end):
+        va = 0xffffffff80000000 + (pfn << 12) + (pfn * 8 & 0xfff)
+        if walk(rel["target"], paging, va).pa != ((spfn + pfn) << 12) + (pfn * 8 & 0xfff):
+            wrong.append(hex(va))
+    assert end - lo > 4000 and not wrong, (end - lo, wrong[:5])
 
 
 def test_p2m_check_of_every_pv_domain_is_clean(rel):
