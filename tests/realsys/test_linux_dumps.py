@@ -1,7 +1,7 @@
 """Real kernels as the judge: Debian's kernels under QEMU (TCG), QEMU's monitor as the truth.
 
 For each shape (bookworm's 6.1: 4-level, 5-level, KASLR, PTI, i386 PAE, i386 non-PAE (2-level);
-bullseye's 5.10 and trixie's 6.12, 4-level) one boot: pause over QMP, take QEMU's
+bullseye's 5.10, 4-level; trixie's 6.12, 4- and 5-level) one boot: pause over QMP, take QEMU's
 ``info registers``, ``info tlb``, ``info mem`` and ``gva2gpa`` for a sample, dump the guest as ELF
 and as kdump-zlib (QEMU 7.2 writes makedumpfile's flattened form), then require that xenscope, from
 both dumps, translates every ``info tlb`` page identically and lists nothing QEMU does not, that its
@@ -38,6 +38,7 @@ SHAPES = {
     "i386-2level": dict(arch="i386", kernel="6.1-686"),
     "x86_64-5.10": dict(arch="x86_64", kernel="5.10"),
     "x86_64-6.12": dict(arch="x86_64", kernel="6.12"),
+    "x86_64-6.12-5level": dict(arch="x86_64", kernel="6.12", la57=True),
 }
 # modules every guest loads besides qemu_fw_cfg: /proc/modules (names, sizes) judges `modules`
 MODULES = ("kernel/lib/crc7.ko", "kernel/lib/crc8.ko")
