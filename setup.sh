@@ -19,8 +19,9 @@ syspy=/usr/bin/python3
 # flex and bison build the debug Xen of the real-system tier; dpkg-dev unpacks Debian's Xen source
 # (dpkg-source) and dates its rebuild with -g (dpkg-parsechangelog) for the shipped Xen profiles' check.
 # chromium renders `check --html`'s report headless in the tests (its text and a screenshot).
+# debian-archive-keyring signs the bullseye/trixie lists the tier fetches with a sources list of its own.
 debs=(gdb python3 python3-venv python3-pip python3-libkdumpfile makedumpfile qemu-system-x86 busybox-static
-      crash gcc libc6-dev python3-dev make gcc-12 flex bison dpkg-dev chromium)
+      crash gcc libc6-dev python3-dev make gcc-12 flex bison dpkg-dev chromium debian-archive-keyring)
 
 say() { printf '== %s\n' "$*"; }
 

@@ -18,17 +18,41 @@ ARCHES = {
     "x86_64": ("qemu-system-x86_64", "linux-image-amd64", None),
     "i386": ("qemu-system-i386", "linux-image-686-pae:i386", "busybox-static:i386"),
 }
+# Debian's kernel series this tier boots: name -> (arch, Debian release or None for the machine's
+# own apt sources (bookworm), metapackage). Other releases come through realsys.debian's private
+# sources list. "6.1-686" is bookworm's non-PAE i386 kernel: real 2-level paging.
+KERNELS = {
+    "6.1": ("x86_64", None, "linux-image-amd64"),
+    "6.1-pae": ("i386", None, "linux-image-686-pae:i386"),
+    "6.1-686": ("i386", None, "linux-image-686:i386"),
+    "5.10": ("x86_64", "bullseye", "linux-image-amd64"),
+    "6.12": ("x86_64", "trixie", "linux-image-amd64"),
+}
+DEFAULT_KERNEL = {"x86_64": "6.1", "i386": "6.1-pae"}
 
 
-def kernel_files(arch):
-    """(vmlinuz path, modules dir, System.map path, release) of Debian's kernel for ``arch``."""
-    meta = ARCHES[arch][1]
-    pkg = V.kernel_package(meta)
-    root = V.extract(pkg)
+def kernel_root(arch, kernel=None):
+    """The unpacked image package of ``kernel`` (a :data:`KERNELS` name; by default the arch's
+    bookworm kernel)."""
+    karch, release, meta = KERNELS[kernel or DEFAULT_KERNEL[arch]]
+    if karch != arch:
+        raise ValueError(f"kernel {kernel} is {karch}, not {arch}")
+    if release is None:
+        return V.extract(V.kernel_package(meta))
+    from . import debian
+    return debian.release_extract(release, meta)
+
+
+def kernel_files(arch, kernel=None):
+    """(vmlinuz path, modules dir, System.map path, release) of Debian's kernel for ``arch``
+    (``kernel``: a :data:`KERNELS` name, by default bookworm's)."""
+    root = kernel_root(arch, kernel)
     vmlinuz = sorted(glob.glob(os.path.join(root, "boot", "vmlinuz-*")))[0]
     release = os.path.basename(vmlinuz)[len("vmlinuz-"):]
-    return vmlinuz, os.path.join(root, "lib", "modules", release), \
-        os.path.join(root, "boot", f"System.map-{release}"), release
+    moddir = os.path.join(root, "lib", "modules", release)
+    if not os.path.isdir(moddir):                  # trixie's merged /usr: /usr/lib/modules
+        moddir = os.path.join(root, "usr", "lib", "modules", release)
+    return vmlinuz, moddir, os.path.join(root, "boot", f"System.map-{release}"), release
 
 
 def busybox(arch):
@@ -38,20 +62,39 @@ def busybox(arch):
     return os.path.join(V.extract(pkg), "bin", "busybox")
 
 
-def initramfs(arch, modules=(), extra_init=""):
+def module_bytes(moddir, rel):
+    """The ELF of a module (``rel`` relative to ``moddir``, or absolute), decompressed when the
+    package ships it as ``.ko.xz`` (trixie) or ``.ko.zst``: busybox's insmod hands the file to
+    init_module(), which takes an ELF."""
+    import lzma
+    path = os.path.join(moddir, rel)
+    if os.path.exists(path):
+        return open(path, "rb").read()
+    if os.path.exists(path + ".xz"):
+        return lzma.decompress(open(path + ".xz", "rb").read())
+    if os.path.exists(path + ".zst"):
+        return subprocess.run(["zstd", "-dc", path + ".zst"], check=True, capture_output=True).stdout
+    raise FileNotFoundError(path)
+
+
+def initramfs(arch, modules=(), extra_init="", kernel=None):
     """An initramfs for ``arch`` that insmods ``modules`` (paths relative to the modules dir)."""
-    _, moddir, _, _ = kernel_files(arch)
+    _, moddir, _, _ = kernel_files(arch, kernel)
     files = {"lib": (0o40755, None)}
     lines = []
     for i, rel in enumerate(("kernel/drivers/firmware/qemu_fw_cfg.ko",) + tuple(modules)):
         name = f"lib/m{i}-{os.path.basename(rel)}"
-        files[name] = (0o100644, open(os.path.join(moddir, rel), "rb").read())
+        files[name] = (0o100644, module_bytes(moddir, rel))
         lines.append(f"insmod /{name}")
     init = "\n".join([
         "#!/bin/busybox sh",
         "/bin/busybox --install -s /bin",
         "mount -t proc proc /proc",
         "mount -t sysfs sys /sys",
+        # /dev/null for the shell's background jobs (their stdin): under trixie's 6.12 "sleep &"
+        # fails ("can't open '/dev/null'"); bookworm's guests stay as they were (a mount changes
+        # where the fault module's page lands: its nx class needs a 4 KiB direct-map page)
+        "mount -t devtmpfs dev /dev" if KERNELS[kernel or DEFAULT_KERNEL[arch]][1] == "trixie" else "",
         *lines,
         # a non-interactive shell's background job opens /dev/null for its stdin: without it the
         # sleeps die at once ("can't open '/dev/null'")
@@ -82,17 +125,18 @@ def _with_busybox(init, files, bb):
 
 def boot_linux(arch="x86_64", la57=False, kaslr=False, pti=False, mem=256, modules=(),
                gdb_port=None, extra_append="", cpu=None, timeout=240, extra_init="", ready=READY,
-               qemu_args=()):
+               qemu_args=(), kernel=None):
     """Boot Debian's kernel for ``arch``; return the VM once the console printed ``ready`` (by
     default the initramfs's marker, printed after ``extra_init``). ``modules``: paths relative to
-    the kernel's modules dir, or absolute; ``qemu_args``: more QEMU arguments."""
+    the kernel's modules dir, or absolute; ``qemu_args``: more QEMU arguments; ``kernel``: a
+    :data:`KERNELS` name (by default bookworm's kernel for ``arch``)."""
     qemu = ARCHES[arch][0]
-    vmlinuz, _, _, _ = kernel_files(arch)
+    vmlinuz, _, _, _ = kernel_files(arch, kernel)
     v = None
     workdir = V.tempfile.mkdtemp(prefix="xenscope-vm-")
     rd = os.path.join(workdir, "initrd.gz")
     with open(rd, "wb") as f:
-        f.write(initramfs(arch, modules, extra_init))
+        f.write(initramfs(arch, modules, extra_init, kernel))
     append = ["console=ttyS0", "panic=-1", "quiet", "loglevel=3"]
     append.append("kaslr" if kaslr else "nokaslr")
     append.append("pti=on" if pti else "pti=off")
@@ -100,6 +144,11 @@ def boot_linux(arch="x86_64", la57=False, kaslr=False, pti=False, mem=256, modul
         append.append(extra_append)
     if cpu is None:
         cpu = "qemu64,+la57" if la57 else ("qemu64" if arch == "x86_64" else "qemu32,+pae,+nx")
+        if kernel == "6.1-686":
+            # the non-PAE kernel never sets CR4.PAE; qemu32 without PAE (and so without NX, which
+            # only PAE entries carry) is the CPU it was built for, and keeps QEMU's info tlb
+            # printing 2-level entries
+            cpu = "qemu32,-pae"
     args = ["-accel", "tcg", "-m", str(mem), "-cpu", cpu, "-kernel", vmlinuz, "-initrd", rd,
             "-append", " ".join(append), "-device", "vmcoreinfo"]
     if gdb_port is not None:
@@ -113,12 +162,23 @@ def boot_linux(arch="x86_64", la57=False, kaslr=False, pti=False, mem=256, modul
     return v
 
 
-def debug_vmlinux():
+def debug_deb(kernel=None):
+    """The cached -dbg .deb of a kernel of :data:`KERNELS` (by default bookworm's x86_64 one):
+    Debian's vmlinux with DWARF and its real System.map; ~600-900 MB."""
+    arch, dist, _ = KERNELS[kernel or DEFAULT_KERNEL["x86_64"]]
+    _, _, _, release = kernel_files(arch, kernel)
+    if dist is None:
+        return V.deb(f"linux-image-{release}-dbg" + (":i386" if arch == "i386" else ""))
+    from . import debian
+    return debian.release_deb(dist, f"linux-image-{release}-dbg")
+
+
+def debug_vmlinux(kernel=None):
     """Debian's vmlinux with DWARF for the booted kernel: extracted once from the -dbg package."""
-    _, _, _, release = kernel_files("x86_64")
+    _, _, _, release = kernel_files(KERNELS[kernel or DEFAULT_KERNEL["x86_64"]][0], kernel)
     out = os.path.join(V.CACHE, "vmlinux", f"vmlinux-{release}")
     if not os.path.exists(out):
-        deb = V.deb(f"linux-image-{release}-dbg")
+        deb = debug_deb(kernel)
         os.makedirs(os.path.dirname(out), exist_ok=True)
         tmp = out + ".tmp"
         tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb], stdout=subprocess.PIPE)
@@ -132,7 +192,11 @@ def debug_vmlinux():
 # The guest's own kallsyms and process list, for tests that judge symbols and tasks read from dumps:
 # /proc/kallsyms goes out on a second serial port into a file (4 MB in a few seconds), the process
 # list on the console between markers.
-KALLSYMS_INIT = ("mknod /dev/ttyS1 c 4 65; cat /proc/kallsyms > /dev/ttyS1; echo PIDS-BEGIN; "
+# The listing waits (at most 10 s) until the two sleeps the initramfs forked have exec'd: a loaded
+# host can catch a forked child still named sh.
+KALLSYMS_INIT = ("[ -e /dev/ttyS1 ] || mknod /dev/ttyS1 c 4 65; cat /proc/kallsyms > /dev/ttyS1; n=0; while [ $n -lt 100 ] && "
+                 "[ $(cat /proc/[0-9]*/comm 2>/dev/null | grep -c '^sleep$') -lt 2 ]; do sleep 0.1; "
+                 "n=$((n+1)); done; echo PIDS-BEGIN; "
                  "for p in /proc/[0-9]*; do echo ${p#/proc/} $(cat $p/comm); done; echo PIDS-END")
 
 
@@ -159,20 +223,31 @@ def guest_pids(console):
     return {int(ln.split()[0]): ln.split()[1] for ln in m.group(1).splitlines() if len(ln.split()) == 2}
 
 
-def debug_profile():
+def debug_profile(kernel=None):
     """``xenscope profile`` of Debian's -dbg vmlinux (DWARF), made once (about 40 s) and cached."""
     import hashlib
     import json
     import sys
     from xenstructs.linux.profile import MEMBER_SIZES, WANTED
-    _, _, _, release = kernel_files("x86_64")
+    _, _, _, release = kernel_files(KERNELS[kernel or DEFAULT_KERNEL["x86_64"]][0], kernel)
     wanted = hashlib.sha1(json.dumps([WANTED, MEMBER_SIZES], sort_keys=True).encode()).hexdigest()[:10]
     out = os.path.join(V.CACHE, "profiles", f"profile-{release}-{wanted}.json")   # what xenscope asks
     if not os.path.exists(out):
         os.makedirs(os.path.dirname(out), exist_ok=True)
         top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         tmp = out + f".{os.getpid()}.tmp"
-        subprocess.run([sys.executable, "-m", "xenstructs.cli", "profile", debug_vmlinux(), "-o", tmp],
+        subprocess.run([sys.executable, "-m", "xenstructs.cli", "profile", debug_vmlinux(kernel), "-o", tmp],
                        check=True, cwd=top, capture_output=True, timeout=900)
         os.rename(tmp, out)
     return out
+
+
+def comm_matches(proc_comm, task_comm):
+    """Is ``task_comm`` (task_struct.comm, read from a dump) the task whose /proc/PID/comm the guest
+    printed as ``proc_comm``? /proc shows comm (at most 15 characters), and for a workqueue worker
+    (wq_worker_comm) the comm followed by "-desc" or "+desc"; rescuers are "kworker/R-name" (6.9+)
+    with no suffix."""
+    if proc_comm[:15] == task_comm:
+        return True
+    rest = proc_comm[len(task_comm):]
+    return proc_comm.startswith("kworker/") and proc_comm.startswith(task_comm) and rest[:1] in ("-", "+")

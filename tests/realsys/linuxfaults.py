@@ -153,16 +153,17 @@ def provoke(name, workdir, extra_append="", timeout=300):
                      marker=_marker(console, name), seconds=time.time() - t0)
 
 
-def debug_system_map():
+def debug_system_map(kernel=None):
     """Debian's real System.map of the booted kernel (the image package ships a stub): extracted
     once from its -dbg package, which lists it before the vmlinux (tar stops there)."""
-    release = kernel_files("x86_64")[3]
+    from .linux import DEFAULT_KERNEL, KERNELS, debug_deb
+    release = kernel_files(KERNELS[kernel or DEFAULT_KERNEL["x86_64"]][0], kernel)[3]
     out = os.path.join(V.CACHE, "system-map", f"System.map-{release}")
     if os.path.exists(out):
         return out
     os.makedirs(os.path.dirname(out), exist_ok=True)
     member = f"./usr/lib/debug/boot/System.map-{release}"
-    tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", V.deb(f"linux-image-{release}-dbg")],
+    tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", debug_deb(kernel)],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     with open(out + ".tmp", "wb") as f:
         subprocess.run(["tar", "-x", "-O", "--occurrence=1", member], stdin=tar.stdout, stdout=f, check=True)

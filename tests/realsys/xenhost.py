@@ -70,6 +70,10 @@ from . import vm as V
 
 XEN_PKG = "xen-hypervisor-4.17-amd64"
 DBG_PKG = XEN_PKG + "-dbg"
+# Xen releases this tier boots: release -> (Debian release to fetch from through realsys.debian's
+# private sources list, None for the machine's own bookworm; the Linux series of that Debian
+# release, booted as dom0, see realsys.linux.KERNELS)
+XEN_RELEASES = {"4.17": (None, "6.1"), "4.20": ("trixie", "6.12"), "4.14": ("bullseye", "5.10")}
 READY = "XENSCOPE-DOM0-READY"
 CRASHED = "Hardware Dom0 crashed"         # Xen's last line when dom0 crashes (noreboot: QEMU stays up)
 CPU_MODEL = "max,-smap"
@@ -160,28 +164,48 @@ def has_dwarf(elf):
     return ".debug_info" in out
 
 
-def xen_files(version=None):
-    """Dict of the hypervisor (gunzipped), xen-syms, map and version, unpacked in the cache."""
-    version = version or xen_version()
-    root = extract_at(XEN_PKG, version)
-    dbg = extract_at(DBG_PKG, version)
-    gz = os.path.join(root, "boot", "xen-4.17-amd64.gz")
-    xen = os.path.join(root, "boot", "xen-4.17-amd64")
+def _release_packages(release):
+    """(hypervisor root, -dbg root or None, Debian version, why no -dbg) of a Xen release fetched
+    from another Debian release (:data:`XEN_RELEASES`); the newest version there."""
+    from . import debian
+    dist = XEN_RELEASES[release][0]
+    pkg = f"xen-hypervisor-{release}-amd64"
+    version = debian.versions(dist, pkg)[0]
+    root = debian.unpack(debian.release_deb(dist, pkg, version))
+    if version not in debian.versions(dist, pkg + "-dbg"):
+        return root, None, version, (f"Debian {dist} has no {pkg}-dbg at {version} (its Xen "
+                                     f"packaging ships no -dbg package): no xen-syms")
+    return root, debian.unpack(debian.release_deb(dist, pkg + "-dbg", version)), version, None
+
+
+def xen_files(version=None, release="4.17"):
+    """Dict of the hypervisor (gunzipped), xen-syms, map and version, unpacked in the cache
+    (``release``: a key of :data:`XEN_RELEASES`)."""
+    name = f"xen-{release}-amd64"
+    if release == "4.17":
+        version = version or xen_version()
+        root, dbg, no_dbg = extract_at(XEN_PKG, version), extract_at(DBG_PKG, version), None
+    else:
+        root, dbg, version, no_dbg = _release_packages(release)
+    gz = os.path.join(root, "boot", f"{name}.gz")
+    xen = os.path.join(root, "boot", name)
     if not os.path.exists(xen):
         with gzip.open(gz) as f, open(xen + ".tmp", "wb") as o:
             shutil.copyfileobj(f, o)
         os.rename(xen + ".tmp", xen)
-    syms = os.path.join(dbg, "usr", "lib", "debug", "boot", "xen-syms-4.17-amd64")
-    xmap = os.path.join(dbg, "usr", "lib", "debug", "boot", "xen-syms-4.17-amd64.map")
-    out = {"version": version, "xen": xen, "config": os.path.join(root, "boot",
-                                                                     "xen-4.17-amd64.config"),
+    syms = os.path.join(dbg or "/nonexistent", "usr", "lib", "debug", "boot", f"xen-syms-{release}-amd64")
+    xmap = syms + ".map"
+    out = {"version": version, "release": release, "xen": xen,
+           "config": os.path.join(root, "boot", f"{name}.config"),
            "xen_syms_symtab": syms if os.path.exists(syms) else None,
            "xen_map": xmap if os.path.exists(xmap) else None}
-    if not os.path.exists(syms):
+    if no_dbg:
+        out["xen_syms"], out["xen_syms_reason"] = None, no_dbg
+    elif not os.path.exists(syms):
         out["xen_syms"], out["xen_syms_reason"] = None, f"{DBG_PKG} {version} ships no {syms}"
     elif not has_dwarf(syms):
         out["xen_syms"] = None
-        out["xen_syms_reason"] = (f"{DBG_PKG} {version}'s xen-syms-4.17-amd64 "
+        out["xen_syms_reason"] = (f"xen-hypervisor-{release}-amd64-dbg {version}'s xen-syms-{release}-amd64 "
                                   f"({os.path.getsize(syms)} bytes) has .symtab but no DWARF "
                                   f"(no .debug_* sections): Debian builds Xen without -g")
     else:
@@ -209,20 +233,21 @@ def elf_symtab(path):
 
 # ---------------------------------------------------------------- dom0 initramfs
 
-def dom0_initramfs(extra_files=None, extra_modules=(), extra_init=""):
+def dom0_initramfs(extra_files=None, extra_modules=(), extra_init="", kernel=None):
     """dom0's initramfs: busybox, xen-privcmd + xenfs (xenfs on /proc/xen), then READY.
 
     ``extra_files`` (``{path: (mode, bytes)}``, as :func:`vm.newc`) are added to the archive;
     ``extra_modules`` (paths relative to the kernel's modules dir, in load order) are insmod'ed
-    after xenfs; ``extra_init`` (shell lines) runs after /proc/xen is mounted, before READY.
+    after xenfs; ``extra_init`` (shell lines) runs after /proc/xen is mounted, before READY;
+    ``kernel``: the dom0 kernel's :data:`realsys.linux.KERNELS` name (bookworm's by default).
     """
-    _, moddir, _, _ = L.kernel_files("x86_64")
+    _, moddir, _, _ = L.kernel_files("x86_64", kernel)
     files = {"lib": (0o40755, None), "proc/xen": (0o40755, None)}
     lines = []
     base = ("kernel/drivers/xen/xen-privcmd.ko", "kernel/drivers/xen/xenfs/xenfs.ko")
     for i, rel in enumerate(base + tuple(m for m in extra_modules if m not in base)):
         name = f"lib/m{i}-{os.path.basename(rel)}"
-        files[name] = (0o100644, open(os.path.join(moddir, rel), "rb").read())
+        files[name] = (0o100644, L.module_bytes(moddir, rel))
         lines.append(f"insmod /{name}")
     init = "\n".join([
         "#!/bin/busybox sh",
@@ -360,13 +385,15 @@ class XenHost:
         self._wait_quiet(start, want, 30, 0.2)
         self._to_xen = xen
 
-    def debug_key(self, key, timeout=60, quiet=1.0):
-        """Type ``key`` to Xen (switching serial input to Xen and back); return what it printed."""
+    def debug_key(self, key, timeout=60, quiet=1.0, needle=None):
+        """Type ``key`` to Xen (switching serial input to Xen and back); return what it printed
+        (``needle``: the text that says Xen answered; by default "'KEY' pressed", which most
+        handlers print first; 'm' prints "Physical memory information:" only)."""
         self._input_to(True)
         try:
             start = self._mark()
             self.vm.send(key)
-            return self._wait_quiet(start, f"'{key}' pressed", timeout, quiet)
+            return self._wait_quiet(start, needle or f"'{key}' pressed", timeout, quiet)
         finally:
             self._input_to(False)
 
@@ -468,7 +495,7 @@ class XenHost:
         self.vm.close()
 
 
-def hypervisor_files(version=None, hypervisor=None):
+def hypervisor_files(version=None, hypervisor=None, release="4.17"):
     """:func:`xen_files` of ``version``, with the hypervisor replaced when ``hypervisor`` is given.
 
     ``hypervisor``: None (Debian's release build), or a dict with ``xen`` (the multiboot ELF to
@@ -476,7 +503,7 @@ def hypervisor_files(version=None, hypervisor=None):
     ``flavour`` (e.g. the debug build of :func:`realsys.xendebug.debug_hypervisor`). Its
     ``version`` must be the Debian version whose packages (config, -dbg) describe it.
     """
-    files = dict(xen_files(version), flavour="release")
+    files = dict(xen_files(version, release), flavour="release")
     if hypervisor is None:
         return files
     if hypervisor.get("version", files["version"]) != files["version"]:
@@ -492,7 +519,7 @@ def hypervisor_files(version=None, hypervisor=None):
 
 def boot_xen_host(workdir=None, timeout=240, mem=512, version=None, xen_args=XEN_ARGS,
                   dom0_args=DOM0_ARGS, extra_files=None, extra_modules=(), extra_init="",
-                  qemu_args=(), cpu=CPU_MODEL, until=READY, hypervisor=None):
+                  qemu_args=(), cpu=CPU_MODEL, until=READY, hypervisor=None, release="4.17"):
     """Boot Xen with a PV dom0; return a :class:`XenHost` once the console shows ``until``.
 
     ``extra_files``, ``extra_modules``, ``extra_init``: see :func:`dom0_initramfs` (e.g. a
@@ -501,15 +528,17 @@ def boot_xen_host(workdir=None, timeout=240, mem=512, version=None, xen_args=XEN
     log ``["-d", "int", "-D", path]``); ``cpu`` is QEMU's ``-cpu`` model; ``until`` the console text
     to wait for: dom0's shell (:data:`READY`), or :data:`CRASHED` for a boot that is meant to crash;
     ``hypervisor``: boot another build of the same version (see :func:`hypervisor_files`; the
-    release by default).
+    release by default); ``release``: the Xen release of :data:`XEN_RELEASES` (Debian's package of
+    it, with its Debian release's kernel as dom0).
     """
-    files = hypervisor_files(version, hypervisor)
-    vmlinuz, _, _, _ = L.kernel_files("x86_64")
+    files = hypervisor_files(version, hypervisor, release)
+    kernel = XEN_RELEASES[release][1]
+    vmlinuz, _, _, _ = L.kernel_files("x86_64", kernel)
     workdir = workdir or V.tempfile.mkdtemp(prefix="xenscope-xen-")
     os.makedirs(workdir, exist_ok=True)
     rd = os.path.join(workdir, "dom0-initrd.gz")
     with open(rd, "wb") as f:
-        f.write(dom0_initramfs(extra_files, extra_modules, extra_init))
+        f.write(dom0_initramfs(extra_files, extra_modules, extra_init, kernel))
     for p in (vmlinuz, rd):
         if "," in p or " " in p:
             raise RuntimeError(f"multiboot module path {p!r} has a comma or a space")

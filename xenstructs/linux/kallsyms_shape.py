@@ -45,9 +45,12 @@ def _mapped_runs(mem):
 
 
 def _chunks(mem, runs):
+    """``(va, bytes)`` of ``runs`` in steps of CHUNK, each read NAMES_WINDOW further: the names and
+    the token table after them (found together in one read) may straddle a step's end (Debian's
+    5.10: names from ...81f73698, the token table at ...820bca98)."""
     for va, size in runs:
         for off in range(0, size, CHUNK):
-            n = min(CHUNK + 4096, size - off)          # overlap: a table may straddle two chunks
+            n = min(CHUNK + NAMES_WINDOW + 4096, size - off)
             try:
                 yield va + off, mem.read(va + off, n)
             except KallsymsError:

@@ -479,7 +479,10 @@ class XenHost:
             cols = classify(self, self.frame_arrays())
         except XenscopeError:
             return []
-        inuse = cols["present"] & (cols["state"] != STATES.index("free"))
+        # only frames assigned to a domain (PGC_allocated): an anonymous xen-heap page keeps in its
+        # owner field what its free-list days left there (v.free.order: Debian's 4.14.6 had two
+        # order-1 xen-heap allocations whose head "owner" 1 named frame 1 as a domain d0)
+        inuse = cols["present"] & (cols["state"] != STATES.index("free")) & cols["allocated"]
         raws, counts = np.unique(cols["domain"][inuse], return_counts=True)
         index = FrameIndex(cols["mfn"])
         best = {}
