@@ -91,137 +91,158 @@ def _frame_info(cols, index, mfn):
 def audit_domain(host, cols, domid, access=None):
     """Audit the PV page tables of domain ``domid`` (cols: :func:`frames.classify` output; access:
     :func:`.grants.read_foreign_access` of the host, read here when not given)."""
-    import numpy as np
-    from .frames import STATES, TYPES, FrameIndex
     if access is None:
         from .grants import read_foreign_access
         access = read_foreign_access(host)
-    lay = host.layout
-    doms = {d.id: d for d in host.domains()}
-    if domid not in doms:
-        raise XenscopeError(f"domain {domid} not found (domains: {', '.join(str(i) for i in sorted(doms))})")
-    me = doms[domid].pickled
-    index = FrameIndex(cols["mfn"])
-    owned = (cols["domain"] == np.uint64(me)) & (cols["state"] != STATES.index("free")) & cols["present"]
-    roots = []
-    for lvl in (4, 3, 2, 1):
-        sel = owned & cols["pinned"] & (cols["type"] == TYPES.index(LEVEL_TYPE[lvl]))
-        roots += [(lvl, int(m)) for m in cols["mfn"][sel].tolist()]
-    audit = Audit(domid, roots=[{"level": f"L{l}", "mfn": m} for l, m in roots], access=access)
-    refs = {}                        # table mfn -> references as a table found
-    rw_maps = {}                     # frame -> RW mappings found in L1s
-    seen = set()
+    return _DomainAudit(host, cols, domid, access).run()
 
-    def xen_type_value(level):
-        return lay.type.types[LEVEL_TYPE[level]]
 
-    def add(kind, l4, path, mfn, details, say=""):
-        audit.findings.append(Finding(kind, domid, l4, list(path), mfn, details, say))
+class _DomainAudit:
+    """One domain's walk from its pinned roots: each table's entries judged (:meth:`_leaf` for what
+    an entry maps, :meth:`_table` for a lower table), then each table's type count."""
 
-    def pfn_of(mfn):
-        v = host.m2p(mfn)
+    def __init__(self, host, cols, domid, access):
+        import numpy as np
+        from .frames import STATES, TYPES, FrameIndex
+        self.host, self.cols, self.domid, self.lay = host, cols, domid, host.layout
+        doms = {d.id: d for d in host.domains()}
+        if domid not in doms:
+            raise XenscopeError(f"domain {domid} not found (domains: {', '.join(str(i) for i in sorted(doms))})")
+        self.me = doms[domid].pickled
+        self.index = FrameIndex(cols["mfn"])
+        owned = (cols["domain"] == np.uint64(self.me)) & (cols["state"] != STATES.index("free")) & cols["present"]
+        self.roots = []
+        for lvl in (4, 3, 2, 1):
+            sel = owned & cols["pinned"] & (cols["type"] == TYPES.index(LEVEL_TYPE[lvl]))
+            self.roots += [(lvl, int(m)) for m in cols["mfn"][sel].tolist()]
+        self.audit = Audit(domid, roots=[{"level": f"L{l}", "mfn": m} for l, m in self.roots], access=access)
+        self.refs = {}                   # table mfn -> references as a table found
+        self.rw_maps = {}                # frame -> RW mappings found in L1s
+        self.seen = set()
+
+    def run(self):
+        for lvl, mfn in self.roots:
+            self.visit(lvl, mfn, mfn if lvl == 4 else 0, [])
+        self._type_counts()
+        return self.audit
+
+    def add(self, kind, l4, path, mfn, details, say=""):
+        self.audit.findings.append(Finding(kind, self.domid, l4, list(path), mfn, details, say))
+
+    def pfn_of(self, mfn):
+        v = self.host.m2p(mfn)
         return "?" if v is None else f"{v:x}"
 
-    def foreign(level, slot, e, l4, here, target, other):
+    def bad_type(self, info, want_type, mfn):
+        """Xen's get_page_type() message for ``mfn`` taken as ``want_type``."""
+        return (f"Bad type (saw {int(info['type_info']):016x} != exp {self.lay.type.types[want_type]:016x}) "
+                f"for mfn {mfn:x} (pfn {self.pfn_of(mfn)})")
+
+    def foreign(self, level, slot, e, l4, here, target, other):
         """A foreign frame: judged by :mod:`.grants` when mapped (a leaf), always a finding as a table."""
         owner = other.name if other else "anonymous"
-        text = f"L{level}[{slot}] = {e:#x} names mfn {target:#x} owned by {owner}, not d{domid}"
-        say = f"Error pfn {target:x}: rd=d{domid} od={other.name if other else '?'} (get_page)"
+        text = f"L{level}[{slot}] = {e:#x} names mfn {target:#x} owned by {owner}, not d{self.domid}"
+        say = f"Error pfn {target:x}: rd=d{self.domid} od={other.name if other else '?'} (get_page)"
         if not (level == 1 or (level in (2, 3) and e & 0x80)):
-            add("foreign-reference", l4, here, target, text + f" (as an L{level - 1} table: Xen types "
-                "tables only for their owner)", say)
+            self.add("foreign-reference", l4, here, target, text + f" (as an L{level - 1} table: Xen types "
+                     "tables only for their owner)", say)
             return
-        basis, why = access.judge(domid, target, other.id if other else None, bool(e & 2))
+        basis, why = self.audit.access.judge(self.domid, target, other.id if other else None, bool(e & 2))
         if basis:
-            audit.informational.append(Finding("foreign-reference", domid, l4, list(here), target,
-                                               f"{text}: {why}", "", basis))
+            self.audit.informational.append(Finding("foreign-reference", self.domid, l4, list(here), target,
+                                                    f"{text}: {why}", "", basis))
         else:
-            add("foreign-reference", l4, here, target, f"{text}: {why}", say)
+            self.add("foreign-reference", l4, here, target, f"{text}: {why}", say)
 
-    def visit(level, mfn, l4, path):
-        key = (level, mfn)
-        if key in seen:
+    def visit(self, level, mfn, l4, path):
+        import numpy as np
+        from .frames import STATES
+        if (level, mfn) in self.seen:
             return
-        seen.add(key)
-        audit.tables += 1
-        if audit.tables > MAX_TABLES:
-            raise XenscopeError(f"more than {MAX_TABLES} tables in domain {domid}: tables loop or are absurd")
+        self.seen.add((level, mfn))
+        self.audit.tables += 1
+        if self.audit.tables > MAX_TABLES:
+            raise XenscopeError(f"more than {MAX_TABLES} tables in domain {self.domid}: tables loop or are absurd")
         try:
-            ents = np.frombuffer(host.t.read_table(mfn << 12), "<u8")
+            ents = np.frombuffer(self.host.t.read_table(mfn << 12), "<u8")
         except NotInDump:
-            add("not-in-dump", l4, path, mfn, f"L{level} table mfn {mfn:#x} is not in the dump")
+            self.add("not-in-dump", l4, path, mfn, f"L{level} table mfn {mfn:#x} is not in the dump")
             return
-        present = np.nonzero(ents & np.uint64(1))[0]
-        for slot in present.tolist():
+        for slot in np.nonzero(ents & np.uint64(1))[0].tolist():
             if level == 4 and slot in XEN_L4_SLOTS:
                 continue
             e = int(ents[slot])
             target = (e & 0x000FFFFFFFFFF000) >> 12
             here = path + [[f"L{level}", slot]]
-            info = _frame_info(cols, index, target)
-            owner_ok = info is not None and int(info["domain"]) == me and STATES[info["state"]] != "free"
-            other = host.owner(int(info["domain"])) if info is not None else None
+            info = _frame_info(self.cols, self.index, target)
+            owner_ok = info is not None and int(info["domain"]) == self.me and STATES[info["state"]] != "free"
+            other = self.host.owner(int(info["domain"])) if info is not None else None
             io_page = other is not None and other.id == layouts.DOMID_IO      # MMIO/ROM: iomem permission
             shared_ro = other is not None and other.id in (layouts.DOMID_XEN, layouts.DOMID_COW) and not e & 2
             if info is not None and not owner_ok and STATES[info["state"]] != "free" \
                     and not io_page and not shared_ro:
-                foreign(level, slot, e, l4, here, target, other)
+                self.foreign(level, slot, e, l4, here, target, other)
             if level == 1 or (level == 2 and e & 0x80):
-                if e & 2 and info is not None and TYPES[info["type"]] in ("l1", "l2", "l3", "l4") \
-                        and STATES[info["state"]] != "free":
-                    add("table-mapped-rw", l4, here, target,
-                        f"L{level}[{slot}] maps mfn {target:#x}, an {TYPES[info['type']].upper()} table, read-write",
-                        f"Bad type (saw {int(info['type_info']):016x} != exp "
-                        f"{lay.type.types['writable']:016x}) for mfn {target:x} (pfn {pfn_of(target)})")
-                if e & 2:
-                    rw_maps[target] = rw_maps.get(target, 0) + 1
-                continue
-            want = level - 1
-            if info is None:
-                add("not-in-dump", l4, here, target, f"L{level}[{slot}] names mfn {target:#x}: no page_info")
-                continue
-            t = TYPES[info["type"]] if info["type"] >= 0 else "unknown"
-            if t == LEVEL_TYPE[level]:             # linear (recursive) page table entry
-                if e & 2:
-                    add("linear-rw", l4, here, target,
-                        f"L{level}[{slot}] = {e:#x} points at L{level} table mfn {target:#x} with RW set",
-                        "Attempt to create linear p.t. with write perms")
-                continue
-            refs[target] = refs.get(target, 0) + 1
-            if t == "writable" and int(info["type_count"]):
-                add("writable-as-table", l4, here, target,
-                    f"L{level}[{slot}] uses mfn {target:#x} as an L{want} table, but it is mapped writable "
-                    f"(type count {int(info['type_count'])})",
-                    f"Bad type (saw {int(info['type_info']):016x} != exp {xen_type_value(want):016x}) "
-                    f"for mfn {target:x} (pfn {pfn_of(target)})")
-                continue
-            if t != LEVEL_TYPE[want]:
-                add("type-mismatch", l4, here, target,
-                    f"L{level}[{slot}] uses mfn {target:#x} as an L{want} table, but its type is {t}",
-                    f"Bad type (saw {int(info['type_info']):016x} != exp {xen_type_value(want):016x}) "
-                    f"for mfn {target:x} (pfn {pfn_of(target)})")
-                continue
-            if not info["validated"]:
-                add("not-validated", l4, here, target,
-                    f"L{want} table mfn {target:#x} is not validated (type_info {int(info['type_info']):#x})")
-            visit(want, target, l4, here)
+                self._leaf(level, slot, e, l4, here, target, info)
+            else:
+                self._table(level, slot, e, l4, here, target, info)
 
-    for lvl, mfn in roots:
-        visit(lvl, mfn, mfn if lvl == 4 else 0, [])
-    # type counts: each table's references (+1 pinned) against its type count
-    for (lvl, mfn) in sorted(seen):
-        info = _frame_info(cols, index, mfn)
-        if info is None or TYPES[info["type"]] != LEVEL_TYPE[lvl]:
-            continue
-        want = refs.get(mfn, 0) + (1 if info["pinned"] else 0)
-        have = int(info["type_count"])
-        if lvl == 4 and 0 < have - want <= CR3_REFS:
-            audit.cr3_refs += have - want      # a vCPU's CR3 (kernel and user tables) holds one each
-            continue
-        if want != have:
-            add("type-count", 0, [], mfn,
-                f"L{lvl} table mfn {mfn:#x}: type count {have}, references found {want} ({have - want:+d})")
-    return audit
+    def _leaf(self, level, slot, e, l4, here, target, info):
+        """An entry that maps ``target``: a table mapped read-write is a finding."""
+        from .frames import STATES, TYPES
+        if e & 2 and info is not None and TYPES[info["type"]] in ("l1", "l2", "l3", "l4") \
+                and STATES[info["state"]] != "free":
+            self.add("table-mapped-rw", l4, here, target,
+                     f"L{level}[{slot}] maps mfn {target:#x}, an {TYPES[info['type']].upper()} table, read-write",
+                     self.bad_type(info, "writable", target))
+        if e & 2:
+            self.rw_maps[target] = self.rw_maps.get(target, 0) + 1
+
+    def _table(self, level, slot, e, l4, here, target, info):
+        """An entry that names ``target`` as the next lower table: its type must be that level's."""
+        from .frames import TYPES
+        want = level - 1
+        if info is None:
+            self.add("not-in-dump", l4, here, target, f"L{level}[{slot}] names mfn {target:#x}: no page_info")
+            return
+        t = TYPES[info["type"]] if info["type"] >= 0 else "unknown"
+        if t == LEVEL_TYPE[level]:             # linear (recursive) page table entry
+            if e & 2:
+                self.add("linear-rw", l4, here, target,
+                         f"L{level}[{slot}] = {e:#x} points at L{level} table mfn {target:#x} with RW set",
+                         "Attempt to create linear p.t. with write perms")
+            return
+        self.refs[target] = self.refs.get(target, 0) + 1
+        if t == "writable" and int(info["type_count"]):
+            self.add("writable-as-table", l4, here, target,
+                     f"L{level}[{slot}] uses mfn {target:#x} as an L{want} table, but it is mapped writable "
+                     f"(type count {int(info['type_count'])})", self.bad_type(info, LEVEL_TYPE[want], target))
+            return
+        if t != LEVEL_TYPE[want]:
+            self.add("type-mismatch", l4, here, target,
+                     f"L{level}[{slot}] uses mfn {target:#x} as an L{want} table, but its type is {t}",
+                     self.bad_type(info, LEVEL_TYPE[want], target))
+            return
+        if not info["validated"]:
+            self.add("not-validated", l4, here, target,
+                     f"L{want} table mfn {target:#x} is not validated (type_info {int(info['type_info']):#x})")
+        self.visit(want, target, l4, here)
+
+    def _type_counts(self):
+        """Each table's references (+1 pinned) against its type count."""
+        from .frames import TYPES
+        for (lvl, mfn) in sorted(self.seen):
+            info = _frame_info(self.cols, self.index, mfn)
+            if info is None or TYPES[info["type"]] != LEVEL_TYPE[lvl]:
+                continue
+            want = self.refs.get(mfn, 0) + (1 if info["pinned"] else 0)
+            have = int(info["type_count"])
+            if lvl == 4 and 0 < have - want <= CR3_REFS:
+                self.audit.cr3_refs += have - want      # a vCPU's CR3 (kernel and user tables) holds one each
+                continue
+            if want != have:
+                self.add("type-count", 0, [], mfn,
+                         f"L{lvl} table mfn {mfn:#x}: type count {have}, references found {want} ({have - want:+d})")
 
 
 def audit(host, domain=None):
