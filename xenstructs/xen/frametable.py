@@ -179,7 +179,23 @@ def frame_arrays(host, start=0, count=None):
     """``count_info``, ``type_info`` and raw owner of the frames in ``[start, start+count)`` (and
     below ``max_page``) whose ``page_info`` Xen maps and the dump holds, as numpy arrays sorted by
     mfn, with ``mfn``, ``pdx``, ``present`` (all True) and ``missing``: how many PDX-valid frames
-    of the range have no record in the dump (not mapped by Xen, or not in the dump)."""
+    of the range have no record in the dump (not mapped by Xen, or not in the dump).
+
+    The whole table (``start`` 0, no ``count``) is read once per host (one command: a live target
+    is stopped while it runs) and handed out read-only."""
+    if start == 0 and count is None:
+        cached = getattr(host, "_all_frame_arrays", None)
+        if cached is None:
+            cached = _frame_arrays(host, 0, None)
+            for value in cached.values():
+                if hasattr(value, "flags"):
+                    value.flags.writeable = False
+            host._all_frame_arrays = cached
+        return cached
+    return _frame_arrays(host, start, count)
+
+
+def _frame_arrays(host, start, count):
     import numpy as np
     size = host.layout.page_info_size
     end = host.max_page if count is None else min(host.max_page, start + max(0, count))

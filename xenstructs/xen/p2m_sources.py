@@ -372,11 +372,13 @@ def check_p2m(target, opts):
     on a host dump when :func:`every_domain`."""
     if target.facts.get("format") != "xc_core" and not _inside(target) and every_domain(opts):
         return check_every_domain(target, opts)
-    if target.facts.get("format") != "xc_core" and opts.domain is not None:
-        translated = _translated(HostContext(target, opts).host, opts.domain, explicit=True)
+    ctx = None
+    if target.facts.get("format") != "xc_core" and not _inside(target) and opts.domain is not None:
+        ctx = HostContext(target, opts)
+        translated = _translated(ctx.host, opts.domain, explicit=True)
         if translated is not None:
             return translated
-    src = find_sources(target, opts)
+    src = find_sources(target, opts, ctx=ctx)
     try:
         return _check_sources(target, src, opts)
     finally:
