@@ -395,8 +395,13 @@ def _check_sources(target, src, opts):
         f["owner_id"], f["owner_name"] = src.owner_name(f["owner"])
     xc = target.facts.get("format") == "xc_core"
     inside = _inside(target)
-    res.update(domain=src.domain if not (xc or inside) or opts.host else target.facts.get("domid"),
-               sources=src.why, xen=src.xen, format="xc_core" if xc else inside or "xen-host")
+    if xc and not opts.host:
+        domain = target.facts.get("domid")
+    elif inside:                    # gdbsx names its domain; a live dom0's kcore says it is dom0
+        domain = src.domain if src.domain is not None else target.facts.get("domid")
+    else:
+        domain = src.domain
+    res.update(domain=domain, sources=src.why, xen=src.xen, format="xc_core" if xc else inside or "xen-host")
     _allowed_foreign(res, src, res["domain"])
     return res
 
