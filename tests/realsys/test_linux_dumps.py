@@ -561,7 +561,10 @@ def test_check_on_dask_and_the_html_map_of_the_real_dumps(system, dask_scheduler
     assert page("dask.html") == page("local.html")
     sec = next(s for s in dom(tmp_path / "local.html").find("section", class_="dump")
                if s.attrs["data-dump"] == system["elf"])
-    mode = "pae" if system["cfg"]["arch"] == "i386" else "5level" if system["cfg"].get("la57") else "4level"
+    if system["cfg"]["arch"] == "i386":           # QEMU's CR4.PAE says which 32-bit paging the strips use
+        mode = "pae" if system["regs"]["cr4"] & 0x20 else "2level"
+    else:
+        mode = "5level" if system["cfg"].get("la57") else "4level"
     if mode != "5level":
         truth = [("user" if user else "kernel", "w" if write else "r", a, b) for a, b, user, write in system["mem"]]
         binned = check_map(sec, mode, truth, lanes=("kernel", "user"), rank={"r": 1, "w": 2},

@@ -144,21 +144,35 @@ def _guest_paging(target, opts, src, cols, domid):
     else:
         cr3 = why = None
         cpu_cr3 = target.cpu(opts.cpu).regs.get("cr3")
-        if cpu_cr3 is not None and owner_of(src.owners, cpu_cr3 >> 12) == src.me:
+        if cpu_cr3 is not None and owner_of(src.owners, cpu_cr3 >> 12) == src.me \
+                and _maps_kernel_half(target, cpu_cr3):
             cr3, why = cpu_cr3, f"CPU {opts.cpu}'s CR3 (an L4 of d{domid})"
         elif cols is not None:
             l4 = np.flatnonzero(cols["present"] & cols["pinned"] & (cols["domain"] == np.uint64(src.me))
                                 & (cols["type"] == TYPES.index("l4")))
-            if len(l4):
-                cr3 = int(cols["mfn"][l4[0]]) << 12
-                why = (f"d{domid}'s pinned L4 at mfn {cr3 >> 12:#x} (every Linux PGD maps the kernel "
-                       f"half; {len(l4)} pinned L4(s))")
+            kernel = [int(m) << 12 for m in cols["mfn"][l4].tolist() if _maps_kernel_half(target, int(m) << 12)]
+            if kernel:
+                cr3 = kernel[0]
+                why = (f"d{domid}'s pinned L4 at mfn {cr3 >> 12:#x} (a kernel PGD: every one maps the kernel "
+                       f"half; {len(kernel)} of its {len(l4)} pinned L4(s) do)")
         if cr3 is None:
             raise XenscopeError(f"no page tables of d{domid} known: CPU {opts.cpu}'s CR3 is not one of "
                                 "its L4s and it has no pinned L4: give --cr3")
     ctx = resolve(target, cr3=cr3, cpu=opts.cpu)
     src.why["cr3"] = f"{cr3:#x} ({why})"
     return ctx.paging
+
+
+def _maps_kernel_half(target, cr3):
+    """True when the L4 at ``cr3`` maps the guest kernel's half (a present entry in slots 272-511,
+    past Xen's 256-271): a 64-bit PV Linux's kernel PGD does, the user PGD Xen switches to in user
+    mode does not (a CPU dumped in user mode has that one in CR3)."""
+    import numpy as np
+    try:
+        entries = np.frombuffer(target.read_table(cr3 & ~0xFFF), "<u8")
+    except XenscopeError:
+        return False
+    return bool(np.any(entries[272:] & np.uint64(1)))
 
 
 def _take(src, got, first, count):
