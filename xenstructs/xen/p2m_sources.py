@@ -153,8 +153,8 @@ def _guest_paging(target, opts, src, cols, domid):
             kernel = [int(m) << 12 for m in cols["mfn"][l4].tolist() if _maps_kernel_half(target, int(m) << 12)]
             if kernel:
                 cr3 = kernel[0]
-                why = (f"d{domid}'s pinned L4 at mfn {cr3 >> 12:#x} (a kernel PGD: every one maps the kernel "
-                       f"half; {len(kernel)} of its {len(l4)} pinned L4(s) do)")
+                why = (f"d{domid}'s pinned L4 at mfn {cr3 >> 12:#x} (a kernel PGD: it maps the kernel image; "
+                       f"{len(kernel)} of its {len(l4)} pinned L4(s) do)")
         if cr3 is None:
             raise XenscopeError(f"no page tables of d{domid} known: CPU {opts.cpu}'s CR3 is not one of "
                                 "its L4s and it has no pinned L4: give --cr3")
@@ -164,15 +164,19 @@ def _guest_paging(target, opts, src, cols, domid):
 
 
 def _maps_kernel_half(target, cr3):
-    """True when the L4 at ``cr3`` maps the guest kernel's half (a present entry in slots 272-511,
-    past Xen's 256-271): a 64-bit PV Linux's kernel PGD does, the user PGD Xen switches to in user
-    mode does not (a CPU dumped in user mode has that one in CR3)."""
+    """True when the L4 at machine address ``cr3`` maps the kernel image's gigabyte (L4[511] and its
+    PDPT[510]: 0xffffffff80000000-0xffffffffbfffffff, where every x86_64 Linux links its text,
+    KASLR or not). A 64-bit PV Linux's kernel PGD does; the user PGD Xen switches to in user mode
+    (a CPU dumped in user mode has it in CR3) maps only the vsyscall page there (PDPT[511])."""
     import numpy as np
     try:
-        entries = np.frombuffer(target.read_table(cr3 & ~0xFFF), "<u8")
+        l4 = np.frombuffer(target.read_table(cr3 & ~0xFFF), "<u8")
+        if not l4[511] & 1:
+            return False
+        pdpt = np.frombuffer(target.read_table(int(l4[511]) & 0x000FFFFFFFFFF000), "<u8")
     except XenscopeError:
         return False
-    return bool(np.any(entries[272:] & np.uint64(1)))
+    return bool(pdpt[510] & 1)
 
 
 def _take(src, got, first, count):
