@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Peak memory of every command on every dump: each run is one child process, its peak RSS taken
-from ``os.wait4`` (``ru_maxrss`` of that child alone), and held to a bound that grows with the
+from ``os.wait4`` (``ru_maxrss`` of that child alone, started by a small launcher: Linux carries the
+exec'ing process's high-water mark into it), and held to a bound that grows with the
 dump's RAM, not with what the dump claims.
 
     .venv/bin/python bench/memory.py [DUMP...] [--json FILE] [--only COMMAND]
@@ -74,23 +75,32 @@ def commands_for(path, machine):
     return out
 
 
+# Linux carries the pre-exec memory's high-water mark into ru_maxrss across exec: a child exec'd
+# straight from this (large) process would report at least our own peak. A small launcher process
+# starts each command and reports the command's own ru_maxrss.
+LAUNCHER = """
+import os, subprocess, sys, time
+deadline = time.monotonic() + float(sys.argv[1])
+proc = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+while True:
+    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+    if pid:
+        break
+    if time.monotonic() > deadline:
+        proc.kill()
+        pid, status, usage = os.wait4(proc.pid, 0)
+        break
+    time.sleep(0.01)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
+
+
 def run_one(argv, timeout=300):
-    """Run ``xenscope ARGV`` as a child: (exit status, peak RSS in bytes, seconds)."""
+    """Run ``xenscope ARGV`` as a child of a small launcher: (exit status, peak RSS in bytes, seconds)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "xenstructs.cli"] + argv, cwd=TOP,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            proc.kill()
-            pid, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.01)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss * 1024, time.perf_counter() - t0
+    out = subprocess.run([sys.executable, "-c", LAUNCHER, str(timeout), sys.executable, "-m", "xenstructs.cli"]
+                         + argv, cwd=TOP, capture_output=True, text=True, timeout=timeout + 60).stdout.split()
+    return int(out[0]), int(out[1]) * 1024, time.perf_counter() - t0
 
 
 def bound_of(ram):
