@@ -36,28 +36,53 @@ def _sources():
     return "\n".join(lines) + "\n"
 
 
+class PrivateApt:
+    """apt reading only a sources list, lists and cache of its own under ``root`` (never the
+    machine's): ``sources`` is the sources.list text; ``arches``: the architectures it lists;
+    ``own_status``: an empty dpkg status of its own (no package counts as installed)."""
+
+    def __init__(self, root, sources, arches=None, own_status=False):
+        self.root, self.sources, self.arches, self.own_status = root, sources, arches, own_status
+
+    def options(self):
+        """apt's options that make it read only our own sources list, lists and cache."""
+        root = self.root
+        out = ["-o", f"Dir::Etc::sourcelist={root}/sources.list", "-o", "Dir::Etc::sourceparts=-",
+               "-o", f"Dir::State::Lists={root}/lists", "-o", f"Dir::Cache={root}/cache"]
+        if self.arches:
+            out += ["-o", f"APT::Architectures={','.join(self.arches)}"]
+        out += ["-o", "APT::Sandbox::User=root"]
+        if self.own_status:
+            out += ["-o", f"Dir::State::status={root}/status"]
+        return out
+
+    def update(self, force=False):
+        """apt-get update of the private lists (once: the stamp file ``updated``; again when ``force``)."""
+        stamp = os.path.join(self.root, "updated")
+        if os.path.exists(stamp) and not force:
+            return
+        for d in ("lists/partial", "cache/archives/partial"):
+            os.makedirs(os.path.join(self.root, d), exist_ok=True)
+        with open(os.path.join(self.root, "sources.list"), "w") as f:
+            f.write(self.sources)
+        if self.own_status:
+            open(os.path.join(self.root, "status"), "a").close()
+        V.sh("apt-get", *self.options(), "update", "-q")
+        open(stamp, "w").close()
+
+
+def _apt():
+    return PrivateApt(_root(), _sources(), ARCHES, own_status=True)
+
+
 def apt_options():
     """apt's options that make it read only our own sources list, lists and cache."""
-    root = _root()
-    return ["-o", f"Dir::Etc::sourcelist={root}/sources.list", "-o", "Dir::Etc::sourceparts=-",
-            "-o", f"Dir::State::Lists={root}/lists", "-o", f"Dir::Cache={root}/cache",
-            "-o", f"APT::Architectures={','.join(ARCHES)}", "-o", "APT::Sandbox::User=root",
-            "-o", f"Dir::State::status={root}/status"]
+    return _apt().options()
 
 
 def apt_update(force=False):
     """apt-get update of the private lists (once; again when ``force``)."""
-    root = _root()
-    stamp = os.path.join(root, "updated")
-    if os.path.exists(stamp) and not force:
-        return
-    for d in ("lists/partial", "cache/archives/partial"):
-        os.makedirs(os.path.join(root, d), exist_ok=True)
-    with open(os.path.join(root, "sources.list"), "w") as f:
-        f.write(_sources())
-    open(os.path.join(root, "status"), "a").close()          # no packages "installed" here
-    V.sh("apt-get", *apt_options(), "update", "-q")
-    open(stamp, "w").close()
+    _apt().update(force)
 
 
 def versions(release, package):

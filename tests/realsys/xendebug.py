@@ -62,25 +62,18 @@ def _apt_root():
     return os.path.join(V.CACHE, "apt-src")
 
 
+def _apt():
+    from .debian import PrivateApt
+    return PrivateApt(_apt_root(), SOURCES)
+
+
 def _apt_options():
-    root = _apt_root()
-    return ["-o", f"Dir::Etc::sourcelist={root}/sources.list", "-o", "Dir::Etc::sourceparts=-",
-            "-o", f"Dir::State::Lists={root}/lists", "-o", f"Dir::Cache={root}/cache",
-            "-o", "APT::Sandbox::User=root"]
+    return _apt().options()
 
 
 def _apt_update(force=False):
     """apt-get update of the private deb-src lists (once; again when ``force``)."""
-    root = _apt_root()
-    stamp = os.path.join(root, "updated")
-    if os.path.exists(stamp) and not force:
-        return
-    for d in ("lists/partial", "cache/archives/partial"):
-        os.makedirs(os.path.join(root, d), exist_ok=True)
-    with open(os.path.join(root, "sources.list"), "w") as f:
-        f.write(SOURCES)
-    V.sh("apt-get", *_apt_options(), "update", "-q")
-    open(stamp, "w").close()
+    _apt().update(force)
 
 
 def source_versions():
