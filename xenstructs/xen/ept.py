@@ -28,7 +28,7 @@ frame as ``p2m_domain.phys_table``. Xen uses a 4-level walk (``wl`` = 3).
 
 from dataclasses import dataclass
 
-from .p2m_types import ACCESS, type_name
+from .p2m_types import ACCESS, EntryNames
 
 ADDR_MASK = 0x000FFFFFFFFFF000
 MEMORY_TYPES = {0: "UC", 1: "WC", 4: "WT", 5: "WP", 6: "WB"}
@@ -57,7 +57,7 @@ def layout_for(version):
 
 
 @dataclass
-class Entry:
+class Entry(EntryNames):
     """One decoded EPT entry at ``level`` (4 = the root table's)."""
     raw: int
     level: int
@@ -69,14 +69,6 @@ class Entry:
     writable: bool
     nx: bool
     recalc: bool
-
-    @property
-    def type_name(self):
-        return type_name(self.type)
-
-    @property
-    def page_order(self):
-        return 9 * (self.level - 1) if self.leaf else None
 
     @property
     def access(self):

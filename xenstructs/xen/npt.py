@@ -22,7 +22,7 @@ master; unchanged):
 
 from dataclasses import dataclass
 
-from .p2m_types import type_name
+from .p2m_types import EntryNames
 
 ADDR_MASK = 0x000FFFFFFFFFF000          # bits 51:12 (PADDR_BITS 52)
 LARGE_ADDR_MASK = ADDR_MASK & ~0x1000   # a superpage's bit 12 is PAT (p2m_l2e_from_pfn masks it)
@@ -46,7 +46,7 @@ def entry_type(raw):
 
 
 @dataclass
-class Entry:
+class Entry(EntryNames):
     """One decoded P2M entry at ``level`` (4 = the root table's)."""
     raw: int
     level: int
@@ -57,14 +57,6 @@ class Entry:
     writable: bool
     nx: bool
     recalc: bool                          # USER clear: Xen recalculates the type on next use
-
-    @property
-    def type_name(self):
-        return type_name(self.type)
-
-    @property
-    def page_order(self):
-        return 9 * (self.level - 1) if self.leaf else None
 
     def flags(self):
         """Short words for the entry's bits."""

@@ -27,3 +27,17 @@ def type_name(number):
     if 0 <= number < len(P2M_TYPES):
         return "p2m_" + P2M_TYPES[number]
     return f"p2m_type_{number}"
+
+
+class EntryNames:
+    """What both formats' decoded entries (:class:`.npt.Entry`, :class:`.ept.Entry`: ``type``,
+    ``level``, ``leaf``) say the same way."""
+
+    @property
+    def type_name(self):
+        return type_name(self.type)
+
+    @property
+    def page_order(self):
+        """log2 of the pages a leaf maps (0, 9, 18), None for a table entry."""
+        return 9 * (self.level - 1) if self.leaf else None
