@@ -40,22 +40,43 @@ from . import linux as L
 from . import vm as V
 from . import xenhost as X
 
-XEN_BIN = "/usr/lib/xen-4.17/bin"
 MULTIARCH = "lib/x86_64-linux-gnu"
 DOMU_NAME = "domu"
 DOMU_MEM_MB = 128
 DOMU_READY = "XENSCOPE-DOMU-UP"
 DOMU_ARGS = "console=hvc0 loglevel=4 nokaslr"
 
-# Xen's tools and libraries, at the hypervisor's Debian version
-XEN_PACKAGES = ("xen-utils-4.17", "xen-utils-common", "xenstore-utils", "libxenmisc4.17",
-                "libxencall1", "libxendevicemodel1", "libxenevtchn1", "libxenforeignmemory1",
-                "libxengnttab1", "libxenhypfs1", "libxentoolcore1", "libxentoollog1",
-                "libxenstore4")
-# the C libraries they need that busybox does not bring (apt's candidate version)
+
+
+def xen_bin(release="4.17"):
+    """Where Debian puts a Xen release's tools."""
+    return f"/usr/lib/xen-{release}/bin"
+
+
+XEN_BIN = xen_bin()
+
+
+def xen_packages(release="4.17"):
+    """Xen's tools and libraries of ``release``, taken at the hypervisor's Debian version (bullseye's
+    4.14 still calls its xenstore library libxenstore3.0)."""
+    return (f"xen-utils-{release}", "xen-utils-common", "xenstore-utils", f"libxenmisc{release}",
+            "libxencall1", "libxendevicemodel1", "libxenevtchn1", "libxenforeignmemory1",
+            "libxengnttab1", "libxenhypfs1", "libxentoolcore1", "libxentoollog1",
+            "libxenstore3.0" if release == "4.14" else "libxenstore4")
+
+
+# the C libraries they need that busybox does not bring (the newest of the Xen release's Debian
+# release: trixie's tools need trixie's glibc)
 OTHER_PACKAGES = ("libc6", "libgcc-s1", "libuuid1", "libyajl2", "liblzma5", "libzstd1", "zlib1g")
-PROGRAMS = (f"{XEN_BIN}/xl", f"{XEN_BIN}/xenstored", f"{XEN_BIN}/xen-init-dom0",
-            f"{XEN_BIN}/xenconsoled", "/usr/bin/xenstore")
+
+
+def programs(release="4.17"):
+    """dom0's toolstack programs of ``release``."""
+    x = xen_bin(release)
+    return (f"{x}/xl", f"{x}/xenstored", f"{x}/xen-init-dom0", f"{x}/xenconsoled", "/usr/bin/xenstore")
+
+
+PROGRAMS = programs()
 XENSTORE_LINKS = ("xenstore-ls", "xenstore-read", "xenstore-list", "xenstore-write")
 # not in any DT_NEEDED, dlopen'ed by glibc (pthread_cancel/pthread_exit unwind): xl aborts without
 DLOPENED = ("libgcc_s.so.1",)
@@ -106,9 +127,8 @@ def dt_needed(path):
     return needed, interp
 
 
-def modinfo(path):
-    """A kernel module's .modinfo as {key: [values]}."""
-    data = open(path, "rb").read()
+def modinfo(data):
+    """A kernel module's .modinfo (``data``: its ELF bytes) as {key: [values]}."""
     _, off, size, _, _ = _sections(data)[".modinfo"]
     out = {}
     for item in data[off:off + size].split(b"\0"):
@@ -119,22 +139,28 @@ def modinfo(path):
 
 
 def module_closure(moddir, names):
-    """Paths (relative to ``moddir``) of ``names`` and their ``depends=``, dependencies first."""
+    """Paths (relative to ``moddir``) of ``names`` and their ``depends=``, dependencies first (a
+    module the kernel has built in is left out)."""
     index = {}
     for root, _, fns in os.walk(os.path.join(moddir, "kernel")):
         for fn in fns:
-            if fn.endswith(".ko"):
-                index[fn[:-3].replace("-", "_")] = os.path.relpath(os.path.join(root, fn), moddir)
+            base = re.sub(r"\.(xz|zst)$", "", fn)         # trixie ships .ko.xz
+            if base.endswith(".ko"):
+                index[base[:-3].replace("-", "_")] = os.path.relpath(os.path.join(root, base), moddir)
+    builtin = set()
+    if os.path.exists(os.path.join(moddir, "modules.builtin")):     # e.g. trixie's virtio_pci
+        builtin = {os.path.basename(line.strip())[:-3].replace("-", "_")
+                   for line in open(os.path.join(moddir, "modules.builtin")) if line.strip()}
     order, seen = [], set()
 
     def visit(name):
         key = name.replace("-", "_")
-        if key in seen:
+        if key in seen or (key in builtin and key not in index):
             return
         if key not in index:
             raise RuntimeError(f"module {name} not in {moddir} (built in? check modules.builtin)")
         seen.add(key)
-        deps = modinfo(os.path.join(moddir, index[key])).get("depends", [""])[0]
+        deps = modinfo(L.module_bytes(moddir, index[key])).get("depends", [""])[0]
         for d in filter(None, deps.split(",")):
             visit(d)
         order.append(index[key])
@@ -146,11 +172,20 @@ def module_closure(moddir, names):
 
 # ---------------------------------------------------------------- packages -> files
 
-def package_roots(version=None):
-    """{package: unpacked root}: Xen's at the hypervisor's version, the others at apt's."""
-    version = version or X.xen_version()
-    roots = {p: X.extract_at(p, version) for p in XEN_PACKAGES}
-    roots.update({p: V.extract(p) for p in OTHER_PACKAGES})
+def package_roots(version=None, release="4.17"):
+    """{package: unpacked root}: Xen's at the hypervisor's version, the others at apt's (4.17,
+    bookworm: the machine's own apt) or the newest of the release's Debian release (its private
+    sources list, realsys.debian)."""
+    dist = X.XEN_RELEASES[release][0]
+    if dist is None:
+        version = version or X.xen_version()
+        roots = {p: X.extract_at(p, version) for p in xen_packages(release)}
+        roots.update({p: V.extract(p) for p in OTHER_PACKAGES})
+        return roots
+    from . import debian
+    version = version or X.xen_files(release=release)["version"]
+    roots = {p: debian.release_extract(dist, p, version) for p in xen_packages(release)}
+    roots.update({p: debian.release_extract(dist, p) for p in OTHER_PACKAGES})
     return roots
 
 
@@ -167,10 +202,13 @@ def _resolve(root, path):
 
 
 def _find(roots, path):
-    for pkg, root in roots.items():
-        full = _resolve(root, path)
-        if full:
-            return pkg, full
+    """(package, file) of ``path`` in the unpacked packages; also under /usr (trixie's merged /usr
+    ships the dynamic loader as /usr/lib64/ld-linux-x86-64.so.2)."""
+    for candidate in (path, "/usr" + path) if not path.startswith("/usr/") else (path,):
+        for pkg, root in roots.items():
+            full = _resolve(root, candidate)
+            if full:
+                return pkg, full
     return None, None
 
 
@@ -263,7 +301,7 @@ def domu_initramfs(extra_files=None, extra_init=""):
 class Guest:
     """What kind of domU to make (the default: a PV one): ``kind`` (xl's ``type``), ``cpu`` (QEMU's
     ``-cpu`` for the host, None: xenhost's), ``domu_files``/``domu_init`` (see :func:`domu_initramfs`),
-    ``programs`` (dom0's toolstack programs), ``after_pause(d)`` (called once the domU is paused,
+    ``programs`` (dom0's toolstack programs; None: :func:`programs` of the release), ``after_pause(d)`` (called once the domU is paused,
     before its dump-core), ``create_wait``, ``boot_wait``, ``dump_wait`` (seconds ``xl create``, the
     domU's ready marker and ``xl dump-core`` with the carrying out may take), ``xl_extra`` (more lines
     of the xl config), ``dump_core`` (False: no ``xl dump-core``: the caller dumps, its own way);
@@ -272,7 +310,7 @@ class Guest:
     /}`` where ``programs`` are also looked for, e.g. a program built here), ``extra_files`` (more
     dom0 files, ``{path: (mode, bytes)}``)."""
 
-    def __init__(self, kind="pv", cpu=None, domu_files=None, domu_init="", programs=PROGRAMS,
+    def __init__(self, kind="pv", cpu=None, domu_files=None, domu_init="", programs=None,
                  after_pause=None, create_wait=180, boot_wait=150, dump_wait=300, xl_extra="",
                  dump_core=True, modules=DOM0_MODULES, domu_initrd=None, extra_roots=None, extra_files=None):
         self.kind, self.cpu, self.domu_files, self.domu_init = kind, cpu, domu_files, domu_init
@@ -301,7 +339,7 @@ def xl_config(kind="pv", extra=""):
 
 RUN = r"""#!/bin/sh
 # dom0's steps, one per call: /xs/run STEP [ARGS]
-X=/usr/lib/xen-4.17/bin
+X=@XEN_BIN@
 LOG=/var/log/xen/console/guest-domu.log
 case "$1" in
 toolstack)
@@ -353,24 +391,26 @@ esac
 """
 
 
-def dom0_extra(version=None, guest=None):
-    """(files, modules, init lines, manifest) to add to xenhost's dom0 initramfs."""
+def dom0_extra(version=None, guest=None, release="4.17"):
+    """(files, modules, init lines, manifest) to add to xenhost's dom0 initramfs (``release``: the
+    Xen release; its Debian release's kernel is dom0's and the domU's)."""
     guest = guest or Guest()
-    vmlinuz, moddir, _, release = L.kernel_files("x86_64")
-    roots = package_roots(version)
+    vmlinuz, moddir, _, kernel = L.kernel_files("x86_64", X.XEN_RELEASES[release][1])
+    roots = package_roots(version, release)
     roots.update(guest.extra_roots)
-    files, manifest = toolstack_files(roots, guest.programs)
+    files, manifest = toolstack_files(roots, guest.programs or programs(release))
     files["boot/vmlinuz"] = (0o100644, open(vmlinuz, "rb").read())
     files["boot/domu-initrd.gz"] = (0o100644, guest.domu_initrd or domu_initramfs(guest.domu_files,
                                                                                   guest.domu_init))
     files["etc/xen/domu.cfg"] = (0o100644, xl_config(guest.kind, guest.xl_extra).encode())
-    files["xs/run"] = (0o100755, RUN.encode())
+    files["xs/run"] = (0o100755, RUN.replace("@XEN_BIN@", xen_bin(release)).encode())
     files.update(guest.extra_files)
     files.update(_dirs(files))
     modules = module_closure(moddir, guest.modules)
     manifest["modules"] = modules
-    manifest["kernel"] = release
-    init = "export PATH=/bin:/usr/bin:/usr/sbin:/usr/lib/xen-4.17/bin"
+    manifest["kernel"] = kernel
+    manifest["release"] = release
+    init = f"export PATH=/bin:/usr/bin:/usr/sbin:{xen_bin(release)}"
     return files, modules, init, manifest
 
 
@@ -441,15 +481,16 @@ def parse_rings(text):
 
 
 def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=DOM0_MEM_MB,
-                       guest=None, hypervisor=None, qemu_args=()):
+                       guest=None, hypervisor=None, qemu_args=(), release="4.17"):
     """Boot Xen + dom0 with Debian's toolstack, create, pause and dump-core a domU (``guest``: a
     :class:`Guest`, PV by default); return a :class:`DomU` (the host keeps running, the domU paused).
     ``hypervisor``: another build of ``version`` to boot (:func:`realsys.xenhost.boot_xen_host`);
-    ``qemu_args``: more QEMU arguments (devices, a gdbstub)."""
+    ``qemu_args``: more QEMU arguments (devices, a gdbstub); ``release``: the Xen release
+    (realsys.xenhost.XEN_RELEASES), its tools at the hypervisor's Debian version."""
     t0 = time.time()
     guest = guest or Guest()
     os.makedirs(workdir, exist_ok=True)
-    files, modules, init, manifest = dom0_extra(version, guest)
+    files, modules, init, manifest = dom0_extra(version, guest, release)
     disk = os.path.join(workdir, "carry.img")
     if "," in disk:
         raise RuntimeError(f"QEMU -drive file= path {disk!r} has a comma")
@@ -460,11 +501,11 @@ def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=
                                   f"dom0_mem={dom0_mem}M,max:{dom0_mem}M")
     host = X.boot_xen_host(workdir=os.path.join(workdir, "vm"), timeout=timeout, mem=mem,
                            version=version, xen_args=xen_args, extra_files=files,
-                           extra_modules=modules, extra_init=init, hypervisor=hypervisor,
+                           extra_modules=modules, extra_init=init, hypervisor=hypervisor, release=release,
                            qemu_args=["-drive", f"file={disk},if=virtio,format=raw", *qemu_args],
                            **({"cpu": guest.cpu} if guest.cpu else {}))
     d = DomU(host, workdir)
-    d.manifest, d.disk = manifest, disk
+    d.manifest, d.disk, d.release = manifest, disk, release
     d.timings["prepare"] = t_prep
     d.timings["boot_xen_dom0"] = host.boot_seconds
     d.initramfs_bytes = os.path.getsize(os.path.join(workdir, "vm", "dom0-initrd.gz"))
@@ -492,7 +533,7 @@ def boot_xen_with_domu(workdir, timeout=240, version=None, mem=MEM_MB, dom0_mem=
         m = re.search(r"XS-SIZE core (\d+) kallsyms (\d+)", out)
         d.xc_core_size_in_dom0 = int(m.group(1)) if m else None
         # xl dump-core neither pauses nor unpauses: the domU must still be paused
-        d.xl_list_after_dump = _step(d, "list", "/usr/lib/xen-4.17/bin/xl list", 60, "Domain-0")
+        d.xl_list_after_dump = _step(d, "list", f"{xen_bin(release)}/xl list", 60, "Domain-0")
         state = parse_xl_list(d.xl_list_after_dump).get(DOMU_NAME, {}).get("state", "")
         if "p" not in state:
             raise RuntimeError(f"{DOMU_NAME} is not paused after dump-core:\n"
