@@ -62,7 +62,10 @@ def console_of_kind(target, kind, host=None):
     except XenscopeError as e:
         return None, str(e)
     if kind == "xl-dump-core":
-        return None, "an xl dump-core file has no VMCOREINFO to find the guest's printk buffer"
+        try:
+            return linux_console(target), None      # the guest's own kallsyms and BTF
+        except XenscopeError as e:
+            return None, f"an xl dump-core file has no VMCOREINFO, and the guest's printk buffer: {e}"
     return None, "the dump is neither a Xen host nor a Linux dump with VMCOREINFO"
 
 

@@ -1,9 +1,17 @@
-"""xenscope on Debian's other Xen releases: 4.20 (trixie, dom0 Linux 6.12) and 4.14 (bullseye, dom0
+"""xenscope on Debian's other Xen releases: 4.20 (trixie, dom0 and domU Linux 6.12) and 4.14 (bullseye,
 Linux 5.10), each booted from Debian's own packages (realsys.debian's private sources list) with a PV
 dom0 under QEMU (TCG), ``-cpu max,-smap`` as the 4.17 tier (realsys.xenhost: TCG's SMAP breaks every
-PV dom0's first iretq, whatever the release).
+PV dom0's first iretq, whatever the release), running the release's own toolstack (xen-utils-4.20 with
+trixie's glibc, xen-utils-4.14 with bullseye's: realsys.xendomu) which makes, pauses and dumps
+(``xl dump-core``) a PV domU.
 
-One boot per release. The truth, printed by Xen or read by QEMU before the dump, never by xenscope:
+One boot per release: the host image, the domU's xl dump-core and every fact below come from it. The
+domU tests of the 4.17 tier (test_xen_domu_boot.py, test_xen_domu_p2m.py: the xc core's layout and
+notes against the release, its pages against the host image, P2M/M2P/owners, walks, dmesg against the
+domU's console, its own P2M, pt-audit's granted ring mappings against xenstore and the toolstack's
+/proc/PID/maps, struct domain offsets, ``check``) run here again, on each release, through this
+module's ``domu``/``host_dump``/``xs``/``core`` fixtures. The truth, printed by Xen or read by QEMU
+before the dump, never by xenscope:
 - Xen's debug keys: ``q`` (each domain's nr_pages/xenheap_pages/max_pages and the caf/taf of the
   xen-heap pages it lists), ``0`` (dom0's CR3), ``H`` (the free pages of each heap zone), ``m`` (the
   free kB of the Xen and domain heaps), ``d`` (register dumps whose call traces Xen symbolised itself);
@@ -18,7 +26,9 @@ One boot per release. The truth, printed by Xen or read by QEMU before the dump,
   -dbg package of Xen 4.14, so there the symbols are judged by Xen's own symbolised call traces only;
 - Xen's com1 lines for ``dmesg``; dom0's own /proc/modules and process list for ``tasks``,
   ``modules`` and ``modcheck`` of the dom0 kernel in the host image (through dom0's CR3 as the ``0``
-  key printed it: symbols and types from that kernel's kallsyms and BTF, found in the image).
+  key printed it: symbols and types from that kernel's kallsyms and BTF, found in the image); the
+  domU's, printed by its init on its console, for the same commands on its xl dump-core with nothing
+  given, and in the host image through the vCPU's CR3 the toolstack saved (``.xen_prstatus``).
 """
 import bisect
 import json
@@ -31,8 +41,21 @@ import time
 import numpy as np
 import pytest
 
+from realsys import linux as L
 from realsys.linux import comm_matches
-from realsys.xenhost import FRAMETABLE_VIRT_START, PAGE_INFO_SIZE, boot_xen_host, elf_symtab, parse_q
+from realsys.xendomu import MEM_MB, Guest, boot_xen_with_domu
+from realsys.xenhost import FRAMETABLE_VIRT_START, PAGE_INFO_SIZE, XEN_RELEASES, elf_symtab, parse_q
+# the 4.17 tier's domU tests, run here on each release with this module's fixtures (see above)
+from realsys.test_xen_domu_boot import (  # noqa: F401  (collected by pytest)
+    parse_xc_core, test_check_over_the_real_dumps_of_a_healthy_host, test_dmesg_of_the_xl_dump_core_is_the_domus_console,
+    test_domu_console, test_domu_own_p2m_agrees_with_its_xl_dump_core, test_host_dump_agrees_with_xc_core,
+    test_pt_audit_names_the_ring_mappings_as_granted, test_struct_offsets_of_the_table_hold_on_the_real_dump,
+    test_system_map_and_banner_page, test_xc_core_is_elf_core_with_xen_sections, test_xc_core_notes,
+    test_xenscope_p2m_m2p_owners_and_pages_agree_with_the_host, test_xenscope_reads_the_xc_core,
+    test_xenscope_walks_the_domu_kernel_in_both_dumps, test_xl_list_shows_paused_domu)
+from realsys.test_xen_domu_p2m import (  # noqa: F401
+    pages, test_each_p2m_by_shared_info_is_the_toolstacks_and_the_kernels,
+    test_shared_info_pages_are_the_ones_xen_and_the_toolstack_name, test_xl_dump_core_own_p2m_with_and_without_symbol_files)
 from xenstructs.targets import open_dump
 from xenstructs.xen import frames as F
 from xenstructs.xen.host import open_host
@@ -44,17 +67,36 @@ RELEASES = ("4.14", "4.20")
 # the XSA-402 backport (PGT_non_coherent 55, PGC bits of 4.17: C3); 4.20 has PGC_extra at bit 61 (C4)
 LAYOUTS = {"4.14": "T3/C3", "4.20": "T3/C4"}
 STATE_SHIFT, STATE_FREE = 58, 3          # PGC_state = PG_mask(3, 6): bits 58-59, free = 3
+DOMU_MODULES = ("kernel/lib/crc7.ko", "kernel/lib/crc8.ko")
+# the domU's own lists, on its console: the truth for tasks/modules of its kernel
+DOMU_LISTS = ("echo DOMU-MODS-BEGIN; cat /proc/modules; echo DOMU-MODS-END\n"
+              "echo DOMU-PIDS-BEGIN; for p in /proc/[0-9]*; do echo ${p#/proc/} $(cat $p/comm); done; "
+              "echo DOMU-PIDS-END")
+
+
+def domu_guest(release):
+    """The PV domU: the release's kernel, two modules loaded (crc7, crc8), its lists printed."""
+    _, moddir, _, _ = L.kernel_files("x86_64", XEN_RELEASES[release][1])
+    files = {"lib": (0o40755, None)}
+    lines = []
+    for rel in DOMU_MODULES:
+        files[f"lib/{os.path.basename(rel)}"] = (0o100644, L.module_bytes(moddir, rel))
+        lines.append(f"insmod /lib/{os.path.basename(rel)}")
+    return Guest(domu_files=files, domu_init="\n".join(lines + [DOMU_LISTS]))
 
 
 @pytest.fixture(scope="module", params=RELEASES)
 def rel(request, tmp_path_factory):
-    """Boot the release, collect Xen's and QEMU's truth, dump; yield it all; delete the dump."""
+    """Boot the release with its toolstack, make and dump-core the PV domU, collect Xen's and QEMU's
+    truth, dump the host; yield it all; delete the dump."""
     release = request.param
     d = tmp_path_factory.mktemp(f"xen-{release}")
     t0 = time.time()
-    h = boot_xen_host(workdir=str(d / "vm"), timeout=400, mem=512, release=release)
+    u = boot_xen_with_domu(str(d / "domu"), timeout=400, release=release, guest=domu_guest(release))
+    u.t0 = t0
+    h = u.host
     try:
-        boot = time.time() - t0
+        boot = h.boot_seconds
         facts = h.collect()
         facts["key_H"] = h.debug_key("H")
         facts["key_m"] = h.debug_key("m", needle="Physical memory information:")
@@ -62,7 +104,7 @@ def rel(request, tmp_path_factory):
         facts["proc_modules"] = h.dom0_shell("cat /proc/modules")
         facts["dom0_end"] = int(h.dom0_shell("grep ' _end$' /proc/kallsyms").split()[0], 16)
         facts["pids"] = h.dom0_shell("for p in /proc/[0-9]*; do echo ${p#/proc/} $(cat $p/comm); done")
-        path = h.dump(str(d / "xen.elf"))
+        path = u.host_dump(str(d / "xen.elf"))
         frames = raw_frame_table(h, str(d / "frametable.bin"))
         console = h.console
         files = h.files
@@ -70,16 +112,40 @@ def rel(request, tmp_path_factory):
         h.close()
     target = open_dump(path)
     yield {"release": release, "facts": facts, "q": parse_q(facts["key_q"]), "path": path, "target": target,
-           "frames": frames, "console": console, "files": files, "boot_seconds": boot,
+           "frames": frames, "console": console, "files": files, "boot_seconds": boot, "domu": u,
            "seconds": time.time() - t0}
     target.close()
     os.unlink(path)
 
 
+@pytest.fixture(scope="module")
+def domu(rel):
+    """The release's paused PV domU (realsys.xendomu.DomU; its host is gone, its files stay)."""
+    return rel["domu"]
+
+
+@pytest.fixture(scope="module")
+def host_dump(rel):
+    return rel["path"]
+
+
+@pytest.fixture(scope="module")
+def xs(rel, host):
+    """(xl dump-core target, host dump target, XenHost), as realsys/conftest.py's for 4.17."""
+    xc = open_dump(rel["domu"].xc_core_path)
+    yield xc, rel["target"], host
+    xc.close()
+
+
+@pytest.fixture(scope="module")
+def core(domu):
+    return parse_xc_core(domu.xc_core_path)
+
+
 def raw_frame_table(host, path):
-    """``{"caf": array, "taf": array}`` of the frame table of the guest's 512 MiB as QEMU's memsave
+    """``{"caf": array, "taf": array}`` of the frame table of the guest's RAM as QEMU's memsave
     copies it through Xen's own mapping (the VM is stopped)."""
-    count = 512 << 20 >> 12
+    count = MEM_MB << 20 >> 12
     # QMP, not HMP: HMP's expression parser reads "SIZE /path" as a division
     host.vm.qmp("memsave", val=FRAMETABLE_VIRT_START - (1 << 64), size=count * PAGE_INFO_SIZE,   # an int64
                 filename=path)
@@ -164,13 +230,14 @@ def test_domains_and_census_match_q(rel, host):
     for domid, q in rel["q"]["domains"].items():
         assert (doms[domid]["tot_pages"], doms[domid]["max_pages"]) == (q["nr_pages"], q["max_pages"])
         assert c["allocated_by_owner"][f"d{domid}"] == q["nr_pages"] + q["xenheap_pages"]
-    assert set(rel["q"]["domains"]) == {0} and {0x7FF2, 0x7FF1} <= set(doms)
+    assert set(rel["q"]["domains"]) == {0, rel["domu"].domid} and {0x7FF2, 0x7FF1} <= set(doms)
 
 
-def test_pt_audit_of_dom0_is_clean(rel, host):
-    (a,) = audit(host, 0)
-    assert a.roots and a.tables > 10
-    assert not a.findings, [f.as_dict() for f in a.findings[:5]]
+def test_pt_audit_of_each_domain_is_clean(rel, host):
+    for domid in (0, rel["domu"].domid):
+        (a,) = audit(host, domid)
+        assert a.roots and a.tables > 10
+        assert not a.findings, (domid, [f.as_dict() for f in a.findings[:5]])
 
 
 def dom0_alloc(console):
@@ -214,13 +281,18 @@ def test_walks_of_dom0s_kernel_reach_the_frames_the_dom0_builder_gave(rel):
 
 
 def test_p2m_check_of_every_pv_domain_is_clean(rel):
-    """No symbol file: dom0 is the one PV domain, its P2M found by its shared_info, clean (its only
-    findings the identity entries of Linux's non-RAM pfns)."""
+    """No symbol file: dom0 and the domU, each P2M found by its shared_info, clean (dom0's only
+    findings the identity entries of Linux's non-RAM pfns and its granted mappings of the domU's
+    rings, informational)."""
     res = cli_json("p2m-check", rel["path"], "--limit", "0")
-    assert [x["domain"] for x in res["domains"]] == [0] and not res["errors"], res.get("errors")
-    d0 = res["domains"][0]
-    assert d0["problems"] == 0 and {k for k, v in d0["counts"].items() if v} <= {"identity"}, d0["counts"]
+    domid = rel["domu"].domid
+    assert [x["domain"] for x in res["domains"]] == [0, domid] and not res["errors"], res.get("errors")
+    d0, du = res["domains"]
+    assert d0["problems"] == 0 and {k for k, v in d0["counts"].items() if v} <= {"identity", "foreign-allowed"}, \
+        d0["counts"]
     assert d0["pfns"] >= rel["q"]["domains"][0]["nr_pages"]
+    assert du["problems"] == 0 and not any(du["counts"].values()), du["counts"]
+    assert du["pfns"] == rel["q"]["domains"][domid]["max_pages"]
 
 
 def call_traces(console):
@@ -282,3 +354,52 @@ def test_dom0_tasks_modules_modcheck_in_the_host_image(rel):
         assert comm_matches(comm, seen.get(pid, "")), (pid, comm, seen.get(pid))
     mc = got["modcheck"]
     assert mc["groups"] == [] and not mc["list_errors"] and mc["modules"] == len(mods)
+
+
+def console_list(console, name):
+    """The lines the domU's init printed between DOMU-NAME-BEGIN and DOMU-NAME-END."""
+    text = console.replace("\r", "")
+    return text.split(f"DOMU-{name}-BEGIN\n", 1)[1].split(f"DOMU-{name}-END", 1)[0].splitlines()
+
+
+def check_kernel_lists(got, pids, modules):
+    """tasks/modules/modcheck results against the guest's own /proc lists."""
+    mods = [(ln.split()[0], int(ln.split()[1])) for ln in modules if ln.strip()]
+    assert {n for n, _ in mods} == {"crc7", "crc8"}, modules
+    assert [(m["name"], sum(r["size"] for r in m["regions"])) for m in got["modules"]["modules"]] == mods
+    seen = {t["pid"]: t["comm"] for t in got["tasks"]["tasks"]}
+    listed = dict(ln.split(None, 1) for ln in pids if len(ln.split()) == 2)
+    lasting = {int(p): c for p, c in listed.items() if c not in ("cat", "sh")}
+    assert len(lasting) > 10
+    for pid, comm in lasting.items():
+        assert comm_matches(comm, seen.get(pid, "")), (pid, comm, seen.get(pid))
+    mc = got["modcheck"]
+    assert mc["groups"] == [] and not mc["list_errors"] and mc["modules"] == len(mods)
+
+
+def test_domu_tasks_modules_modcheck_in_its_xl_dump_core_with_nothing_given(rel):
+    """The domU's kernel (the release's Linux) in its xl dump-core, no option: symbols and types found
+    in the dump; its processes and modules are those its init listed on its console."""
+    u = rel["domu"]
+    got = {c: cli_json(c, u.xc_core_path) for c in ("tasks", "modules", "modcheck")}
+    assert got["tasks"]["kernel"]["sources"]["symbols"].startswith("from the dump"), got["tasks"]["kernel"]
+    check_kernel_lists(got, console_list(u.domu_console, "PIDS"), console_list(u.domu_console, "MODS"))
+
+
+def test_domu_tasks_modules_modcheck_in_the_host_image_through_its_saved_cr3(rel, xs):
+    """The same kernel objects read in the host image, through the machine frames of the domU's page
+    tables from the CR3 the toolstack saved in the xl dump-core (.xen_prstatus)."""
+    xc, _, _ = xs
+    u = rel["domu"]
+    cr3 = f"{xc.cpus()[0].regs['cr3']:#x}"
+    got = {c: cli_json(c, rel["path"], "--cr3", cr3, "--mode", "4level") for c in ("tasks", "modules", "modcheck")}
+    check_kernel_lists(got, console_list(u.domu_console, "PIDS"), console_list(u.domu_console, "MODS"))
+    assert {t["pid"]: t["comm"] for t in got["tasks"]["tasks"]} == \
+        {t["pid"]: t["comm"] for t in cli_json("tasks", u.xc_core_path)["tasks"]}
+
+
+def test_boot_and_dumps_time(rel):
+    u = rel["domu"]
+    summary = ", ".join(f"{k} {v:.1f}" for k, v in u.timings.items())
+    print(f"\nTIMING Xen {rel['release']} + PV domU: {rel['seconds']:.0f} s to the host dump ({summary})")
+    assert rel["seconds"] < 400, summary

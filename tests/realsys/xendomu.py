@@ -434,6 +434,7 @@ class DomU:
         self.dom0_system_map = None
         self.manifest = None
         self.disk = None
+        self.release = "4.17"           # the Xen release (realsys.xenhost.XEN_RELEASES)
 
     def host_dump(self, path, fmt="elf"):
         """QMP stop + dump-guest-memory of the whole machine (the domU stays paused)."""

@@ -1,8 +1,8 @@
 """The kernel's printk buffer in a dump: what ``dmesg`` would print, as the console printed it.
 
 Three formats, chosen by what VMCOREINFO (``kernel/printk/printk.c`` ``log_buf_vmcoreinfo_setup``)
-describes; every offset comes from it (or from :data:`PRB_X86_64`, Debian 6.1's DWARF, when a dump
-has no VMCOREINFO):
+describes; every offset comes from it (a dump without VMCOREINFO, such as an xl dump-core file: from
+the kernel's BTF in the dump, else :data:`PRB_X86_64`, Debian 6.1's DWARF):
 
 * **printk_ringbuffer** (Linux 5.10+, ``kernel/printk/printk_ringbuffer.[ch]``): ``SYMBOL(prb)`` is
   the pointer to a ``struct printk_ringbuffer``: a descriptor ring (``count_bits``, ``descs``,
@@ -39,8 +39,9 @@ MAX_READ = 512 << 20               # bytes read for one buffer, at most
 STATES = {0: "reserved", 1: "committed", 2: "finalized", 3: "reusable"}
 FAILED_LPOS = 1                    # a data-less block (the initial tail descriptor has it)
 
-# struct offsets of 5.10+ on x86_64 (Debian 6.1.0's DWARF; unchanged from 5.10 on), for dumps
-# without VMCOREINFO
+# struct offsets of 5.18+ on x86_64 (Debian 6.1.0's DWARF), for dumps with neither VMCOREINFO nor BTF.
+# 5.10-5.17 differ: prb_desc_ring has no last_finalized_id (added in 5.18 by "printk: ringbuffer: Improve
+# prb_next_seq() performance"), so text_data_ring is at 40 (Debian 5.10's BTF, a real xl dump-core)
 PRB_X86_64 = {
     "long": 8, "printk_ringbuffer.desc_ring": 0, "printk_ringbuffer.text_data_ring": 48,
     "prb_desc_ring.count_bits": 0, "prb_desc_ring.descs": 8, "prb_desc_ring.infos": 16,
@@ -53,6 +54,11 @@ PRB_X86_64 = {
     "prb_data_ring.tail_lpos": 24,
 }
 PRB_KEYS = tuple(k for k in PRB_X86_64 if k != "long")
+# the members of each struct PRB_KEYS names, as the kernel's BTF is asked for them
+PRB_STRUCTS = {}
+for _key in PRB_KEYS:
+    if "." in _key:
+        PRB_STRUCTS.setdefault(_key.split(".")[0], []).append(_key.split(".", 1)[1])
 LOG_KEYS = ("ts_nsec", "len", "text_len", "dict_len")
 
 
@@ -135,6 +141,27 @@ def prb_layout(vmcoreinfo):
         out[key] = value
     if out["long"] is None:
         out["long"] = 8 if out["prb_desc"] >= 24 else 4     # state_var + two unsigned longs
+    _check_prb_layout(out)
+    return out
+
+
+def prb_layout_of_btf(btf, long_size=8):
+    """The printk_ringbuffer offsets from the kernel's own BTF (``{"long": size, "S.m": offset, "S":
+    size}``, as :func:`prb_layout`): the truth for a dump without VMCOREINFO.
+
+    :raises XenscopeError: a struct or member the BTF does not have
+    """
+    from .btf import struct_info
+    out = {"long": long_size}
+    for name, members in PRB_STRUCTS.items():
+        offsets, sizes = struct_info(btf, name, members, ())
+        if offsets is None:
+            raise XenscopeError(f"the kernel's BTF has no struct {name}")
+        out.update(offsets)
+        out[name] = sizes[name]
+    missing = [k for k in PRB_KEYS if k not in out]
+    if missing:
+        raise XenscopeError(f"the kernel's BTF lacks {', '.join(missing)}")
     _check_prb_layout(out)
     return out
 
@@ -427,18 +454,44 @@ def long_size_of(target, vmcoreinfo=None):
 
 
 def printk_of_target(target, symbols=None, cpu=0):
-    """:func:`read_printk` of a Linux dump (VMCOREINFO, else ``symbols``), read through the first
-    address space that maps the buffer's symbol; the log's ``sources`` say which."""
+    """:func:`read_printk` of a Linux dump (VMCOREINFO, else ``symbols``, else the dump's own kallsyms),
+    read through the first address space that maps the buffer's symbol; the offsets of a dump without
+    VMCOREINFO from the kernel's BTF in the dump when it has one. The log's ``sources`` say which."""
     vi = target.facts.get("vmcoreinfo")
-    known = dict(symbols or {})
+    known, given_source = dict(symbols or {}), "the symbols given"
+    if vi is None and not known:
+        known, given_source = _dump_symbols(target)
     known.update(_vmcoreinfo_symbols(vi))
     probe = next((known[n] for n in ("prb", "log_buf") if n in known), None)
     if probe is None:
-        return read_printk(None, vi, symbols)            # raises: says what is missing
+        return read_printk(None, vi, known)              # raises: says what is missing
     memory = kernel_memory(target, probe, cpu)
-    log = read_printk(memory, vi, symbols, long_size_of(target, vi))
+    long_size = long_size_of(target, vi)
+    layout = None
+    if prb_layout(vi) is None and "prb" in known:
+        layout = _btf_layout(target, long_size)
+    log = read_printk(memory, vi, known, long_size, layout, given_source)
     log.sources["memory"] = memory.source
     return log
+
+
+def _dump_symbols(target):
+    """(the printk symbols of the dump's own kallsyms, their source), or ({}, None) without them."""
+    from .profile import Symbols
+    try:
+        table = Symbols.from_dump(target)
+    except XenscopeError:
+        return {}, None
+    return {name: table.get(name) for name in SYMBOLS if name in table}, "the dump's kallsyms"
+
+
+def _btf_layout(target, long_size):
+    """``(layout, source)`` from the kernel's BTF in the dump, or ``(None, why not)``."""
+    from .fromdump import btf_of
+    try:
+        return prb_layout_of_btf(btf_of(target), long_size), "the kernel's BTF in the dump"
+    except XenscopeError as e:
+        return None, str(e)
 
 
 SYMBOLS = ("prb", "log_buf", "log_buf_len", "log_first_idx", "log_next_idx", "log_end", "logged_chars")
@@ -453,12 +506,15 @@ def _vmcoreinfo_symbols(vmcoreinfo):
     return {name: va for name, va in found.items() if va is not None}
 
 
-def read_printk(memory, vmcoreinfo=None, symbols=None, long_size=8):
-    """The dump's printk buffer, in whichever format VMCOREINFO (else ``symbols`` with the x86_64
-    5.10+ offsets) describes.
+def read_printk(memory, vmcoreinfo=None, symbols=None, long_size=8, btf_layout=None,
+                symbols_source="the symbols given"):
+    """The dump's printk buffer, in whichever format VMCOREINFO (else ``symbols`` with ``layout``)
+    describes.
 
     :param memory: kernel virtual memory: ``read(va, size) -> bytes`` (raises NotInDump/XenscopeError)
     :param symbols: ``{name: runtime address}`` for dumps without VMCOREINFO (System.map, kallsyms)
+    :param btf_layout: ``(offsets, source)`` of the printk_ringbuffer for ``symbols`` (the kernel's BTF),
+        or ``(None, why not)``/None: the x86_64 5.18+ offsets are assumed (:data:`PRB_X86_64`)
     :raises XenscopeError: no buffer described, or a buffer no kernel can have
     """
     given = dict(symbols or {})
@@ -479,10 +535,16 @@ def read_printk(memory, vmcoreinfo=None, symbols=None, long_size=8):
         log = read_old_log_buf(memory, vi_symbols, long_size)
         log.sources = {"symbols": "VMCOREINFO SYMBOL(log_buf, log_end...)"}
         return log
+    offsets, why = btf_layout or (None, None)
+    if "prb" in given and offsets is not None:
+        log = read_ringbuffer(memory, given["prb"], offsets)
+        log.sources = {"symbols": f"prb from {symbols_source}", "offsets": f"{why} (no VMCOREINFO)"}
+        return log
     if "prb" in given and long_size == 8:
         log = read_ringbuffer(memory, given["prb"], PRB_X86_64)
-        log.sources = {"symbols": "prb from the symbols given",
-                       "offsets": "assumed: Linux 5.10+ x86_64 layout (no VMCOREINFO)"}
+        log.sources = {"symbols": f"prb from {symbols_source}",
+                       "offsets": "assumed: Linux 5.18+ x86_64 layout (no VMCOREINFO" +
+                                  (f"; no BTF: {why})" if why else ")")}
         return log
     if vmcoreinfo is None:
         raise XenscopeError("no printk buffer found: the dump has no VMCOREINFO and no prb symbol was given "
