@@ -367,3 +367,44 @@ def test_btf_found_by_its_header():
     start, stop = find_btf(mem, runs=[(0xFFFFFFFF82000000, 40 + len(blob) + 16)])
     assert (start, stop) == (0xFFFFFFFF82000000 + 40, 0xFFFFFFFF82000000 + 40 + len(blob))
     assert find_btf(FakeMemory({0: b"\0" * 4096}), runs=[(0, 4096)]) is None
+
+
+def printk_btf(last_finalized_id):
+    """The printk_ringbuffer structs of kernel/printk/printk_ringbuffer.h as C lays them out on x86_64:
+    5.10-5.17 (no ``last_finalized_id`` in prb_desc_ring), 5.18+ (with it)."""
+    w = BtfWriter()
+    uint = w.int_("unsigned int", 4, 32)
+    ulong = w.int_("long unsigned int", 8, 64)
+    u64 = w.int_("u64", 8, 64)
+    u16 = w.int_("u16", 2, 16)
+    u32 = w.int_("u32", 4, 32)
+    along = w.struct_("atomic_long_t", 8, [("counter", ulong, 0)])
+    char_ptr = w.add("", 2, 0, w.int_("char", 1, 8))
+    lpos = w.struct_("prb_data_blk_lpos", 16, [("begin", ulong, 0), ("next", ulong, 64)])
+    desc = w.struct_("prb_desc", 24, [("state_var", along, 0), ("text_blk_lpos", lpos, 64)])
+    info = w.struct_("printk_info", 88, [("seq", u64, 0), ("ts_nsec", u64, 64), ("text_len", u16, 128),
+                                         ("caller_id", u32, 160)])
+    ring = [("count_bits", uint, 0), ("descs", w.add("", 2, 0, desc), 64), ("infos", w.add("", 2, 0, info), 128),
+            ("head_id", along, 192), ("tail_id", along, 256)] + ([("last_finalized_id", along, 320)]
+                                                                   if last_finalized_id else [])
+    desc_ring = w.struct_("prb_desc_ring", 48 if last_finalized_id else 40, ring)
+    data_ring = w.struct_("prb_data_ring", 32, [("size_bits", uint, 0), ("data", char_ptr, 64),
+                                                ("head_lpos", along, 128), ("tail_lpos", along, 192)])
+    size = (48 if last_finalized_id else 40) + 32 + 8
+    w.struct_("printk_ringbuffer", size, [("desc_ring", desc_ring, 0),
+                                          ("text_data_ring", data_ring, (size - 40) * 8),
+                                          ("fail", along, (size - 8) * 8)])
+    return w
+
+
+def test_printk_offsets_from_btf_follow_the_kernel_not_one_table():
+    """Linux 5.10's prb_desc_ring lacks 5.18's last_finalized_id: the text ring moves from +48 to +40
+    (seen on Debian 5.10's real BTF); a BTF without the structs is refused in one line."""
+    from xenstructs.errors import XenscopeError
+    from xenstructs.linux.printk import PRB_X86_64, prb_layout_of_btf
+    old = prb_layout_of_btf(Btf(printk_btf(False).blob()))
+    new = prb_layout_of_btf(Btf(printk_btf(True).blob()))
+    assert old["printk_ringbuffer.text_data_ring"] == 40 and new["printk_ringbuffer.text_data_ring"] == 48
+    assert {k: v for k, v in new.items() if k in PRB_X86_64} == PRB_X86_64
+    with pytest.raises(XenscopeError, match="no struct printk_ringbuffer"):
+        prb_layout_of_btf(Btf(kernel_btf()[0].blob()))
