@@ -1,12 +1,13 @@
 """Real kernels as the judge: Debian's kernels under QEMU (TCG), QEMU's monitor as the truth.
 
 For each shape (bookworm's 6.1: 4-level, 5-level, KASLR, PTI, i386 PAE, i386 non-PAE (2-level);
-bullseye's 5.10, 4-level, and with KASLR and PTI; trixie's 6.12, 4- and 5-level, and with KASLR and
-PTI) one boot (test_the_shape_has_its_features: the guest really runs with what its shape asks): pause over QMP, take QEMU's
-``info registers``, ``info tlb``, ``info mem`` and ``gva2gpa`` for a sample, dump the guest as ELF
-and as kdump-zlib (QEMU 7.2 writes makedumpfile's flattened form), then require that xenscope, from
-both dumps, translates every ``info tlb`` page identically and lists nothing QEMU does not, that its
-``maps`` ranges equal ``info mem``'s, and that ``gva2gpa`` agrees.
+bullseye's 5.10: 4-level, and KASLR with PTI on an LA57 CPU (still 4-level: built without
+CONFIG_X86_5LEVEL); trixie's 6.12: 4-level, 5-level, and 5-level with KASLR and PTI) one boot
+(test_the_shape_has_its_features: the guest really runs with what its shape asks): pause over QMP,
+take QEMU's ``info registers``, ``info tlb``, ``info mem`` and ``gva2gpa`` for a sample, dump the
+guest as ELF and as kdump-zlib (QEMU 7.2 writes makedumpfile's flattened form), then require that
+xenscope, from both dumps, translates every ``info tlb`` page identically and lists nothing QEMU
+does not, that its ``maps`` ranges equal ``info mem``'s, and that ``gva2gpa`` agrees.
 
 Known gaps of QEMU's monitor, compensated here and nowhere else (never by loosening a comparison):
 - PAE: ``info tlb`` prints ``pte & ~0xfff`` (``~0xfffff`` for 2 MiB pages), so the NX bit 63 stays in
@@ -42,10 +43,11 @@ SHAPES = {
     "x86_64-5.10": dict(arch="x86_64", kernel="5.10"),
     "x86_64-6.12": dict(arch="x86_64", kernel="6.12"),
     "x86_64-6.12-5level": dict(arch="x86_64", kernel="6.12", la57=True),
-    # one boot for several features: bullseye's 5.10 is built without CONFIG_X86_5LEVEL, so on the
-    # LA57 CPU it still runs 4-level paging (test_the_shape_has_its_features requires CR4.LA57 clear)
+    # one boot for several features. 5.10 cannot have 5-level paging: bullseye's kernel is built
+    # without CONFIG_X86_5LEVEL, so on the LA57 CPU it runs 4-level paging (what
+    # test_the_shape_has_its_features requires: CR4.LA57 clear); 5-level with KASLR and PTI is 6.12's
     "x86_64-5.10-kaslr-pti": dict(arch="x86_64", kernel="5.10", la57=True, kaslr=True, pti=True),
-    "x86_64-6.12-kaslr-pti": dict(arch="x86_64", kernel="6.12", kaslr=True, pti=True),
+    "x86_64-6.12-5level-kaslr-pti": dict(arch="x86_64", kernel="6.12", la57=True, kaslr=True, pti=True),
 }
 # modules every guest loads besides qemu_fw_cfg: /proc/modules (names, sizes) judges `modules`
 MODULES = ("kernel/lib/crc7.ko", "kernel/lib/crc8.ko")
