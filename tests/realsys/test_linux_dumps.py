@@ -112,9 +112,9 @@ def system(request, tmp_path_factory):
         console = vm.read_console().decode(errors="replace")
     finally:
         vm.close()
-    truth = dict(shape=shape, cfg=cfg, regs=regs, mode=mode, bases=bases, tlb=tlb, tlb_seconds=tlb_seconds, mem=mem, gva=gva,
-                 elf=elf, kdump=kdump, kallsyms=ksyms, pids=guest_pids(console), console=console,
-                 modules=proc_modules(console), pti=pti_lines(console))
+    truth = dict(shape=shape, cfg=cfg, regs=regs, mode=mode, bases=bases, tlb=tlb, tlb_seconds=tlb_seconds,
+                 mem=mem, gva=gva, elf=elf, kdump=kdump, kallsyms=ksyms, pids=guest_pids(console),
+                 console=console, modules=proc_modules(console), pti=pti_lines(console))
     yield truth
     for p in (elf, kdump, ksyms):
         if os.path.exists(p):
