@@ -6,6 +6,7 @@
 The initramfs loads ``qemu_fw_cfg`` (so the guest hands its VMCOREINFO to QEMU's ``-device
 vmcoreinfo``, which then lands in the dumps), starts a few processes, and prints a marker.
 """
+import functools
 import glob
 import os
 import subprocess
@@ -43,9 +44,11 @@ def kernel_root(arch, kernel=None):
     return debian.release_extract(release, meta)
 
 
+@functools.lru_cache(maxsize=None)
 def kernel_files(arch, kernel=None):
     """(vmlinuz path, modules dir, System.map path, release) of Debian's kernel for ``arch``
-    (``kernel``: a :data:`KERNELS` name, by default bookworm's)."""
+    (``kernel``: a :data:`KERNELS` name, by default bookworm's). Found once per process: following
+    a metapackage asks apt (about 6 s for another release's private lists), and tests ask often."""
     root = kernel_root(arch, kernel)
     vmlinuz = sorted(glob.glob(os.path.join(root, "boot", "vmlinuz-*")))[0]
     release = os.path.basename(vmlinuz)[len("vmlinuz-"):]

@@ -1,11 +1,13 @@
 """Real kernels as the judge: Debian's kernels under QEMU (TCG), QEMU's monitor as the truth.
 
 For each shape (bookworm's 6.1: 4-level, 5-level, KASLR, PTI, i386 PAE, i386 non-PAE (2-level);
-bullseye's 5.10, 4-level; trixie's 6.12, 4- and 5-level) one boot: pause over QMP, take QEMU's
-``info registers``, ``info tlb``, ``info mem`` and ``gva2gpa`` for a sample, dump the guest as ELF
-and as kdump-zlib (QEMU 7.2 writes makedumpfile's flattened form), then require that xenscope, from
-both dumps, translates every ``info tlb`` page identically and lists nothing QEMU does not, that its
-``maps`` ranges equal ``info mem``'s, and that ``gva2gpa`` agrees.
+bullseye's 5.10: 4-level, and KASLR with PTI on an LA57 CPU (still 4-level: built without
+CONFIG_X86_5LEVEL); trixie's 6.12: 4-level, 5-level, and 5-level with KASLR and PTI) one boot
+(test_the_shape_has_its_features: the guest really runs with what its shape asks): pause over QMP,
+take QEMU's ``info registers``, ``info tlb``, ``info mem`` and ``gva2gpa`` for a sample, dump the
+guest as ELF and as kdump-zlib (QEMU 7.2 writes makedumpfile's flattened form), then require that
+xenscope, from both dumps, translates every ``info tlb`` page identically and lists nothing QEMU
+does not, that its ``maps`` ranges equal ``info mem``'s, and that ``gva2gpa`` agrees.
 
 Known gaps of QEMU's monitor, compensated here and nowhere else (never by loosening a comparison):
 - PAE: ``info tlb`` prints ``pte & ~0xfff`` (``~0xfffff`` for 2 MiB pages), so the NX bit 63 stays in
@@ -28,6 +30,8 @@ from xenstructs.paging import Paging, coalesce, enumerate_mappings, root_from_cr
 from xenstructs.targets import open_dump
 
 from realsys.linux import KALLSYMS_INIT, boot_linux, comm_matches, guest_pids, kallsyms_serial
+from realsys.linuxtruth import (PTI_INIT, expected_mode, kaslr_offset, kernel_variables, leaf_flags,
+                                paging_mode, parse_mem, parse_registers, parse_tlb, proc_modules, pti_lines)
 
 SHAPES = {
     "x86_64-4level": dict(arch="x86_64"),
@@ -39,6 +43,11 @@ SHAPES = {
     "x86_64-5.10": dict(arch="x86_64", kernel="5.10"),
     "x86_64-6.12": dict(arch="x86_64", kernel="6.12"),
     "x86_64-6.12-5level": dict(arch="x86_64", kernel="6.12", la57=True),
+    # one boot for several features. 5.10 cannot have 5-level paging: bullseye's kernel is built
+    # without CONFIG_X86_5LEVEL, so on the LA57 CPU it runs 4-level paging (what
+    # test_the_shape_has_its_features requires: CR4.LA57 clear); 5-level with KASLR and PTI is 6.12's
+    "x86_64-5.10-kaslr-pti": dict(arch="x86_64", kernel="5.10", la57=True, kaslr=True, pti=True),
+    "x86_64-6.12-5level-kaslr-pti": dict(arch="x86_64", kernel="6.12", la57=True, kaslr=True, pti=True),
 }
 # modules every guest loads besides qemu_fw_cfg: /proc/modules (names, sizes) judges `modules`
 MODULES = ("kernel/lib/crc7.ko", "kernel/lib/crc8.ko")
@@ -53,46 +62,6 @@ def kallsyms_via(system):
     return KALLSYMS_VIA.get(system["cfg"].get("kernel"), "kallsyms via VMCOREINFO")
 
 
-def parse_registers(text):
-    regs = {}
-    for name in ("CR0", "CR2", "CR3", "CR4", "EFER"):
-        m = re.search(rf"\b{name}=([0-9a-f]+)", text)
-        if m:
-            regs[name.lower()] = int(m.group(1), 16)
-    return regs
-
-
-def parse_tlb(text, pae):
-    """{va: (pa, flags)} from ``info tlb`` lines ``VA: PA XGPDACTUW``."""
-    out = {}
-    for line in text.splitlines():
-        m = re.match(r"([0-9a-f]+): ([0-9a-f]+) ([-XGPDACTUW]{9})$", line.strip())
-        if m:
-            pa = int(m.group(2), 16)
-            if pae:
-                pa &= ~(1 << 63)          # QEMU leaves NX in the PAE address column (see top)
-            out[int(m.group(1), 16)] = (pa, m.group(3))
-    return out
-
-
-def parse_mem(text):
-    """[(start, end, user, write)] from ``info mem`` lines ``START-END SIZE urw``."""
-    out = []
-    for line in text.splitlines():
-        m = re.match(r"([0-9a-f]+)-([0-9a-f]+) [0-9a-f]+ ([-u])r([-w])$", line.strip())
-        if m:
-            out.append((int(m.group(1), 16), int(m.group(2), 16), m.group(3) == "u", m.group(4) == "w"))
-    return out
-
-
-def leaf_flags(entry, size):
-    """The nine flag letters QEMU prints for a leaf entry (same order as its print_pte)."""
-    bits = [(63, "X"), (8, "G"), (7, "P"), (6, "D"), (5, "A"), (4, "C"), (3, "T"), (2, "U"), (1, "W")]
-    if size == 4096:                  # QEMU prints 4 KiB PTEs with the PAT/PS bit cleared
-        entry &= ~0x80
-    return "".join(ch if entry >> b & 1 else "-" for b, ch in bits)
-
-
 KMSG = 3                 # lines the guest writes to /dev/kmsg at level 2 (shown: the boot has loglevel=3)
 
 
@@ -105,12 +74,6 @@ def kmsg_lines(vm):
     time.sleep(0.3)
 
 
-def proc_modules(console):
-    """``[(name, size)]`` of the guest's /proc/modules, in its order (the kernel's module list)."""
-    text = re.search(r"MODS-BEGIN\r?\n(.*?)MODS-END", console, re.S).group(1)
-    return [(ln.split()[0], int(ln.split()[1])) for ln in text.splitlines() if ln.strip()]
-
-
 @pytest.fixture(scope="module", params=sorted(SHAPES))
 def system(request, tmp_path_factory):
     """Boot one shape, collect QEMU's truth, dump it twice; yield everything; delete the dumps."""
@@ -118,16 +81,19 @@ def system(request, tmp_path_factory):
     cfg = SHAPES[shape]
     d = tmp_path_factory.mktemp(shape)
     ksyms = str(d / "kallsyms.txt")
-    vm = boot_linux(**cfg, modules=MODULES, extra_init=f"{KALLSYMS_INIT}; {PROC_MODULES}",
+    vm = boot_linux(**cfg, modules=MODULES, extra_init=f"{KALLSYMS_INIT}; {PROC_MODULES}; {PTI_INIT}",
                     qemu_args=kallsyms_serial(ksyms))
     try:
         kmsg_lines(vm)
         vm.qmp("stop")
         regs = parse_registers(vm.hmp("info registers"))
-        pae = cfg["arch"] == "i386" and cfg.get("kernel") != "6.1-686"
+        mode = paging_mode(cfg["arch"], regs["cr4"])
         t0 = time.perf_counter()
-        tlb = parse_tlb(vm.hmp("info tlb"), pae)
+        tlb = parse_tlb(vm.hmp("info tlb"), mode == "pae")
         tlb_seconds = time.perf_counter() - t0
+        # where the kernel put its direct map (KASLR moves it): its own variables, read by QEMU
+        bases = kernel_variables(vm, ksyms, tlb, ("page_offset_base", "vmalloc_base")) \
+            if cfg["arch"] == "x86_64" else {}
         mem = parse_mem(vm.hmp("info mem"))
         rnd = random.Random(shape)
         mapped = sorted(tlb)
@@ -146,9 +112,9 @@ def system(request, tmp_path_factory):
         console = vm.read_console().decode(errors="replace")
     finally:
         vm.close()
-    truth = dict(shape=shape, cfg=cfg, regs=regs, tlb=tlb, tlb_seconds=tlb_seconds, mem=mem, gva=gva,
-                 elf=elf, kdump=kdump, kallsyms=ksyms, pids=guest_pids(console), console=console,
-                 modules=proc_modules(console))
+    truth = dict(shape=shape, cfg=cfg, regs=regs, mode=mode, bases=bases, tlb=tlb, tlb_seconds=tlb_seconds,
+                 mem=mem, gva=gva, elf=elf, kdump=kdump, kallsyms=ksyms, pids=guest_pids(console),
+                 console=console, modules=proc_modules(console), pti=pti_lines(console))
     yield truth
     for p in (elf, kdump, ksyms):
         if os.path.exists(p):
@@ -168,13 +134,27 @@ def pages_of(target):
     return ctx, enumerate_mappings(target, ctx.paging)
 
 
+def test_the_shape_has_its_features(system):
+    """The guest runs with what its shape asks, judged from outside xenscope: the paging mode by
+    QEMU's CR4 (5-level only from a kernel built with CONFIG_X86_5LEVEL), KASLR by the guest's
+    /proc/kallsyms against Debian's System.map (without it: the direct map at its fixed base, by the
+    kernel's own page_offset_base), PTI by the kernel's "page tables isolation: enabled" line."""
+    cfg = system["cfg"]
+    assert system["mode"] == expected_mode(cfg, _kernel_config(system)), hex(system["regs"]["cr4"])
+    offset = _kaslr_offset(system)
+    assert bool(offset) == bool(cfg.get("kaslr")), hex(offset)
+    if cfg["arch"] == "x86_64" and not cfg.get("kaslr"):
+        fixed = {"4level": 0xffff888000000000, "5level": 0xff11000000000000}[system["mode"]]
+        assert system["bases"]["page_offset_base"] == fixed, system["bases"]
+    assert ("page tables isolation: enabled" in system["pti"]) == bool(cfg.get("pti")), system["pti"]
+    bases = " ".join(f"{k}={v:#x}" for k, v in system["bases"].items())
+    print(f"\nFEATURES {system['shape']}: {system['mode']} (CR4 {system['regs']['cr4']:#x}, CR3 "
+          f"{system['regs']['cr3']:#x}), kernel moved {offset:#x}, {bases}, PTI {system['pti']}")
+
+
 def test_registers_and_mode(system, dumps):
     regs = system["regs"]
-    want_mode = {("x86_64", True): "5level", ("x86_64", False): "4level", ("i386", False): "pae"}[
-        (system["cfg"]["arch"], bool(system["cfg"].get("la57")))]
-    if system["cfg"].get("kernel") == "6.1-686":
-        want_mode = "2level"
-        assert not regs["cr4"] & 0x20, hex(regs["cr4"])          # the CPU itself says: no CR4.PAE
+    want_mode = system["mode"]                    # by QEMU's CR4 (PAE, LA57)
     for kind, t in dumps.items():
         ctx = resolve(t)
         assert ctx.paging.mode == want_mode, kind
@@ -198,7 +178,7 @@ def test_every_tlb_page_translates_identically(system, dumps, kind):
 
 
 def test_ranges_equal_info_mem(system, dumps):
-    if system["cfg"].get("la57"):
+    if system["mode"] == "5level":
         assert system["mem"] == []          # QEMU 7.2 prints nothing under LA57: tlb is the truth
         return
     ctx, m = pages_of(dumps["elf"])
@@ -220,16 +200,15 @@ def test_kernel_root_from_vmcoreinfo(system, dumps):
     t = dumps["elf"]
     vi = t.facts["vmcoreinfo"]
     assert vi is not None and vi.osrelease
-    if system["cfg"].get("kaslr"):
-        assert vi.kerneloffset, "KASLR on but KERNELOFFSET is 0"
+    assert (vi.kerneloffset or 0) == _kaslr_offset(system), hex(vi.kerneloffset or 0)
     machine = t.facts["machine"]
     root, why = _kernel_root(t, machine)
     assert root is not None, why
-    mode = resolve(t).paging.mode
+    mode = system["mode"]
     pg = Paging(mode, root_from_cr3(root, mode), nxe=True)
     kstart = 0xC0000000 if machine == "i386" else (1 << 63)
     kernel = {va: v for va, v in system["tlb"].items() if va >= kstart}
-    if system["cfg"].get("pti") and resolve(t).cr3 & 0x1000:
+    if system["cfg"].get("pti") and system["regs"]["cr3"] & 0x1000:
         # CR3 is the PTI user PGD: its kernel half is the small trampoline subset
         for va, (pa, _) in kernel.items():
             assert walk(t, pg, va).pa == pa, hex(va)
@@ -243,10 +222,10 @@ def test_pti_user_and_kernel_pgds(system, dumps):
     if not system["cfg"].get("pti"):
         return
     t = dumps["elf"]
-    cr3 = resolve(t).cr3
+    cr3, mode = system["regs"]["cr3"], system["mode"]          # QEMU's CR3 and CR4.LA57
     user, kern = (cr3 | 0x1000), (cr3 & ~0x1000)
-    pu = Paging("4level", root_from_cr3(user, "4level"))
-    pk = Paging("4level", root_from_cr3(kern, "4level"))
+    pu = Paging(mode, root_from_cr3(user, mode))
+    pk = Paging(mode, root_from_cr3(kern, mode))
     mu = enumerate_mappings(t, pu, 1 << 63)
     mk = enumerate_mappings(t, pk, 1 << 63)
     # every kernel address the user PGD maps, the kernel PGD maps to the same frame (entry text,
@@ -254,7 +233,8 @@ def test_pti_user_and_kernel_pgds(system, dumps):
     for va in mu.va.tolist():
         assert walk(t, pu, va).pa == walk(t, pk, va).pa, hex(va)
     # ... but of the direct map only a few per-CPU pages, where the kernel PGD maps all of RAM
-    direct_map = (0xffff888000000000, 0xffffc88000000000)      # nokaslr layout
+    # the direct map up to the vmalloc area, where the kernel's own variables put them (KASLR moves both)
+    direct_map = (system["bases"]["page_offset_base"], system["bases"]["vmalloc_base"])
 
     def direct_bytes(m):
         sel = (m.va >= np.uint64(direct_map[0])) & (m.va < np.uint64(direct_map[1]))
@@ -303,9 +283,7 @@ def test_kallsyms_equal_debians_system_map(system, dumps):
     from realsys.linux import DEFAULT_KERNEL
     from realsys.linuxfaults import debug_system_map
     k = Symbols.from_dump(dumps["elf"]).kallsyms
-    offset = dumps["elf"].facts["vmcoreinfo"].kerneloffset or 0
-    if system["cfg"].get("kaslr"):
-        assert offset
+    offset = _kaslr_offset(system)
     kernel = system["cfg"].get("kernel") or DEFAULT_KERNEL[system["cfg"]["arch"]]
     smap = [(int(a, 16), t, n) for a, t, n in (ln.split() for ln in open(debug_system_map(kernel)))]
     exact = set(smap)
@@ -375,6 +353,14 @@ def _kernel_config(system):
     from realsys.linux import kernel_files
     vmlinuz, _, _, release = kernel_files(system["cfg"]["arch"], system["cfg"].get("kernel"))
     return open(os.path.join(os.path.dirname(vmlinuz), f"config-{release}")).read()
+
+
+def _kaslr_offset(system):
+    """How far KASLR moved the guest's kernel: its /proc/kallsyms against Debian's System.map."""
+    from realsys.linux import DEFAULT_KERNEL
+    from realsys.linuxfaults import debug_system_map
+    cfg = system["cfg"]
+    return kaslr_offset(system["kallsyms"], debug_system_map(cfg.get("kernel") or DEFAULT_KERNEL[cfg["arch"]]))
 
 
 def _answers(result):
@@ -452,7 +438,8 @@ def test_kallsyms_found_by_shape_equal_the_vmcoreinfo_ones(system, dumps):
         # no kallsyms in this kernel's VMCOREINFO: Debian's -dbg System.map places the tables
         from realsys.linuxfaults import debug_system_map
         smap = {n: int(a, 16) for a, _, n in (ln.split() for ln in open(debug_system_map(system["cfg"]["kernel"])))}
-        assert found.tables == {k: smap[k] for k in found.tables} and len(found.tables) >= 6
+        offset = _kaslr_offset(system)                  # the tables moved with the kernel (KASLR)
+        assert found.tables == {k: smap[k] + offset for k in found.tables} and len(found.tables) >= 6
     else:
         named = from_vmcoreinfo(mem, t.facts["vmcoreinfo"])
         assert {k: found.tables[k] for k in named.tables} == named.tables
@@ -561,10 +548,7 @@ def test_check_on_dask_and_the_html_map_of_the_real_dumps(system, dask_scheduler
     assert page("dask.html") == page("local.html")
     sec = next(s for s in dom(tmp_path / "local.html").find("section", class_="dump")
                if s.attrs["data-dump"] == system["elf"])
-    if system["cfg"]["arch"] == "i386":           # QEMU's CR4.PAE says which 32-bit paging the strips use
-        mode = "pae" if system["regs"]["cr4"] & 0x20 else "2level"
-    else:
-        mode = "5level" if system["cfg"].get("la57") else "4level"
+    mode = system["mode"]                          # QEMU's CR4 says which paging the strips use
     if mode != "5level":
         truth = [("user" if user else "kernel", "w" if write else "r", a, b) for a, b, user, write in system["mem"]]
         binned = check_map(sec, mode, truth, lanes=("kernel", "user"), rank={"r": 1, "w": 2},
