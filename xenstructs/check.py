@@ -309,7 +309,7 @@ def _p2m_result(results, who):
 
 
 def _check_modcheck(target, ctx, opts):
-    if ctx["kind"] in ("xen-host", "xl-dump-core"):
+    if ctx["kind"] == "xen-host":
         return CheckResult("modcheck", "n.a.", f"{ctx['kind']} dump: not a Linux kernel dump")
     from .linux.kernel import open_kernel
     from .linux.modcheck import modcheck_report
@@ -345,8 +345,8 @@ def _types_from_dump(target, opts, resolve_args):
     """None when the dump itself gives the kernel's symbols and types (kallsyms and BTF), else why not."""
     from .errors import XenscopeError
     from .linux.profile import Profile, Symbols
-    if target.facts.get("vmcoreinfo") is None:
-        return "no VMCOREINFO: not a Linux kernel dump"
+    if target.facts.get("vmcoreinfo") is None and target.facts.get("format") != "xc_core":
+        return "no VMCOREINFO: not a Linux kernel dump"     # an xl dump-core file has none: its guest's own tables
     symbols = None
     try:
         if not opts.system_map:

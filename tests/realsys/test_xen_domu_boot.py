@@ -336,7 +336,8 @@ def _cli(*args, timeout=900):
 
 def test_check_over_the_real_dumps_of_a_healthy_host(xs, domu, host_dump):
     """`xenscope check` over the real host dump (Xen, dom0 with Debian's toolstack, the running PV domU)
-    and the domU's xl dump-core: a healthy host, so exit 0. Every check that applies runs and is ok;
+    and the domU's xl dump-core: a healthy host, so exit 0. Every check that applies runs and is ok
+    (modcheck of the domU's kernel with its own kallsyms and BTF);
     dom0's mappings of the domU's rings are counted as informational (granted) references."""
     code, out, err = _cli("check", host_dump, domu.xc_core_path, *xen_syms_args(domu),
                           "--kernel-syms", domu.dom0_system_map)
@@ -345,7 +346,7 @@ def test_check_over_the_real_dumps_of_a_healthy_host(xs, domu, host_dump):
     assert set(res) == {"xen-host", "xl-dump-core"}
     st = {(k, c["name"]): c for k, d in res.items() for c in d["checks"]}
     for key in (("xen-host", "paging"), ("xen-host", "xen-frames"), ("xen-host", "p2m"),
-                ("xl-dump-core", "paging"), ("xl-dump-core", "p2m")):
+                ("xl-dump-core", "paging"), ("xl-dump-core", "p2m"), ("xl-dump-core", "modcheck")):
         assert st[key]["status"] == "ok", (key, st[key]["summary"], st[key]["findings"][:5])
     frames = st[("xen-host", "xen-frames")]
     assert "0 free frame(s) with references" in frames["summary"] and " 0 finding(s)" in frames["summary"]

@@ -463,6 +463,9 @@ def printk_of_target(target, symbols=None, cpu=0):
         known, given_source = _dump_symbols(target)
     known.update(_vmcoreinfo_symbols(vi))
     probe = next((known[n] for n in ("prb", "log_buf") if n in known), None)
+    if probe is None and vi is None and not symbols:
+        raise XenscopeError("no printk buffer found: the dump has no VMCOREINFO, no symbols were given and its own "
+                            "kallsyms tables were not found (give the kernel's System.map or kallsyms)")
     if probe is None:
         return read_printk(None, vi, known)              # raises: says what is missing
     memory = kernel_memory(target, probe, cpu)
