@@ -114,6 +114,8 @@ def test_nested_walk_finds_the_marker(hvm):
     assert r["frames"][0]["mfn"] == copies[0] >> 12
     t = _json("vtop", hvm.host_image, hex(m["va"]), "--domain", _domu(hvm))["translations"][0]
     assert (t["pa"], t["maddr"], t["p2m_type"]) == (m["gpa"], copies[0], "p2m_ram_rw")
+    maps = _json("maps", hvm.host_image, "--domain", _domu(hvm), "--pages", "--range", f"{m['va']:#x}+0x1000")
+    assert [(p["va"], p["pa"], p["maddr"]) for p in maps["pages"]] == [(m["va"], m["gpa"], copies[0])]
 
 
 def test_p2m_check_clean_and_counts_xens_pages(hvm):

@@ -25,7 +25,8 @@ is realsys.xendomu's with ``type = "hvm"``, the guest's console on its emulated 
 
 Measured on the 2-core machine: dom0 booted in 14 s, ``xl create`` 6 s (hvmloader's and SeaBIOS'
 lines go to Xen's console as ``(d1) ...``), the guest's ready marker ~55 s after ``xl create``; the
-whole boot_xen_with_hvm 78-88 s (two runs of tests/realsys/test_xen_hvm.py: 84 and 94 s). The domU is not dumped with ``xl dump-core`` (it maps every gfn one by one: minutes);
+whole boot_xen_with_hvm 72-90 s (runs of tests/realsys/test_xen_hvm.py: 78, 84, 94 and 99 s, the last
+beside another helper's QEMU). The domU is not dumped with ``xl dump-core`` (it maps every gfn one by one: minutes);
 the test module works on the host image only.
 """
 import os
