@@ -307,32 +307,43 @@ def test_a_typedef_loop_is_refused():
 
 # --------------------------------------------------------------------------------------------
 # Found by shape: 1200 symbols laid out as scripts/kallsyms.c does (6.1 order, .balign 8),
-# somewhere in a kernel image, with no VMCOREINFO to name them
+# somewhere in a kernel image, with no VMCOREINFO to name them; and a 32-bit kernel's tables
+# (BITS_PER_LONG 32: "#define PTR .long", "#define ALGN .balign 4") of a 5.10 kernel listing text
+# only (no CONFIG_KALLSYMS_ALL: no linux_banner, _stext places the image; one-byte lengths)
 # --------------------------------------------------------------------------------------------
 
-def shaped_image(start=0xFFFFFFFF81000000):
+class FakeMemory32(FakeMemory):
+    """A 32-bit kernel's memory: pointers are 4 bytes."""
+    ptr_size = 4
+
+    def ptr(self, va):
+        return int.from_bytes(self.read(va, 4), "little")
+
+
+def shaped_image(start=0xFFFFFFFF81000000, ptr_size=8):
     table, index, _ = token_tables()
+    align, text_only = ptr_size, ptr_size == 4
     banner_va = start + 0x100
     names = [(start + 0x1000 + 0x10 * i, f"Tsym{i:04d}") for i in range(1200)]
-    names.insert(3, (banner_va, "Dlinux_banner"))
+    names.insert(3, (start, "T_stext") if text_only else (banner_va, "Dlinux_banner"))
     names.sort()
     img = bytearray(b"\x55" * 0x200)
     img[0x100:0x100 + 20] = b"Linux version 9.9.9\0"
 
     def label():
-        img.extend(b"\0" * (-len(img) % 8))
+        img.extend(b"\0" * (-len(img) % align))
         return start + len(img)
     label()
     img += struct.pack(f"<{len(names)}i", *[a - start for a, _ in names])
     label()
-    img += struct.pack("<Q", start)
+    img += struct.pack("<Q" if ptr_size == 8 else "<I", start)
     label()
     img += struct.pack("<I", len(names))
     label()
     offs = []
     for _, n in names:
         offs.append(len(img))
-        img += encode(n.encode(), big=True)
+        img += encode(n.encode(), big=not text_only)
     first = offs[0]
     label()
     img += struct.pack(f"<{(len(names) + 255) // 256}I", *[o - first for o in offs[::256]])
@@ -341,16 +352,20 @@ def shaped_image(start=0xFFFFFFFF81000000):
     label()
     img += index
     img += b"\x01" * 64
-    return FakeMemory({start: bytes(img)}), [(start, len(img))], names
+    memory = (FakeMemory32 if ptr_size == 4 else FakeMemory)({start: bytes(img)})
+    return memory, [(start, len(img))], names
 
 
-def test_kallsyms_found_by_shape():
+@pytest.mark.parametrize("start, ptr_size", [(0xFFFFFFFF81000000, 8), (0xC1000000, 4)])
+def test_kallsyms_found_by_shape(start, ptr_size):
     from xenstructs.linux.kallsyms_shape import find_kallsyms
-    mem, runs, names = shaped_image()
+    mem, runs, names = shaped_image(start, ptr_size)
     k = find_kallsyms(mem, runs=runs)
     assert k.names == [n[1:] for _, n in names] and k.addresses.tolist() == [a for a, _ in names]
     assert k.types == "".join(n[0] for _, n in names) and k.how.startswith("kallsyms found by shape")
     assert k.tables["kallsyms_relative_base"] - k.tables["kallsyms_offsets"] >= 4 * len(names)
+    # the base is one pointer (PTR) right before kallsyms_num_syms
+    assert k.tables["kallsyms_num_syms"] - k.tables["kallsyms_relative_base"] == ptr_size
 
 
 def test_no_kallsyms_in_an_image_without_them():

@@ -107,13 +107,14 @@ class _Version:
         return subprocess.run(["dpkg", "--compare-versions", self.v, "lt", other.v]).returncode == 0
 
 
-def depends_on(release, meta):
-    """The versioned package a metapackage (``linux-image-amd64``) depends on in ``release``."""
+def depends_on(release, meta, version=None):
+    """The versioned package a metapackage (``linux-image-amd64``) depends on in ``release`` (in its
+    newest version there unless ``version``)."""
     name, _, arch = meta.partition(":")
     ver = versions(release, meta)
-    if not ver:
-        raise RuntimeError(f"the {release} lists know no {meta}")
-    out = V.sh("apt-cache", *apt_options(), "show", f"{meta}={ver[0]}").stdout
+    if not ver or (version is not None and version not in ver):
+        raise RuntimeError(f"the {release} lists know no {meta}" + (f"={version}" if version else ""))
+    out = V.sh("apt-cache", *apt_options(), "show", f"{meta}={version or ver[0]}").stdout
     for line in out.splitlines():
         if line.startswith("Depends:"):
             first = line.split(":", 1)[1].split(",")[0].split()[0]
@@ -163,7 +164,8 @@ def unpack(path):
 
 
 def release_extract(release, package, version=None):
-    """:func:`release_deb` unpacked (a metapackage is followed to the package it depends on)."""
+    """:func:`release_deb` unpacked (a metapackage, of ``version`` if given, is followed to the
+    package it depends on, of the same version)."""
     if package.split(":")[0] in ("linux-image-amd64", "linux-image-686", "linux-image-686-pae"):
-        package = depends_on(release, package)
+        package = depends_on(release, package, version)
     return unpack(release_deb(release, package, version))

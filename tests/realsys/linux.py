@@ -6,6 +6,7 @@
 The initramfs loads ``qemu_fw_cfg`` (so the guest hands its VMCOREINFO to QEMU's ``-device
 vmcoreinfo``, which then lands in the dumps), starts a few processes, and prints a marker.
 """
+import collections
 import functools
 import glob
 import os
@@ -19,15 +20,23 @@ ARCHES = {
     "x86_64": ("qemu-system-x86_64", "linux-image-amd64", None),
     "i386": ("qemu-system-i386", "linux-image-686-pae:i386", "busybox-static:i386"),
 }
-# Debian's kernel series this tier boots: name -> (arch, Debian release or None for the machine's
-# own apt sources (bookworm), metapackage). Other releases come through realsys.debian's private
-# sources list. "6.1-686" is bookworm's non-PAE i386 kernel: real 2-level paging.
+# Debian's kernel series this tier boots: name -> Kernel(arch, Debian release or None for the
+# machine's own apt sources (bookworm), metapackage, pae, version). Other releases come through
+# realsys.debian's private sources list. ``pae`` False: Debian's non-PAE i386 kernel
+# (linux-image-686), which never sets CR4.PAE: real 2-level paging. ``version``: the metapackage's
+# version to follow (None: the release's newest). Trixie ships no i386 kernel (its lists know no
+# linux-image-686*:i386), so 6.12 is x86_64 only. Bullseye's i386 kernels are pinned to its last
+# point release's 5.10.223-1 (ABI 5.10.0-32): bullseye-security's newer 5.10.262-1 i386 files
+# (image and -dbg) are listed but not served by deb.debian.org as this machine reaches it (404).
+Kernel = collections.namedtuple("Kernel", "arch release meta pae version", defaults=(True, None))
 KERNELS = {
-    "6.1": ("x86_64", None, "linux-image-amd64"),
-    "6.1-pae": ("i386", None, "linux-image-686-pae:i386"),
-    "6.1-686": ("i386", None, "linux-image-686:i386"),
-    "5.10": ("x86_64", "bullseye", "linux-image-amd64"),
-    "6.12": ("x86_64", "trixie", "linux-image-amd64"),
+    "6.1": Kernel("x86_64", None, "linux-image-amd64"),
+    "6.1-pae": Kernel("i386", None, "linux-image-686-pae:i386"),
+    "6.1-686": Kernel("i386", None, "linux-image-686:i386", pae=False),
+    "5.10": Kernel("x86_64", "bullseye", "linux-image-amd64"),
+    "5.10-pae": Kernel("i386", "bullseye", "linux-image-686-pae:i386", version="5.10.223-1"),
+    "5.10-686": Kernel("i386", "bullseye", "linux-image-686:i386", pae=False, version="5.10.223-1"),
+    "6.12": Kernel("x86_64", "trixie", "linux-image-amd64"),
 }
 DEFAULT_KERNEL = {"x86_64": "6.1", "i386": "6.1-pae"}
 
@@ -35,13 +44,13 @@ DEFAULT_KERNEL = {"x86_64": "6.1", "i386": "6.1-pae"}
 def kernel_root(arch, kernel=None):
     """The unpacked image package of ``kernel`` (a :data:`KERNELS` name; by default the arch's
     bookworm kernel)."""
-    karch, release, meta = KERNELS[kernel or DEFAULT_KERNEL[arch]]
+    karch, release, meta, _, version = KERNELS[kernel or DEFAULT_KERNEL[arch]]
     if karch != arch:
         raise ValueError(f"kernel {kernel} is {karch}, not {arch}")
     if release is None:
         return V.extract(V.kernel_package(meta))
     from . import debian
-    return debian.release_extract(release, meta)
+    return debian.release_extract(release, meta, version)
 
 
 @functools.lru_cache(maxsize=None)
@@ -97,7 +106,7 @@ def initramfs(arch, modules=(), extra_init="", kernel=None):
         # /dev/null for the shell's background jobs (their stdin): under trixie's 6.12 "sleep &"
         # fails ("can't open '/dev/null'"); bookworm's guests stay as they were (a mount changes
         # where the fault module's page lands: its nx class needs a 4 KiB direct-map page)
-        "mount -t devtmpfs dev /dev" if KERNELS[kernel or DEFAULT_KERNEL[arch]][1] == "trixie" else "",
+        "mount -t devtmpfs dev /dev" if KERNELS[kernel or DEFAULT_KERNEL[arch]].release == "trixie" else "",
         *lines,
         # a non-interactive shell's background job opens /dev/null for its stdin: without it the
         # sleeps die at once ("can't open '/dev/null'")
@@ -147,7 +156,7 @@ def boot_linux(arch="x86_64", la57=False, kaslr=False, pti=False, mem=256, modul
         append.append(extra_append)
     if cpu is None:
         cpu = "qemu64,+la57" if la57 else ("qemu64" if arch == "x86_64" else "qemu32,+pae,+nx")
-        if kernel == "6.1-686":
+        if not KERNELS[kernel or DEFAULT_KERNEL[arch]].pae:
             # the non-PAE kernel never sets CR4.PAE; qemu32 without PAE (and so without NX, which
             # only PAE entries carry) is the CPU it was built for, and keeps QEMU's info tlb
             # printing 2-level entries
@@ -168,17 +177,18 @@ def boot_linux(arch="x86_64", la57=False, kaslr=False, pti=False, mem=256, modul
 def debug_deb(kernel=None):
     """The cached -dbg .deb of a kernel of :data:`KERNELS` (by default bookworm's x86_64 one):
     Debian's vmlinux with DWARF and its real System.map; ~600-900 MB."""
-    arch, dist, _ = KERNELS[kernel or DEFAULT_KERNEL["x86_64"]]
+    arch, dist = KERNELS[kernel or DEFAULT_KERNEL["x86_64"]][:2]
     _, _, _, release = kernel_files(arch, kernel)
+    package = f"linux-image-{release}-dbg" + (":i386" if arch == "i386" else "")
     if dist is None:
-        return V.deb(f"linux-image-{release}-dbg" + (":i386" if arch == "i386" else ""))
+        return V.deb(package)
     from . import debian
-    return debian.release_deb(dist, f"linux-image-{release}-dbg")
+    return debian.release_deb(dist, package)
 
 
 def debug_vmlinux(kernel=None):
     """Debian's vmlinux with DWARF for the booted kernel: extracted once from the -dbg package."""
-    _, _, _, release = kernel_files(KERNELS[kernel or DEFAULT_KERNEL["x86_64"]][0], kernel)
+    _, _, _, release = kernel_files(KERNELS[kernel or DEFAULT_KERNEL["x86_64"]].arch, kernel)
     out = os.path.join(V.CACHE, "vmlinux", f"vmlinux-{release}")
     if not os.path.exists(out):
         deb = debug_deb(kernel)
@@ -232,7 +242,7 @@ def debug_profile(kernel=None):
     import json
     import sys
     from xenstructs.linux.profile import MEMBER_SIZES, WANTED
-    _, _, _, release = kernel_files(KERNELS[kernel or DEFAULT_KERNEL["x86_64"]][0], kernel)
+    _, _, _, release = kernel_files(KERNELS[kernel or DEFAULT_KERNEL["x86_64"]].arch, kernel)
     wanted = hashlib.sha1(json.dumps([WANTED, MEMBER_SIZES], sort_keys=True).encode()).hexdigest()[:10]
     out = os.path.join(V.CACHE, "profiles", f"profile-{release}-{wanted}.json")   # what xenscope asks
     if not os.path.exists(out):

@@ -157,7 +157,7 @@ def debug_system_map(kernel=None):
     """Debian's real System.map of the booted kernel (the image package ships a stub): extracted
     once from its -dbg package, which lists it before the vmlinux (tar stops there)."""
     from .linux import DEFAULT_KERNEL, KERNELS, debug_deb
-    release = kernel_files(KERNELS[kernel or DEFAULT_KERNEL["x86_64"]][0], kernel)[3]
+    release = kernel_files(KERNELS[kernel or DEFAULT_KERNEL["x86_64"]].arch, kernel)[3]
     out = os.path.join(V.CACHE, "system-map", f"System.map-{release}")
     if os.path.exists(out):
         return out

@@ -6,7 +6,7 @@ and /proc/kallsyms, Debian's .config and -dbg System.map (test_linux_dumps.py ju
 """
 import re
 
-from realsys.linux import read_guest_kallsyms
+from realsys.linux import DEFAULT_KERNEL, KERNELS, read_guest_kallsyms
 
 X86_CR4_PAE = 1 << 5
 X86_CR4_LA57 = 1 << 12
@@ -64,9 +64,10 @@ def paging_mode(arch, cr4):
 
 def expected_mode(cfg, config):
     """The paging mode a shape asks for: an LA57 CPU gets 5-level paging only from a kernel built
-    with CONFIG_X86_5LEVEL (bullseye's 5.10 is not); i386: PAE but for the non-PAE 686 kernel."""
+    with CONFIG_X86_5LEVEL (bullseye's 5.10 is not); i386: PAE but for a non-PAE 686 kernel
+    (``KERNELS[...].pae`` False)."""
     if cfg["arch"] == "i386":
-        return "2level" if cfg.get("kernel") == "6.1-686" else "pae"
+        return "pae" if KERNELS[cfg.get("kernel") or DEFAULT_KERNEL["i386"]].pae else "2level"
     return "5level" if cfg.get("la57") and "CONFIG_X86_5LEVEL=y" in config else "4level"
 
 
