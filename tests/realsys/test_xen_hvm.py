@@ -27,7 +27,7 @@ import time
 
 import pytest
 
-from realsys.test_xen_pvh import LINUX_DIRECT_MAP, _aligned_copies, _cli, _json
+from realsys.test_xen_pvh import _cli, _json, check_type_and_saved_registers, check_walks_reach_the_marker
 from realsys.xenhost import parse_q
 from realsys.xenhvm import boot_xen_with_hvm, parse_q_domain
 
@@ -88,34 +88,16 @@ def test_xen_runs_an_hvm_guest_with_its_device_model(hvm):
 
 def test_domains_type_paging_and_saved_registers(hvm):
     assert _q(hvm)["paging"].split() == ["hap", "refcounts", "translate", "external"]
-    doms = {d["id"]: d for d in _json("domains", hvm.host_image)["domains"]}
-    domu = doms[_domu(hvm)]
-    assert (domu["type"], domu["paging"]) == ("HVM", "HAP")
-    v0 = domu["vcpus"][0]
-    for reg in ("cr0", "cr3", "cr4", "efer"):                  # xen-hvmctx: Xen's HVM save record
-        assert v0[reg] == hvm.saved[reg], (reg, v0, hvm.saved)
-    info = _cli("info", hvm.host_image)
-    assert info.returncode == 0 and f"domain {_domu(hvm)}  HVM, HAP; v0 cr3 {hvm.saved['cr3']:#x}" in info.stdout
+    check_type_and_saved_registers(hvm, "HVM")
 
 
 def test_nested_walk_finds_the_marker(hvm):
     m = hvm.marker
-    copies = _aligned_copies(hvm.host_image, m["text"].encode())
-    assert len(copies) == 1, [hex(c) for c in copies]
-    for va in (m["va"], LINUX_DIRECT_MAP + m["gpa"]):          # the process's VA (saved CR3), the direct map
-        w = _json("walk", hvm.host_image, hex(va), "--domain", _domu(hvm), "--vcpu", "0")
-        assert w["pa"] == m["gpa"], (hex(va), w["pa"], m)           # /proc/self/pagemap
-        assert w["stage2"]["maddr"] == copies[0] and w["stage2"]["p2m_type"] == "p2m_ram_rw"
-        assert w["cr3"] == hvm.saved["cr3"]
-        for level in w["levels"]:
-            assert level["table_mfn"] is not None and level["table_p2m_type"] == "p2m_ram_rw"
-    r = _json("read-phys", hvm.host_image, hex(m["gpa"]), len(m["text"]), "--domain", _domu(hvm))
-    assert bytes.fromhex(r["hex"]).decode() == m["text"]
-    assert r["frames"][0]["mfn"] == copies[0] >> 12
+    maddr = check_walks_reach_the_marker(hvm, "--vcpu", "0")
     t = _json("vtop", hvm.host_image, hex(m["va"]), "--domain", _domu(hvm))["translations"][0]
-    assert (t["pa"], t["maddr"], t["p2m_type"]) == (m["gpa"], copies[0], "p2m_ram_rw")
+    assert (t["pa"], t["maddr"], t["p2m_type"]) == (m["gpa"], maddr, "p2m_ram_rw")
     maps = _json("maps", hvm.host_image, "--domain", _domu(hvm), "--pages", "--range", f"{m['va']:#x}+0x1000")
-    assert [(p["va"], p["pa"], p["maddr"]) for p in maps["pages"]] == [(m["va"], m["gpa"], copies[0])]
+    assert [(p["va"], p["pa"], p["maddr"]) for p in maps["pages"]] == [(m["va"], m["gpa"], maddr)]
 
 
 def test_p2m_check_clean_and_counts_xens_pages(hvm):

@@ -124,33 +124,50 @@ def test_xen_runs_hvm_with_hap(pvh):
     assert pvh.marker["present"], pvh.marker
 
 
-def test_domains_type_paging_and_saved_registers(pvh):
-    res = _json("domains", pvh.host_image)
-    doms = {d["id"]: d for d in res["domains"]}
-    domu, dom0 = doms[_domu(pvh)], doms[0]
-    assert (domu["type"], domu["paging"]) == ("PVH", "HAP")
-    assert (dom0["type"], dom0["paging"]) == ("PV", "PV")
+def check_type_and_saved_registers(guest, kind):
+    """``domains`` and ``info`` of the host image: the domU (``guest``: a boot of this module's or of
+    test_xen_hvm.py's) is of type ``kind`` with HAP, its vCPU 0's saved CR0/CR3/CR4/EFER are
+    xen-hvmctx's; returns ``domains``' rows by domain id."""
+    doms = {d["id"]: d for d in _json("domains", guest.host_image)["domains"]}
+    domu = doms[guest.domu.domid]
+    assert (domu["type"], domu["paging"]) == (kind, "HAP")
     v0 = domu["vcpus"][0]
     for reg in ("cr0", "cr3", "cr4", "efer"):                  # xen-hvmctx: Xen's HVM save record
-        assert v0[reg] == pvh.saved[reg], (reg, v0, pvh.saved)
-    info = _cli("info", pvh.host_image)
-    assert info.returncode == 0 and f"domain {_domu(pvh)}  PVH, HAP; v0 cr3 {pvh.saved['cr3']:#x}" in info.stdout
+        assert v0[reg] == guest.saved[reg], (reg, v0, guest.saved)
+    info = _cli("info", guest.host_image)
+    assert info.returncode == 0 and f"domain {guest.domu.domid}  {kind}, HAP; v0 cr3 {guest.saved['cr3']:#x}" \
+        in info.stdout
+    return doms
+
+
+def check_walks_reach_the_marker(guest, *walk_args):
+    """The nested walk from the vCPU's saved CR3, of the marker's VA and of its direct-map address,
+    lands on the guest frame its /proc/self/pagemap named and on the host image's only page-aligned
+    copy of the marker, every guest table read through the P2M; read-phys of the gpa gives the
+    marker's bytes. Returns that copy's machine address."""
+    m, domid = guest.marker, guest.domu.domid
+    copies = _aligned_copies(guest.host_image, m["text"].encode())
+    assert len(copies) == 1, [hex(c) for c in copies]
+    for va in (m["va"], LINUX_DIRECT_MAP + m["gpa"]):          # the process's VA (saved CR3), the direct map
+        w = _json("walk", guest.host_image, hex(va), "--domain", domid, *walk_args)
+        assert w["pa"] == m["gpa"], (hex(va), w["pa"], m)           # /proc/self/pagemap
+        assert w["stage2"]["maddr"] == copies[0] and w["stage2"]["p2m_type"] == "p2m_ram_rw"
+        assert w["cr3"] == guest.saved["cr3"]
+        for level in w["levels"]:                              # every guest table read through the P2M
+            assert level["table_mfn"] is not None and level["table_p2m_type"] == "p2m_ram_rw"
+    r = _json("read-phys", guest.host_image, hex(m["gpa"]), len(m["text"]), "--domain", domid)
+    assert bytes.fromhex(r["hex"]).decode() == m["text"]
+    assert r["frames"][0]["mfn"] == copies[0] >> 12
+    return copies[0]
+
+
+def test_domains_type_paging_and_saved_registers(pvh):
+    doms = check_type_and_saved_registers(pvh, "PVH")
+    assert (doms[0]["type"], doms[0]["paging"]) == ("PV", "PV")
 
 
 def test_nested_walk_finds_the_marker(pvh):
-    m = pvh.marker
-    copies = _aligned_copies(pvh.host_image, m["text"].encode())
-    assert len(copies) == 1, [hex(c) for c in copies]
-    for va in (m["va"], LINUX_DIRECT_MAP + m["gpa"]):          # the process's VA (saved CR3), the direct map
-        w = _json("walk", pvh.host_image, hex(va), "--domain", _domu(pvh))
-        assert w["pa"] == m["gpa"], (hex(va), w["pa"], m)           # /proc/self/pagemap
-        assert w["stage2"]["maddr"] == copies[0] and w["stage2"]["p2m_type"] == "p2m_ram_rw"
-        assert w["cr3"] == pvh.saved["cr3"]
-        for level in w["levels"]:                              # every guest table read through the P2M
-            assert level["table_mfn"] is not None and level["table_p2m_type"] == "p2m_ram_rw"
-    r = _json("read-phys", pvh.host_image, hex(m["gpa"]), len(m["text"]), "--domain", _domu(pvh))
-    assert bytes.fromhex(r["hex"]).decode() == m["text"]
-    assert r["frames"][0]["mfn"] == copies[0] >> 12
+    check_walks_reach_the_marker(pvh)
 
 
 def test_vtop_and_maps_agree_with_the_walk(pvh):
