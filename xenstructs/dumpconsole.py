@@ -152,6 +152,5 @@ def _kernel_symbols(path):
     if not path:
         return None
     from .linux.profile import Symbols
-    from .linux.printk import SYMBOLS
-    table = Symbols.from_file(path)
-    return {name: table.get(name) for name in SYMBOLS if name in table}
+    from .linux.printk import printk_symbols
+    return printk_symbols(Symbols.from_file(path))

@@ -46,6 +46,23 @@ def pids():
     return out
 
 
+def _try_kcore():
+    """What the kernel says to open("/proc/kcore") (``errno``, 0 when it opens) and xenscope's answer
+    to ``info /proc/kcore`` (``status``, ``stderr``), as the calling process."""
+    from xenstructs.cli import run
+    report = {}
+    try:
+        os.close(os.open("/proc/kcore", os.O_RDONLY))
+        report["errno"] = 0
+    except OSError as e:
+        report["errno"] = e.errno
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        report["status"] = run(["info", "/proc/kcore"], out=io.StringIO())
+    report["stderr"] = err.getvalue()
+    return report
+
+
 def unprivileged():
     """Fork, drop to nobody, try /proc/kcore directly and through xenscope; the child's report."""
     read_end, write_end = os.pipe()
@@ -56,16 +73,7 @@ def unprivileged():
         try:
             os.setgid(NOBODY)
             os.setuid(NOBODY)
-            try:
-                os.close(os.open("/proc/kcore", os.O_RDONLY))
-                report["errno"] = 0
-            except OSError as e:
-                report["errno"] = e.errno
-            from xenstructs.cli import run
-            err = io.StringIO()
-            with contextlib.redirect_stderr(err):
-                report["status"] = run(["info", "/proc/kcore"], out=io.StringIO())
-            report["stderr"] = err.getvalue()
+            report.update(_try_kcore())
         except BaseException as e:                       # the report says what went wrong
             report["error"] = f"{type(e).__name__}: {e}"
         os.write(write_end, json.dumps(report).encode())
@@ -83,17 +91,8 @@ def unprivileged():
 
 def locked(out):
     """Root on a locked-down kernel: the kernel's errno, its lockdown state, xenscope's answer."""
-    from xenstructs.cli import run
     report = {"lockdown": open("/sys/kernel/security/lockdown").read()}
-    try:
-        os.close(os.open("/proc/kcore", os.O_RDONLY))
-        report["errno"] = 0
-    except OSError as e:
-        report["errno"] = e.errno
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        report["status"] = run(["info", "/proc/kcore"], out=io.StringIO())
-    report["stderr"] = err.getvalue()
+    report.update(_try_kcore())
     with open(os.path.join(out, "locked.json"), "w") as f:
         json.dump(report, f)
 

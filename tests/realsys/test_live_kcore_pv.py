@@ -7,7 +7,6 @@ memory: xenscope reads the kernel's P2M through kcore and walks through its inve
 it from xenscope: the bytes kcore gives at each /proc/kallsyms symbol's virtual address, and the
 bytes QEMU's monitor (``xp``) reads from the machine memory at the address xenscope's walk gave.
 """
-import json
 import os
 import re
 
@@ -15,7 +14,7 @@ import pytest
 
 from gdbutil import TOP, venv_python
 from realsys import xenhost as XH
-from realsys.test_live_kcore import MODULES, SHARE
+from realsys.test_live_kcore import MODULES, SHARE, load
 
 INIT = " && ".join([
     "mkdir -p /host", f"mount -t 9p -o {SHARE},ro hostroot /host", "mount -t proc proc /host/proc",
@@ -42,11 +41,6 @@ def dom0(tmp_path_factory):
         yield host, out
     finally:
         host.close()
-
-
-def load(out, name):
-    with open(os.path.join(out, name)) as f:
-        return json.load(f) if name.endswith(".json") else f.read()
 
 
 def xp(host, pa, length):

@@ -58,8 +58,8 @@ def _findings(res):
     return {k: sorted((x["pfn"], x["mfn"]) for x in v) for k, v in res["findings"].items() if v}
 
 
-def _section(path, name):
-    """Bytes of an ELF section, read here with struct."""
+def section_table(path):
+    """``{name: (file offset, size)}`` of an ELF64 file's sections, read here with struct."""
     with open(path, "rb") as f:
         eh = f.read(64)
         shoff, = struct.unpack_from("<Q", eh, 0x28)
@@ -68,11 +68,18 @@ def _section(path, name):
         hdrs = [struct.unpack_from("<IIQQQQ", f.read(shentsize)) for _ in range(shnum)]
         f.seek(hdrs[shstrndx][4])
         names = f.read(hdrs[shstrndx][5])
-        for h in hdrs:
-            if names[h[0]:names.index(b"\0", h[0])].decode() == name:
-                f.seek(h[4])
-                return f.read(h[5])
-    raise AssertionError(f"no section {name} in {path}")
+    return {names[h[0]:names.index(b"\0", h[0])].decode(): (h[4], h[5]) for h in hdrs}
+
+
+def _section(path, name):
+    """Bytes of an ELF section."""
+    table = section_table(path)
+    if name not in table:
+        raise AssertionError(f"no section {name} in {path}")
+    offset, size = table[name]
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
 
 
 def _symbol(system_map, name):

@@ -21,6 +21,7 @@ import time
 
 import pytest
 
+from realsys.test_xen_domu_p2m import _section, section_table
 from realsys.xenpvh import boot_xen_with_pvh
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -95,22 +96,9 @@ def _host_page(path, maddr):
 
 
 def _xc_sections(path):
-    """``{name: bytes}`` of the xl dump-core's .xen_pfn and the offset of .xen_pages."""
-    with open(path, "rb") as f:
-        eh = f.read(64)
-        shoff, = struct.unpack_from("<Q", eh, 0x28)
-        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", eh, 0x3a)
-        f.seek(shoff)
-        hdrs = [struct.unpack_from("<IIQQQQ", f.read(shentsize)) for _ in range(shnum)]
-        f.seek(hdrs[shstrndx][4])
-        names = f.read(hdrs[shstrndx][5])
-        out = {}
-        for h in hdrs:
-            name = names[h[0]:names.index(b"\0", h[0])].decode()
-            out[name] = (h[4], h[5])
-        f.seek(out[".xen_pfn"][0])
-        pfns = struct.unpack(f"<{out['.xen_pfn'][1] // 8}Q", f.read(out[".xen_pfn"][1]))
-    return pfns, out[".xen_pages"][0]
+    """The xl dump-core's .xen_pfn (a tuple of pfns) and the file offset of .xen_pages."""
+    pfn = _section(path, ".xen_pfn")
+    return struct.unpack(f"<{len(pfn) // 8}Q", pfn), section_table(path)[".xen_pages"][0]
 
 
 def _domu(pvh):

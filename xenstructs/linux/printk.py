@@ -485,7 +485,12 @@ def _dump_symbols(target):
         table = Symbols.from_dump(target)
     except XenscopeError:
         return {}, None
-    return {name: table.get(name) for name in SYMBOLS if name in table}, "the dump's kallsyms"
+    return printk_symbols(table), "the dump's kallsyms"
+
+
+def printk_symbols(table):
+    """``{name: address}`` of the printk buffer's :data:`SYMBOLS` in a :class:`~.profile.Symbols`."""
+    return {name: table.get(name) for name in SYMBOLS if name in table}
 
 
 def _btf_layout(target, long_size):
