@@ -22,6 +22,8 @@
     core through crash's readmem() against the CLI's own reader. Targets: <= 0.5 s and <= 3x.
 (e) ``modcheck`` (bench/modcheck.py): 1000 task page directories x 2000 module pages built in memory,
     fast path against the exhaustive per-page walk (2-level, PAE, 4-level). Target: fast <= 1 s.
+(h) a translated guest's P2M (bench/hap.py): a 4 GiB guest in 4 KiB pages (1 M NPT leaves) enumerated
+    with each table decoded whole, against decoding entry by entry in the same run. Target: <= 1 s.
 (g) peak RSS (bench/memory.py) of every command on every bundled core (Xen host cores with and
     without their .map), each run a child process measured with wait4(); bound: the RAM the dump
     holds / 4 + 200 MiB. (c) measures the real kernel dump the same way. With --quick: the Xen
@@ -131,6 +133,9 @@ def main():
         r = subprocess.run([sys.executable, os.path.join(HERE, "real.py")], timeout=900)
         ok &= r.returncode == 0
     r = subprocess.run([sys.executable, os.path.join(HERE, "p2m.py")] + (["--quick"] if a.quick else []),
+                       timeout=900)
+    ok &= r.returncode == 0
+    r = subprocess.run([sys.executable, os.path.join(HERE, "hap.py")] + (["--gib", "1"] if a.quick else []),
                        timeout=900)
     ok &= r.returncode == 0
     r = subprocess.run([sys.executable, os.path.join(HERE, "crash.py")] + (["--quick"] if a.quick else []),

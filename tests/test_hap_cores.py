@@ -182,3 +182,39 @@ def test_p2m_format_choice(eptp, paging, want):
     p2m = domain_p2m(_P2MHost(eptp), SimpleNamespace(id=1, struct_va=0x5000),
                      Kind("HVM", paging, 1, 0x3FF, 0))
     assert p2m.format.name == want and p2m.root_mfn == 0x100
+
+
+@pytest.mark.parametrize("module", [npt, ept])
+def test_columns_decode_a_table_as_decode_decodes_each_entry(module):
+    """The whole-table decoder (used to enumerate a P2M) says what the entry decoder says, entry for
+    entry, at every level, for random entries with the bits the formats use set and clear."""
+    import numpy as np
+    rng = np.random.default_rng(16)
+    words = rng.integers(0, 1 << 63, 4096, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, 4096).astype(np.uint64)
+    words[::7] = 0
+    words[1::11] &= np.uint64(~0x7 & (1 << 64) - 1)              # not present (no P / no R, W, X)
+    words[2::13] &= np.uint64(0x000FFFFFFFFFFFFF)                 # no type bits: p2m_ram_rw (NPT)
+    for level in (1, 2, 3, 4):
+        cols = module.columns(words, level)
+        for i, raw in enumerate(words.tolist()):
+            e = module.decode(raw, level)
+            holds = e.valid if module is ept else e.type != 1
+            assert (bool(cols["present"][i]), bool(cols["leaf"][i]), int(cols["mfn"][i]), int(cols["type"][i]),
+                    bool(cols["recalc"][i]), bool(cols["holds"][i])) == \
+                (e.present, e.leaf, e.mfn, e.type, bool(e.recalc), holds), (level, hex(raw))
+
+
+def test_rows_spread_every_leaf_over_its_frames(hap):
+    """p2m-check's rows of a translated P2M: one per 4 KiB frame of each present leaf of the builder's
+    manifest (a 2 MiB leaf gives 512 consecutive gfn/mfn pairs), its type on each; the typed
+    non-present entries apart."""
+    import numpy as np
+    from xenstructs.xen.p2m_hap import _rows
+    man, p2m, _ = hap
+    gfn, mfn, types, _, absent, _ = _rows(p2m)
+    present = [e for e in man["p2m"] if "mfn" in e and e["mfn"] is not None]
+    want = [(e["gfn"] + i, e["mfn"] + i, "p2m_" + e["type"]) for e in present for i in range(1 << e["order"])]
+    assert list(zip(gfn.tolist(), mfn.tolist(), [type_name(t) for t in types.tolist()])) == want
+    assert gfn.dtype == mfn.dtype == np.uint64
+    assert [(x.gfn, type_name(x.entry.type)) for x in absent] == \
+        [(e["gfn"], "p2m_" + e["type"]) for e in man["p2m"] if e not in present]

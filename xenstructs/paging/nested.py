@@ -14,6 +14,8 @@ adds that to every level of a guest walk. A guest page the P2M does not map read
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+import numpy as np
+
 from ..errors import NotInDump
 from ..target import CpuState, Target
 from .walk import walk
@@ -49,16 +51,12 @@ class GuestMemory(Target):
     def phys_ranges(self):
         """The ``[start, end)`` guest-physical ranges the P2M maps to a frame (merged)."""
         if self._ranges is None:
-            ranges = []
-            for leaf in self.p2m.leaves().leaves:
-                if not leaf.entry.present:
-                    continue
-                start, end = leaf.gfn << 12, (leaf.gfn + (1 << leaf.order)) << 12
-                if ranges and ranges[-1][1] == start:
-                    ranges[-1][1] = end
-                else:
-                    ranges.append([start, end])
-            self._ranges = [tuple(r) for r in ranges]
+            a = self.p2m.leaf_arrays()
+            gfn, order = a.gfn[a.present], a.order[a.present].astype(np.uint64)
+            starts, ends = gfn << np.uint64(12), (gfn + (np.uint64(1) << order)) << np.uint64(12)
+            breaks = np.nonzero(starts[1:] != ends[:-1])[0] + 1        # where a range does not go on
+            first, last = np.r_[0, breaks], np.r_[breaks, len(starts)] - 1
+            self._ranges = list(zip(starts[first].tolist(), ends[last].tolist())) if len(starts) else []
         return self._ranges
 
 

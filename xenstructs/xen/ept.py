@@ -28,6 +28,8 @@ frame as ``p2m_domain.phys_table``. Xen uses a 4-level walk (``wl`` = 3).
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .p2m_types import ACCESS, EntryNames
 
 ADDR_MASK = 0x000FFFFFFFFFF000
@@ -109,6 +111,18 @@ def decode(raw, level, layout=OLD):
                  bool(raw & 2), not raw & 4, bool(raw & 0x400))
 
 
+def columns(words, level):
+    """:func:`decode` of a whole table at once (``words``: uint64 array): arrays ``present``, ``leaf``,
+    ``mfn``, ``type``, ``recalc`` and ``holds`` (Xen's ``is_epte_valid``, :meth:`Entry.valid`)."""
+    w = words.astype(np.uint64)
+    present = (w & np.uint64(7)) != 0
+    leaf = np.full(len(w), level == 1) | ((level in (2, 3)) & ((w & np.uint64(0x80)) != 0))
+    kind = ((w >> np.uint64(52)) & np.uint64(0x3F)).astype(np.int16)
+    holds = ((w & np.uint64(~SUPPRESS_VE & (1 << 64) - 1)) != 0) & (kind != 1)
+    return {"present": present, "leaf": leaf, "mfn": (w & np.uint64(ADDR_MASK)) >> np.uint64(12), "type": kind,
+            "recalc": (w & np.uint64(0x400)) != 0, "holds": holds}
+
+
 @dataclass
 class Eptp:
     """A decoded EPT pointer (``struct ept_data``'s ``eptp``)."""
@@ -142,6 +156,10 @@ class Format:
 
     def decode(self, raw, level):
         return decode(raw, level, self.layout)
+
+    @staticmethod
+    def columns(words, level):
+        return columns(words, level)
 
     @staticmethod
     def table_present(entry):

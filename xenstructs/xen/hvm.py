@@ -26,7 +26,7 @@ from typing import Optional
 
 from ..errors import NotInDump, XenscopeError
 from . import ept, npt
-from .p2m_tables import leaves as table_leaves, translate as table_translate
+from .p2m_tables import leaf_arrays as table_leaf_arrays, leaves as table_leaves, translate as table_translate
 
 CDF_HVM = 1 << 0
 EMU_LAPIC, EMU_PIC = 1 << 0, 1 << 5
@@ -157,7 +157,7 @@ def vcpus(host, dom, translated=None):
 class P2M:
     """A translated domain's P2M in machine memory ``target``: ``format`` (an :mod:`.npt`/:mod:`.ept`
     Format), ``root_mfn``, ``eptp`` (an :class:`.ept.Eptp` or None), ``source`` (where it was found);
-    :meth:`translate` one gfn (cached), :meth:`leaves` every entry."""
+    :meth:`translate` one gfn (cached), :meth:`leaf_arrays` every entry (arrays; :meth:`leaves`: objects)."""
 
     def __init__(self, target, fmt, root_mfn, source, eptp=None):
         self.target, self.format, self.root_mfn = target, fmt, root_mfn
@@ -177,6 +177,9 @@ class P2M:
 
     def leaves(self):
         return table_leaves(self.read_table, self.format, self.root_mfn)
+
+    def leaf_arrays(self):
+        return table_leaf_arrays(self.read_table, self.format, self.root_mfn)
 
 
 def domain_p2m(host, dom, kind_=None):

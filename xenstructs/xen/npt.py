@@ -22,6 +22,8 @@ master; unchanged):
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .p2m_types import EntryNames
 
 ADDR_MASK = 0x000FFFFFFFFFF000          # bits 51:12 (PADDR_BITS 52)
@@ -80,6 +82,19 @@ def decode(raw, level):
                  bool(raw & NX), present and not raw & USER)
 
 
+def columns(words, level):
+    """:func:`decode` of a whole table at once (``words``: uint64 array): arrays ``present``, ``leaf``,
+    ``mfn``, ``type``, ``recalc`` and ``holds`` (:meth:`Format.holds`)."""
+    w = words.astype(np.uint64)
+    present = (w & np.uint64(PRESENT)) != 0
+    leaf = np.full(len(w), level == 1) | ((level in (2, 3)) & ((w & np.uint64(PSE)) != 0))
+    mask = np.where(leaf & (level > 1), np.uint64(LARGE_ADDR_MASK), np.uint64(ADDR_MASK))
+    flags = ((w >> np.uint64(40)) & np.uint64(0xFFF000)) | (w & np.uint64(0xFFF))
+    kind = np.where(flags == 0, 1, (flags >> np.uint64(12)) & np.uint64(TYPE_MASK)).astype(np.int16)
+    return {"present": present, "leaf": leaf, "mfn": (w & mask) >> np.uint64(12), "type": kind,
+            "recalc": present & ((w & np.uint64(USER)) == 0), "holds": kind != 1}
+
+
 class Format:
     """The P2M entry format of p2m-pt.c, for the walker of :mod:`.p2m_tables`."""
     name = "npt"
@@ -89,6 +104,10 @@ class Format:
     @staticmethod
     def decode(raw, level):
         return decode(raw, level)
+
+    @staticmethod
+    def columns(words, level):
+        return columns(words, level)
 
     @staticmethod
     def table_present(entry):

@@ -29,27 +29,22 @@ MAX_FRAMES = 1 << 26                 # 256 GiB of guest memory per check
 
 
 def _rows(p2m):
-    """``(gfn, mfn, type, recalc, leaves)`` arrays, one row per 4 KiB frame of a present leaf, and the
-    typed non-present leaves as a list."""
-    found = p2m.leaves()
-    gfns, mfns, types, recalc, absent = [], [], [], [], []
-    total = 0
-    for leaf in found.leaves:
-        e = leaf.entry
-        if not e.present:
-            absent.append(leaf)
-            continue
-        n = 1 << leaf.order
-        total += n
-        if total > MAX_FRAMES:
-            raise XenscopeError(f"the P2M maps more than {MAX_FRAMES} frames: refusing to check it whole")
-        gfns.append(np.arange(leaf.gfn, leaf.gfn + n, dtype=np.uint64))
-        mfns.append(np.arange(e.mfn, e.mfn + n, dtype=np.uint64))
-        types.append(np.full(n, e.type, np.int16))
-        recalc.append(np.full(n, bool(e.recalc), bool))
-    if not gfns:
-        return (np.zeros(0, np.uint64),) * 2 + (np.zeros(0, np.int16), np.zeros(0, bool), absent, found)
-    return np.concatenate(gfns), np.concatenate(mfns), np.concatenate(types), np.concatenate(recalc), absent, found
+    """``(gfn, mfn, type, recalc, absent, leaves)``: arrays with one row per 4 KiB frame of a present
+    leaf (a superpage spread over its frames), the typed non-present entries as :class:`~.p2m_tables.Leaf`
+    objects, and the :class:`~.p2m_tables.LeafArrays`."""
+    from .p2m_tables import Leaf
+    found = p2m.leaf_arrays()
+    sel = found.present
+    count = np.int64(1) << found.order[sel].astype(np.int64)
+    total = int(count.sum())
+    if total > MAX_FRAMES:
+        raise XenscopeError(f"the P2M maps more than {MAX_FRAMES} frames: refusing to check it whole")
+    row = np.repeat(np.arange(len(count)), count)
+    offset = (np.arange(total) - np.repeat(np.cumsum(count) - count, count)).astype(np.uint64)
+    absent = [Leaf(int(g), 0, p2m.format.decode(int(r), int(lv)))
+              for g, r, lv in zip(found.gfn[~sel].tolist(), found.raw[~sel].tolist(), found.level[~sel].tolist())]
+    return (found.gfn[sel][row] + offset, found.mfn[sel][row] + offset, found.type[sel][row],
+            found.recalc[sel][row], absent, found)
 
 
 def _type_mask(types, names):

@@ -107,34 +107,70 @@ class Leaves:
     problems: List[str] = field(default_factory=list)
 
 
-def leaves(read_table, fmt, root_mfn, max_tables=MAX_TABLES):
-    """Every P2M entry that maps a frame or carries a type (:class:`Leaves`), in gfn order."""
-    out = Leaves()
-    seen = set()
+@dataclass
+class LeafArrays:
+    """The entries of a P2M that map a frame or carry a type, as arrays in gfn order: ``gfn`` (the first
+    guest frame), ``order`` (``1 << order`` frames; 0 for a typed entry that is not present), ``level``,
+    ``raw`` (the entry), ``mfn``, ``type``, ``present``, ``recalc``; ``tables`` read, ``problems`` met."""
+    gfn: np.ndarray
+    order: np.ndarray
+    level: np.ndarray
+    raw: np.ndarray
+    mfn: np.ndarray
+    type: np.ndarray
+    present: np.ndarray
+    recalc: np.ndarray
+    tables: int = 0
+    problems: List[str] = field(default_factory=list)
+
+
+_DTYPES = (np.uint64, np.uint8, np.uint8, np.uint64, np.uint64, np.int16, bool, bool)
+
+
+def leaf_arrays(read_table, fmt, root_mfn, max_tables=MAX_TABLES):
+    """Every P2M entry that maps a frame or carries a type (:class:`LeafArrays`): each table decoded
+    whole (``fmt.columns``); Python steps only from a table to the tables it points at."""
+    parts, seen = [], set()
+    problems, tables = [], 0
 
     def visit(mfn, level, base):
+        nonlocal tables
         if mfn in seen:
-            out.problems.append(f"L{level} table mfn {mfn:#x} (gfn {base:#x}) met twice: not entered again")
+            problems.append(f"L{level} table mfn {mfn:#x} (gfn {base:#x}) met twice: not entered again")
             return
         if len(seen) >= max_tables:
-            out.problems.append(f"more than {max_tables} P2M tables: enumeration stopped at gfn {base:#x}")
+            problems.append(f"more than {max_tables} P2M tables: enumeration stopped at gfn {base:#x}")
             return
         seen.add(mfn)
         try:
             words = np.frombuffer(read_table(mfn), "<u8")
         except NotInDump:
-            out.problems.append(f"L{level} table mfn {mfn:#x} (gfn {base:#x}) is not in the dump")
+            problems.append(f"L{level} table mfn {mfn:#x} (gfn {base:#x}) is not in the dump")
             return
-        out.tables += 1
+        tables += 1
+        cols = fmt.columns(words, level)
         span = 9 * (level - 1)
-        for index in np.nonzero(words)[0].tolist():
-            entry = fmt.decode(int(words[index]), level)
-            gfn = base + (index << span)
-            if entry.leaf or not fmt.table_present(entry):
-                if fmt.holds(entry):
-                    out.leaves.append(Leaf(gfn, span if entry.present else 0, entry))
-            else:
-                visit(entry.mfn, level - 1, gfn)
+        used = words != 0
+        ends = used & (cols["leaf"] | ~cols["present"])        # a leaf, or no table under it
+        keep = np.nonzero(ends & cols["holds"])[0]
+        if len(keep):
+            present = cols["present"][keep]
+            parts.append((np.uint64(base) + (keep.astype(np.uint64) << np.uint64(span)),
+                          np.where(present, span, 0), np.full(len(keep), level), words[keep],
+                          cols["mfn"][keep], cols["type"][keep], present, cols["recalc"][keep]))
+        for index in np.nonzero(used & ~ends)[0].tolist():
+            visit(int(cols["mfn"][index]), level - 1, base + (index << span))
 
     visit(root_mfn, fmt.levels, 0)
-    return out
+    columns = [np.concatenate([p[i] for p in parts]).astype(t) if parts else np.zeros(0, t)
+               for i, t in enumerate(_DTYPES)]
+    order = np.argsort(columns[0], kind="stable")
+    return LeafArrays(*(c[order] for c in columns), tables=tables, problems=problems)
+
+
+def leaves(read_table, fmt, root_mfn, max_tables=MAX_TABLES):
+    """:func:`leaf_arrays` as :class:`Leaf` objects with their decoded entries (:class:`Leaves`)."""
+    a = leaf_arrays(read_table, fmt, root_mfn, max_tables)
+    out = [Leaf(int(g), int(o), fmt.decode(int(r), int(lv)))
+           for g, o, r, lv in zip(a.gfn.tolist(), a.order.tolist(), a.raw.tolist(), a.level.tolist())]
+    return Leaves(out, a.tables, a.problems)
