@@ -21,6 +21,7 @@
   be followed; the shadow tables the CPU really walks (``hw_cr[3]``) are Xen's private copies.
 """
 
+import struct
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -136,14 +137,13 @@ def vcpus(host, dom, translated=None):
     if count > MAX_VCPUS:
         raise XenscopeError(f"domain {dom.id}: max_vcpus {count} is absurd")
     out = []
-    for i in range(count if array else 0):
-        va = host.read_u64(array + 8 * i)
+    pointers = struct.unpack(f"<{count}Q", host.read_va(array, 8 * count)) if array and count else ()
+    for i, va in enumerate(pointers):           # one read for the array, one for guest_cr[0..4]
         if not va:
             continue
         vid = i                                   # d->vcpu[i]->vcpu_id == i (vcpu_create)
         if translated:
-            cr = _need(s, "vcpu.arch.hvm.guest_cr")
-            words = [host.read_u64(va + cr + 8 * n) for n in range(5)]
+            words = struct.unpack("<5Q", host.read_va(va + _need(s, "vcpu.arch.hvm.guest_cr"), 40))
             regs = {"cr0": words[0], "cr2": words[2], "cr3": words[3], "cr4": words[4],
                     "efer": host.read_u64(va + _need(s, "vcpu.arch.hvm.guest_efer"))}
             where = "vcpu.arch.hvm.guest_cr/guest_efer"
